@@ -1,0 +1,158 @@
+"""OME-NGFF (v0.4) multiscale slide stores: writing pyramids and reading regions.
+
+Layout of ``{slide}.zarr`` (zarr format 2, Blosc-zstd chunks)::
+
+    0, 1, 2, ...          image pyramid, axes (c, y, x), uint8 RGB
+    labels/mask/0, 1, ... label pyramid, axes (c, y, x) with c = 1, uint8 0/1
+
+Every level is written and read chunk by chunk, so memory stays bounded
+whatever the slide size.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import cv2
+import numcodecs
+import numpy as np
+import zarr
+
+NGFF_VERSION = "0.4"
+AXES = [
+    {"name": "c", "type": "channel"},
+    {"name": "y", "type": "space", "unit": "micrometer"},
+    {"name": "x", "type": "space", "unit": "micrometer"},
+]
+
+
+class StoreError(ValueError):
+    """A zarr store that is not a wsiseg slide store; the message names the path."""
+
+
+def compressor(name: str = "zstd", level: int = 5) -> numcodecs.Blosc:
+    """Blosc compressor with bit-shuffle (``name``: zstd, lz4, zlib, blosclz)."""
+    return numcodecs.Blosc(cname=name, clevel=level, shuffle=numcodecs.Blosc.BITSHUFFLE)
+
+
+def level_count(height: int, width: int, chunk: int) -> int:
+    """Number of 2x pyramid levels until the top level fits in one chunk."""
+    return 1 + max(0, math.ceil(math.log2(max(height, width) / chunk))) if max(height, width) > chunk else 1
+
+
+def multiscales(name: str, levels: int, method: str) -> list[dict]:
+    """NGFF v0.4 ``multiscales`` metadata for a 2x pyramid of ``levels`` levels."""
+    datasets = [
+        {"path": str(k), "coordinateTransformations": [{"type": "scale", "scale": [1.0, 2.0**k, 2.0**k]}]}
+        for k in range(levels)
+    ]
+    return [{"version": NGFF_VERSION, "name": name, "axes": AXES, "datasets": datasets, "type": method}]
+
+
+def create_level(group: zarr.Group, path: str, shape: tuple[int, int, int], chunk: int, codec) -> zarr.Array:
+    """Create one chunked (c, y, x) uint8 level array."""
+    return group.create_array(
+        path, shape=shape, chunks=(shape[0], chunk, chunk), dtype="uint8", compressors=codec, fill_value=0
+    )
+
+
+def _pool(block: np.ndarray, how: str) -> np.ndarray:
+    c, h, w = block.shape
+    if h % 2 or w % 2:
+        block = np.pad(block, ((0, 0), (0, h % 2), (0, w % 2)), mode="edge")
+    view = block.reshape(c, block.shape[1] // 2, 2, block.shape[2] // 2, 2)
+    if how == "max":
+        return view.max(axis=(2, 4))
+    return ((view.astype(np.uint16).sum(axis=(2, 4)) + 2) // 4).astype(np.uint8)
+
+
+def build_pyramid(group: zarr.Group, levels: int, chunk: int, codec, how: str) -> None:
+    """Fill levels 1..levels-1 of ``group`` from level 0, one output chunk at a time.
+
+    ``how`` is ``mean`` (images) or ``max`` (labels: small objects stay visible).
+    """
+    for k in range(1, levels):
+        src = group[str(k - 1)]
+        c, h, w = src.shape
+        dst = create_level(group, str(k), (c, (h + 1) // 2, (w + 1) // 2), chunk, codec)
+        for y0 in range(0, dst.shape[1], chunk):
+            for x0 in range(0, dst.shape[2], chunk):
+                block = src[:, 2 * y0 : 2 * (y0 + chunk), 2 * x0 : 2 * (x0 + chunk)]
+                dst[:, y0 : y0 + chunk, x0 : x0 + chunk] = _pool(np.asarray(block), how)
+
+
+def _read_padded(array: zarr.Array, y0: int, y1: int, x0: int, x1: int, fill: int) -> np.ndarray:
+    """Read array[:, y0:y1, x0:x1], padding with ``fill`` outside the array."""
+    c, h, w = array.shape
+    out = np.full((c, y1 - y0, x1 - x0), fill, dtype=np.uint8)
+    ry0, ry1, rx0, rx1 = max(0, y0), min(h, y1), max(0, x0), min(w, x1)
+    if ry1 > ry0 and rx1 > rx0:
+        out[:, ry0 - y0 : ry1 - y0, rx0 - x0 : rx1 - x0] = array[:, ry0:ry1, rx0:rx1]
+    return out
+
+
+class SlideStore:
+    """Read access to a converted slide: regions of image and mask at any downscale."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            self.root = zarr.open_group(self.path, mode="r")
+            meta = self.root.attrs["multiscales"][0]
+        except Exception as err:
+            raise StoreError(f"{self.path}: not an OME-NGFF slide store ({err})") from None
+        self.levels = [self.root[d["path"]] for d in meta["datasets"]]
+        self.mask_levels: list[zarr.Array] = []
+        if "labels" in self.root and "mask" in self.root["labels"]:
+            label = self.root["labels/mask"]
+            self.mask_levels = [label[d["path"]] for d in label.attrs["multiscales"][0]["datasets"]]
+        self.slide_id = self.root.attrs.get("wsiseg", {}).get("slide_id", self.path.stem)
+        _, self.height, self.width = self.levels[0].shape
+
+    @property
+    def has_mask(self) -> bool:
+        """Whether the store holds a ground-truth label image."""
+        return bool(self.mask_levels)
+
+    def _level_for(self, downscale: float) -> int:
+        k = int(math.floor(math.log2(downscale) + 1e-9)) if downscale >= 1 else 0
+        return max(0, min(k, len(self.levels) - 1))
+
+    def _region(self, levels: list[zarr.Array], y0: int, x0: int, size: tuple[int, int], downscale: float, fill: int):
+        k = self._level_for(downscale)
+        f = 2**k
+        out_h, out_w = size
+        span_y, span_x = out_h * downscale, out_w * downscale
+        ly0, lx0 = int(math.floor(y0 / f)), int(math.floor(x0 / f))
+        ly1, lx1 = int(math.ceil((y0 + span_y) / f)), int(math.ceil((x0 + span_x) / f))
+        block = _read_padded(levels[k], ly0, ly1, lx0, lx1, fill).transpose(1, 2, 0)
+        if block.shape[:2] != (out_h, out_w):
+            block = cv2.resize(block, (out_w, out_h), interpolation=cv2.INTER_AREA)
+            if block.ndim == 2:
+                block = block[:, :, None]
+        return block
+
+    def read_image(self, y0: int, x0: int, size: tuple[int, int], downscale: float = 1.0) -> np.ndarray:
+        """RGB (h, w, 3) of the level-0 box at (y0, x0) spanning ``size * downscale`` pixels.
+
+        Outside the slide is white (background)."""
+        return self._region(self.levels, y0, x0, size, downscale, 255)
+
+    def read_mask(self, y0: int, x0: int, size: tuple[int, int], downscale: float = 1.0) -> np.ndarray:
+        """Binary (h, w) uint8 mask of the same box as :meth:`read_image`.
+
+        Read from level 0 and area-resampled (a pixel is foreground when at
+        least half of its footprint is), so coverage is exact at any downscale."""
+        if not self.has_mask:
+            raise StoreError(f"{self.path}: slide has no mask")
+        h, w = size
+        span_y, span_x = int(round(h * downscale)), int(round(w * downscale))
+        block = _read_padded(self.mask_levels[0], y0, y0 + span_y, x0, x0 + span_x, 0)[0]
+        if block.shape != (h, w):
+            block = cv2.resize(block.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) >= 0.5
+        return block.astype(np.uint8)
+
+    def dims(self, downscale: float) -> tuple[int, int]:
+        """(height, width) of the slide at ``downscale``."""
+        return math.ceil(self.height / downscale), math.ceil(self.width / downscale)
