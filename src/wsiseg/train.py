@@ -40,7 +40,7 @@ class TrainParams:
     num_workers: int = 0
     accelerator: str = "auto"
     devices: int | str = "auto"
-    precision: str = "32"
+    precision: str = "auto"  # auto: 16-mixed on a GPU, 32 on CPU
     seed: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -123,12 +123,15 @@ def train_model(
     shutil.rmtree(work, ignore_errors=True)
     checkpoint = ModelCheckpoint(dirpath=work / "checkpoints", monitor="val_dice", mode="max", save_top_k=1, filename="best")
     logger = CSVLogger(work, name="", version="")
+    on_gpu = torch.cuda.is_available() and params.accelerator in ("auto", "gpu", "cuda")
+    precision = ("16-mixed" if on_gpu else "32") if params.precision == "auto" else params.precision
+    devices = int(params.devices) if str(params.devices).isdigit() else params.devices
     trainer = pl.Trainer(
         max_epochs=params.epochs,
         accelerator=params.accelerator,
-        devices=params.devices,
-        precision=params.precision,
-        deterministic=params.accelerator == "cpu" or not torch.cuda.is_available(),
+        devices=devices,
+        precision=precision,
+        deterministic=not on_gpu,
         callbacks=[checkpoint],
         logger=logger,
         log_every_n_steps=1,

@@ -1,0 +1,143 @@
+"""``wsiseg`` command line: one subcommand per workflow stage."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import __version__
+from .params import add_arguments, from_args
+
+
+def _demo(args) -> None:
+    from .demo import DemoSpec, generate_demo
+
+    samples = generate_demo(args.outdir, DemoSpec(slides=args.slides, height=args.height, width=args.width, seed=args.seed))
+    print(f"wrote {len(samples)} slides and {Path(args.outdir) / 'samples.csv'}")
+
+
+def _convert(args) -> None:
+    from .convert import convert_slide
+
+    convert_slide(args.image, args.out, mask=args.mask, slide_id=args.slide_id, chunk=args.chunk, compression=args.compression, level=args.level)
+
+
+def _patches(args) -> None:
+    from .patches import PatchParams, extract_patches
+
+    table = extract_patches(args.slide, args.out_zarr, args.out_csv, from_args(PatchParams, args))
+    print(f"kept {len(table)} patches: {table['reason'].value_counts().to_dict()}")
+
+
+def _train(args) -> None:
+    from .train import TrainParams, train_model
+
+    metrics = train_model(args.train, args.val, args.out_dir, from_args(TrainParams, args, skip=("extra",)), threads=args.threads)
+    print(metrics.to_string(index=False))
+
+
+def _predict(args) -> None:
+    from .predict import PredictParams, predict_slide
+
+    predict_slide(args.slide, args.checkpoint, args.out, from_args(PredictParams, args))
+
+
+def _report(args) -> None:
+    from .report import make_report
+    from .samples import read_samples
+
+    samples = read_samples(args.samples, check_files=False)
+    ids = [s for s in samples.index if (Path(args.predictions) / f"{s}.zarr").exists()]
+    if not ids:
+        raise SystemExit(f"no predictions for the slides of {args.samples} in {args.predictions}")
+    table = make_report(
+        {s: Path(args.predictions) / f"{s}.zarr" for s in ids},
+        {s: Path(args.slides) / f"{s}.zarr" for s in ids},
+        samples["split"].to_dict(),
+        Path(args.out_dir) / "submission.csv",
+        Path(args.out_dir) / "metrics.csv",
+        Path(args.out_dir) / "overlays",
+    )
+    print(table.to_string(index=False))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``wsiseg`` argument parser with one subcommand per stage."""
+    from .patches import PatchParams
+    from .predict import PredictParams
+    from .train import TrainParams
+
+    parser = argparse.ArgumentParser(
+        prog="wsiseg",
+        description="Semantic segmentation of whole-slide images. Each subcommand runs one stage of the "
+        "Snakemake workflow (run the whole chain with `snakemake --cores N`).",
+    )
+    parser.add_argument("--version", action="version", version=f"wsiseg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
+
+    p = sub.add_parser("demo", help="write the synthetic demo slide set (TIFFs, RLE table, GeoJSON, sample sheet)")
+    p.add_argument("outdir")
+    p.add_argument("--slides", type=int, default=4)
+    p.add_argument("--height", type=int, default=3000)
+    p.add_argument("--width", type=int, default=4000)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("convert", help="TIFF/PNG slide (+ mask) -> OME-NGFF zarr pyramid")
+    p.add_argument("image")
+    p.add_argument("out", help="output .zarr directory")
+    p.add_argument("--mask", help="RLE table (.csv), GeoJSON polygons (.json/.geojson) or mask image")
+    p.add_argument("--slide-id", help="id of the slide (row id in an RLE table); default: image file stem")
+    p.add_argument("--chunk", type=int, default=512)
+    p.add_argument("--compression", default="zstd", choices=["zstd", "lz4", "zlib", "blosclz"])
+    p.add_argument("--level", type=int, default=5, help="compression level")
+    p.set_defaults(func=_convert)
+
+    p = sub.add_parser("patches", help="extract training patches filtered by mask coverage")
+    p.add_argument("slide", help="converted slide .zarr")
+    p.add_argument("out_zarr")
+    p.add_argument("out_csv")
+    add_arguments(p, PatchParams)
+    p.set_defaults(func=_patches)
+
+    p = sub.add_parser("train", help="train a segmentation-models-pytorch model with Lightning")
+    p.add_argument("--train", nargs="+", required=True, help="training patch stores")
+    p.add_argument("--val", nargs="+", required=True, help="validation patch stores")
+    p.add_argument("--out-dir", required=True, help="writes model.ckpt, metrics.csv, curves.png")
+    p.add_argument("--threads", type=int, default=None)
+    add_arguments(p, TrainParams, skip=("extra",))
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("predict", help="tiled, blended inference over a converted slide")
+    p.add_argument("slide", help="converted slide .zarr")
+    p.add_argument("checkpoint", help="model.ckpt from train")
+    p.add_argument("out", help="output prediction .zarr")
+    add_arguments(p, PredictParams)
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser("report", help="RLE submission, per-slide metrics and overlays")
+    p.add_argument("--samples", required=True, help="sample sheet CSV")
+    p.add_argument("--slides", default="results/zarr", help="folder of converted slide stores")
+    p.add_argument("--predictions", default="results/predictions", help="folder of prediction stores")
+    p.add_argument("--out-dir", default="results")
+    p.set_defaults(func=_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``wsiseg`` console script."""
+    from .logs import setup_logging
+
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"wsiseg {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+import os
+import re
+import sys
+from pathlib import Path
+
+from snakemake.utils import validate
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+# The wsiseg library lives in src/: make it importable here and in every script
+# (with or without --use-conda) without requiring `pip install -e .`.
+SRC = str(Path(workflow.basedir) / "src")
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [SRC] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+)
+sys.path.insert(0, SRC)
+
+from wsiseg.demo import demo_samples
+from wsiseg.samples import read_samples, validate_samples
+
+RESULTS = config["results"].rstrip("/")
+MODEL = config["model_name"]
+DEMO = config["demo"]["enabled"]
+
+if DEMO:
+    SAMPLES = validate_samples(
+        demo_samples(f"{RESULTS}/demo", config["demo"]["slides"]),
+        "demo",
+        check_files=False,
+    )
+else:
+    SAMPLES = read_samples(config["samples"])
+validate(SAMPLES, schema="../schemas/samples.schema.yaml")
+
+
+wildcard_constraints:
+    slide="|".join(re.escape(s) for s in SAMPLES.index),
+    model=re.escape(MODEL),
+
+
+def slides(*splits):
+    """Slide ids whose split is one of `splits`, in sample-sheet order."""
+    return [s for s in SAMPLES.index if SAMPLES.loc[s, "split"] in splits]
+
+
+def predicted_slides():
+    """Slides that get predictions: validation and test."""
+    return slides("val", "test")
+
+
+def convert_input(wildcards):
+    """Image and (if annotated) mask file of one slide."""
+    row = SAMPLES.loc[wildcards.slide]
+    return {"image": row["image"], **({"mask": row["mask"]} if row["mask"] else {})}
+
+
+def final_outputs():
+    """The targets of `rule all`."""
+    return [
+        f"{RESULTS}/submission.csv",
+        f"{RESULTS}/metrics.csv",
+        f"{RESULTS}/models/{MODEL}/curves.png",
+    ]

@@ -1,0 +1,40 @@
+rule report:
+    """RLE submission for test slides, per-slide metrics and prediction overlays."""
+    input:
+        predictions=expand(
+            f"{RESULTS}/predictions/{{slide}}.zarr", slide=predicted_slides()
+        ),
+        slides=expand(f"{RESULTS}/zarr/{{slide}}.zarr", slide=predicted_slides()),
+    output:
+        submission=report(
+            f"{RESULTS}/submission.csv",
+            caption="../report/submission.rst",
+            category="Results",
+        ),
+        metrics=report(
+            f"{RESULTS}/metrics.csv",
+            caption="../report/metrics.rst",
+            category="Results",
+        ),
+        overlays=report(
+            expand(f"{RESULTS}/overlays/{{slide}}.png", slide=predicted_slides()),
+            caption="../report/overlay.rst",
+            category="Overlays",
+        ),
+    params:
+        slide_ids=predicted_slides(),
+        splits={s: SAMPLES.loc[s, "split"] for s in predicted_slides()},
+    log:
+        f"{RESULTS}/logs/report.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/report.tsv"
+    message:
+        "Writing submission, metrics and overlays"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    conda:
+        "../../envs/convert.yaml"
+    script:
+        "../scripts/report.py"

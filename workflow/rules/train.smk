@@ -1,0 +1,34 @@
+rule train:
+    """Train the segmentation model on train-slide patches, validate on val-slide patches."""
+    input:
+        train=expand(f"{RESULTS}/patches/{{slide}}.zarr", slide=slides("train")),
+        val=expand(f"{RESULTS}/patches/{{slide}}.zarr", slide=slides("val")),
+    output:
+        checkpoint=f"{RESULTS}/models/{{model}}/model.ckpt",
+        metrics=report(
+            f"{RESULTS}/models/{{model}}/metrics.csv",
+            caption="../report/metrics_train.rst",
+            category="Training",
+        ),
+        curves=report(
+            f"{RESULTS}/models/{{model}}/curves.png",
+            caption="../report/curves.rst",
+            category="Training",
+        ),
+    params:
+        train=config["train"],
+        seed=config["seed"],
+    log:
+        f"{RESULTS}/logs/train/{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train/{{model}}.tsv"
+    message:
+        "Training model {wildcards.model}"
+    threads: 4
+    resources:
+        mem_mb=8000,
+        runtime=600,
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../scripts/train.py"

@@ -1,0 +1,13 @@
+"""Snakemake wrapper: convert one slide to OME-Zarr."""
+
+from wsiseg.convert import convert_slide
+from wsiseg.logs import log_to
+
+with log_to(snakemake.log[0]):
+    convert_slide(
+        snakemake.input.image,
+        snakemake.output[0],
+        mask=snakemake.input.get("mask"),
+        slide_id=snakemake.wildcards.slide,
+        **snakemake.params.convert,
+    )

@@ -1,0 +1,12 @@
+"""Snakemake wrapper: predict one slide."""
+
+import torch
+
+from wsiseg.logs import log_to
+from wsiseg.params import from_mapping
+from wsiseg.predict import PredictParams, predict_slide
+
+with log_to(snakemake.log[0]):
+    torch.set_num_threads(snakemake.threads)
+    params = from_mapping(PredictParams, snakemake.params.predict, "predict")
+    predict_slide(snakemake.input.slide, snakemake.input.checkpoint, snakemake.output[0], params)
