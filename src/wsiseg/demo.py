@@ -112,7 +112,7 @@ def synthesize_slide(rng: np.random.Generator, spec: DemoSpec) -> tuple[np.ndarr
     return out, mask, circles
 
 
-def write_pyramid_tiff(path: str | Path, image: np.ndarray, tile: int = 256, min_size: int = 256) -> None:
+def write_pyramid_tiff(path: str | Path, image: np.ndarray, tile: int = 256, min_size: int = 128) -> None:
     """Write ``image`` as a tiled, JPEG-compressed, pyramidal (SubIFD) TIFF, atomically."""
     levels = [image]
     while min(levels[-1].shape[:2]) // 2 >= min_size:

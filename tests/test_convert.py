@@ -1,0 +1,117 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+import zarr
+
+from wsiseg import rle
+from wsiseg.convert import convert_slide
+from wsiseg.masks import MaskError
+from wsiseg.slide import SlideError
+from wsiseg.store import SlideStore
+
+
+def test_level0_equals_tifffile_and_pyramid_is_ngff(rgb_tiff, tmp_path):
+    path, image = rgb_tiff
+    out = convert_slide(path, tmp_path / "s.zarr", chunk=128)
+    store = SlideStore(out)
+    np.testing.assert_array_equal(store.levels[0][:].transpose(1, 2, 0), tifffile.imread(path))
+    assert [lvl.shape for lvl in store.levels] == [(3, 300, 420), (3, 150, 210), (3, 75, 105)]
+    assert store.levels[0].chunks == (3, 128, 128)
+    meta = zarr.open_group(out, mode="r").attrs["multiscales"][0]
+    assert meta["version"] == "0.4"
+    assert [a["name"] for a in meta["axes"]] == ["c", "y", "x"]
+    assert meta["datasets"][1]["coordinateTransformations"][0]["scale"] == [1.0, 2.0, 2.0]
+    # level 1 is the 2x2 mean of level 0
+    expected = image[:2, :2].astype(float).mean(axis=(0, 1))
+    np.testing.assert_allclose(store.levels[1][:, 0, 0], expected, atol=1)
+
+
+def test_demo_slide_with_rle_mask(tiny_demo, tmp_path):
+    out = convert_slide(tiny_demo / "demo_0.tiff", tmp_path / "d.zarr", mask=tiny_demo / "train.csv", slide_id="demo_0", chunk=128)
+    store = SlideStore(out)
+    np.testing.assert_array_equal(store.levels[0][:].transpose(1, 2, 0), tifffile.imread(tiny_demo / "demo_0.tiff"))
+    table = pd.read_csv(tiny_demo / "train.csv").set_index("id")
+    truth = rle.decode(table.loc["demo_0", "encoding"], (384, 512))
+    assert truth.sum() > 0
+    np.testing.assert_array_equal(store.mask_levels[0][0], truth)
+    labels = zarr.open_group(out, mode="r")["labels"]
+    assert labels.attrs["labels"] == ["mask"]
+    assert "image-label" in labels["mask"].attrs
+
+
+def test_geojson_polygons_with_holes_and_multipolygons(rgb_tiff, tmp_path):
+    path, _ = rgb_tiff
+    square = [[10, 20], [110, 20], [110, 120], [10, 120], [10, 20]]
+    hole = [[40, 50], [80, 50], [80, 90], [40, 90], [40, 50]]
+    far = [[[[300, 200], [340, 200], [340, 240], [300, 240], [300, 200]]]]
+    features = [
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [square, hole]}},
+        {"type": "Feature", "geometry": {"type": "MultiPolygon", "coordinates": far}},
+    ]
+    (tmp_path / "a.json").write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    mask = SlideStore(convert_slide(path, tmp_path / "p.zarr", mask=tmp_path / "a.json")).mask_levels[0][0]
+    assert mask[30, 20] == 1 and mask[110, 100] == 1  # inside the square (row, col)
+    assert mask[70, 60] == 0  # inside the hole
+    assert mask[220, 320] == 1  # the MultiPolygon
+    assert mask[5, 5] == 0 and mask[200, 200] == 0
+    assert abs(int(mask.sum()) - (100 * 100 - 40 * 40 + 40 * 40)) < 600
+
+
+def test_planar_and_grayscale_layouts(tmp_path):
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (90, 70, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(rgb, 2, 0), photometric="rgb", planarconfig="separate")
+    tifffile.imwrite(tmp_path / "gray.tif", rgb[:, :, 0])
+    tifffile.imwrite(tmp_path / "hubmap.tif", np.moveaxis(rgb, 2, 0)[None, None])
+    for name in ("planar", "hubmap"):
+        store = SlideStore(convert_slide(tmp_path / f"{name}.tif", tmp_path / f"{name}.zarr"))
+        np.testing.assert_array_equal(store.levels[0][:].transpose(1, 2, 0), rgb)
+    gray = SlideStore(convert_slide(tmp_path / "gray.tif", tmp_path / "gray.zarr")).levels[0][:]
+    assert all(np.array_equal(gray[c], rgb[:, :, 0]) for c in range(3))
+
+
+def test_mask_image_label_values_become_foreground(rgb_tiff, tmp_path):
+    path, _ = rgb_tiff
+    labels = np.zeros((300, 420), np.uint16)
+    labels[10:20, 10:20] = 1
+    labels[50:60, 50:60] = 300  # instance ids beyond uint8
+    tifffile.imwrite(tmp_path / "m.tif", labels)
+    mask = SlideStore(convert_slide(path, tmp_path / "m.zarr", mask=tmp_path / "m.tif")).mask_levels[0][0]
+    assert mask.sum() == 200 and mask[15, 15] == 1 and mask[55, 55] == 1
+
+
+def test_unreadable_tiff_names_the_file(tmp_path):
+    bad = tmp_path / "broken.tif"
+    bad.write_bytes(b"this is not a tiff")
+    with pytest.raises(SlideError, match="broken.tif"):
+        convert_slide(bad, tmp_path / "x.zarr")
+    assert not (tmp_path / "x.zarr").exists()
+
+
+def test_mask_shape_mismatch_is_rejected_before_writing(rgb_tiff, tmp_path):
+    path, _ = rgb_tiff
+    tifffile.imwrite(tmp_path / "small.tif", np.zeros((10, 10), np.uint8))
+    with pytest.raises(MaskError, match=r"small.tif: mask shape \(10, 10\) differs from image shape \(300, 420\)"):
+        convert_slide(path, tmp_path / "x.zarr", mask=tmp_path / "small.tif")
+    assert not list(tmp_path.glob("*.zarr")) and not list(tmp_path.glob(".*tmp*"))
+
+
+def test_rle_past_end_and_missing_id(rgb_tiff, tmp_path):
+    path, _ = rgb_tiff
+    pd.DataFrame({"id": ["slide"], "encoding": [f"{300 * 420} 5"]}).to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(MaskError, match="t.csv.*past the image end"):
+        convert_slide(path, tmp_path / "x.zarr", mask=tmp_path / "t.csv")
+    with pytest.raises(MaskError, match="no row with id 'other'"):
+        convert_slide(path, tmp_path / "x.zarr", mask=tmp_path / "t.csv", slide_id="other")
+
+
+def test_failed_conversion_keeps_previous_store(rgb_tiff, tmp_path):
+    path, _ = rgb_tiff
+    out = convert_slide(path, tmp_path / "s.zarr")
+    (tmp_path / "bad.csv").write_text("id,encoding\nslide,1 999999999\n")
+    with pytest.raises(MaskError):
+        convert_slide(path, out, mask=tmp_path / "bad.csv")
+    assert SlideStore(out).levels[0].shape == (3, 300, 420)
