@@ -3,7 +3,6 @@
 Run `snakemake --cores N` (defaults in config.yaml run the embedded demo).
 """
 
-
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -28,4 +27,3 @@ rule all:
     """Everything: trained model, predictions, submission, metrics and overlays."""
     input:
         final_outputs(),
-    default_target: True

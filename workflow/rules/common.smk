@@ -1,4 +1,3 @@
-import os
 import re
 import sys
 from pathlib import Path
@@ -7,13 +6,9 @@ from snakemake.utils import validate
 
 validate(config, schema="../schemas/config.schema.yaml")
 
-# The wsiseg library lives in src/: make it importable here and in every script
-# (with or without --use-conda) without requiring `pip install -e .`.
-SRC = str(Path(workflow.basedir) / "src")
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    [SRC] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-)
-sys.path.insert(0, SRC)
+# The wsiseg library lives in src/; scripts import it through the link
+# workflow/scripts/wsiseg, so the workflow runs without `pip install -e .`.
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from wsiseg.demo import demo_samples
 from wsiseg.samples import read_samples, validate_samples

@@ -4,19 +4,19 @@ rule convert:
         unpack(convert_input),
     output:
         directory(f"{RESULTS}/zarr/{{slide}}.zarr"),
-    params:
-        convert=config["convert"],
     log:
         f"{RESULTS}/logs/convert/{{slide}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/convert/{{slide}}.tsv"
-    message:
-        "Converting slide {wildcards.slide} to OME-Zarr"
+    conda:
+        "../../envs/convert.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=120,
-    conda:
-        "../../envs/convert.yaml"
+    params:
+        convert=config["convert"],
+    message:
+        "Converting slide {wildcards.slide} to OME-Zarr"
     script:
         "../scripts/convert.py"

@@ -5,20 +5,20 @@ rule patches:
     output:
         zarr=directory(f"{RESULTS}/patches/{{slide}}.zarr"),
         index=f"{RESULTS}/patches/{{slide}}.csv",
-    params:
-        patches=config["patches"],
-        seed=config["seed"],
     log:
         f"{RESULTS}/logs/patches/{{slide}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/patches/{{slide}}.tsv"
-    message:
-        "Extracting patches from slide {wildcards.slide}"
+    conda:
+        "../../envs/convert.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=60,
-    conda:
-        "../../envs/convert.yaml"
+    params:
+        patches=config["patches"],
+        seed=config["seed"],
+    message:
+        "Extracting patches from slide {wildcards.slide}"
     script:
         "../scripts/patches.py"

@@ -5,19 +5,19 @@ rule predict:
         checkpoint=f"{RESULTS}/models/{MODEL}/model.ckpt",
     output:
         directory(f"{RESULTS}/predictions/{{slide}}.zarr"),
-    params:
-        predict=config["predict"],
     log:
         f"{RESULTS}/logs/predict/{{slide}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/predict/{{slide}}.tsv"
-    message:
-        "Predicting slide {wildcards.slide}"
+    conda:
+        "../../envs/torch.yaml"
     threads: 2
     resources:
         mem_mb=4000,
         runtime=240,
-    conda:
-        "../../envs/torch.yaml"
+    params:
+        predict=config["predict"],
+    message:
+        "Predicting slide {wildcards.slide}"
     script:
         "../scripts/predict.py"

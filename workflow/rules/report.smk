@@ -21,20 +21,20 @@ rule report:
             caption="../report/overlay.rst",
             category="Overlays",
         ),
-    params:
-        slide_ids=predicted_slides(),
-        splits={s: SAMPLES.loc[s, "split"] for s in predicted_slides()},
     log:
         f"{RESULTS}/logs/report.log",
     benchmark:
         f"{RESULTS}/benchmarks/report.tsv"
-    message:
-        "Writing submission, metrics and overlays"
+    conda:
+        "../../envs/convert.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=60,
-    conda:
-        "../../envs/convert.yaml"
+    params:
+        slide_ids=predicted_slides(),
+        splits={s: SAMPLES.loc[s, "split"] for s in predicted_slides()},
+    message:
+        "Writing submission, metrics and overlays"
     script:
         "../scripts/report.py"

@@ -15,20 +15,20 @@ rule train:
             caption="../report/curves.rst",
             category="Training",
         ),
-    params:
-        train=config["train"],
-        seed=config["seed"],
     log:
         f"{RESULTS}/logs/train/{{model}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/train/{{model}}.tsv"
-    message:
-        "Training model {wildcards.model}"
+    conda:
+        "../../envs/torch.yaml"
     threads: 4
     resources:
         mem_mb=8000,
         runtime=600,
-    conda:
-        "../../envs/torch.yaml"
+    params:
+        train=config["train"],
+        seed=config["seed"],
+    message:
+        "Training model {wildcards.model}"
     script:
         "../scripts/train.py"
