@@ -1,0 +1,108 @@
+"""End to end: the Snakemake workflow on a tiny demo config (about a minute on 2 CPU cores)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+import zarr
+
+from wsiseg import rle
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_CONFIG = {
+    "results": "out",
+    "samples": "unused.csv",
+    "seed": 1,
+    "model_name": "tiny",
+    "demo": {"enabled": True, "slides": 3, "height": 384, "width": 512, "radius_min": 30, "radius_max": 50},
+    "convert": {"chunk": 128},
+    "patches": {"size": 64, "downscale": 2, "stride": 32, "min_coverage": 0.05},
+    "train": {"encoder_depth": 3, "decoder_channels": [32, 16, 8], "epochs": 1, "batch_size": 8, "accelerator": "cpu"},
+    "predict": {"tile": 64, "overlap": 16},
+}
+
+pytestmark = pytest.mark.slow
+
+
+def snakemake(workdir: Path, config: dict, *args: str) -> subprocess.CompletedProcess:
+    """Run snakemake on this repository's Snakefile in ``workdir`` with ``config``."""
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir), "--cores", "2", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
+
+
+def scheduled(result: subprocess.CompletedProcess) -> dict[str, int]:
+    """Job counts per rule from a dry run's 'Job stats' table."""
+    text = result.stdout + result.stderr
+    if "Nothing to be done" in text:
+        return {}
+    table = text.split("Job stats:", 1)[1].split("total", 1)[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("workflow")
+    result = snakemake(workdir, TINY_CONFIG)
+    assert result.returncode == 0, result.stderr[-5000:]
+    return workdir
+
+
+def test_every_artifact_is_written(finished):
+    out = finished / "out"
+    for slide in ("demo_0", "demo_1", "demo_2"):
+        root = zarr.open_group(out / "zarr" / f"{slide}.zarr", mode="r")
+        assert root.attrs["multiscales"][0]["version"] == "0.4"
+        assert root["labels/mask/0"].shape == (1, 384, 512)
+        assert (out / "logs" / "convert" / f"{slide}.log").exists()
+        assert (out / "benchmarks" / "convert" / f"{slide}.tsv").exists()
+    for slide in ("demo_0", "demo_1"):  # train and val slides
+        index = pd.read_csv(out / "patches" / f"{slide}.csv")
+        assert len(index) == zarr.open_group(out / "patches" / f"{slide}.zarr", mode="r")["images"].shape[0] > 0
+    model = out / "models" / "tiny"
+    assert (model / "model.ckpt").stat().st_size > 0 and (model / "curves.png").exists()
+    assert pd.read_csv(model / "metrics.csv")["val_dice"].between(0, 1).all()
+    for slide in ("demo_1", "demo_2"):  # val and test slides are predicted
+        root = zarr.open_group(out / "predictions" / f"{slide}.zarr", mode="r")
+        assert root["mask"].shape == root["prob"].shape == (384, 512)
+        assert (out / "overlays" / f"{slide}.png").exists()
+    submission = pd.read_csv(out / "submission.csv", keep_default_na=False)
+    assert submission["id"].tolist() == ["demo_2"]
+    predicted = zarr.open_group(out / "predictions" / "demo_2.zarr", mode="r")["mask"][:]
+    np.testing.assert_array_equal(rle.decode(submission.loc[0, "predicted"], (384, 512)), predicted)
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert metrics["slide_id"].tolist() == ["demo_1", "demo_2", "mean"]
+    assert set(metrics.columns) >= {"dice", "iou", "precision", "recall"}
+    assert (out / "logs" / "train" / "tiny.log").read_text().count("best val_dice") == 1
+
+
+def test_second_run_has_nothing_to_do(finished):
+    result = snakemake(finished, TINY_CONFIG, "-n")
+    assert result.returncode == 0 and scheduled(result) == {}
+
+
+def test_threshold_change_reruns_only_predict_and_report(finished):
+    config = {**TINY_CONFIG, "predict": {**TINY_CONFIG["predict"], "threshold": 0.3}}
+    jobs = scheduled(snakemake(finished, config, "-n"))
+    assert jobs == {"predict": 2, "report": 1, "all": 1}
+
+
+def test_epoch_change_retrains_without_reconverting(finished):
+    config = {**TINY_CONFIG, "train": {**TINY_CONFIG["train"], "epochs": 2}}
+    jobs = scheduled(snakemake(finished, config, "-n"))
+    assert jobs == {"train": 1, "predict": 2, "report": 1, "all": 1}
+
+
+def test_misspelled_config_key_stops_at_parse_time(finished):
+    config = {**TINY_CONFIG, "predict": {**TINY_CONFIG["predict"], "treshold": 0.3}}
+    result = snakemake(finished, config, "-n")
+    assert result.returncode != 0
+    text = result.stdout + result.stderr
+    assert "Additional properties are not allowed ('treshold' was unexpected)" in text
