@@ -13,8 +13,9 @@ rule predict:
         "../../envs/torch.yaml"
     threads: 2
     resources:
-        mem_mb=4000,
-        runtime=240,
+        mem_mb=config["resources"]["predict_mem_mb"],
+        runtime=config["resources"]["predict_runtime"],
+        gpu=config["resources"]["gpu"],
     params:
         predict=config["predict"],
     message:

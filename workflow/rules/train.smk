@@ -23,8 +23,9 @@ rule train:
         "../../envs/torch.yaml"
     threads: 4
     resources:
-        mem_mb=8000,
-        runtime=600,
+        mem_mb=config["resources"]["train_mem_mb"],
+        runtime=config["resources"]["train_runtime"],
+        gpu=config["resources"]["gpu"],
     params:
         train=config["train"],
         seed=config["seed"],
