@@ -1,0 +1,141 @@
+"""Workflow hygiene: lint, formatting, rule directives, conda envs that cover every import."""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RULES = sorted((ROOT / "workflow" / "rules").glob("*.smk"))
+# import name -> conda-forge package name, where they differ
+CONDA_NAME = {
+    "cv2": "py-opencv",
+    "skimage": "scikit-image",
+    "yaml": "pyyaml",
+    "torch": "pytorch",
+    "pytorch_lightning": "pytorch-lightning",
+    "segmentation_models_pytorch": "segmentation-models-pytorch",
+    "matplotlib": "matplotlib-base",
+}
+# pip distribution name -> conda-forge package name, where they differ
+PIP_TO_CONDA = {"torch": "pytorch", "opencv-python-headless": "py-opencv", "matplotlib": "matplotlib-base"}
+STDLIB = set(sys.stdlib_module_names)
+
+
+def _rule_blocks() -> dict[str, str]:
+    blocks = {}
+    for path in RULES:
+        for match in re.finditer(r"^\s*rule (\w+):\n(.*?)(?=^\s*rule \w+:|\Z)", path.read_text(), re.S | re.M):
+            blocks[match[1]] = match[2]
+    return blocks
+
+
+def _imports(path: Path, seen: set[Path]) -> set[str]:
+    """Top-level third-party modules imported by ``path``, following wsiseg imports."""
+    if path in seen:
+        return set()
+    seen.add(path)
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative import inside wsiseg
+                base = path.parent / Path(*(node.module or "").split("."))
+                targets = [base.with_suffix(".py")] if node.module else [path.parent / f"{a.name}.py" for a in node.names]
+                for target in targets:
+                    if target.exists():
+                        found |= _imports(target, seen)
+                continue
+            names = [node.module]
+        for name in names:
+            top = name.split(".")[0]
+            if top == "wsiseg":
+                module = ROOT / "src" / Path(*name.split(".")).with_suffix(".py")
+                found |= _imports(module if module.exists() else ROOT / "src" / "wsiseg" / "__init__.py", seen)
+            elif top not in STDLIB and top != "snakemake":
+                found.add(top)
+    return found
+
+
+def _env_packages(env: dict) -> dict[str, str]:
+    packages = {}
+    for dep in env["dependencies"]:
+        name, _, version = dep.partition("=")
+        packages[name.strip()] = version.strip("= ")
+    return packages
+
+
+@pytest.mark.parametrize("rule", sorted(_rule_blocks()))
+def test_every_rule_has_log_benchmark_threads_resources_conda_message(rule):
+    block = _rule_blocks()[rule]
+    if rule == "all":
+        return
+    for directive in ("log:", "benchmark:", "threads:", "resources:", "conda:", "message:", "script:"):
+        assert directive in block, f"rule {rule} lacks {directive}"
+    assert re.search(r'"""[^"]+"""', block), f"rule {rule} lacks a docstring"
+    assert "mem_mb=" in block and "runtime=" in block
+
+
+@pytest.mark.parametrize("rule", ["train", "predict"])
+def test_gpu_rules_request_a_gpu_resource(rule):
+    assert "gpu=" in _rule_blocks()[rule]
+
+
+@pytest.mark.parametrize("rule", sorted(set(_rule_blocks()) - {"all"}))
+def test_conda_env_covers_every_import_of_the_rule_script(rule):
+    block = _rule_blocks()[rule]
+    env_file = ROOT / "workflow" / "rules" / re.search(r'conda:\s*"([^"]+)"', block)[1]
+    script = ROOT / "workflow" / "rules" / re.search(r'script:\s*"([^"]+)"', block)[1]
+    env = yaml.safe_load(env_file.read_text())
+    assert env["channels"][0] == "conda-forge"
+    packages = _env_packages(env)
+    missing = sorted(m for m in _imports(script.resolve(), set()) if CONDA_NAME.get(m, m) not in packages)
+    assert not missing, f"{env_file.name} lacks {missing} needed by {script.name}"
+
+
+@pytest.mark.parametrize("env_file", sorted((ROOT / "envs").glob("*.yaml")), ids=lambda p: p.name)
+def test_envs_are_pinned_major_minor_and_match_pyproject(env_file):
+    packages = _env_packages(yaml.safe_load(env_file.read_text()))
+    for name, version in packages.items():
+        assert re.fullmatch(r"\d+\.\d+", version), f"{env_file.name}: {name} pinned as {version!r}, want major.minor"
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    for dep in deps:
+        name, _, floor = re.match(r"([A-Za-z0-9_.-]+)(>=)?([\d.]*)", dep).groups()
+        conda = PIP_TO_CONDA.get(name, name)
+        if conda in packages and floor:
+            assert tuple(map(int, packages[conda].split("."))) >= tuple(map(int, floor.split(".")[:2])), (
+                f"{env_file.name}: {conda} {packages[conda]} is older than pyproject's {dep}"
+            )
+
+
+def test_every_pyproject_dependency_is_in_some_env():
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    in_envs = set().union(*(_env_packages(yaml.safe_load(p.read_text())) for p in (ROOT / "envs").glob("*.yaml")))
+    names = {PIP_TO_CONDA.get(n, n) for n in (re.match(r"[A-Za-z0-9_.-]+", d)[0] for d in deps)}
+    assert names - {"snakemake"} <= in_envs, sorted(names - in_envs - {"snakemake"})
+
+
+def test_snakemake_lint_is_clean(tmp_path):
+    (tmp_path / "config.yaml").write_text((ROOT / "config.yaml").read_text())
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--lint", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--cores", "1"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
+
+
+def test_snakefmt_check_passes():
+    result = subprocess.run(
+        [sys.executable, "-m", "snakefmt", "--check", "Snakefile", "workflow/"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
