@@ -100,6 +100,52 @@ def test_epoch_change_retrains_without_reconverting(finished):
     assert jobs == {"train": 1, "predict": 2, "report": 1, "all": 1}
 
 
+def test_patch_size_change_reruns_patches_and_downstream_not_convert(finished):
+    config = {**TINY_CONFIG, "patches": {**TINY_CONFIG["patches"], "size": 48}}
+    jobs = scheduled(snakemake(finished, config, "-n"))
+    assert jobs == {"patches": 2, "train": 1, "predict": 2, "report": 1, "all": 1}
+
+
+def _user_sheet(workdir: Path, extra: bool) -> dict:
+    """Config using the demo's files through a user sample sheet (optionally with one more slide)."""
+    demo = workdir / "out" / "demo"
+    rows = pd.read_csv(demo / "samples.csv", keep_default_na=False)
+    if extra:
+        rows.loc[len(rows)] = ["extra", "out/demo/demo_2.tiff", "", "test"]
+    rows.to_csv(workdir / "sheet.csv", index=False)
+    return {**TINY_CONFIG, "demo": {"enabled": False}, "samples": "sheet.csv"}
+
+
+def test_adding_one_slide_converts_only_that_slide(finished):
+    assert scheduled(snakemake(finished, _user_sheet(finished, extra=False), "-n")) == {}
+    jobs = scheduled(snakemake(finished, _user_sheet(finished, extra=True), "-n"))
+    assert jobs == {"convert": 1, "predict": 1, "report": 1, "all": 1}
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        (["demo_0", "out/demo/demo_0.tiff", "out/demo/train.csv", "train"], "duplicate slide_id"),
+        (["new", "missing.tiff", "", "test"], "image file not found: missing.tiff"),
+        (["new", "out/demo/demo_0.tiff", "", "holdout"], "unknown split 'holdout'"),
+    ],
+)
+def test_bad_sample_sheet_stops_at_parse_time(finished, row, message):
+    config = _user_sheet(finished, extra=False)
+    sheet = pd.read_csv(finished / "sheet.csv", keep_default_na=False)
+    sheet.loc[len(sheet)] = row
+    sheet.to_csv(finished / "sheet.csv", index=False)
+    result = snakemake(finished, config, "-n")
+    assert result.returncode != 0 and message in result.stdout + result.stderr
+    assert "sheet.csv" in result.stdout + result.stderr
+
+
+def test_wrong_type_stops_at_parse_time(finished):
+    config = {**TINY_CONFIG, "train": {**TINY_CONFIG["train"], "epochs": "many"}}
+    result = snakemake(finished, config, "-n")
+    assert result.returncode != 0 and "'many' is not of type 'integer'" in result.stdout + result.stderr
+
+
 def test_misspelled_config_key_stops_at_parse_time(finished):
     config = {**TINY_CONFIG, "predict": {**TINY_CONFIG["predict"], "treshold": 0.3}}
     result = snakemake(finished, config, "-n")

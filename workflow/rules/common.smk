@@ -55,4 +55,5 @@ def final_outputs():
         f"{RESULTS}/submission.csv",
         f"{RESULTS}/metrics.csv",
         f"{RESULTS}/models/{MODEL}/curves.png",
+        *expand(f"{RESULTS}/overlays/{{slide}}.png", slide=predicted_slides()),
     ]
