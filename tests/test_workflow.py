@@ -152,3 +152,31 @@ def test_misspelled_config_key_stops_at_parse_time(finished):
     assert result.returncode != 0
     text = result.stdout + result.stderr
     assert "Additional properties are not allowed ('treshold' was unexpected)" in text
+
+
+def test_killed_run_recovers_with_the_default_profile(tmp_path):
+    """Kill Snakemake while training, then rerun through workflow/profiles/default (rerun-incomplete)."""
+    import os
+    import signal
+    import time
+
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(TINY_CONFIG))
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--cores", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    train_log = tmp_path / "out" / "logs" / "train" / "tiny.log"
+    deadline = time.time() + 300
+    while not train_log.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.5)
+    assert proc.poll() is None, "the run ended before training started"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "out" / "submission.csv").exists()
+    rerun = subprocess.run(
+        cmd[:-2] + ["--profile", str(ROOT / "workflow" / "profiles" / "default"), "--cores", "2"],
+        capture_output=True, text=True,
+    )
+    assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-3000:]
+    jobs = rerun.stdout + rerun.stderr
+    assert "rule convert" not in jobs.split("Job stats:")[0] or "Finished jobid" in jobs
+    assert (tmp_path / "out" / "submission.csv").exists() and (tmp_path / "out" / "metrics.csv").exists()
+    assert "Converting slide" not in jobs  # conversions finished before the kill are kept
