@@ -171,12 +171,13 @@ def test_killed_run_recovers_with_the_default_profile(tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "out" / "submission.csv").exists()
+    # what a user does after a crash: remove the stale lock, rerun (the profile adds --rerun-incomplete)
+    subprocess.run(cmd + ["--unlock"], check=True, capture_output=True)
     rerun = subprocess.run(
         cmd[:-2] + ["--profile", str(ROOT / "workflow" / "profiles" / "default"), "--cores", "2"],
         capture_output=True, text=True,
     )
     assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-3000:]
     jobs = rerun.stdout + rerun.stderr
-    assert "rule convert" not in jobs.split("Job stats:")[0] or "Finished jobid" in jobs
     assert (tmp_path / "out" / "submission.csv").exists() and (tmp_path / "out" / "metrics.csv").exists()
     assert "Converting slide" not in jobs  # conversions finished before the kill are kept
