@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 from pathlib import Path
+from typing import Iterator, Sequence, TypeVar
 
 import numpy as np
 import zarr
 from tqdm import tqdm
 
 from .io import atomic_path
-from .masks import open_mask
+from .masks import MaskSource, open_mask
 from .slide import SourceSlide
-from .store import NGFF_VERSION, build_pyramid, compressor, create_level, level_count, multiscales
+from .store import NGFF_VERSION, PyramidWriter, build_pyramid, compressor, create_level, level_count, multiscales
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +23,76 @@ OMERO_CHANNELS = [
     {"label": name, "color": color, "active": True, "window": {"start": 0, "end": 255, "min": 0, "max": 255}}
     for name, color in (("red", "FF0000"), ("green", "00FF00"), ("blue", "0000FF"))
 ]
+
+T = TypeVar("T")
+
+
+def prefetch(items: Iterator[T], depth: int = 1) -> Iterator[T]:
+    """Iterate ``items`` produced by a background thread, ``depth`` items ahead.
+
+    Lets decoding of the next band overlap compression of the current one;
+    an exception in the producer is re-raised in the consumer.
+    """
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    done, stop = object(), threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                buffer.put(item)
+            buffer.put(done)
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer
+            buffer.put(err)
+
+    worker = threading.Thread(target=produce, daemon=True)
+    worker.start()
+    try:
+        while (item := buffer.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                buffer.get(timeout=0.1)
+            except queue.Empty:
+                pass
+
+
+def write_image(root: zarr.Group, source: SourceSlide, levels: int, chunk: int, codec, slide_id: str) -> None:
+    """Stream level 0 in chunk-high full-width bands and build the mean pyramid on the fly."""
+    height, width = source.shape
+    pyramid = PyramidWriter(root, (3, height, width), levels, chunk, codec, "mean")
+    bands = prefetch((band.transpose(2, 0, 1) for _, band in source.bands(chunk)))
+    total = -(-height // chunk)
+    for band in tqdm(bands, total=total, desc=f"convert {slide_id}", unit="band", mininterval=10):
+        pyramid.add(band)
+    pyramid.close()
+
+
+def write_labels(root: zarr.Group, annotation: MaskSource, levels: int, chunk: int, codec) -> float:
+    """Rasterise ``annotation`` into the NGFF label image ``labels/mask``; return the foreground share."""
+    height, width = annotation.shape
+    labels = root.create_group("labels")
+    labels.attrs["labels"] = ["mask"]
+    group = labels.create_group("mask")
+    label0 = create_level(group, "0", (1, height, width), chunk, codec)
+    foreground = 0
+    for y0, x0, block in annotation.blocks(chunk):
+        label0[0, y0 : y0 + block.shape[0], x0 : x0 + block.shape[1]] = block
+        foreground += int(np.count_nonzero(block))
+    build_pyramid(group, levels, chunk, codec, "max")
+    colors = [{"label-value": value, "rgba": [*rgb, 160]} for value, rgb in sorted(annotation.classes.items())]
+    group.attrs.update(
+        {
+            "multiscales": multiscales("mask", levels, "max"),
+            "image-label": {"version": NGFF_VERSION, "colors": colors, "source": {"image": "../../"}},
+        }
+    )
+    return foreground / (height * width)
 
 
 def convert_slide(
@@ -30,61 +103,51 @@ def convert_slide(
     chunk: int = 512,
     compression: str = "zstd",
     level: int = 5,
+    uint16: str = "scale",
+    percentiles: Sequence[float] = (0.5, 99.5),
+    channels: Sequence[int] | None = None,
+    palette: dict | list | None = None,
+    workers: int | None = None,
 ) -> Path:
     """Convert ``image`` (and its ``mask`` annotation, if any) to an OME-NGFF zarr at ``out``.
 
-    The image is read and written block by block (``chunk`` rows at a time,
-    at most 16 chunks wide), so memory does not grow with slide area.  The
-    annotation (RLE table row, GeoJSON polygons or mask image) is validated
-    against the image shape before any pixel is written and stored as the
-    label image ``labels/mask``.  The store appears at ``out`` only once it is
-    complete.
+    The image is streamed in full-width bands of ``chunk`` rows (tiles or
+    strips decoded once each, ``workers`` threads) and every pyramid level
+    is written chunk-aligned on the fly, so memory does not grow with slide
+    area.  ``uint16`` (``scale`` or ``percentile`` with ``percentiles``)
+    maps non-8-bit pixels to uint8; ``channels`` picks three channels of a
+    multi-channel image.  The annotation (RLE table row, GeoJSON polygons,
+    mask image; RGB masks mapped to class indices by ``palette``) is
+    validated against the image and written first, as the label image
+    ``labels/mask`` (0/1, or class indices with a palette), so a bad mask
+    fails before the image work.  The store appears at ``out`` only once it
+    is complete.
     """
     out = Path(out)
     slide_id = slide_id or Path(image).stem
-    source = SourceSlide(image)
-    height, width = source.shape
-    annotation = open_mask(mask, slide_id, source.shape) if mask else None
-    codec = compressor(compression, level)
-    levels = level_count(height, width, chunk)
-    block_w = chunk * 16
-    log.info("convert %s: %dx%d px, %d levels, chunk %d -> %s", slide_id, width, height, levels, chunk, out)
-
-    with atomic_path(out) as tmp:
-        root = zarr.open_group(tmp, mode="w", zarr_format=2)
-        base = create_level(root, "0", (3, height, width), chunk, codec)
-        for y0 in tqdm(range(0, height, chunk), desc=f"convert {slide_id}", unit="row", mininterval=5):
-            y1 = min(height, y0 + chunk)
-            for x0 in range(0, width, block_w):
-                x1 = min(width, x0 + block_w)
-                base[:, y0:y1, x0:x1] = source.read(y0, y1, x0, x1).transpose(2, 0, 1)
-        build_pyramid(root, levels, chunk, codec, "mean")
-        root.attrs.update(
-            {
-                "multiscales": multiscales(slide_id, levels, "mean"),
-                "omero": {"version": NGFF_VERSION, "name": slide_id, "channels": OMERO_CHANNELS},
-                "wsiseg": {"slide_id": slide_id, "source": str(image), "mask": str(mask) if mask else None},
-            }
-        )
-        if annotation is not None:
-            labels = root.create_group("labels")
-            labels.attrs["labels"] = ["mask"]
-            group = labels.create_group("mask")
-            label0 = create_level(group, "0", (1, height, width), chunk, codec)
-            foreground = 0
-            for y0, x0, block in annotation.blocks(chunk):
-                label0[0, y0 : y0 + block.shape[0], x0 : x0 + block.shape[1]] = block
-                foreground += int(np.count_nonzero(block))
-            build_pyramid(group, levels, chunk, codec, "max")
-            group.attrs.update(
+    with SourceSlide(image, uint16=uint16, percentiles=percentiles, channels=channels, workers=workers) as source:
+        height, width = source.shape
+        annotation = open_mask(mask, slide_id, source.shape, palette=palette) if mask else None
+        codec = compressor(compression, level)
+        levels = level_count(height, width, chunk)
+        log.info("convert %s: %dx%d px %s, %d levels, chunk %d -> %s", slide_id, width, height, source.dtype, levels, chunk, out)
+        with atomic_path(out) as tmp:
+            root = zarr.open_group(tmp, mode="w", zarr_format=2)
+            if annotation is not None:
+                share = write_labels(root, annotation, levels, chunk, codec)
+                log.info("convert %s: mask from %s, %.2f%% labelled", slide_id, mask, 100 * share)
+            write_image(root, source, levels, chunk, codec, slide_id)
+            root.attrs.update(
                 {
-                    "multiscales": multiscales("mask", levels, "max"),
-                    "image-label": {
-                        "version": NGFF_VERSION,
-                        "colors": [{"label-value": 1, "rgba": [255, 0, 0, 160]}],
-                        "source": {"image": "../../"},
+                    "multiscales": multiscales(slide_id, levels, "mean"),
+                    "omero": {"version": NGFF_VERSION, "name": slide_id, "channels": OMERO_CHANNELS},
+                    "wsiseg": {
+                        "slide_id": slide_id,
+                        "source": str(image),
+                        "mask": str(mask) if mask else None,
+                        "intensity": repr(source.intensity),
+                        "classes": sorted(annotation.classes) if annotation is not None else None,
                     },
                 }
             )
-            log.info("convert %s: mask from %s, %.2f%% foreground", slide_id, mask, 100 * foreground / (height * width))
     return out

@@ -1,8 +1,10 @@
 """Annotation sources rasterised block by block onto a slide's pixel grid.
 
 Supported: a Kaggle RLE table (CSV with ``id`` and ``encoding`` columns),
-GeoJSON / HuBMAP JSON polygons (holes and MultiPolygons included), and
-binary or label mask images (any non-zero pixel is foreground).
+GeoJSON / HuBMAP JSON polygons (holes and MultiPolygons included; parts
+outside the image are clipped with a warning), binary or instance-label mask
+images (any non-zero pixel is foreground) and RGB colour-coded multi-class
+masks mapped to class indices by a palette.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from shapely.geometry import MultiPolygon, Polygon, box, shape
 from skimage.draw import polygon as draw_polygon
 
 from . import rle
-from .slide import SlideError, SourceSlide
+from .slide import SlideError, open_reader
 
 log = logging.getLogger(__name__)
 
@@ -32,20 +34,25 @@ class MaskError(ValueError):
 
 
 class MaskSource(Protocol):
-    """Yields the binary mask of one slide in blocks that tile the slide."""
+    """Yields the label image of one slide in blocks that tile the slide."""
 
     path: Path
+    shape: tuple[int, int]
+    classes: dict[int, tuple[int, int, int]]  # label value -> display colour
 
     def blocks(self, chunk: int) -> Iterator[Block]:
-        """Yield ``(y0, x0, block)`` covering the whole slide, each block uint8 0/1."""
+        """Yield ``(y0, x0, block)`` covering the whole slide, each block uint8 labels (0/1 when binary)."""
         ...
+
+
+BINARY = {1: (255, 0, 0)}
 
 
 class RLETableMask:
     """One row of a Kaggle ``id,encoding`` table; decoded in full-height column bands."""
 
     def __init__(self, path: Path, slide_id: str, shape: tuple[int, int]):
-        self.path, self.shape = path, shape
+        self.path, self.shape, self.classes = path, shape, BINARY
         try:
             table = pd.read_csv(path, dtype=str, keep_default_na=False)
         except Exception as err:
@@ -94,22 +101,28 @@ def _features(data) -> list[dict]:
 
 
 class PolygonMask:
-    """GeoJSON / HuBMAP JSON polygons in level-0 pixel coordinates, rasterised per tile."""
+    """GeoJSON / HuBMAP JSON polygons in level-0 pixel coordinates, rasterised per tile.
+
+    Polygons are united (an island inside another polygon's hole stays
+    foreground); parts outside the image are clipped and reported in a
+    warning on the ``wsiseg.masks`` logger (the rule's log file).
+    """
 
     def __init__(self, path: Path, shape: tuple[int, int]):
-        self.path, self.shape = path, shape
+        self.path, self.shape, self.classes = path, shape, BINARY
         try:
             features = _features(json.loads(Path(path).read_text()))
-            polygons = [p for f in features for p in _polygons(shape_of(f))]
+            polygons = [p for f in features for p in _polygons(shape_of(f)) if not p.is_empty]
         except Exception as err:
-            raise MaskError(f"{path}: cannot read polygons ({err})") from None
+            raise MaskError(f"{path}: cannot read polygons ({type(err).__name__}: {err})") from None
         frame = box(0, 0, shape[1], shape[0])
         inside = [p for p in polygons if p.intersects(frame)]
-        if len(inside) < len(polygons):
-            log.warning("%s: %d polygon(s) lie outside the %dx%d image and are ignored",
-                        path, len(polygons) - len(inside), shape[1], shape[0])
-        if any(not frame.contains(p) for p in inside):
-            log.warning("%s: polygons crossing the image border are clipped", path)
+        clipped = sum(1 for p in inside if not frame.contains(p))
+        if len(inside) < len(polygons) or clipped:
+            log.warning(
+                "%s: %d of %d polygon(s) lie entirely outside the %dx%d image (ignored), %d cross its border (clipped)",
+                path, len(polygons) - len(inside), len(polygons), shape[1], shape[0], clipped,
+            )
         self.polygons = inside
         self.tree = shapely.STRtree(inside)
 
@@ -117,19 +130,32 @@ class PolygonMask:
         height, width = self.shape
         for y0 in range(0, height, chunk):
             for x0 in range(0, width, chunk):
-                tile = (min(chunk, height - y0), min(chunk, width - x0))
-                block = np.zeros(tile, np.uint8)
-                for i in self.tree.query(box(x0, y0, x0 + tile[1], y0 + tile[0])):
-                    poly = self.polygons[i]
-                    _fill(block, poly.exterior.coords, x0, y0, 1)
-                    for hole in poly.interiors:
-                        _fill(block, hole.coords, x0, y0, 0)
+                block = np.zeros((min(chunk, height - y0), min(chunk, width - x0)), np.uint8)
+                for i in self.tree.query(box(x0, y0, x0 + block.shape[1], y0 + block.shape[0])):
+                    _paint(block, self.polygons[i], x0, y0)
                 yield y0, x0, block
 
 
 def shape_of(feature: dict):
     """Shapely geometry of one GeoJSON feature (or bare geometry)."""
-    return shape(feature.get("geometry", feature))
+    geometry = feature.get("geometry", feature) if isinstance(feature, dict) else None
+    if not geometry:
+        return Polygon()
+    return shape(geometry)
+
+
+def _paint(block: np.ndarray, poly: Polygon, x0: int, y0: int) -> None:
+    """Set ``block`` (whose top-left pixel is (y0, x0)) to 1 inside ``poly`` minus its holes."""
+    minx, miny, maxx, maxy = poly.bounds
+    r0, c0 = max(0, int(np.floor(miny)) - y0), max(0, int(np.floor(minx)) - x0)
+    r1, c1 = min(block.shape[0], int(np.ceil(maxy)) + 1 - y0), min(block.shape[1], int(np.ceil(maxx)) + 1 - x0)
+    if r1 <= r0 or c1 <= c0:
+        return
+    local = np.zeros((r1 - r0, c1 - c0), np.uint8)
+    _fill(local, poly.exterior.coords, x0 + c0, y0 + r0, 1)
+    for hole in poly.interiors:
+        _fill(local, hole.coords, x0 + c0, y0 + r0, 0)
+    block[r0:r1, c0:c1] |= local
 
 
 def _fill(block: np.ndarray, coords, x0: int, y0: int, value: int) -> None:
@@ -138,28 +164,108 @@ def _fill(block: np.ndarray, coords, x0: int, y0: int, value: int) -> None:
     block[rows, cols] = value
 
 
-class ImageMask:
-    """A binary or label mask image; any non-zero pixel is foreground."""
+def parse_palette(palette, source: str = "palette") -> dict[int, int]:
+    """Map packed ``0xRRGGBB`` colours to class indices.
 
-    def __init__(self, path: Path, shape: tuple[int, int]):
-        self.path, self.shape = path, shape
+    ``palette`` is a mapping ``{"#ff0000": 1, "0,255,0": 2}`` (hex or
+    comma-separated RGB keys) or a list of ``[r, g, b]`` whose position is the
+    class index.  Black is class 0 unless the palette says otherwise.
+    """
+    if isinstance(palette, dict):
+        items = list(palette.items())
+    elif isinstance(palette, (list, tuple)):
+        items = [(colour, index) for index, colour in enumerate(palette)]
+    else:
+        raise MaskError(f"{source}: expected a mapping colour -> class or a list of [r, g, b], got {type(palette).__name__}")
+    table = {0: 0}
+    for colour, index in items:
+        key = _colour_key(colour, source)
+        if not isinstance(index, (int, np.integer)) or not 0 <= int(index) <= 255:
+            raise MaskError(f"{source}: class index for {colour!r} must be an integer 0..255, got {index!r}")
+        table[key] = int(index)
+    return table
+
+
+def _colour_key(colour, source: str) -> int:
+    try:
+        if isinstance(colour, str) and colour.startswith("#") and len(colour) == 7:
+            return int(colour[1:], 16)
+        parts = [int(v) for v in (colour.split(",") if isinstance(colour, str) else colour)]
+        if len(parts) != 3 or not all(0 <= v <= 255 for v in parts):
+            raise ValueError
+        return (parts[0] << 16) | (parts[1] << 8) | parts[2]
+    except (ValueError, TypeError, AttributeError):
+        raise MaskError(f"{source}: cannot read colour {colour!r}; use '#rrggbb', 'r,g,b' or [r, g, b]") from None
+
+
+def _hex(key: int) -> str:
+    return f"#{key:06x}"
+
+
+class ImageMask:
+    """A mask image, read in full-width row bands.
+
+    Without a palette any non-zero pixel is foreground (binary 0/1, 0/255 and
+    instance-label images).  With a palette (``{packed colour: class}``) an
+    RGB(A) mask is mapped to class indices; colours not in the palette are
+    collected over the whole mask and reported together.
+    """
+
+    def __init__(self, path: Path, shape: tuple[int, int], palette: dict[int, int] | None = None):
+        self.path, self.shape, self.palette = path, shape, palette
         try:
-            self.source = SourceSlide(path)
+            self.reader, self._tif = open_reader(path)
         except SlideError as err:
             raise MaskError(str(err)) from None
-        if self.source.shape != tuple(shape):
-            raise MaskError(f"{path}: mask shape {self.source.shape} differs from image shape {tuple(shape)}")
+        if tuple(self.reader.shape) != tuple(shape):
+            self.close()
+            raise MaskError(f"{path}: mask shape {tuple(self.reader.shape)} differs from image shape {tuple(shape)}")
+        if palette is not None and (self.reader.channels < 3 or np.dtype(self.reader.dtype) != np.uint8):
+            self.close()
+            raise MaskError(
+                f"{path}: a palette needs an 8-bit RGB mask image, got {self.reader.channels} channel(s) of {self.reader.dtype}"
+            )
+        self.classes = BINARY if palette is None else {
+            index: ((key >> 16) & 255, (key >> 8) & 255, key & 255) for key, index in palette.items() if index
+        }
+        self._keys = np.array(sorted(palette), np.uint32) if palette else None
+        self._values = np.array([palette[k] for k in sorted(palette)], np.uint8) if palette else None
 
     def blocks(self, chunk: int) -> Iterator[Block]:
-        height, width = self.shape
-        for y0 in range(0, height, chunk):
-            y1 = min(height, y0 + chunk)
-            raw = self.source.read_raw(y0, y1, 0, width)
-            yield y0, 0, (raw != 0).any(axis=2).astype(np.uint8)
+        unknown: dict[int, int] = {}
+        try:
+            for y0, raw in self.reader.bands(chunk):
+                yield y0, 0, self._classes(raw, unknown) if self.palette else (raw != 0).any(axis=2).astype(np.uint8)
+        finally:
+            self.close()
+        if unknown:
+            listed = ", ".join(f"{_hex(k)} ({n} px)" for k, n in sorted(unknown.items(), key=lambda kv: -kv[1])[:20])
+            raise MaskError(f"{self.path}: {len(unknown)} colour(s) not in the palette: {listed}")
+
+    def _classes(self, raw: np.ndarray, unknown: dict[int, int]) -> np.ndarray:
+        """Class indices of an RGB band; unknown colours are counted into ``unknown`` (and set to 0)."""
+        rgb = raw[:, :, :3].astype(np.uint32)
+        keys = (rgb[:, :, 0] << 16) | (rgb[:, :, 1] << 8) | rgb[:, :, 2]
+        pos = np.minimum(np.searchsorted(self._keys, keys), len(self._keys) - 1)
+        known = self._keys[pos] == keys
+        if not known.all():
+            colours, counts = np.unique(keys[~known], return_counts=True)
+            for colour, count in zip(colours.tolist(), counts.tolist()):
+                unknown[colour] = unknown.get(colour, 0) + count
+        return np.where(known, self._values[pos], 0).astype(np.uint8)
+
+    def close(self) -> None:
+        """Release the open file."""
+        if self._tif is not None:
+            self._tif.close()
+            self._tif = None
 
 
-def open_mask(path: str | Path, slide_id: str, shape: tuple[int, int]) -> MaskSource:
-    """Open and validate the annotation at ``path`` for slide ``slide_id`` of ``shape``."""
+def open_mask(path: str | Path, slide_id: str, shape: tuple[int, int], palette=None) -> MaskSource:
+    """Open and validate the annotation at ``path`` for slide ``slide_id`` of ``shape``.
+
+    ``palette`` (see :func:`parse_palette`) applies to mask images only.
+    """
     path = Path(path)
     if not path.is_file():
         raise MaskError(f"{path}: mask file not found")
@@ -168,4 +274,4 @@ def open_mask(path: str | Path, slide_id: str, shape: tuple[int, int]) -> MaskSo
         return RLETableMask(path, slide_id, shape)
     if suffix in (".json", ".geojson"):
         return PolygonMask(path, shape)
-    return ImageMask(path, shape)
+    return ImageMask(path, shape, parse_palette(palette, f"{path} palette") if palette else None)

@@ -1,121 +1,520 @@
-"""Read source slides (TIFF/OME-TIFF/SVS, PNG/JPEG) region by region.
+"""Read source slides (TIFF/BigTIFF/OME-TIFF/SVS, PNG/JPEG) in bounded memory.
 
-TIFFs are opened through tifffile's zarr interface, so a region read decodes
-only the tiles or strips it touches.  Every region comes back as uint8
-(h, w, 3) RGB whatever the file's layout: (H,W,3), planar (3,H,W), HuBMAP's
-(1,1,3,H,W), grayscale (H,W) or RGBA.
+Every read comes back as uint8 ``(h, w, 3)`` RGB whatever the file's layout:
+``(H,W,3)``, planar ``(3,H,W)``, HuBMAP's ``(1,1,3,H,W)``, grayscale ``(H,W)``
+or RGBA (alpha dropped).  Files with other channel counts need ``channels``
+(three channel indices).  Pixel types other than uint8 are mapped by the
+``uint16`` rule: ``scale`` divides uint16 by 257 (the full range onto 0..255);
+``percentile`` stretches ``percentiles`` (low, high), computed on the
+smallest pyramid level or a sparse sample of level 0, onto 0..255.
+
+Level 0 is streamed in full-width row bands (:meth:`SourceSlide.bands`):
+
+* single-page TIFFs with interleaved samples (the common WSI case) decode
+  their tiles or strips once each, in a thread pool, in file index order;
+* a strip too large to decode at once (e.g. a whole slide in one strip) is
+  stream-decoded row by row when it is uncompressed or deflate-compressed,
+  and rejected with a clear error otherwise (LZW, JPEG, ... cannot be
+  decoded piecewise);
+* every other layout (planar, multi-page OME-TIFF) is read through
+  tifffile's zarr interface one band at a time;
+* PNG/JPEG are decoded whole with imagecodecs (no PIL decompression-bomb
+  limit), so they suit images up to a few gigabytes decoded.
 """
 
 from __future__ import annotations
 
+import os
+import zlib
 from pathlib import Path
+from typing import BinaryIO, Iterator, Sequence
 
 import numpy as np
 import tifffile
 import zarr
 
 RASTER_SUFFIXES = {".png", ".jpg", ".jpeg"}
+UINT16_RULES = ("scale", "percentile")
+MAX_SEGMENT_BYTES = 512 * 2**20  # larger strips are streamed (deflate/none) or rejected
+SAMPLE_SIDE = 2048  # pixels per side of the image used to compute percentiles
+DEFLATE = {8, 32946}
+
+Band = tuple[int, np.ndarray]  # (y0, (h, W, channels) rows)
 
 
 class SlideError(ValueError):
     """A source slide that cannot be read; the message names the file."""
 
 
-def _to_uint8(block: np.ndarray, path: Path) -> np.ndarray:
-    if block.dtype == np.uint8:
-        return block
-    if block.dtype == np.uint16:
-        return (block // 257).astype(np.uint8)  # full uint16 range onto uint8
-    if block.dtype == bool:
-        return block.astype(np.uint8) * 255
-    raise SlideError(f"{path}: unsupported pixel type {block.dtype} (expected uint8 or uint16)")
+def default_workers() -> int:
+    """Decoder threads: the CPUs this process may use (at least 1)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+# ---------------------------------------------------------------------------
+# Readers: raw pixels in the file's dtype, (h, w, channels)
+
+
+class ArrayReader:
+    """An image decoded into memory (PNG/JPEG)."""
+
+    def __init__(self, data: np.ndarray):
+        self.data = data if data.ndim == 3 else data[:, :, None]
+        self.shape = self.data.shape[:2]
+        self.channels = self.data.shape[2]
+        self.dtype = self.data.dtype
+
+    def region(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """Rows ``y0:y1``, columns ``x0:x1``."""
+        return self.data[y0:y1, x0:x1]
+
+    def bands(self, rows: int) -> Iterator[Band]:
+        """Full-width bands of ``rows`` rows, top to bottom."""
+        for y0 in range(0, self.shape[0], rows):
+            yield y0, self.data[y0 : y0 + rows]
+
+    def sample(self) -> np.ndarray:
+        """A sparse grid of pixels for intensity statistics."""
+        step = max(1, max(self.shape) // SAMPLE_SIDE)
+        return self.data[::step, ::step]
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class ZarrReader:
+    """Level 0 of a TIFF series through tifffile's zarr store (any layout tifffile knows)."""
+
+    def __init__(self, tif: tifffile.TiffFile, path: Path):
+        series = tif.series[0]
+        level = series.levels[0]
+        self.path, self.series = path, series
+        self.axes, shape = level.axes, tuple(level.shape)
+        self.array = zarr.open_array(tif.aszarr(series=0, level=0), mode="r")
+        if tuple(self.array.shape) != shape:
+            raise SlideError(f"{path}: inconsistent TIFF shape {self.array.shape} vs {shape}")
+        if "Y" not in self.axes or "X" not in self.axes:
+            raise SlideError(f"{path}: no spatial Y/X axes in TIFF layout {self.axes!r}")
+        extra = [a for a in self.axes if a not in "YX" and shape[self.axes.index(a)] > 1]
+        if len(extra) > 1:
+            raise SlideError(f"{path}: cannot interpret TIFF layout {self.axes!r} with shape {shape}")
+        self.channel_axis = extra[0] if extra else None
+        self.shape = shape[self.axes.index("Y")], shape[self.axes.index("X")]
+        self.channels = shape[self.axes.index(self.channel_axis)] if self.channel_axis else 1
+        self.dtype = self.array.dtype
+
+    def region(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """Rows ``y0:y1``, columns ``x0:x1`` as (h, w, channels)."""
+        return self._read(self.array, self.axes, y0, y1, x0, x1)
+
+    def _read(self, array, axes: str, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        index: list[slice | int] = []
+        for axis in axes:
+            if axis == "Y":
+                index.append(slice(y0, y1))
+            elif axis == "X":
+                index.append(slice(x0, x1))
+            else:
+                index.append(slice(None) if axis == self.channel_axis else 0)
+        block = np.asarray(array[tuple(index)])
+        kept = [a for a in axes if a in "YX" or a == self.channel_axis]
+        order = [kept.index("Y"), kept.index("X")] + ([kept.index(self.channel_axis)] if self.channel_axis else [])
+        block = np.transpose(block, order)
+        return block if block.ndim == 3 else block[:, :, None]
+
+    def bands(self, rows: int) -> Iterator[Band]:
+        """Full-width bands of ``rows`` rows, top to bottom."""
+        for y0 in range(0, self.shape[0], rows):
+            yield y0, self.region(y0, min(self.shape[0], y0 + rows), 0, self.shape[1])
+
+    def sample(self) -> np.ndarray:
+        """The smallest pyramid level if small enough, else a sparse grid of level-0 windows."""
+        smallest = self.series.levels[-1]
+        if len(self.series.levels) > 1 and max(smallest.shape[smallest.axes.index(a)] for a in "YX") <= 4 * SAMPLE_SIDE:
+            array = zarr.open_array(self.series.aszarr(level=len(self.series.levels) - 1), mode="r")
+            return self._read(array, smallest.axes, 0, None, 0, None)
+        return grid_sample(self.region, self.shape)
+
+    def close(self) -> None:
+        """Nothing to release (the TiffFile is closed by the slide)."""
+
+
+def grid_sample(region, shape: tuple[int, int], windows: int = 16, side: int = 128) -> np.ndarray:
+    """Concatenate ``windows`` x ``windows`` small windows spread over the image."""
+    height, width = shape
+    ys = np.linspace(0, max(0, height - side), windows).astype(int)
+    xs = np.linspace(0, max(0, width - side), windows).astype(int)
+    tiles = [region(y, min(height, y + side), x, min(width, x + side)) for y in np.unique(ys) for x in np.unique(xs)]
+    return np.concatenate([t.reshape(-1, t.shape[2]) for t in tiles])[:, None, :]
+
+
+class SegmentReader(ZarrReader):
+    """A single-page TIFF with interleaved samples: bands from its tiles/strips, decoded in parallel.
+
+    Each segment (tile or strip) is read and decoded exactly once, in index
+    order (row-major), and placed into a band buffer; a band is handed out
+    as soon as all its rows are complete.  Memory: one band plus one row of
+    segments plus the decode read-ahead (``buffer_bytes`` of compressed data).
+    """
+
+    def __init__(self, tif, path, page: tifffile.TiffPage, workers: int, buffer_bytes: int = 16 * 2**20):
+        super().__init__(tif, path)
+        self.page, self.workers, self.buffer_bytes = page, workers, buffer_bytes
+        self.segment_rows = page.tilelength if page.is_tiled else min(page.rowsperstrip or page.imagelength, page.imagelength)
+
+    def bands(self, rows: int) -> Iterator[Band]:
+        """Full-width bands of ``rows`` rows, top to bottom."""
+        height, width = self.shape
+        cap = rows + self.segment_rows
+        buf = np.zeros((cap, width, self.channels), self.dtype)
+        top = 0  # image row of buf[0]
+        for segment, (_, _, sy, sx, _), seg_shape in self.page.segments(
+            maxworkers=self.workers, buffersize=self.buffer_bytes
+        ):
+            while sy - top >= rows:  # every row above sy is complete
+                yield top, buf[:rows]
+                buf, top = _shift(buf, rows, cap), top + rows
+            h, w = min(seg_shape[1], height - sy), min(seg_shape[2], width - sx)
+            target = buf[sy - top : sy - top + h, sx : sx + w]
+            target[...] = 0 if segment is None else segment[0, :h, :w]
+        while top < height:
+            yield top, buf[: min(rows, height - top)]
+            buf, top = _shift(buf, rows, cap), top + rows
+
+
+def _shift(buf: np.ndarray, rows: int, cap: int) -> np.ndarray:
+    """A fresh buffer holding ``buf[rows:]`` at its top (the old one is handed out)."""
+    new = np.zeros_like(buf)
+    new[: cap - rows] = buf[rows:]
+    return new
+
+
+class StripStreamReader(ZarrReader):
+    """A single-page TIFF whose strips are too large to decode at once, stream-decoded row by row.
+
+    Supports uncompressed and deflate (zlib) strips, with or without the
+    horizontal-differencing predictor, interleaved or planar samples.
+    Memory: one band plus a few MiB of decoder buffer.
+    """
+
+    def __init__(self, tif, path, page: tifffile.TiffPage):
+        super().__init__(tif, path)
+        self.page = page
+        self.planes = page.samplesperpixel if page.planarconfig == 2 else 1
+        self.dtype = page.dtype
+        self.file_dtype = np.dtype(page.dtype).newbyteorder(tif.byteorder)
+
+    def region(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """Rows ``y0:y1``, columns ``x0:x1`` (decodes the strip from its start: slow, bounded memory)."""
+        with open(self.path, "rb") as fh:
+            streams = self._streams(fh)
+            for start in range(0, y0, SAMPLE_SIDE):
+                self._take(streams, min(SAMPLE_SIDE, y0 - start))
+            return self._take(streams, y1 - y0)[:, x0:x1]
+
+    def sample(self) -> np.ndarray:
+        """The first rows of the image (a strip cannot be sampled sparsely without decoding it)."""
+        return self.region(0, min(self.shape[0], SAMPLE_SIDE), 0, self.shape[1])
+
+    def bands(self, rows: int) -> Iterator[Band]:
+        """Full-width bands of ``rows`` rows, top to bottom."""
+        height = self.shape[0]
+        with open(self.path, "rb") as fh:
+            streams = self._streams(fh)
+            for y0 in range(0, height, rows):
+                yield y0, self._take(streams, min(rows, height - y0))
+
+    def _streams(self, fh: BinaryIO) -> list["PlaneStream"]:
+        page = self.page
+        per_plane = len(page.dataoffsets) // self.planes
+        samples = page.samplesperpixel // self.planes
+        return [
+            PlaneStream(self.path, fh, page, range(p * per_plane, (p + 1) * per_plane), samples, self.file_dtype)
+            for p in range(self.planes)
+        ]
+
+    @staticmethod
+    def _take(streams: list["PlaneStream"], n: int) -> np.ndarray:
+        parts = [stream.take(n) for stream in streams]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=2)
+
+
+class PlaneStream:
+    """Consecutive rows of one sample plane, decoded from its strips on demand."""
+
+    def __init__(self, path: Path, fh: BinaryIO, page: tifffile.TiffPage, strips: range, samples: int, file_dtype):
+        self.path, self.page, self.samples, self.file_dtype = path, page, samples, file_dtype
+        self.row_bytes = page.imagewidth * samples * file_dtype.itemsize
+        self.pieces = (
+            chunk
+            for index in strips
+            for chunk in _strip_bytes(fh, page.dataoffsets[index], page.databytecounts[index], page.compression)
+        )
+        self.pending = bytearray()
+
+    def take(self, n: int) -> np.ndarray:
+        """The next ``n`` rows as (n, W, samples) in native byte order."""
+        size = n * self.row_bytes
+        while len(self.pending) < size:
+            piece = next(self.pieces, None)
+            if piece is None:
+                raise SlideError(f"{self.path}: strip data ends early (truncated file?)")
+            self.pending += piece
+        rows = np.frombuffer(bytes(self.pending[:size]), self.file_dtype).reshape(n, self.page.imagewidth, self.samples)
+        del self.pending[:size]
+        rows = rows.astype(self.file_dtype.newbyteorder("="))
+        if self.page.predictor == 2:  # horizontal differencing: running sum along each row
+            rows = np.cumsum(rows, axis=1, dtype=rows.dtype)
+        return rows
+
+
+def _strip_bytes(fh: BinaryIO, offset: int, count: int, compression: int, piece: int = 4 * 2**20) -> Iterator[bytes]:
+    """Decoded bytes of one strip, produced at most ``piece`` at a time (deflate or uncompressed)."""
+    inflate = zlib.decompressobj() if compression in DEFLATE else None
+    left = count
+    while left > 0:
+        fh.seek(offset + count - left)
+        data = fh.read(min(piece, left))
+        if not data:
+            return
+        left -= len(data)
+        if inflate is None:
+            yield data
+            continue
+        while True:  # bounded output per call; the rest waits in unconsumed_tail
+            out = inflate.decompress(data, piece)
+            if out:
+                yield out
+            data = inflate.unconsumed_tail
+            if not data and len(out) < piece:
+                break
+    if inflate is not None:
+        yield inflate.flush()
+
+
+# ---------------------------------------------------------------------------
+# Opening
+
+
+def _segment_bytes(page: tifffile.TiffPage) -> int:
+    rows = page.tilelength if page.is_tiled else min(page.rowsperstrip or page.imagelength, page.imagelength)
+    width = page.tilewidth if page.is_tiled else page.imagewidth
+    samples = 1 if page.planarconfig == 2 else page.samplesperpixel
+    return rows * width * samples * page.dtype.itemsize
+
+
+def open_tiff(path: Path, workers: int, max_segment_bytes: int) -> tuple[ZarrReader, tifffile.TiffFile]:
+    """Pick the best reader for level 0 of the first series of the TIFF at ``path``."""
+    try:
+        tif = tifffile.TiffFile(path)
+    except Exception as err:  # tifffile raises many types for broken files
+        raise SlideError(f"{path}: cannot read as TIFF ({type(err).__name__}: {err})") from None
+    try:
+        if not tif.series:
+            raise SlideError(f"{path}: TIFF holds no image series")
+        level = tif.series[0].levels[0]
+        page = level.keyframe
+        if 0 in level.shape:
+            raise SlideError(f"{path}: zero-size image {tuple(level.shape)}")
+        if page.dtype is None:
+            raise SlideError(f"{path}: unsupported TIFF pixel format ({page.bitspersample}-bit, sample format {page.sampleformat})")
+        single = len(level.pages) == 1 and page.imagedepth == 1
+        if _segment_bytes(page) > max_segment_bytes:
+            return _huge_strip_reader(tif, path, page, single), tif
+        if single and (page.planarconfig == 1 or page.samplesperpixel == 1):
+            return SegmentReader(tif, path, page, workers), tif
+        return ZarrReader(tif, path), tif
+    except SlideError:
+        tif.close()
+        raise
+    except Exception as err:
+        tif.close()
+        raise SlideError(f"{path}: cannot read as TIFF ({type(err).__name__}: {err})") from None
+
+
+def _huge_strip_reader(tif, path: Path, page: tifffile.TiffPage, single: bool) -> StripStreamReader:
+    """A streaming reader for oversized strips, or a clear error when they cannot be streamed."""
+    kind = "tiles" if page.is_tiled else "strips"
+    what = f"{path}: {kind} of {_segment_bytes(page) / 2**20:,.0f} MiB decoded each"
+    if page.is_tiled or not single:
+        reason = f"{kind} that large in a {'tiled' if page.is_tiled else 'multi-page'} layout are not streamed"
+    elif page.compression not in DEFLATE | {1}:
+        reason = f"{page.compression.name} strips cannot be decoded piecewise (only deflate or uncompressed can)"
+    elif page.predictor not in (1, 2) or page.bitspersample not in (8, 16):
+        reason = f"predictor {page.predictor} / {page.bitspersample}-bit samples cannot be decoded piecewise"
+    else:
+        return StripStreamReader(tif, path, page)
+    raise SlideError(
+        f"{what}; {reason}, so reading them would need that much memory per strip. "
+        "Re-save the slide tiled, e.g. `vips tiffsave in.tif out.tif --tile --pyramid --compression jpeg`."
+    )
+
+
+def open_raster(path: Path) -> ArrayReader:
+    """Decode a PNG/JPEG with imagecodecs (no decompression-bomb limit, unlike PIL)."""
+    import imagecodecs
+
+    try:
+        data = imagecodecs.imread(str(path))
+    except Exception as err:
+        raise SlideError(f"{path}: not a readable PNG/JPEG image ({type(err).__name__}: {err})") from None
+    if data.ndim not in (2, 3) or 0 in data.shape:
+        raise SlideError(f"{path}: unexpected image shape {data.shape}")
+    return ArrayReader(data)
+
+
+def open_reader(
+    path: str | Path, workers: int | None = None, max_segment_bytes: int = MAX_SEGMENT_BYTES
+) -> tuple[ArrayReader | ZarrReader, tifffile.TiffFile | None]:
+    """A raw-pixel reader for any supported image file, and the TiffFile to close (None for PNG/JPEG)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SlideError(f"{path}: image file not found")
+    if path.suffix.lower() in RASTER_SUFFIXES:
+        return open_raster(path), None
+    return open_tiff(path, workers or default_workers(), max_segment_bytes)
+
+
+# ---------------------------------------------------------------------------
+# Pixel mapping
+
+
+def channel_plan(path: Path, count: int, channels: Sequence[int] | None, rgba: bool) -> list[int]:
+    """Indices of the three channels to keep (grayscale is repeated)."""
+    if channels is not None:
+        channels = [int(c) for c in channels]
+        if len(channels) != 3 or any(c < 0 or c >= count for c in channels):
+            raise SlideError(f"{path}: channels {channels} must be three indices below the image's {count} channels")
+        return channels
+    if count in (1, 2):  # gray, gray + alpha
+        return [0, 0, 0]
+    if count == 3 or (count == 4 and rgba):
+        return [0, 1, 2]
+    raise SlideError(
+        f"{path}: {count} channels; only grayscale, RGB and RGBA are converted as they are. "
+        "Select three with `channels: [i, j, k]` (config convert.channels, CLI --channels)."
+    )
+
+
+class IntensityMap:
+    """Maps pixel values to uint8: a plain cast (uint8), ``scale`` (uint16 / 257) or a linear ``stretch``."""
+
+    def __init__(self, kind: str, low: float = 0.0, high: float = 255.0):
+        self.kind, self.low, self.high = kind, low, high
+
+    def __call__(self, block: np.ndarray) -> np.ndarray:
+        if block.dtype == bool:
+            return block.astype(np.uint8) * 255
+        if self.kind == "cast":
+            return block
+        if self.kind == "scale":
+            return (block // 257).astype(np.uint8)  # the full uint16 range onto 0..255
+        scaled = (block.astype(np.float32) - self.low) * (255.0 / (self.high - self.low))
+        return np.clip(scaled + 0.5, 0, 255).astype(np.uint8)
+
+    def __repr__(self) -> str:
+        return f"IntensityMap({self.kind!r}, {self.low:g}, {self.high:g})"
+
+
+def intensity_map(path: Path, dtype: np.dtype, rule: str, percentiles: Sequence[float], sample) -> IntensityMap:
+    """The uint8 mapping for pixels of ``dtype`` under ``rule`` (``sample()`` gives pixels for percentiles)."""
+    if rule not in UINT16_RULES:
+        raise SlideError(f"{path}: unknown uint16 rule {rule!r}; expected one of {UINT16_RULES}")
+    if dtype == np.uint8 or dtype == bool:
+        return IntensityMap("cast")
+    if rule == "scale":
+        if dtype != np.uint16:
+            raise SlideError(f"{path}: pixel type {dtype} has no fixed scale to uint8; use `uint16: percentile`")
+        return IntensityMap("scale")
+    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+        raise SlideError(f"{path}: unsupported pixel type {dtype}")
+    lo, hi = sorted(float(p) for p in percentiles)
+    low, high = (float(v) for v in np.percentile(np.asarray(sample(), dtype=np.float64), [lo, hi]))
+    return IntensityMap("stretch", low, high if high > low else low + 1.0)
+
+
+# ---------------------------------------------------------------------------
 
 
 class SourceSlide:
-    """A level-0 view of a source image with region reads in RGB uint8."""
+    """Level 0 of a source image, read as uint8 RGB by regions or full-width row bands.
 
-    def __init__(self, path: str | Path):
+    ``uint16``: ``scale`` (divide by 257) or ``percentile`` (stretch the
+    ``percentiles`` of a low-resolution sample onto 0..255; also accepts
+    other integer and float types).  ``channels``: three channel indices to
+    use as R, G, B (required for images with more than 3 channels, RGBA
+    aside).  ``workers``: decoder threads (default: all CPUs available).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        uint16: str = "scale",
+        percentiles: Sequence[float] = (0.5, 99.5),
+        channels: Sequence[int] | None = None,
+        workers: int | None = None,
+        max_segment_bytes: int = MAX_SEGMENT_BYTES,
+    ):
         self.path = Path(path)
-        if not self.path.is_file():
-            raise SlideError(f"{self.path}: image file not found")
-        if self.path.suffix.lower() in RASTER_SUFFIXES:
-            self._array, axes = self._open_raster()
-        else:
-            self._array, axes = self._open_tiff()
-        self._plan(axes, self._array.shape)
-
-    def _open_raster(self) -> tuple[np.ndarray, str]:
-        import cv2
-
-        data = cv2.imread(str(self.path), cv2.IMREAD_UNCHANGED)
-        if data is None:
-            raise SlideError(f"{self.path}: not a readable PNG/JPEG image")
-        if data.ndim == 3:
-            data = cv2.cvtColor(data, cv2.COLOR_BGRA2RGBA if data.shape[2] == 4 else cv2.COLOR_BGR2RGB)
-            return data, "YXS"
-        return data, "YX"
-
-    def _open_tiff(self) -> tuple[zarr.Array, str]:
+        self.reader, self._tif = open_reader(self.path, workers, max_segment_bytes)
+        rgba = self._tif is None or self._tif.series[0].keyframe.photometric == tifffile.PHOTOMETRIC.RGB
         try:
-            with tifffile.TiffFile(self.path) as tif:
-                if not tif.series:
-                    raise SlideError(f"{self.path}: TIFF holds no image series")
-                series = tif.series[0]
-                axes, shape = series.levels[0].axes, series.levels[0].shape
-            store = tifffile.imread(self.path, aszarr=True, series=0, level=0)
-            array = zarr.open_array(store, mode="r")
-        except SlideError:
+            self.height, self.width = (int(v) for v in self.reader.shape)
+            if self.height == 0 or self.width == 0:
+                raise SlideError(f"{self.path}: zero-size image {self.reader.shape}")
+            self.channels = self.reader.channels
+            self._keep = channel_plan(self.path, self.channels, channels, rgba)
+            self.intensity = intensity_map(self.path, np.dtype(self.reader.dtype), uint16, percentiles, self._sample)
+        except Exception:
+            self.close()
             raise
-        except Exception as err:  # tifffile raises many types for broken files
-            raise SlideError(f"{self.path}: cannot read as TIFF ({type(err).__name__}: {err})") from None
-        if tuple(array.shape) != tuple(shape):
-            raise SlideError(f"{self.path}: inconsistent TIFF shape {array.shape} vs {shape}")
-        return array, axes
 
-    def _plan(self, axes: str, shape: tuple[int, ...]) -> None:
-        if "Y" not in axes or "X" not in axes:
-            raise SlideError(f"{self.path}: no spatial Y/X axes in TIFF layout {axes!r}")
-        self.height, self.width = int(shape[axes.index("Y")]), int(shape[axes.index("X")])
-        if self.height == 0 or self.width == 0:
-            raise SlideError(f"{self.path}: zero-size image {shape}")
-        self._axes = axes
-        channel_axes = [a for a in axes if a not in "YX" and shape[axes.index(a)] > 1]
-        if len(channel_axes) > 1:
-            raise SlideError(f"{self.path}: cannot interpret layout {axes!r} with shape {shape}")
-        self._channel = channel_axes[0] if channel_axes else None
-        channels = shape[axes.index(self._channel)] if self._channel else 1
-        if channels not in (1, 3, 4):
-            raise SlideError(
-                f"{self.path}: {channels} channels in layout {axes!r}; only grayscale, RGB and RGBA are supported"
-            )
-        self.channels = channels
+    def _sample(self) -> np.ndarray:
+        return self.reader.sample()[:, :, sorted(set(self._keep))]
 
     @property
     def shape(self) -> tuple[int, int]:
         """(height, width) of level 0."""
         return self.height, self.width
 
+    @property
+    def dtype(self) -> np.dtype:
+        """Pixel type stored in the file."""
+        return np.dtype(self.reader.dtype)
+
     def read_raw(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        """Read rows ``y0:y1`` and columns ``x0:x1`` in the file's dtype as (h, w, channels)."""
-        index = []
-        for axis in self._axes:
-            if axis == "Y":
-                index.append(slice(y0, y1))
-            elif axis == "X":
-                index.append(slice(x0, x1))
-            elif axis == self._channel:
-                index.append(slice(None))
-            else:
-                index.append(0)
-        block = np.asarray(self._array[tuple(index)])
-        kept = [a for a in self._axes if a in ("Y", "X") or a == self._channel]
-        order = [kept.index("Y"), kept.index("X")] + ([kept.index(self._channel)] if self._channel else [])
-        block = np.transpose(block, order)
-        return block if block.ndim == 3 else block[:, :, None]
+        """Rows ``y0:y1`` and columns ``x0:x1`` in the file's dtype as (h, w, channels)."""
+        return np.asarray(self.reader.region(y0, y1, x0, x1))
+
+    def raw_bands(self, rows: int) -> Iterator[Band]:
+        """Full-width ``(y0, rows)`` bands in the file's dtype, top to bottom, each region decoded once."""
+        return self.reader.bands(rows)
+
+    def rgb(self, raw: np.ndarray) -> np.ndarray:
+        """Map raw pixels (h, w, channels) to uint8 RGB (h, w, 3)."""
+        picked = raw if self._keep == [0, 1, 2] and raw.shape[2] == 3 else raw[:, :, self._keep]
+        return np.ascontiguousarray(self.intensity(picked))
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        """Read rows ``y0:y1`` and columns ``x0:x1`` as uint8 RGB (h, w, 3)."""
-        block = _to_uint8(self.read_raw(y0, y1, x0, x1), self.path)
-        if block.shape[2] == 1:
-            block = np.repeat(block, 3, axis=2)
-        return np.ascontiguousarray(block[:, :, :3])
+        """Rows ``y0:y1`` and columns ``x0:x1`` as uint8 RGB (h, w, 3)."""
+        return self.rgb(self.read_raw(y0, y1, x0, x1))
+
+    def bands(self, rows: int) -> Iterator[Band]:
+        """Full-width uint8 RGB bands of ``rows`` rows, top to bottom."""
+        for y0, raw in self.raw_bands(rows):
+            yield y0, self.rgb(raw)
+
+    def close(self) -> None:
+        """Release the open file."""
+        if self._tif is not None:
+            self._tif.close()
+            self._tif = None
+
+    def __enter__(self) -> "SourceSlide":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -82,6 +82,52 @@ def build_pyramid(group: zarr.Group, levels: int, chunk: int, codec, how: str) -
                 dst[:, y0 : y0 + chunk, x0 : x0 + chunk] = _pool(np.asarray(block), how)
 
 
+class PyramidWriter:
+    """Write level 0 in full-width row bands and build levels 1.. on the fly, in one pass.
+
+    Each level keeps at most one chunk row of pending rows; when ``chunk``
+    rows are complete they are written (chunk-aligned, so no chunk is read
+    back) and pooled 2x into the next level.  The result equals
+    :func:`build_pyramid` run on the finished level 0, without reading it
+    again.  Memory: about two chunk rows of level 0.
+    """
+
+    def __init__(self, group: zarr.Group, shape: tuple[int, int, int], levels: int, chunk: int, codec, how: str):
+        self.chunk, self.how = chunk, how
+        c, h, w = shape
+        self.arrays = []
+        for k in range(levels):
+            self.arrays.append(create_level(group, str(k), (c, h, w), chunk, codec))
+            h, w = (h + 1) // 2, (w + 1) // 2
+        self.pending: list[list[np.ndarray]] = [[] for _ in range(levels)]
+        self.written = [0] * levels  # rows written per level
+
+    def add(self, band: np.ndarray, k: int = 0) -> None:
+        """Append ``band`` (c, rows, width of level ``k``) below the rows given so far."""
+        self.pending[k].append(band)
+        rows = sum(b.shape[1] for b in self.pending[k])
+        if rows >= self.chunk:
+            stacked = np.concatenate(self.pending[k], axis=1) if len(self.pending[k]) > 1 else band
+            full = rows - rows % self.chunk
+            self.pending[k] = [stacked[:, full:]] if full < rows else []
+            self._write(stacked[:, :full], k)
+
+    def _write(self, rows: np.ndarray, k: int) -> None:
+        y0 = self.written[k]
+        self.arrays[k][:, y0 : y0 + rows.shape[1]] = rows
+        self.written[k] += rows.shape[1]
+        if k + 1 < len(self.arrays):
+            self.add(_pool(rows, self.how), k + 1)
+
+    def close(self) -> None:
+        """Write the last, partial chunk row of every level."""
+        for k in range(len(self.arrays)):
+            if self.pending[k]:
+                rows = np.concatenate(self.pending[k], axis=1)
+                self.pending[k] = []
+                self._write(rows, k)
+
+
 def _read_padded(array: zarr.Array, y0: int, y1: int, x0: int, x1: int, fill: int) -> np.ndarray:
     """Read array[:, y0:y1, x0:x1], padding with ``fill`` outside the array."""
     c, h, w = array.shape
