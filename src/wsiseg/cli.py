@@ -40,7 +40,7 @@ def _train(args) -> None:
 def _predict(args) -> None:
     from .predict import PredictParams, predict_slide
 
-    predict_slide(args.slide, args.checkpoint, args.out, from_args(PredictParams, args))
+    predict_slide(args.slide, args.checkpoints, args.out, from_args(PredictParams, args))
 
 
 def _report(args) -> None:
@@ -111,8 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="tiled, blended inference over a converted slide")
     p.add_argument("slide", help="converted slide .zarr")
-    p.add_argument("checkpoint", help="model.ckpt from train")
     p.add_argument("out", help="output prediction .zarr")
+    p.add_argument("checkpoints", nargs="+", help="model.ckpt from train (several: ensemble mean)")
     add_arguments(p, PredictParams)
     p.set_defaults(func=_predict)
 

@@ -13,6 +13,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -78,17 +79,34 @@ class _BandWriter:
         self.mask[top:bottom, :] = (up > self.threshold).astype(np.uint8)
 
 
-def predict_slide(slide: str | Path, checkpoint: str | Path, out: str | Path, params: PredictParams = PredictParams()) -> Path:
-    """Predict ``slide`` with the model in ``checkpoint``; write ``prob`` and ``mask`` to ``out``.
+def load_ensemble(checkpoints: Sequence[str | Path], device: torch.device) -> list[torch.nn.Module]:
+    """Load one or more checkpoints; they must share the training resolution."""
+    models = [load_model(c, map_location=device).to(device) for c in checkpoints]
+    scales = {(float(m.hparams.downscale)) for m in models}
+    if len(scales) != 1:
+        raise ValueError(f"checkpoints {list(map(str, checkpoints))} were trained at different downscales {sorted(scales)}")
+    return models
 
-    ``out`` is a zarr store with level-0 ``prob`` (uint8, probability x 255)
-    and ``mask`` (uint8 0/1, probability > threshold) arrays."""
+
+def predict_slide(
+    slide: str | Path,
+    checkpoints: str | Path | Sequence[str | Path],
+    out: str | Path,
+    params: PredictParams = PredictParams(),
+) -> Path:
+    """Predict ``slide`` with the model(s) in ``checkpoints``; write ``prob`` and ``mask`` to ``out``.
+
+    Several checkpoints (e.g. cross-validation folds) are averaged in
+    probability space.  ``out`` is a zarr store with level-0 ``prob`` (uint8,
+    probability x 255) and ``mask`` (uint8 0/1, probability > threshold)."""
+    if isinstance(checkpoints, (str, Path)):
+        checkpoints = [checkpoints]
     if params.overlap >= params.tile:
         raise ValueError(f"predict.overlap ({params.overlap}) must be smaller than predict.tile ({params.tile})")
     store = SlideStore(slide)
     device = resolve_device(params.device)
-    model = load_model(checkpoint, map_location=device).to(device)
-    ds = float(model.hparams.downscale)
+    models = load_ensemble(checkpoints, device)
+    ds = float(models[0].hparams.downscale)
     T, stride = params.tile, params.tile - params.overlap
     dh, dw = store.dims(ds)
     ys, xs = grid_positions(dh, T, stride), grid_positions(dw, T, stride)
@@ -116,7 +134,7 @@ def predict_slide(slide: str | Path, checkpoint: str | Path, out: str | Path, pa
                 tiles = [store.read_image(int(round(y * ds)), int(round(x * ds)), (T, T), ds) for x in batch_x]
                 batch = torch.stack([to_tensor(t) for t in tiles]).to(device)
                 with torch.inference_mode(), torch.autocast(device.type, enabled=autocast):
-                    probs = torch.sigmoid(model(batch).float())[:, 0].cpu().numpy()
+                    probs = torch.stack([torch.sigmoid(m(batch).float())[:, 0] for m in models]).mean(0).cpu().numpy()
                 for x, p in zip(batch_x, probs):
                     acc[:, x : x + T] += p * window
                     weight[:, x : x + T] += window
@@ -130,7 +148,7 @@ def predict_slide(slide: str | Path, checkpoint: str | Path, out: str | Path, pa
         root.attrs.update(
             {
                 "slide_id": store.slide_id,
-                "checkpoint": str(checkpoint),
+                "checkpoints": [str(c) for c in checkpoints],
                 "downscale": ds,
                 "tile": T,
                 "overlap": params.overlap,

@@ -49,6 +49,11 @@ def convert_input(wildcards):
     return {"image": row["image"], **({"mask": row["mask"]} if row["mask"] else {})}
 
 
+def model_checkpoints():
+    """Checkpoint(s) that predict uses (several are averaged as an ensemble)."""
+    return [f"{RESULTS}/models/{MODEL}/model.ckpt"]
+
+
 def final_outputs():
     """The targets of `rule all`."""
     return [

@@ -2,7 +2,7 @@ rule predict:
     """Tiled, blended inference over one slide, streamed to a zarr store."""
     input:
         slide=f"{RESULTS}/zarr/{{slide}}.zarr",
-        checkpoint=f"{RESULTS}/models/{MODEL}/model.ckpt",
+        checkpoints=model_checkpoints(),
     output:
         directory(f"{RESULTS}/predictions/{{slide}}.zarr"),
     log:

@@ -9,4 +9,4 @@ from wsiseg.predict import PredictParams, predict_slide
 with log_to(snakemake.log[0]):
     torch.set_num_threads(snakemake.threads)
     params = from_mapping(PredictParams, snakemake.params.predict, "predict")
-    predict_slide(snakemake.input.slide, snakemake.input.checkpoint, snakemake.output[0], params)
+    predict_slide(snakemake.input.slide, list(snakemake.input.checkpoints), snakemake.output[0], params)
