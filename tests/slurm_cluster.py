@@ -49,7 +49,7 @@ def install() -> str | None:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *PACKAGES]):
         try:
-            result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+            result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
         except subprocess.TimeoutExpired:
             return f"{' '.join(cmd)} timed out"
         if result.returncode != 0:

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from slurm_cluster import PARTITION, SlurmCluster, install
+from slurm_cluster import PARTITION, PID_FILES, SlurmCluster, alive, install
 from test_workflow import ROOT, TINY_CONFIG
 
 PROFILE = ROOT / "workflow" / "profiles" / "slurm"
@@ -64,14 +64,15 @@ def cluster():
     reason = install()
     if reason:
         pytest.skip(f"no SLURM cluster for this test: {reason}")
+    running = [str(PID_FILES[name]) for name in ("slurmctld", "slurmd") if alive(PID_FILES[name])]
+    if running:
+        pytest.skip(f"SLURM daemons are already running here ({', '.join(running)}); not touching them")
     slurm = SlurmCluster()
     try:
         slurm.start()
-    except RuntimeError as error:
+        yield slurm
+    finally:
         slurm.stop()
-        pytest.skip(f"could not start a single-node SLURM cluster: {error}")
-    yield slurm
-    slurm.stop()
 
 
 @pytest.mark.slow
