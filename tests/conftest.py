@@ -30,3 +30,41 @@ def rgb_tiff(tmp_path) -> tuple[Path, np.ndarray]:
     path = tmp_path / "slide.tif"
     tifffile.imwrite(path, image, tile=(64, 64), compression="zlib", photometric="rgb")
     return path, image
+
+
+def write_prediction(path: Path, mask: np.ndarray, chunk: int = 16) -> Path:
+    """A prediction store (prob/mask pyramids) holding ``mask``, as predict writes it."""
+    import zarr
+
+    from wsiseg.store import build_pyramid, compressor, create_level, level_count, multiscales
+
+    root = zarr.open_group(path, mode="w", zarr_format=2)
+    levels = level_count(*mask.shape, chunk)
+    for name, data, how in (("mask", mask, "max"), ("prob", mask * 255, "mean")):
+        group = root.create_group(name)
+        create_level(group, "0", (1, *mask.shape), chunk, compressor())[:] = data[None].astype(np.uint8)
+        build_pyramid(group, levels, chunk, compressor(), how)
+        group.attrs["multiscales"] = multiscales(name, levels, how)
+    root.attrs["slide_id"] = path.stem
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tiny_demo, tmp_path_factory) -> tuple[dict[str, Path], Path]:
+    """Converted tiny demo slides and a checkpoint trained for one epoch on them."""
+    import pandas as pd
+
+    from wsiseg.convert import convert_slide
+    from wsiseg.patches import PatchParams, extract_patches
+    from wsiseg.train import TrainParams, train_model
+
+    work = tmp_path_factory.mktemp("trained")
+    slides = {}
+    for row in pd.read_csv(tiny_demo / "samples.csv").itertuples():
+        slides[row.slide_id] = convert_slide(row.image, work / f"{row.slide_id}.zarr", mask=row.mask, slide_id=row.slide_id, chunk=128)
+    patches = PatchParams(size=64, downscale=2, stride=32, min_coverage=0.05)
+    for slide_id in ("demo_0", "demo_1"):
+        extract_patches(slides[slide_id], work / f"p_{slide_id}.zarr", work / f"p_{slide_id}.csv", patches)
+    params = TrainParams(encoder_depth=3, decoder_channels=(32, 16, 8), batch_size=8, epochs=2, lr=3e-3, accelerator="cpu")
+    train_model([work / "p_demo_0.zarr"], [work / "p_demo_1.zarr"], work / "model", params, threads=2)
+    return slides, work / "model" / "model.ckpt"

@@ -1,19 +1,15 @@
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-import zarr
+import shapely.geometry
 
 from wsiseg import rle
 from wsiseg.convert import convert_slide
-from wsiseg.report import encode_store, make_report, scores
-
-
-def _prediction(path, mask):
-    root = zarr.open_group(path, mode="w", zarr_format=2)
-    root.create_array("mask", data=mask.astype(np.uint8), chunks=(16, 16))
-    root.create_array("prob", data=(mask * 255).astype(np.uint8), chunks=(16, 16))
-    return path
+from conftest import write_prediction
+from wsiseg.report import encode_store, export_geojson, make_report, match_objects, scores, submission_table
 
 
 def test_scores_hand_computed():
@@ -28,7 +24,7 @@ def test_scores_hand_computed():
 def test_chunkwise_rle_equals_in_memory_encoding(tmp_path):
     rng = np.random.default_rng(0)
     mask = (rng.random((50, 70)) < 0.4).astype(np.uint8)
-    store = _prediction(tmp_path / "p.zarr", mask)
+    store = write_prediction(tmp_path / "p.zarr", mask)
     for band in (1, 16, 33, 100):
         assert encode_store(store, band=band) == rle.encode(mask)
 
@@ -42,9 +38,10 @@ def test_report_metrics_submission_and_overlays(tmp_path):
     slides = {s: convert_slide(tmp_path / "img.tif", tmp_path / f"{s}.zarr", mask=tmp_path / "truth.tif") for s in ("a", "b")}
     pred_a = np.zeros_like(truth)
     pred_a[20:40, 10:30] = 1  # overlaps half: tp 200, fp 200, fn 200
-    preds = {"a": _prediction(tmp_path / "pa.zarr", pred_a), "b": _prediction(tmp_path / "pb.zarr", truth)}
+    preds = {"a": write_prediction(tmp_path / "pa.zarr", pred_a), "b": write_prediction(tmp_path / "pb.zarr", truth)}
     table = make_report(preds, slides, {"a": "test", "b": "val"}, tmp_path / "sub.csv", tmp_path / "m.csv", tmp_path / "ov")
     metrics = pd.read_csv(tmp_path / "m.csv").set_index("slide_id")
+    assert metrics.loc["b", "object_f1"] == 1.0 and metrics.loc["a", "objects_matched"] == 0
     assert metrics.loc["a", "dice"] == pytest.approx(0.5) and metrics.loc["a", "tp"] == 200
     assert metrics.loc["b", "dice"] == pytest.approx(1.0)
     assert metrics.loc["mean", "dice"] == pytest.approx(0.75)  # mean of per-slide Dice
@@ -53,3 +50,39 @@ def test_report_metrics_submission_and_overlays(tmp_path):
     assert sub["id"].tolist() == ["a"]  # only test slides are submitted
     np.testing.assert_array_equal(rle.decode(sub.loc[0, "predicted"], truth.shape), pred_a)
     assert (tmp_path / "ov" / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_object_matching_counts_pairs_above_iou():
+    truth = np.zeros((40, 40), np.uint8)
+    truth[2:10, 2:10] = 1  # matched exactly
+    truth[20:30, 20:30] = 1  # prediction covers a quarter only: IoU 0.25, no match
+    truth[2:6, 30:34] = 1  # missed
+    pred = np.zeros_like(truth)
+    pred[2:10, 2:10] = 1
+    pred[20:25, 20:25] = 1
+    pred[35:38, 2:5] = 1  # false positive
+    assert match_objects(pred, truth, 0.5) == (3, 3, 1)  # F1 = 2*1 / (3+3)
+
+
+def test_geojson_export_traces_objects_with_holes(tmp_path):
+    mask = np.zeros((64, 64), np.uint8)
+    mask[10:40, 10:40] = 1
+    mask[20:30, 20:30] = 0  # hole
+    mask[50:55, 50:60] = 1
+    assert export_geojson(write_prediction(tmp_path / "p.zarr", mask), tmp_path / "p.geojson", "glomerulus") == 2
+    data = json.loads((tmp_path / "p.geojson").read_text())
+    assert data["type"] == "FeatureCollection"
+    shapes = sorted((shapely.geometry.shape(f["geometry"]) for f in data["features"]), key=lambda g: -g.area)
+    assert len(shapes[0].interiors) == 1 and shapes[0].is_valid
+    assert abs(shapes[0].area - (29 * 29 - 11 * 11)) < 60  # contours run through pixel centres
+    assert data["features"][0]["properties"]["classification"]["name"] == "glomerulus"
+
+
+def test_sample_submission_fixes_order_and_rejects_unknown_ids(tmp_path):
+    masks = {s: write_prediction(tmp_path / f"{s}.zarr", np.eye(8, dtype=np.uint8) * (i + 1) // (i + 1)) for i, s in enumerate("abc")}
+    pd.DataFrame({"id": ["c", "a"], "predicted": ["", ""]}).to_csv(tmp_path / "sample.csv", index=False)
+    table = submission_table(masks, ["a", "b", "c"], tmp_path / "sample.csv")
+    assert table["id"].tolist() == ["c", "a"] and table["predicted"].tolist() == [rle.encode(np.eye(8))] * 2
+    pd.DataFrame({"id": ["zzz"]}).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(ValueError, match=r"bad.csv: no prediction for id\(s\) \['zzz'\]"):
+        submission_table(masks, ["a"], tmp_path / "bad.csv")

@@ -53,7 +53,7 @@ def test_prediction_store_matches_slide_and_threshold(tiny_patches, tmp_path):
     train_model([work / "p_demo_0.zarr"], [work / "p_demo_1.zarr"], tmp_path / "m", TrainParams(**TINY_MODEL))
     out = predict_slide(stores["demo_2"], tmp_path / "m" / "model.ckpt", tmp_path / "p.zarr", PredictParams(tile=64, overlap=16, threshold=0.4, min_tissue=0))
     root = zarr.open_group(out, mode="r")
-    prob, mask = root["prob"][:], root["mask"][:]
+    prob, mask = root["prob/0"][0], root["mask/0"][0]
     assert prob.shape == mask.shape == (384, 512)
     assert set(np.unique(mask)) <= {0, 1}
     # the mask is the thresholded probability (up to uint8 rounding of the stored probability)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -71,11 +72,12 @@ def test_every_artifact_is_written(finished):
     assert pd.read_csv(model / "metrics.csv")["val_dice"].between(0, 1).all()
     for slide in ("demo_1", "demo_2"):  # val and test slides are predicted
         root = zarr.open_group(out / "predictions" / f"{slide}.zarr", mode="r")
-        assert root["mask"].shape == root["prob"].shape == (384, 512)
+        assert root["mask/0"].shape == root["prob/0"].shape == (1, 384, 512)
         assert (out / "overlays" / f"{slide}.png").exists()
+        assert json.loads((out / "geojson" / f"{slide}.geojson").read_text())["type"] == "FeatureCollection"
     submission = pd.read_csv(out / "submission.csv", keep_default_na=False)
     assert submission["id"].tolist() == ["demo_2"]
-    predicted = zarr.open_group(out / "predictions" / "demo_2.zarr", mode="r")["mask"][:]
+    predicted = zarr.open_group(out / "predictions" / "demo_2.zarr", mode="r")["mask/0"][0]
     np.testing.assert_array_equal(rle.decode(submission.loc[0, "predicted"], (384, 512)), predicted)
     metrics = pd.read_csv(out / "metrics.csv")
     assert metrics["slide_id"].tolist() == ["demo_1", "demo_2", "mean"]

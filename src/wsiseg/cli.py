@@ -58,6 +58,10 @@ def _report(args) -> None:
         Path(args.out_dir) / "submission.csv",
         Path(args.out_dir) / "metrics.csv",
         Path(args.out_dir) / "overlays",
+        Path(args.out_dir) / "geojson",
+        sample_submission=args.sample_submission,
+        object_iou=args.object_iou,
+        class_name=args.class_name,
     )
     print(table.to_string(index=False))
 
@@ -116,11 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p, PredictParams)
     p.set_defaults(func=_predict)
 
-    p = sub.add_parser("report", help="RLE submission, per-slide metrics and overlays")
+    p = sub.add_parser("report", help="RLE submission, per-slide metrics, overlays and GeoJSON objects")
     p.add_argument("--samples", required=True, help="sample sheet CSV")
     p.add_argument("--slides", default="results/zarr", help="folder of converted slide stores")
     p.add_argument("--predictions", default="results/predictions", help="folder of prediction stores")
     p.add_argument("--out-dir", default="results")
+    p.add_argument("--sample-submission", help="Kaggle sample submission CSV: fixes the ids and row order")
+    p.add_argument("--object-iou", type=float, default=0.5, help="IoU above which predicted and true objects match")
+    p.add_argument("--class-name", default="foreground", help="class name of the exported GeoJSON objects")
     p.set_defaults(func=_report)
     return parser
 

@@ -1,19 +1,29 @@
 """Stage ``predict``: tiled, blended inference over a slide store, streamed to zarr.
 
 The slide is read in tiles at the model's training resolution (``downscale``
-from the checkpoint).  Tiles overlap and are blended with a Gaussian window,
-so there are no seams.  Tile rows are processed top to bottom and finished
-rows are flushed (upsampled to level 0) to the output store straight away:
+from the checkpoint).  A background thread reads and decodes the next tiles
+while the model computes (the GPU does not wait on I/O) and a second thread
+writes finished rows.  Tiles overlap and are blended with a Gaussian or
+linear-ramp window, so there are no seams.  Tile rows are processed top to
+bottom; finished rows are upsampled to level 0 and written straight away:
 memory holds one band of tiles, never the slide.
+
+Output store ``{slide}.zarr``::
+
+    prob/0, 1, ...   probability x 255 (uint8), axes (c, y, x) with c = 1
+    mask/0, 1, ...   thresholded (and post-processed) mask, uint8 0/1
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import queue
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -25,32 +35,56 @@ from .data import to_tensor
 from .io import atomic_path
 from .model import load_model
 from .patches import grid_positions
-from .store import SlideStore, compressor
+from .postprocess import postprocess_mask
+from .store import SlideStore, build_pyramid, compressor, create_level, level_count, multiscales
 from .tissue import TissueMap
 
 log = logging.getLogger(__name__)
 
+TTA_OPS = ("hflip", "vflip", "rot90")
+
 
 @dataclass(frozen=True)
 class PredictParams:
-    """Tiling, blending and thresholding settings (config ``predict``)."""
+    """Tiling, blending, test-time augmentation and thresholding (config ``predict``)."""
 
     tile: int = 512  # tile side at training resolution
     overlap: int = 128  # pixels shared by neighbouring tiles
     batch_size: int = 8
     threshold: float = 0.5
+    blend: str = "gaussian"  # gaussian | ramp | constant
+    tta: tuple[str, ...] = ()  # any of hflip, vflip, rot90 (averaged with the plain prediction)
     min_tissue: float = 0.02  # tiles with less tissue are skipped (probability 0)
     tissue_saturation: float = 0.08
+    min_area: int = 0  # level-0 px: smaller predicted objects are removed
+    max_hole: int = 0  # level-0 px: smaller holes in objects are filled
     chunk: int = 512
+    prefetch: int = 4  # batches read ahead by the background reader
     device: str = "auto"
 
 
-def gaussian_window(size: int, sigma_scale: float = 0.125) -> np.ndarray:
-    """(size, size) float32 Gaussian blending weights, strictly positive."""
-    coords = np.arange(size, dtype=np.float32) - (size - 1) / 2
-    g = np.exp(-(coords**2) / (2 * (sigma_scale * size) ** 2))
-    window = np.outer(g, g)
+def blend_window(size: int, mode: str = "gaussian", overlap: int = 0) -> np.ndarray:
+    """(size, size) float32 blending weights, strictly positive.
+
+    ``gaussian``: sigma = size / 8 (as MONAI); ``ramp``: linear over the
+    ``overlap`` border; ``constant``: plain average."""
+    if mode == "gaussian":
+        coords = np.arange(size, dtype=np.float32) - (size - 1) / 2
+        line = np.exp(-(coords**2) / (2 * (size / 8) ** 2))
+    elif mode == "ramp":
+        i = np.arange(size, dtype=np.float32) + 0.5
+        line = np.clip(np.minimum(i, size - i) / max(overlap, 1), 0, 1)
+    elif mode == "constant":
+        line = np.ones(size, np.float32)
+    else:
+        raise ValueError(f"unknown blend mode {mode!r}; use gaussian, ramp or constant")
+    window = np.outer(line, line)
     return np.maximum(window / window.max(), 1e-4).astype(np.float32)
+
+
+def gaussian_window(size: int) -> np.ndarray:
+    """Gaussian blending weights (see :func:`blend_window`)."""
+    return blend_window(size, "gaussian")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -60,32 +94,136 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def load_ensemble(checkpoints: Sequence[str | Path], device: torch.device) -> list[torch.nn.Module]:
+    """Load one or more checkpoints; they must share the training resolution."""
+    models = [load_model(c, map_location=device).to(device) for c in checkpoints]
+    scales = {float(m.hparams.downscale) for m in models}
+    if len(scales) != 1:
+        raise ValueError(f"checkpoints {list(map(str, checkpoints))} were trained at different downscales {sorted(scales)}")
+    return models
+
+
+def _tta_pairs(ops: Sequence[str]):
+    unknown = sorted(set(ops) - set(TTA_OPS))
+    if unknown:
+        raise ValueError(f"unknown TTA op(s) {unknown}; use {list(TTA_OPS)}")
+    pairs = [(lambda x: x, lambda x: x)]
+    if "hflip" in ops:
+        pairs.append((lambda x: x.flip(3), lambda x: x.flip(3)))
+    if "vflip" in ops:
+        pairs.append((lambda x: x.flip(2), lambda x: x.flip(2)))
+    if "rot90" in ops:
+        pairs.append((lambda x: x.rot90(1, (2, 3)), lambda x: x.rot90(-1, (2, 3))))
+    return pairs
+
+
+def predict_batch(models: Sequence[torch.nn.Module], batch: torch.Tensor, tta: Sequence[str] = ()) -> torch.Tensor:
+    """Foreground probabilities (n, h, w) averaged over models and TTA views."""
+    total = torch.zeros(batch.shape[0], batch.shape[2], batch.shape[3], device=batch.device)
+    pairs = _tta_pairs(tta)
+    autocast = batch.device.type == "cuda"
+    with torch.inference_mode(), torch.autocast(batch.device.type, enabled=autocast):
+        for model in models:
+            for forward, inverse in pairs:
+                total += inverse(torch.sigmoid(model(forward(batch)).float()))[:, 0]
+    return total / (len(models) * len(pairs))
+
+
+def _prefetch(items: Iterator, depth: int) -> Iterator:
+    """Run ``items`` in a background thread, ``depth`` items ahead; re-raise its errors."""
+    buffer: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    done = object()
+
+    def work() -> None:
+        try:
+            for item in items:
+                buffer.put(item)
+        except BaseException as err:  # hand the error to the consumer
+            buffer.put(err)
+        buffer.put(done)
+
+    threading.Thread(target=work, daemon=True, name="wsiseg-reader").start()
+    while (item := buffer.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+class _Plan:
+    """Tile grid of one slide at the model resolution, with tissue filtering."""
+
+    def __init__(self, store: SlideStore, downscale: float, params: PredictParams):
+        self.store, self.ds, self.params = store, downscale, params
+        self.T = params.tile
+        self.dh, self.dw = store.dims(downscale)
+        self.ys = grid_positions(self.dh, self.T, self.T - params.overlap)
+        self.xs = grid_positions(self.dw, self.T, self.T - params.overlap)
+        self.tissue = TissueMap(store, params.tissue_saturation)
+        self.skipped = 0
+
+    def row_tiles(self, y: int) -> list[int]:
+        span = int(math.ceil(self.T * self.ds))
+        todo = [x for x in self.xs if self.tissue.fraction(int(y * self.ds), int(x * self.ds), span, span) >= self.params.min_tissue]
+        self.skipped += len(self.xs) - len(todo)
+        return todo
+
+    def batches(self) -> Iterator[tuple[int, list[int], np.ndarray | None]]:
+        """Per tile row: (row, xs, uint8 tiles) batches, then (row, [], None) when the row is read."""
+        for r, y in enumerate(self.ys):
+            todo = self.row_tiles(y)
+            for b in range(0, len(todo), self.params.batch_size):
+                xs = todo[b : b + self.params.batch_size]
+                tiles = [self.store.read_image(int(round(y * self.ds)), int(round(x * self.ds)), (self.T, self.T), self.ds) for x in xs]
+                yield r, xs, np.stack(tiles)
+            yield r, [], None
+
+
 class _BandWriter:
     """Upsamples finished rows of the downscaled probability map and writes them at level 0."""
 
     def __init__(self, prob: zarr.Array, mask: zarr.Array, downscale: float, threshold: float):
         self.prob, self.mask, self.ds, self.threshold = prob, mask, downscale, threshold
-        self.height, self.width = prob.shape
+        _, self.height, self.width = prob.shape
 
     def write(self, y0: int, band: np.ndarray) -> None:
         top = int(round(y0 * self.ds))
         bottom = min(self.height, int(round((y0 + band.shape[0]) * self.ds)))
         if bottom <= top:
             return
-        full_w = int(round(band.shape[1] * self.ds))
-        up = cv2.resize(band, (full_w, int(round(band.shape[0] * self.ds))), interpolation=cv2.INTER_LINEAR)
+        size = (int(round(band.shape[1] * self.ds)), int(round(band.shape[0] * self.ds)))
+        up = band if self.ds == 1 else cv2.resize(band, size, interpolation=cv2.INTER_LINEAR)
         up = up[: bottom - top, : self.width]
-        self.prob[top:bottom, :] = np.clip(np.rint(up * 255), 0, 255).astype(np.uint8)
-        self.mask[top:bottom, :] = (up > self.threshold).astype(np.uint8)
+        self.prob[0, top:bottom, :] = np.clip(np.rint(up * 255), 0, 255).astype(np.uint8)
+        self.mask[0, top:bottom, :] = (up > self.threshold).astype(np.uint8)
 
 
-def load_ensemble(checkpoints: Sequence[str | Path], device: torch.device) -> list[torch.nn.Module]:
-    """Load one or more checkpoints; they must share the training resolution."""
-    models = [load_model(c, map_location=device).to(device) for c in checkpoints]
-    scales = {(float(m.hparams.downscale)) for m in models}
-    if len(scales) != 1:
-        raise ValueError(f"checkpoints {list(map(str, checkpoints))} were trained at different downscales {sorted(scales)}")
-    return models
+def _blend_rows(plan: _Plan, models, device: torch.device, writer: _BandWriter, executor: ThreadPoolExecutor) -> None:
+    T, dw = plan.T, plan.dw
+    window = blend_window(T, plan.params.blend, plan.params.overlap)
+    acc = np.zeros((T, max(dw, T)), np.float32)
+    weight = np.zeros_like(acc)
+    progress = tqdm(total=len(plan.ys), desc=f"predict {plan.store.slide_id}", unit="tile row", mininterval=5)
+    pending = []
+    for r, xs, tiles in _prefetch(plan.batches(), plan.params.prefetch):
+        if tiles is not None:
+            batch = torch.stack([to_tensor(t) for t in tiles]).to(device, non_blocking=True)
+            for x, p in zip(xs, predict_batch(models, batch, plan.params.tta).cpu().numpy()):
+                acc[:, x : x + T] += p * window
+                weight[:, x : x + T] += window
+            continue
+        y = plan.ys[r]
+        final = (plan.ys[r + 1] - y) if r + 1 < len(plan.ys) else min(T, plan.dh - y)
+        w = weight[:final, :dw]
+        prob = np.divide(acc[:final, :dw], w, out=np.zeros((final, dw), np.float32), where=w > 0)
+        pending.append(executor.submit(writer.write, y, prob))
+        acc = np.roll(acc, -final, axis=0)
+        weight = np.roll(weight, -final, axis=0)
+        acc[T - final :] = 0
+        weight[T - final :] = 0
+        progress.update(1)
+    progress.close()
+    for future in pending:
+        future.result()
 
 
 def predict_slide(
@@ -94,67 +232,49 @@ def predict_slide(
     out: str | Path,
     params: PredictParams = PredictParams(),
 ) -> Path:
-    """Predict ``slide`` with the model(s) in ``checkpoints``; write ``prob`` and ``mask`` to ``out``.
+    """Predict ``slide`` with the model(s) in ``checkpoints``; write ``prob`` and ``mask`` pyramids to ``out``.
 
-    Several checkpoints (e.g. cross-validation folds) are averaged in
-    probability space.  ``out`` is a zarr store with level-0 ``prob`` (uint8,
-    probability x 255) and ``mask`` (uint8 0/1, probability > threshold)."""
+    Several checkpoints (e.g. cross-validation folds) and TTA views are
+    averaged in probability space.  The mask is ``prob > threshold``, then
+    objects below ``min_area`` are removed and holes below ``max_hole`` filled."""
     if isinstance(checkpoints, (str, Path)):
         checkpoints = [checkpoints]
     if params.overlap >= params.tile:
         raise ValueError(f"predict.overlap ({params.overlap}) must be smaller than predict.tile ({params.tile})")
+    _tta_pairs(params.tta)
     store = SlideStore(slide)
     device = resolve_device(params.device)
     models = load_ensemble(checkpoints, device)
     ds = float(models[0].hparams.downscale)
-    T, stride = params.tile, params.tile - params.overlap
-    dh, dw = store.dims(ds)
-    ys, xs = grid_positions(dh, T, stride), grid_positions(dw, T, stride)
-    window = gaussian_window(T)
-    tissue = TissueMap(store, params.tissue_saturation)
-    span = int(math.ceil(T * ds))
-    autocast = device.type == "cuda"
-    log.info("predict %s: %dx%d at downscale %g, %d tiles of %d px on %s", store.slide_id, dw, dh, ds, len(ys) * len(xs), T, device)
-
-    skipped = 0
+    plan = _Plan(store, ds, params)
+    log.info(
+        "predict %s: %dx%d at downscale %g, %d tiles of %d px, %d model(s) x %d TTA view(s) on %s",
+        store.slide_id, plan.dw, plan.dh, ds, len(plan.ys) * len(plan.xs), plan.T, len(models), 1 + len(params.tta), device,
+    )
+    codec = compressor()
+    levels = level_count(store.height, store.width, params.chunk)
     with atomic_path(out) as tmp:
         root = zarr.open_group(tmp, mode="w", zarr_format=2)
-        arrays = [
-            root.create_array(name, shape=(store.height, store.width), chunks=(params.chunk, params.chunk), dtype="uint8", compressors=compressor())
-            for name in ("prob", "mask")
-        ]
-        writer = _BandWriter(*arrays, ds, params.threshold)
-        acc = np.zeros((T, max(dw, T)), np.float32)
-        weight = np.zeros_like(acc)
-        for r, y in enumerate(tqdm(ys, desc=f"predict {store.slide_id}", unit="tile row", mininterval=5)):
-            todo = [x for x in xs if tissue.fraction(int(y * ds), int(x * ds), span, span) >= params.min_tissue]
-            skipped += len(xs) - len(todo)
-            for b in range(0, len(todo), params.batch_size):
-                batch_x = todo[b : b + params.batch_size]
-                tiles = [store.read_image(int(round(y * ds)), int(round(x * ds)), (T, T), ds) for x in batch_x]
-                batch = torch.stack([to_tensor(t) for t in tiles]).to(device)
-                with torch.inference_mode(), torch.autocast(device.type, enabled=autocast):
-                    probs = torch.stack([torch.sigmoid(m(batch).float())[:, 0] for m in models]).mean(0).cpu().numpy()
-                for x, p in zip(batch_x, probs):
-                    acc[:, x : x + T] += p * window
-                    weight[:, x : x + T] += window
-            final = (ys[r + 1] - y) if r + 1 < len(ys) else min(T, dh - y)
-            prob = np.divide(acc[:final, :dw], weight[:final, :dw], out=np.zeros((final, dw), np.float32), where=weight[:final, :dw] > 0)
-            writer.write(y, prob)
-            acc = np.roll(acc, -final, axis=0)
-            weight = np.roll(weight, -final, axis=0)
-            acc[T - final :] = 0
-            weight[T - final :] = 0
+        groups = {name: root.create_group(name) for name in ("prob", "mask")}
+        arrays = [create_level(g, "0", (1, store.height, store.width), params.chunk, codec) for g in groups.values()]
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsiseg-writer") as executor:
+            _blend_rows(plan, models, device, _BandWriter(*arrays, ds, params.threshold), executor)
+        if params.min_area or params.max_hole:
+            postprocess_mask(arrays[1], params.min_area, params.max_hole)
+        for name, how in (("prob", "mean"), ("mask", "max")):
+            build_pyramid(groups[name], levels, params.chunk, codec, how)
+            groups[name].attrs["multiscales"] = multiscales(name, levels, how)
         root.attrs.update(
             {
                 "slide_id": store.slide_id,
                 "checkpoints": [str(c) for c in checkpoints],
                 "downscale": ds,
-                "tile": T,
+                "tile": plan.T,
                 "overlap": params.overlap,
                 "threshold": params.threshold,
-                "tiles_skipped": skipped,
+                "tta": list(params.tta),
+                "tiles_skipped": plan.skipped,
             }
         )
-    log.info("predict %s: done, %d of %d tiles skipped as non-tissue", store.slide_id, skipped, len(ys) * len(xs))
+    log.info("predict %s: done, %d of %d tiles skipped as non-tissue", store.slide_id, plan.skipped, len(plan.ys) * len(plan.xs))
     return Path(out)

@@ -1,12 +1,14 @@
-"""Stage ``report``: RLE submission, per-slide metrics and overlay images.
+"""Stage ``report``: RLE submission, per-slide metrics, overlays and GeoJSON objects.
 
-Everything is computed chunk-wise from the prediction and slide stores:
+Pixel metrics and the RLE are computed chunk-wise from the level-0 stores:
 the RLE by full-height column bands (column-major order without transposing
-the whole mask), the confusion counts by row bands.
+the whole mask), confusion counts by row bands.  Object-level metrics and
+GeoJSON polygons use the finest pyramid level that fits ``max_side``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -15,6 +17,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import zarr
+from skimage.measure import label
 
 from . import rle
 from .io import atomic_path
@@ -22,18 +25,47 @@ from .store import SlideStore
 
 log = logging.getLogger(__name__)
 
-METRIC_COLUMNS = ["slide_id", "split", "dice", "iou", "precision", "recall", "tp", "fp", "fn"]
+METRIC_COLUMNS = [
+    "slide_id", "split", "dice", "iou", "precision", "recall",
+    "object_f1", "objects_true", "objects_pred", "objects_matched", "tp", "fp", "fn",
+]
+
+
+class Prediction:
+    """Read access to a prediction store written by :func:`wsiseg.predict.predict_slide`."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            root = zarr.open_group(self.path, mode="r")
+            self.mask_levels = [root["mask"][d["path"]] for d in root["mask"].attrs["multiscales"][0]["datasets"]]
+        except Exception as err:
+            raise ValueError(f"{self.path}: not a wsiseg prediction store ({err})") from None
+        self.attrs = dict(root.attrs)
+        _, self.height, self.width = self.mask_levels[0].shape
+
+    @property
+    def mask(self) -> zarr.Array:
+        """Level-0 mask, shape (1, H, W)."""
+        return self.mask_levels[0]
+
+    def level_for(self, max_side: int) -> int:
+        """Finest pyramid level whose longer side is at most ``max_side``."""
+        k = 0
+        while k + 1 < len(self.mask_levels) and max(self.mask_levels[k].shape[1:]) > max_side:
+            k += 1
+        return k
 
 
 def _column_bands(mask: zarr.Array, width: int) -> Iterator[tuple[int, np.ndarray]]:
-    for x0 in range(0, mask.shape[1], width):
-        yield x0, np.asarray(mask[:, x0 : x0 + width])
+    for x0 in range(0, mask.shape[2], width):
+        yield x0, np.asarray(mask[0, :, x0 : x0 + width])
 
 
 def encode_store(prediction: str | Path, band: int = 512) -> str:
-    """Column-major RLE of a prediction store's ``mask``, computed band by band."""
-    mask = zarr.open_group(prediction, mode="r")["mask"]
-    return rle.encode_bands(_column_bands(mask, band), mask.shape[0])
+    """Column-major RLE of a prediction's level-0 mask, computed band by band."""
+    mask = Prediction(prediction).mask
+    return rle.encode_bands(_column_bands(mask, band), mask.shape[1])
 
 
 def scores(tp: float, fp: float, fn: float) -> dict[str, float]:
@@ -48,41 +80,134 @@ def scores(tp: float, fp: float, fn: float) -> dict[str, float]:
     }
 
 
+def _truth_levels(slide: str | Path, prediction: Prediction) -> list[zarr.Array]:
+    truth = SlideStore(slide).mask_levels
+    if truth[0].shape[1:] != prediction.mask.shape[1:]:
+        raise ValueError(f"{prediction.path}: prediction shape {prediction.mask.shape[1:]} differs from {slide} mask {truth[0].shape[1:]}")
+    return truth
+
+
 def confusion(prediction: str | Path, slide: str | Path, band: int = 512) -> tuple[int, int, int]:
     """(tp, fp, fn) pixel counts of a prediction against the slide's ground truth, by row bands."""
-    pred = zarr.open_group(prediction, mode="r")["mask"]
-    truth = SlideStore(slide).mask_levels[0]
-    if pred.shape != truth.shape[1:]:
-        raise ValueError(f"{prediction}: prediction shape {pred.shape} differs from {slide} mask {truth.shape[1:]}")
+    pred = Prediction(prediction)
+    truth = _truth_levels(slide, pred)[0]
     tp = fp = fn = 0
-    for y0 in range(0, pred.shape[0], band):
-        p = np.asarray(pred[y0 : y0 + band]).astype(bool)
-        t = np.asarray(truth[0, y0 : y0 + band]).astype(bool)
+    for y0 in range(0, pred.height, band):
+        p = np.asarray(pred.mask[0, y0 : y0 + band]) > 0
+        t = np.asarray(truth[0, y0 : y0 + band]) > 0
         tp += int(np.count_nonzero(p & t))
         fp += int(np.count_nonzero(p & ~t))
         fn += int(np.count_nonzero(~p & t))
     return tp, fp, fn
 
 
+def match_objects(pred: np.ndarray, truth: np.ndarray, iou: float = 0.5) -> tuple[int, int, int]:
+    """(true objects, predicted objects, matched pairs with IoU > ``iou``) of two binary masks.
+
+    With ``iou`` >= 0.5 a match is unique, so no assignment problem arises."""
+    lp, np_ = label(pred > 0, return_num=True, connectivity=2)
+    lt, nt = label(truth > 0, return_num=True, connectivity=2)
+    if not np_ or not nt:
+        return nt, np_, 0
+    both = (lp > 0) & (lt > 0)
+    pairs, inter = np.unique(np.stack([lp[both], lt[both]]), axis=1, return_counts=True)
+    area_p, area_t = np.bincount(lp.ravel()), np.bincount(lt.ravel())
+    union = area_p[pairs[0]] + area_t[pairs[1]] - inter
+    return nt, np_, int(np.count_nonzero(inter / union > iou))
+
+
+def object_scores(prediction: str | Path, slide: str | Path, iou: float = 0.5, max_side: int = 8192) -> dict[str, float]:
+    """Object-level F1 at IoU > ``iou`` (glomeruli / nuclei counts) on a level of at most ``max_side`` px."""
+    pred = Prediction(prediction)
+    truth = _truth_levels(slide, pred)
+    k = min(pred.level_for(max_side), len(truth) - 1)
+    n_true, n_pred, matched = match_objects(np.asarray(pred.mask_levels[k][0]), np.asarray(truth[k][0]), iou)
+    f1 = 1.0 if n_true + n_pred == 0 else 2 * matched / (n_true + n_pred)
+    return {"object_f1": f1, "objects_true": n_true, "objects_pred": n_pred, "objects_matched": matched}
+
+
 def overlay(prediction: str | Path, slide: str | Path, out: str | Path, max_side: int = 1024) -> None:
-    """Low-resolution PNG: the slide with prediction (red) and ground truth outline (green)."""
-    store = SlideStore(slide)
-    k = 0
-    while k + 1 < len(store.levels) and max(store.levels[k].shape[1:]) > max_side:
-        k += 1
+    """Low-resolution PNG: the slide with prediction (red) and ground-truth outline (green)."""
+    store, pred = SlideStore(slide), Prediction(prediction)
+    k = min(pred.level_for(max_side), len(store.levels) - 1)
     image = np.asarray(store.levels[k][:]).transpose(1, 2, 0).copy()
     h, w = image.shape[:2]
-    step = 2**k
-    pred = np.asarray(zarr.open_group(prediction, mode="r")["mask"][::step, ::step])[:h, :w].astype(bool)
-    tinted = image.copy()
-    tinted[pred] = (0.5 * tinted[pred] + 0.5 * np.array([230, 30, 30])).astype(np.uint8)
+    mask = np.asarray(pred.mask_levels[k][0])[:h, :w] > 0
+    image[mask] = (0.5 * image[mask] + 0.5 * np.array([230, 30, 30])).astype(np.uint8)
     if store.has_mask:
-        truth = np.asarray(store.mask_levels[k][0]).astype(np.uint8)
+        truth = (np.asarray(store.mask_levels[k][0]) > 0).astype(np.uint8)
         contours, _ = cv2.findContours(truth, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-        cv2.drawContours(tinted, contours, -1, (20, 200, 20), thickness=max(1, max(h, w) // 500))
+        cv2.drawContours(image, contours, -1, (20, 200, 20), thickness=max(1, max(h, w) // 500))
+    ok, png = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     with atomic_path(out) as tmp:
-        cv2.imwrite(str(tmp.with_suffix(".png")), cv2.cvtColor(tinted, cv2.COLOR_RGB2BGR))
-        tmp.with_suffix(".png").rename(tmp)
+        tmp.write_bytes(png.tobytes())
+
+
+def mask_polygons(mask: np.ndarray, scale: float = 1.0) -> list[dict]:
+    """GeoJSON Polygon geometries (with holes) of a binary mask, coordinates x ``scale``."""
+    contours, hierarchy = cv2.findContours((mask > 0).astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    geometries = []
+    if hierarchy is None:
+        return geometries
+
+    def ring(contour: np.ndarray) -> list[list[float]]:
+        points = (contour[:, 0, :].astype(float) * scale).round(2).tolist()
+        return points + points[:1]
+
+    for i, contour in enumerate(contours):
+        if hierarchy[0][i][3] != -1 or len(contour) < 3:
+            continue  # holes are attached to their parent below
+        rings = [ring(contour)]
+        child = hierarchy[0][i][2]
+        while child != -1:
+            if len(contours[child]) >= 3:
+                rings.append(ring(contours[child]))
+            child = hierarchy[0][child][0]
+        geometries.append({"type": "Polygon", "coordinates": rings})
+    return geometries
+
+
+def export_geojson(prediction: str | Path, out: str | Path, class_name: str = "foreground", max_side: int = 8192) -> int:
+    """Write the predicted objects as a GeoJSON FeatureCollection (QuPath-compatible); return their number.
+
+    Polygons are traced on the finest pyramid level of at most ``max_side``
+    px and scaled to level-0 pixel coordinates."""
+    pred = Prediction(prediction)
+    k = pred.level_for(max_side)
+    features = [
+        {
+            "type": "Feature",
+            "id": f"{pred.attrs.get('slide_id', 'object')}-{i}",
+            "geometry": geometry,
+            "properties": {"objectType": "annotation", "classification": {"name": class_name, "color": [230, 30, 30]}},
+        }
+        for i, geometry in enumerate(mask_polygons(np.asarray(pred.mask_levels[k][0]), scale=2.0**k))
+    ]
+    with atomic_path(out) as tmp:
+        tmp.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    return len(features)
+
+
+def submission_table(predictions: Mapping[str, str | Path], ids: list[str], sample: str | Path | None) -> pd.DataFrame:
+    """``id,predicted`` rows for ``ids``, in the order (and with the ids) of a sample submission if given."""
+    if sample is not None:
+        wanted = pd.read_csv(sample, dtype=str)
+        if "id" not in wanted.columns:
+            raise ValueError(f"{sample}: sample submission needs an 'id' column, found {list(wanted.columns)}")
+        missing = [i for i in wanted["id"] if i not in predictions]
+        if missing:
+            raise ValueError(f"{sample}: no prediction for id(s) {missing}; add them to the sample sheet as test slides")
+        extra = sorted(set(ids) - set(wanted["id"]))
+        if extra:
+            log.warning("%s: test slides %s are not in the sample submission and are left out", sample, extra)
+        ids = wanted["id"].tolist()
+    return pd.DataFrame({"id": ids, "predicted": [encode_store(predictions[i]) for i in ids]})
+
+
+def slide_metrics(prediction: str | Path, slide: str | Path, object_iou: float = 0.5) -> dict[str, float]:
+    """Pixel and object metrics of one slide against its ground truth."""
+    tp, fp, fn = confusion(prediction, slide)
+    return {**scores(tp, fp, fn), **object_scores(prediction, slide, object_iou), "tp": tp, "fp": fp, "fn": fn}
 
 
 def make_report(
@@ -92,8 +217,12 @@ def make_report(
     submission: str | Path,
     metrics: str | Path,
     overlay_dir: str | Path | None = None,
+    geojson_dir: str | Path | None = None,
+    sample_submission: str | Path | None = None,
+    object_iou: float = 0.5,
+    class_name: str = "foreground",
 ) -> pd.DataFrame:
-    """Write the submission (test slides), per-slide metrics (slides with masks) and overlays.
+    """Write the submission (test slides), per-slide metrics (slides with masks), overlays and GeoJSON.
 
     ``predictions`` and ``slides`` map slide ids to prediction and converted
     slide stores; ``splits`` gives each slide's split.  ``metrics`` gets one
@@ -104,18 +233,19 @@ def make_report(
     for slide_id in sorted(predictions):
         if overlay_dir is not None:
             overlay(predictions[slide_id], slides[slide_id], Path(overlay_dir) / f"{slide_id}.png")
+        if geojson_dir is not None:
+            export_geojson(predictions[slide_id], Path(geojson_dir) / f"{slide_id}.geojson", class_name)
         if SlideStore(slides[slide_id]).has_mask:
-            tp, fp, fn = confusion(predictions[slide_id], slides[slide_id])
-            rows.append({"slide_id": slide_id, "split": splits[slide_id], **scores(tp, fp, fn), "tp": tp, "fp": fp, "fn": fn})
-            log.info("report %s: dice %.4f", slide_id, rows[-1]["dice"])
+            rows.append({"slide_id": slide_id, "split": splits[slide_id], **slide_metrics(predictions[slide_id], slides[slide_id], object_iou)})
+            log.info("report %s: dice %.4f, object F1 %.4f", slide_id, rows[-1]["dice"], rows[-1]["object_f1"])
     table = pd.DataFrame(rows, columns=METRIC_COLUMNS)
     if len(table):
-        mean = table[["dice", "iou", "precision", "recall"]].mean()
-        table.loc[len(table)] = {"slide_id": "mean", "split": "all", **mean.to_dict(), "tp": table.tp.sum(), "fp": table.fp.sum(), "fn": table.fn.sum()}
+        summary = {c: table[c].mean() for c in ("dice", "iou", "precision", "recall", "object_f1")}
+        totals = {c: table[c].sum() for c in ("objects_true", "objects_pred", "objects_matched", "tp", "fp", "fn")}
+        table.loc[len(table)] = {"slide_id": "mean", "split": "all", **summary, **totals}
     with atomic_path(metrics) as tmp:
         table.to_csv(tmp, index=False, float_format="%.6f")
     test_ids = [s for s in sorted(predictions) if splits[s] == "test"]
-    sub = pd.DataFrame({"id": test_ids, "predicted": [encode_store(predictions[s]) for s in test_ids]})
     with atomic_path(submission) as tmp:
-        sub.to_csv(tmp, index=False)
+        submission_table(predictions, test_ids, sample_submission).to_csv(tmp, index=False)
     return table

@@ -61,4 +61,5 @@ def final_outputs():
         f"{RESULTS}/metrics.csv",
         f"{RESULTS}/models/{MODEL}/curves.png",
         *expand(f"{RESULTS}/overlays/{{slide}}.png", slide=predicted_slides()),
+        *expand(f"{RESULTS}/geojson/{{slide}}.geojson", slide=predicted_slides()),
     ]

@@ -5,6 +5,7 @@ rule report:
             f"{RESULTS}/predictions/{{slide}}.zarr", slide=predicted_slides()
         ),
         slides=expand(f"{RESULTS}/zarr/{{slide}}.zarr", slide=predicted_slides()),
+        sample=[config["report"]["sample_submission"] or []],
     output:
         submission=report(
             f"{RESULTS}/submission.csv",
@@ -31,7 +32,9 @@ rule report:
     resources:
         mem_mb=2000,
         runtime=60,
+        geojson=expand(f"{RESULTS}/geojson/{{slide}}.geojson", slide=predicted_slides()),
     params:
+        report=config["report"],
         slide_ids=predicted_slides(),
         splits={s: SAMPLES.loc[s, "split"] for s in predicted_slides()},
     message:

@@ -14,4 +14,6 @@ with log_to(snakemake.log[0]):
         snakemake.output.submission,
         snakemake.output.metrics,
         Path(snakemake.output.overlays[0]).parent,
+        Path(snakemake.output.geojson[0]).parent,
+        **snakemake.params.report,
     )

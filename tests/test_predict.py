@@ -1,0 +1,102 @@
+"""Tiled inference: seamless blending, TTA, ensembles, post-processing."""
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from wsiseg.data import to_tensor
+from wsiseg.model import load_model
+from wsiseg.postprocess import clean_mask, postprocess_mask
+from wsiseg.predict import PredictParams, blend_window, predict_batch, predict_slide
+from wsiseg.store import SlideStore
+
+
+def _whole_image_probability(slide, checkpoint) -> np.ndarray:
+    """Reference: one forward pass over the whole (downscaled, padded) slide."""
+    model = load_model(checkpoint)
+    store = SlideStore(slide)
+    h, w = store.dims(2)
+    ph, pw = -(-h // 32) * 32, -(-w // 32) * 32
+    image = store.read_image(0, 0, (ph, pw), 2)
+    with torch.inference_mode():
+        return torch.sigmoid(model(to_tensor(image)[None]))[0, 0, :h, :w].numpy()
+
+
+def test_tiled_prediction_matches_whole_image_forward(tiny_trained, tmp_path):
+    slides, ckpt = tiny_trained
+    params = PredictParams(tile=96, overlap=48, min_tissue=0, threshold=0.5)
+    out = predict_slide(slides["demo_2"], ckpt, tmp_path / "p.zarr", params)
+    tiled = zarr.open_group(out, mode="r")["prob/1"][0] / 255.0  # level 1 = the model's resolution (downscale 2)
+    whole = _whole_image_probability(slides["demo_2"], ckpt)
+    diff = np.abs(tiled[: whole.shape[0], : whole.shape[1]] - whole)
+    assert diff.mean() < 0.01 and np.percentile(diff, 99) < 0.05, (diff.mean(), diff.max())
+
+
+def test_no_seams_between_tiles(tiny_trained, tmp_path):
+    slides, ckpt = tiny_trained
+    out = predict_slide(slides["demo_2"], ckpt, tmp_path / "p.zarr", PredictParams(tile=64, overlap=32, min_tissue=0))
+    prob = zarr.open_group(out, mode="r")["prob/0"][0].astype(float)
+    steps = np.abs(np.diff(prob, axis=1)).mean(axis=0)  # mean jump between neighbouring columns
+    seams = steps[[63, 127, 191, 255, 319]]  # level-0 columns at tile borders (stride 32 x downscale 2)
+    assert seams.max() < 3 * np.median(steps) + 1
+
+
+def test_hflip_tta_is_flip_equivariant(tiny_trained):
+    _, ckpt = tiny_trained
+    model = load_model(ckpt)
+    x = torch.randn(2, 3, 64, 64)
+    a = predict_batch([model], x, ("hflip",))
+    b = predict_batch([model], x.flip(3), ("hflip",)).flip(2)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    assert not torch.allclose(predict_batch([model], x), a)
+
+
+def test_ensemble_of_one_model_twice_equals_the_model(tiny_trained, tmp_path):
+    slides, ckpt = tiny_trained
+    params = PredictParams(tile=64, overlap=16)
+    one = predict_slide(slides["demo_2"], ckpt, tmp_path / "one.zarr", params)
+    two = predict_slide(slides["demo_2"], [ckpt, ckpt], tmp_path / "two.zarr", params)
+    a, b = (zarr.open_group(p, mode="r")["prob/0"][0].astype(int) for p in (one, two))
+    assert np.abs(a - b).max() <= 1
+
+
+def test_non_tissue_tiles_are_skipped(tiny_trained, tmp_path):
+    slides, ckpt = tiny_trained
+    out = predict_slide(slides["demo_2"], ckpt, tmp_path / "p.zarr", PredictParams(tile=64, overlap=16, min_tissue=0.5))
+    root = zarr.open_group(out, mode="r")
+    assert root.attrs["tiles_skipped"] > 0
+    assert root["mask/0"].shape == (1, 384, 512) and len(root["mask"].attrs["multiscales"][0]["datasets"]) >= 2
+
+
+def test_blend_windows():
+    ramp = blend_window(8, "ramp", overlap=4)
+    assert ramp[4, 4] == 1 and ramp[0, 4] < ramp[1, 4] < ramp[3, 4]
+    assert (blend_window(8, "constant") == 1).all()
+    with pytest.raises(ValueError, match="unknown blend mode"):
+        blend_window(8, "box")
+
+
+def test_bad_tta_op_is_rejected_before_work(tiny_trained, tmp_path):
+    slides, ckpt = tiny_trained
+    with pytest.raises(ValueError, match="unknown TTA op"):
+        predict_slide(slides["demo_2"], ckpt, tmp_path / "p.zarr", PredictParams(tile=64, overlap=16, tta=("transpose",)))
+
+
+def test_clean_mask_removes_small_objects_and_fills_holes():
+    mask = np.zeros((30, 30), np.uint8)
+    mask[2:4, 2:4] = 1  # 4 px object
+    mask[10:25, 10:25] = 1
+    mask[15:17, 15:17] = 0  # 4 px hole
+    out = clean_mask(mask, min_area=10, max_hole=10, open_top=False, open_bottom=False)
+    assert out[2:4, 2:4].sum() == 0 and out[15:17, 15:17].all() and out.sum() == 15 * 15
+
+
+def test_band_processing_gives_the_same_result_as_whole_mask():
+    rng = np.random.default_rng(0)
+    mask = (rng.random((200, 60)) < 0.45).astype(np.uint8)
+    whole = clean_mask(mask, min_area=6, max_hole=5, open_top=False, open_bottom=False)
+    store = zarr.create_array(store={}, shape=(1, 200, 60), chunks=(1, 32, 32), dtype="uint8")
+    store[0] = mask
+    postprocess_mask(store, min_area=6, max_hole=5, band=17, margin=40)
+    np.testing.assert_array_equal(store[0], whole)
