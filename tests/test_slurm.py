@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from slurm_cluster import PARTITION, PID_FILES, SlurmCluster, alive, install
-from test_workflow import ROOT, TINY_CONFIG
+from test_workflow import ROOT, TINY_CONFIG, scheduled
 
 PROFILE = ROOT / "workflow" / "profiles" / "slurm"
 PLACEHOLDERS = {"slurm_partition": PARTITION, "slurm_account": "wsiseg_test"}
@@ -111,7 +111,8 @@ def test_tiny_demo_runs_through_slurm(cluster, tmp_path):
         rule = Path(job_log).relative_to(workdir / ".snakemake" / "slurm_logs").parts[0].removeprefix("rule_")
         per_rule[rule] = per_rule.get(rule, 0) + 1
         assert Path(job_log).name == f"{job_id}.log" and Path(job_log).exists()
-    assert per_rule == SLURM_RULES, log[-6000:]
+    assert {rule: per_rule.get(rule) for rule in SLURM_RULES} == SLURM_RULES, log[-6000:]
+    assert sum(per_rule.values()) == sum(scheduled(result).values()) - 1  # all but the local `all`
     calls = re.findall(r"sbatch call: (.*)", log)
     assert len(calls) == len(submitted)
     for call in calls:
@@ -119,7 +120,10 @@ def test_tiny_demo_runs_through_slurm(cluster, tmp_path):
         assert re.search(r" -t \d+", call) and re.search(r" --mem \d+", call)
         assert "--gpus" not in call  # resources.gpu defaults to 0
     train = next(call for call in calls if "rule_train" in call)
-    assert "-t 600 " in train and "--mem 8000" in train and "--cpus-per-task=2" in train
+    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    defaults = {key: spec.get("default") for key, spec in schema["properties"]["resources"]["properties"].items()}
+    assert f"-t {defaults['train_runtime']} " in train and f"--mem {defaults['train_mem_mb']} " in train
+    assert "--cpus-per-task=2" in train
 
     # ... that slurmctld itself scheduled on the node and saw finish with exit status 0.
     controller = cluster.controller_log()
