@@ -25,7 +25,7 @@ def _whole_image_probability(slide, checkpoint) -> np.ndarray:
 
 def test_tiled_prediction_matches_whole_image_forward(tiny_trained, tmp_path):
     slides, ckpt = tiny_trained
-    params = PredictParams(tile=96, overlap=48, min_tissue=0, threshold=0.5)
+    params = PredictParams(tile=128, overlap=64, min_tissue=0, chunk=128)
     out = predict_slide(slides["demo_2"], ckpt, tmp_path / "p.zarr", params)
     tiled = zarr.open_group(out, mode="r")["prob/1"][0] / 255.0  # level 1 = the model's resolution (downscale 2)
     whole = _whole_image_probability(slides["demo_2"], ckpt)
@@ -63,7 +63,7 @@ def test_ensemble_of_one_model_twice_equals_the_model(tiny_trained, tmp_path):
 
 def test_non_tissue_tiles_are_skipped(tiny_trained, tmp_path):
     slides, ckpt = tiny_trained
-    out = predict_slide(slides["demo_2"], ckpt, tmp_path / "p.zarr", PredictParams(tile=64, overlap=16, min_tissue=0.5))
+    out = predict_slide(slides["demo_2"], ckpt, tmp_path / "p.zarr", PredictParams(tile=64, overlap=16, min_tissue=0.5, chunk=128))
     root = zarr.open_group(out, mode="r")
     assert root.attrs["tiles_skipped"] > 0
     assert root["mask/0"].shape == (1, 384, 512) and len(root["mask"].attrs["multiscales"][0]["datasets"]) >= 2
