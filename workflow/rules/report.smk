@@ -1,5 +1,5 @@
 rule report:
-    """RLE submission for test slides, per-slide metrics and prediction overlays."""
+    """RLE submission for test slides, per-slide metrics, overlays and GeoJSON objects."""
     input:
         predictions=expand(
             f"{RESULTS}/predictions/{{slide}}.zarr", slide=predicted_slides()
@@ -22,6 +22,9 @@ rule report:
             caption="../report/overlay.rst",
             category="Overlays",
         ),
+        geojson=expand(
+            f"{RESULTS}/geojson/{{slide}}.geojson", slide=predicted_slides()
+        ),
     log:
         f"{RESULTS}/logs/report.log",
     benchmark:
@@ -32,12 +35,11 @@ rule report:
     resources:
         mem_mb=2000,
         runtime=60,
-        geojson=expand(f"{RESULTS}/geojson/{{slide}}.geojson", slide=predicted_slides()),
     params:
         report=config["report"],
         slide_ids=predicted_slides(),
         splits={s: SAMPLES.loc[s, "split"] for s in predicted_slides()},
     message:
-        "Writing submission, metrics and overlays"
+        "Writing submission, metrics, overlays and GeoJSON"
     script:
         "../scripts/report.py"
