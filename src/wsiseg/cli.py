@@ -18,9 +18,18 @@ def _demo(args) -> None:
 
 
 def _convert(args) -> None:
+    import json
+
     from .convert import convert_slide
 
-    convert_slide(args.image, args.out, mask=args.mask, slide_id=args.slide_id, chunk=args.chunk, compression=args.compression, level=args.level)
+    palette = args.palette
+    if palette is not None:
+        palette = json.loads(Path(palette).read_text() if Path(palette).is_file() else palette)
+    convert_slide(
+        args.image, args.out, mask=args.mask, slide_id=args.slide_id, chunk=args.chunk, compression=args.compression,
+        level=args.level, uint16=args.uint16, percentiles=args.percentiles, channels=args.channels, palette=palette,
+        workers=args.workers,
+    )
 
 
 def _patches(args) -> None:
@@ -95,7 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slide-id", help="id of the slide (row id in an RLE table); default: image file stem")
     p.add_argument("--chunk", type=int, default=512)
     p.add_argument("--compression", default="zstd", choices=["zstd", "lz4", "zlib", "blosclz"])
-    p.add_argument("--level", type=int, default=5, help="compression level")
+    p.add_argument("--level", type=int, default=1, help="compression level")
+    p.add_argument("--uint16", default="scale", choices=["scale", "percentile"],
+                   help="non-8-bit pixels to uint8: divide by 257, or stretch --percentiles of a low-res sample")
+    p.add_argument("--percentiles", type=float, nargs=2, default=[0.5, 99.5], metavar=("LOW", "HIGH"))
+    p.add_argument("--channels", type=int, nargs=3, metavar=("R", "G", "B"), help="channel indices to use as RGB")
+    p.add_argument("--palette", help='RGB mask colours -> classes: JSON (\'{"#ff0000": 1}\' or [[r,g,b], ...]) or a .json file')
+    p.add_argument("--workers", type=int, help="decode/compress threads (default: all available CPUs)")
     p.set_defaults(func=_convert)
 
     p = sub.add_parser("patches", help="extract training patches filtered by mask coverage")

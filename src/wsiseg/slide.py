@@ -160,7 +160,7 @@ class SegmentReader(ZarrReader):
     segments plus the decode read-ahead (``buffer_bytes`` of compressed data).
     """
 
-    def __init__(self, tif, path, page: tifffile.TiffPage, workers: int, buffer_bytes: int = 16 * 2**20):
+    def __init__(self, tif, path, page: tifffile.TiffPage, workers: int, buffer_bytes: int = 4 * 2**20):
         super().__init__(tif, path)
         self.page, self.workers, self.buffer_bytes = page, workers, buffer_bytes
         self.segment_rows = page.tilelength if page.is_tiled else min(page.rowsperstrip or page.imagelength, page.imagelength)
