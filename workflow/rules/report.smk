@@ -22,9 +22,7 @@ rule report:
             caption="../report/overlay.rst",
             category="Overlays",
         ),
-        geojson=expand(
-            f"{RESULTS}/geojson/{{slide}}.geojson", slide=predicted_slides()
-        ),
+        geojson=expand(f"{RESULTS}/geojson/{{slide}}.geojson", slide=predicted_slides()),
     log:
         f"{RESULTS}/logs/report.log",
     benchmark:
