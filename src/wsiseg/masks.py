@@ -21,7 +21,7 @@ from shapely.geometry import MultiPolygon, Polygon, box, shape
 from skimage.draw import polygon as draw_polygon
 
 from . import rle
-from .slide import SlideError, open_reader
+from .slide import SlideError, guarded, open_reader
 
 log = logging.getLogger(__name__)
 
@@ -232,9 +232,12 @@ class ImageMask:
         self._values = np.array([palette[k] for k in sorted(palette)], np.uint8) if palette else None
 
     def blocks(self, chunk: int) -> Iterator[Block]:
+        """Full-width bands of ``chunk`` rows: 0/1 foreground, or class indices with a palette.
+
+        Raises :class:`MaskError` listing the colours missing from the palette after the last band."""
         unknown: dict[int, int] = {}
         try:
-            for y0, raw in self.reader.bands(chunk):
+            for y0, raw in guarded(self.reader.bands(chunk), self.path):
                 yield y0, 0, self._classes(raw, unknown) if self.palette else (raw != 0).any(axis=2).astype(np.uint8)
         finally:
             self.close()

@@ -299,6 +299,15 @@ def _strip_bytes(fh: BinaryIO, offset: int, count: int, compression: int, piece:
 # Opening
 
 
+def _check_extent(path: Path, pages) -> None:
+    """Fail early when tile/strip data points past the end of the file (a truncated download)."""
+    size = path.stat().st_size
+    for page in pages:
+        ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts) if n]
+        if ends and max(ends) > size:
+            raise SlideError(f"{path}: truncated file: image data ends at byte {max(ends):,} but the file has {size:,} bytes")
+
+
 def _segment_bytes(page: tifffile.TiffPage) -> int:
     rows = page.tilelength if page.is_tiled else min(page.rowsperstrip or page.imagelength, page.imagelength)
     width = page.tilewidth if page.is_tiled else page.imagewidth
@@ -321,6 +330,7 @@ def open_tiff(path: Path, workers: int, max_segment_bytes: int) -> tuple[ZarrRea
             raise SlideError(f"{path}: zero-size image {tuple(level.shape)}")
         if page.dtype is None:
             raise SlideError(f"{path}: unsupported TIFF pixel format ({page.bitspersample}-bit, sample format {page.sampleformat})")
+        _check_extent(path, level.pages)
         single = len(level.pages) == 1 and page.imagedepth == 1
         if _segment_bytes(page) > max_segment_bytes:
             return _huge_strip_reader(tif, path, page, single), tif
@@ -367,15 +377,20 @@ def open_raster(path: Path) -> ArrayReader:
 
 
 def open_reader(
-    path: str | Path, workers: int | None = None, max_segment_bytes: int = MAX_SEGMENT_BYTES
+    path: str | Path, workers: int | None = None, max_segment_bytes: int | None = None
 ) -> tuple[ArrayReader | ZarrReader, tifffile.TiffFile | None]:
-    """A raw-pixel reader for any supported image file, and the TiffFile to close (None for PNG/JPEG)."""
+    """A raw-pixel reader for any supported image file, and the TiffFile to close (None for PNG/JPEG).
+
+    Segments (tiles/strips) larger than ``max_segment_bytes`` decoded
+    (default :data:`MAX_SEGMENT_BYTES`) are streamed or rejected."""
     path = Path(path)
     if not path.is_file():
         raise SlideError(f"{path}: image file not found")
+    if path.stat().st_size == 0:
+        raise SlideError(f"{path}: empty file")
     if path.suffix.lower() in RASTER_SUFFIXES:
         return open_raster(path), None
-    return open_tiff(path, workers or default_workers(), max_segment_bytes)
+    return open_tiff(path, workers or default_workers(), max_segment_bytes or MAX_SEGMENT_BYTES)
 
 
 # ---------------------------------------------------------------------------
@@ -436,6 +451,21 @@ def intensity_map(path: Path, dtype: np.dtype, rule: str, percentiles: Sequence[
     return IntensityMap("stretch", low, high if high > low else low + 1.0)
 
 
+def guarded(bands: Iterator[Band], path: Path) -> Iterator[Band]:
+    """``bands``, with a decoding failure (corrupt or truncated data) raised as :class:`SlideError` naming ``path``."""
+    y0 = 0
+    while True:
+        try:
+            y0, raw = next(bands)
+        except StopIteration:
+            return
+        except SlideError:
+            raise
+        except Exception as err:  # codec errors come in many types
+            raise SlideError(f"{path}: cannot decode the image below row {y0} ({type(err).__name__}: {err})") from None
+        yield y0, raw
+
+
 # ---------------------------------------------------------------------------
 
 
@@ -456,7 +486,7 @@ class SourceSlide:
         percentiles: Sequence[float] = (0.5, 99.5),
         channels: Sequence[int] | None = None,
         workers: int | None = None,
-        max_segment_bytes: int = MAX_SEGMENT_BYTES,
+        max_segment_bytes: int | None = None,
     ):
         self.path = Path(path)
         self.reader, self._tif = open_reader(self.path, workers, max_segment_bytes)
@@ -504,7 +534,7 @@ class SourceSlide:
 
     def bands(self, rows: int) -> Iterator[Band]:
         """Full-width uint8 RGB bands of ``rows`` rows, top to bottom."""
-        for y0, raw in self.raw_bands(rows):
+        for y0, raw in guarded(self.raw_bands(rows), self.path):
             yield y0, self.rgb(raw)
 
     def close(self) -> None:
