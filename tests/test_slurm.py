@@ -128,5 +128,9 @@ def test_tiny_demo_runs_through_slurm(cluster, tmp_path):
     # ... that slurmctld itself scheduled on the node and saw finish with exit status 0.
     controller = cluster.controller_log()
     for job_id, _ in submitted:
-        assert re.search(rf"sched: Allocate JobId={job_id} NodeList=\S+ #CPUs=\d+ Partition={PARTITION}", controller)
+        started = (  # by the main scheduler or by the backfill scheduler
+            rf"sched: Allocate JobId={job_id} NodeList=\S+ #CPUs=\d+ Partition={PARTITION}\n",
+            rf"sched/backfill: _start_job: Started JobId={job_id} in {PARTITION} on \S+\n",
+        )
+        assert re.search("|".join(started), controller), controller[-3000:]
         assert f"_job_complete: JobId={job_id} WEXITSTATUS 0" in controller
