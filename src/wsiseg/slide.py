@@ -168,7 +168,7 @@ class SegmentReader(ZarrReader):
     def bands(self, rows: int) -> Iterator[Band]:
         """Full-width bands of ``rows`` rows, top to bottom."""
         height, width = self.shape
-        cap = rows + self.segment_rows
+        cap = rows + (self.segment_rows if rows % self.segment_rows else 0)  # room for straddling segments
         buf = np.zeros((cap, width, self.channels), self.dtype)
         top = 0  # image row of buf[0]
         for segment, (_, _, sy, sx, _), seg_shape in self.page.segments(
@@ -187,7 +187,7 @@ class SegmentReader(ZarrReader):
 
 def _shift(buf: np.ndarray, rows: int, cap: int) -> np.ndarray:
     """A fresh buffer holding ``buf[rows:]`` at its top (the old one is handed out)."""
-    new = np.zeros_like(buf)
+    new = np.empty_like(buf)
     new[: cap - rows] = buf[rows:]
     return new
 
@@ -323,7 +323,7 @@ def open_tiff(path: Path, workers: int, max_segment_bytes: int) -> tuple[ZarrRea
         raise SlideError(f"{path}: cannot read as TIFF ({type(err).__name__}: {err})") from None
     try:
         if not tif.series:
-            raise SlideError(f"{path}: TIFF holds no image series")
+            raise SlideError(f"{path}: cannot read as TIFF (no image found: invalid header or page offsets)")
         level = tif.series[0].levels[0]
         page = level.keyframe
         if 0 in level.shape:

@@ -75,14 +75,16 @@ def _pool(block: np.ndarray, how: str) -> np.ndarray:
 
 
 def halve(block: np.ndarray, how: str) -> np.ndarray:
-    """2x downsampling of a (c, h, w) uint8 block, equal to :func:`_pool` (``mean`` per plane via OpenCV: faster)."""
+    """2x downsampling of a channel-last (h, w, c) uint8 block, equal to :func:`_pool` on (c, h, w).
+
+    ``mean`` uses OpenCV's area interpolation (exact for 2x: (a+b+c+d+2)//4, several times faster)."""
     if how != "mean":
-        return _pool(block, how)
-    c, h, w = block.shape
+        return _pool(block.transpose(2, 0, 1), how).transpose(1, 2, 0)
+    h, w, c = block.shape
     if h % 2 or w % 2:
-        block = np.pad(block, ((0, 0), (0, h % 2), (0, w % 2)), mode="edge")
-    size = (block.shape[2] // 2, block.shape[1] // 2)
-    return np.stack([cv2.resize(plane, size, interpolation=cv2.INTER_AREA) for plane in block])
+        block = np.pad(block, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+    half = cv2.resize(block, (block.shape[1] // 2, block.shape[0] // 2), interpolation=cv2.INTER_AREA)
+    return half.reshape(block.shape[0] // 2, block.shape[1] // 2, c)
 
 
 def build_pyramid(group: zarr.Group, levels: int, chunk: int, codec, how: str) -> None:
@@ -113,38 +115,39 @@ def _direct_path(array: zarr.Array) -> Path | None:
 
 
 def _write_chunk(array: zarr.Array, folder: Path, coords: tuple[int, ...], block: np.ndarray) -> None:
-    """Encode one chunk (padded to the full chunk shape, as zarr v2 stores edge chunks) and write its file."""
-    full = array.metadata.chunks
-    if block.shape != full:
-        padded = np.full(full, array.metadata.fill_value, block.dtype)
-        padded[tuple(slice(0, n) for n in block.shape)] = block
-        block = padded
-    data = array.metadata.compressor.encode(np.ascontiguousarray(block))
-    (folder / array.metadata.encode_chunk_key(coords)).write_bytes(data)
+    """Encode one chunk from channel-last ``block`` (h, w, c) and write its file.
+
+    The chunk is laid out (c, chunk, chunk) and padded with the fill value,
+    as zarr v2 stores edge chunks."""
+    chunk = np.full(array.metadata.chunks, array.metadata.fill_value, block.dtype)
+    h, w, _ = block.shape
+    for c in range(block.shape[2]):  # per-channel copies: much faster than a transposing copy
+        chunk[c, :h, :w] = block[:, :, c]
+    (folder / array.metadata.encode_chunk_key(coords)).write_bytes(array.metadata.compressor.encode(chunk))
 
 
 def write_rows(array: zarr.Array, y0: int, rows: np.ndarray, executor: ThreadPoolExecutor | None = None) -> None:
-    """Write ``rows`` (c, h, full width) at row ``y0`` (a chunk boundary) of a (c, y, x) array.
+    """Write channel-last ``rows`` (h, full width, c) at row ``y0`` (a chunk boundary) of a (c, y, x) array.
 
-    Chunks are compressed in ``executor``'s threads and written straight to
-    their files when the store allows (several times faster than zarr's own
-    write path for many chunks); otherwise through zarr."""
+    Chunks are laid out and compressed in ``executor``'s threads and written
+    straight to their files when the store allows (several times faster than
+    zarr's own write path for many chunks); otherwise through zarr."""
     folder = _direct_path(array)
     if folder is None or executor is None:
-        array[:, y0 : y0 + rows.shape[1]] = rows
+        array[:, y0 : y0 + rows.shape[0]] = rows.transpose(2, 0, 1)
         return
     _, cy, cx = array.metadata.chunks
     jobs = [
-        executor.submit(_write_chunk, array, folder, (0, y + y0 // cy, x // cx), rows[:, y * cy : (y + 1) * cy, x : x + cx])
-        for y in range(-(-rows.shape[1] // cy))
-        for x in range(0, rows.shape[2], cx)
+        executor.submit(_write_chunk, array, folder, (0, (y0 + y) // cy, x // cx), rows[y : y + cy, x : x + cx])
+        for y in range(0, rows.shape[0], cy)
+        for x in range(0, rows.shape[1], cx)
     ]
     for job in jobs:
         job.result()
 
 
 class PyramidWriter:
-    """Write level 0 in full-width row bands and build levels 1.. on the fly, in one pass.
+    """Write level 0 in full-width channel-last row bands and build levels 1.. on the fly, in one pass.
 
     Each level keeps at most one chunk row of pending rows; when ``chunk``
     rows are complete they are written (chunk-aligned, so no chunk is read
@@ -168,18 +171,18 @@ class PyramidWriter:
         self.executor = ThreadPoolExecutor(max(1, workers), thread_name_prefix="zarr-chunks")
 
     def add(self, band: np.ndarray, k: int = 0) -> None:
-        """Append ``band`` (c, rows, width of level ``k``) below the rows given so far."""
+        """Append channel-last ``band`` (rows, width of level ``k``, c) below the rows given so far."""
         self.pending[k].append(band)
-        rows = sum(b.shape[1] for b in self.pending[k])
+        rows = sum(b.shape[0] for b in self.pending[k])
         if rows >= self.chunk:
-            stacked = np.concatenate(self.pending[k], axis=1) if len(self.pending[k]) > 1 else band
+            stacked = np.concatenate(self.pending[k]) if len(self.pending[k]) > 1 else band
             full = rows - rows % self.chunk
-            self.pending[k] = [stacked[:, full:]] if full < rows else []
-            self._write(stacked[:, :full], k)
+            self.pending[k] = [stacked[full:]] if full < rows else []
+            self._write(stacked[:full], k)
 
     def _write(self, rows: np.ndarray, k: int) -> None:
         write_rows(self.arrays[k], self.written[k], rows, self.executor)
-        self.written[k] += rows.shape[1]
+        self.written[k] += rows.shape[0]
         if k + 1 < len(self.arrays):
             self.add(halve(rows, self.how), k + 1)
 
@@ -188,7 +191,7 @@ class PyramidWriter:
         try:
             for k in range(len(self.arrays)):
                 if self.pending[k]:
-                    rows = np.concatenate(self.pending[k], axis=1)
+                    rows = np.concatenate(self.pending[k])
                     self.pending[k] = []
                     self._write(rows, k)
         finally:

@@ -1,0 +1,124 @@
+"""Bad input: one clear error naming the file, before heavy work; never a store that looks complete."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from wsiseg import convert as convert_module
+from wsiseg.convert import convert_slide
+from wsiseg.masks import MaskError
+from wsiseg.slide import SlideError
+from wsiseg.store import SlideStore
+
+
+@pytest.fixture
+def slide(tmp_path):
+    path = tmp_path / "slide.tif"
+    image = np.random.default_rng(1).integers(0, 256, (200, 260, 3), dtype=np.uint8)
+    tifffile.imwrite(path, image, photometric="rgb", tile=(64, 64), compression="zlib")
+    return path
+
+
+def no_store_left(folder) -> bool:
+    return not list(folder.glob("*.zarr")) and not list(folder.glob(".*.tmp-*"))
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "empty file"),
+        (b"II*\x00garbage", "cannot read as TIFF"),
+        (b"%PDF-1.4 not an image at all", "cannot read as TIFF"),
+    ],
+    ids=["empty", "bad-header", "not-a-tiff"],
+)
+def test_unreadable_files_name_the_file(tmp_path, content, message):
+    bad = tmp_path / "scan.tif"
+    bad.write_bytes(content)
+    with pytest.raises(SlideError, match=f"scan.tif: {message}"):
+        convert_slide(bad, tmp_path / "x.zarr")
+    assert no_store_left(tmp_path)
+
+
+def test_truncated_tiff_is_rejected_before_decoding(slide, tmp_path):
+    data = slide.read_bytes()
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(SlideError, match=r"cut.tif: truncated file: image data ends at byte [\d,]+ but the file has"):
+        convert_slide(cut, tmp_path / "x.zarr")
+    assert no_store_left(tmp_path)
+
+
+def test_corrupt_tile_data_names_the_file(slide, tmp_path):
+    with tifffile.TiffFile(slide) as tif:
+        offset = tif.pages[0].dataoffsets[5]
+    data = bytearray(slide.read_bytes())
+    data[offset : offset + 64] = b"\xff" * 64  # a broken deflate stream in tile 5
+    bad = tmp_path / "corrupt.tif"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(SlideError, match="corrupt.tif: cannot decode the image below row"):
+        convert_slide(bad, tmp_path / "x.zarr")
+    assert no_store_left(tmp_path)
+
+
+def test_zero_size_image(tmp_path):
+    path = tmp_path / "empty.tif"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tifffile.imwrite(path, np.zeros((0, 10), np.uint8))
+    with pytest.raises(SlideError, match=r"empty.tif: zero-size image \(0, 10\)"):
+        convert_slide(path, tmp_path / "x.zarr")
+
+
+def test_missing_image_and_mask(slide, tmp_path):
+    with pytest.raises(SlideError, match="nope.tif: image file not found"):
+        convert_slide(tmp_path / "nope.tif", tmp_path / "x.zarr")
+    with pytest.raises(MaskError, match="nope.csv: mask file not found"):
+        convert_slide(slide, tmp_path / "x.zarr", mask=tmp_path / "nope.csv")
+
+
+def test_overlapping_rle_runs(slide, tmp_path):
+    pd.DataFrame({"id": ["slide"], "encoding": ["10 20 25 5"]}).to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(MaskError, match=r"t.csv \(id slide\): RLE runs overlap or are out of order at pair 2"):
+        convert_slide(slide, tmp_path / "x.zarr", mask=tmp_path / "t.csv")
+    assert no_store_left(tmp_path)
+
+
+def test_unreadable_polygons(slide, tmp_path):
+    (tmp_path / "a.json").write_text("{not json")
+    with pytest.raises(MaskError, match=r"a.json: cannot read polygons \(JSONDecodeError"):
+        convert_slide(slide, tmp_path / "x.zarr", mask=tmp_path / "a.json")
+
+
+def test_interrupted_conversion_leaves_no_complete_looking_store(slide, tmp_path, monkeypatch):
+    """An exception half-way through level 0 (e.g. disk full, Ctrl-C) removes the temporary store
+    and keeps the previous good store at the target untouched."""
+    out = convert_slide(slide, tmp_path / "s.zarr", chunk=64)
+    before = SlideStore(out).levels[0][:]
+    written = []
+
+    class Boom(RuntimeError):
+        pass
+
+    def failing_add(self, band, k=0):
+        if k == 0:  # level-0 bands from the reader (higher levels are added by the writer itself)
+            if len(written) == 2:
+                raise Boom("disk full")
+            written.append(band.shape)
+        original_add(self, band, k)
+
+    original_add = convert_module.PyramidWriter.add
+    monkeypatch.setattr(convert_module.PyramidWriter, "add", failing_add)
+    with pytest.raises(Boom):
+        convert_slide(slide, out, chunk=64)
+    assert len(written) == 2  # it failed mid-write, not before starting
+    assert not list(tmp_path.glob(".*.tmp-*"))
+    np.testing.assert_array_equal(SlideStore(out).levels[0][:], before)
+    with pytest.raises(Boom):
+        convert_slide(slide, tmp_path / "new.zarr", chunk=64)
+    assert not (tmp_path / "new.zarr").exists()
