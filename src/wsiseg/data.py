@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import albumentations as A
 import numpy as np
@@ -12,27 +12,11 @@ import torch
 import zarr
 from torch.utils.data import DataLoader, Dataset
 
+from .augment import build_augmentation
+
 # ImageNet statistics: what smp encoders (and their pretrained weights) expect
 MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
 STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
-
-AUGMENTATIONS = {
-    "hflip": lambda: A.HorizontalFlip(p=0.5),
-    "vflip": lambda: A.VerticalFlip(p=0.5),
-    "rot90": lambda: A.RandomRotate90(p=0.5),
-    "brightness_contrast": lambda: A.RandomBrightnessContrast(p=0.3),
-    "hue_saturation": lambda: A.HueSaturationValue(p=0.3),
-}
-
-
-def build_augmentation(names: Sequence[str], seed: int) -> A.Compose | None:
-    """An albumentations pipeline from names in :data:`AUGMENTATIONS` (None if empty)."""
-    unknown = sorted(set(names) - set(AUGMENTATIONS))
-    if unknown:
-        raise ValueError(f"unknown augmentation(s) {unknown}; choose from {sorted(AUGMENTATIONS)}")
-    if not names:
-        return None
-    return A.Compose([AUGMENTATIONS[n]() for n in names], seed=seed)
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -40,12 +24,20 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(((image.astype(np.float32) - MEAN) / STD).transpose(2, 0, 1).copy())
 
 
+def to_target(mask: np.ndarray, classes: int = 1) -> torch.Tensor:
+    """uint8 (h, w) labels → the loss target: float (1, h, w) in {0, 1} when binary
+    (any non-zero label is foreground), int64 class indices (h, w) when multi-class."""
+    if classes == 1:
+        return torch.from_numpy(np.ascontiguousarray(mask != 0, dtype=np.float32))[None]
+    return torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64))
+
+
 class PatchDataset(Dataset):
     """All patches of several patch stores; stores are opened lazily in each worker."""
 
-    def __init__(self, stores: Sequence[str | Path], augment: A.Compose | None = None):
+    def __init__(self, stores: Sequence[str | Path], augment: A.Compose | None = None, classes: int = 1):
         self.paths = [str(p) for p in stores]
-        self.augment = augment
+        self.augment, self.classes = augment, classes
         self.index: list[tuple[int, int]] = []
         for s, path in enumerate(self.paths):
             count = zarr.open_group(path, mode="r")["images"].shape[0]
@@ -72,7 +64,7 @@ class PatchDataset(Dataset):
         if self.augment is not None:
             out = self.augment(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
-        return to_tensor(image), torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None]
+        return to_tensor(image), to_target(mask, self.classes)
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -91,17 +83,18 @@ class PatchDataModule(pl.LightningDataModule):
         val: Sequence[str | Path],
         batch_size: int = 16,
         num_workers: int = 0,
-        augment: Sequence[str] = ("hflip", "vflip", "rot90"),
+        augment: Mapping[str, Any] | Sequence[str] | None = ("hflip", "vflip", "rot90"),
         seed: int = 0,
+        classes: int = 1,
     ):
         super().__init__()
         self.train_stores, self.val_stores = list(train), list(val)
         self.batch_size, self.num_workers = batch_size, num_workers
-        self.augment_names, self.seed = list(augment), seed
+        self.augment_spec, self.seed, self.classes = augment, seed, classes
 
     def setup(self, stage: str | None = None) -> None:
-        self.train_set = PatchDataset(self.train_stores, build_augmentation(self.augment_names, self.seed))
-        self.val_set = PatchDataset(self.val_stores)
+        self.train_set = PatchDataset(self.train_stores, build_augmentation(self.augment_spec, self.seed), self.classes)
+        self.val_set = PatchDataset(self.val_stores, classes=self.classes)
         if not len(self.train_set):
             raise ValueError(f"no training patches in {self.train_stores}: loosen patches.min_coverage/max_coverage")
         if not len(self.val_set):

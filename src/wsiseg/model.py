@@ -1,4 +1,4 @@
-"""The segmentation LightningModule: an smp model, Dice+BCE loss, Dice/IoU metrics."""
+"""The segmentation LightningModule: an smp model, a configurable loss, Dice/IoU metrics."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import pytorch_lightning as pl
 import segmentation_models_pytorch as smp
 import torch
 from torch import nn
+
+from .losses import build_loss
 
 
 def build_network(
@@ -32,12 +34,42 @@ def build_network(
         raise ValueError(f"cannot build smp model arch={arch!r} encoder={encoder!r}: {err}") from None
 
 
-class SegmentationModule(pl.LightningModule):
-    """Binary segmentation with a weighted Dice + BCE loss.
+DEFAULT_LOSS = {"dice": 1.0, "bce": 1.0}
+SCHEDULERS = ("cosine", "onecycle", "none")
 
+
+def confusion(logits: torch.Tensor, target: torch.Tensor, classes: int) -> torch.Tensor:
+    """(tp, fp, fn) pixel counts per foreground class, shape (max(1, classes - 1), 3).
+
+    Binary (``classes == 1``): logits > 0 against target > 0.5.  Multi-class:
+    the arg-max class against the target index, for classes 1..classes-1."""
+    if classes == 1:
+        pairs = [(logits > 0, target > 0.5)]
+    else:
+        labels = logits.argmax(1)
+        pairs = [(labels == c, target == c) for c in range(1, classes)]
+    rows = [torch.stack([(p & t).sum(), (p & ~t).sum(), (~p & t).sum()]) for p, t in pairs]
+    return torch.stack(rows).double().cpu()
+
+
+def dice_iou(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dice and IoU per row of (tp, fp, fn) counts; 1 where truth and prediction are both empty."""
+    tp, fp, fn = counts.unbind(-1)
+    union = tp + fp + fn
+    dice = torch.where(union > 0, 2 * tp / (2 * tp + fp + fn).clamp(min=1), torch.ones_like(tp))
+    iou = torch.where(union > 0, tp / union.clamp(min=1), torch.ones_like(tp))
+    return dice, iou
+
+
+class SegmentationModule(pl.LightningModule):
+    """Binary or multi-class segmentation with a configurable weighted loss.
+
+    ``classes == 1`` is binary (one logit channel, sigmoid); ``classes >= 2``
+    is multi-class (softmax over ``classes`` channels, class 0 = background).
     Hyper-parameters (all plain values) are stored in the checkpoint, so
     :func:`load_model` rebuilds the model, and inference knows the training
-    resolution (``downscale``, ``patch_size``), from the checkpoint alone."""
+    resolution (``downscale``, ``patch_size``) and ``classes``, from the
+    checkpoint alone."""
 
     def __init__(
         self,
@@ -46,29 +78,42 @@ class SegmentationModule(pl.LightningModule):
         encoder_weights: str | None = None,
         encoder_depth: int = 5,
         decoder_channels: list[int] | None = None,
+        classes: int = 1,
+        loss: dict[str, float] | None = None,
+        class_weights: list[float] | None = None,
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
-        dice_weight: float = 1.0,
-        bce_weight: float = 1.0,
+        scheduler: str = "cosine",
         epochs: int = 10,
         downscale: float = 1.0,
         patch_size: int = 256,
+        channels_last: bool = False,
+        compile: bool = False,
     ):
         super().__init__()
+        if scheduler not in SCHEDULERS:
+            raise ValueError(f"train.scheduler: unknown {scheduler!r}; choose from {list(SCHEDULERS)}")
         self.save_hyperparameters()
-        self.net = build_network(arch, encoder, encoder_weights, encoder_depth, decoder_channels)
-        self.dice_loss = smp.losses.DiceLoss(mode="binary", from_logits=True)
-        self.bce_loss = nn.BCEWithLogitsLoss()
-        self._counts = torch.zeros(3)
+        self.net = build_network(arch, encoder, encoder_weights, encoder_depth, decoder_channels, classes)
+        self.criterion = build_loss(loss or DEFAULT_LOSS, classes, class_weights)
+        self._counts = torch.zeros(max(1, classes - 1), 3, dtype=torch.float64)
+
+    def setup(self, stage: str) -> None:
+        """Apply the speed options (channels_last memory layout, torch.compile) before fitting."""
+        if self.hparams.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        if self.hparams.compile and stage == "fit":
+            self.__dict__["_compiled"] = torch.compile(self.net)  # not a registered submodule: state_dict keys stay clean
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (n, 1, h, w) for normalised images (n, 3, h, w)."""
-        return self.net(x)
+        """Logits (n, classes, h, w) for normalised images (n, 3, h, w)."""
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.__dict__.get("_compiled", self.net)(x)
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Weighted sum of Dice and BCE losses."""
-        h = self.hparams
-        return h.dice_weight * self.dice_loss(logits, target) + h.bce_weight * self.bce_loss(logits, target)
+        """The configured weighted loss."""
+        return self.criterion(logits, target)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
@@ -77,31 +122,42 @@ class SegmentationModule(pl.LightningModule):
         return loss
 
     def on_validation_epoch_start(self) -> None:
-        self._counts = torch.zeros(3, dtype=torch.float64)
+        self._counts = torch.zeros(max(1, self.hparams.classes - 1), 3, dtype=torch.float64)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         x, y = batch
         logits = self(x)
         self.log("val_loss", self.loss(logits, y), on_epoch=True, prog_bar=True, batch_size=len(x))
-        pred = logits > 0
-        truth = y > 0.5
-        tp = (pred & truth).sum()
-        fp = (pred & ~truth).sum()
-        fn = (~pred & truth).sum()
-        self._counts += torch.stack([tp, fp, fn]).double().cpu()
+        self._counts += confusion(logits, y, self.hparams.classes)
 
     def on_validation_epoch_end(self) -> None:
-        tp, fp, fn = self._counts.tolist()
-        dice = 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
-        iou = 1.0 if tp + fp + fn == 0 else tp / (tp + fp + fn)
-        self.log("val_dice", dice, prog_bar=True)
-        self.log("val_iou", iou)
+        """Log val_dice/val_iou (mean over foreground classes) and, multi-class, val_dice_{c} per class."""
+        dice, iou = dice_iou(self._counts)
+        self.log("val_dice", dice.mean().item(), prog_bar=True)
+        self.log("val_iou", iou.mean().item())
+        if self.hparams.classes > 1:
+            for c, value in enumerate(dice.tolist(), start=1):
+                self.log(f"val_dice_{c}", value)
 
     def configure_optimizers(self):
         h = self.hparams
         optimizer = torch.optim.AdamW(self.parameters(), lr=h.lr, weight_decay=h.weight_decay)
+        if h.scheduler == "none":
+            return optimizer
+        if h.scheduler == "onecycle":
+            steps = max(1, int(self.trainer.estimated_stepping_batches))
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=h.lr, total_steps=steps)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, h.epochs))
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+
+def upgrade_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
+    """Hyper-parameters of older checkpoints in today's form (``dice_weight``/``bce_weight`` → ``loss``)."""
+    hparams = dict(hparams)
+    if "dice_weight" in hparams or "bce_weight" in hparams:
+        hparams["loss"] = {"dice": float(hparams.pop("dice_weight", 1.0)), "bce": float(hparams.pop("bce_weight", 1.0))}
+    return hparams
 
 
 def load_model(checkpoint: str | Path, map_location: str | torch.device = "cpu") -> SegmentationModule:
@@ -110,10 +166,11 @@ def load_model(checkpoint: str | Path, map_location: str | torch.device = "cpu")
     Uses ``torch.load(weights_only=True)``: a checkpoint cannot run code."""
     try:
         ckpt = torch.load(checkpoint, map_location=map_location, weights_only=True)
-        hparams = dict(ckpt["hyper_parameters"])
+        hparams = upgrade_hparams(ckpt["hyper_parameters"])
     except Exception as err:
         raise ValueError(f"{checkpoint}: not a wsiseg checkpoint ({err})") from None
     hparams["encoder_weights"] = None  # trained weights follow; never download again
+    hparams["compile"] = False  # inference code compiles (or not) on its own
     module = SegmentationModule(**hparams)
     module.load_state_dict(ckpt["state_dict"])
     module.hparams.update(ckpt["hyper_parameters"])

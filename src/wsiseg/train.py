@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import pandas as pd
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
+import zarr
+from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
 from .data import PatchDataModule
 from .io import atomic_path
-from .model import SegmentationModule
+from .model import DEFAULT_LOSS, SegmentationModule
 
 log = logging.getLogger(__name__)
+
+
+RUNTIME_KEYS = ("num_workers", "devices", "resume")  # do not change what is learnt: a run may resume across them
 
 
 @dataclass(frozen=True)
@@ -34,24 +41,60 @@ class TrainParams:
     batch_size: int = 16
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    dice_weight: float = 1.0
-    bce_weight: float = 1.0
-    augment: tuple[str, ...] = ("hflip", "vflip", "rot90")
+    loss: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LOSS))
+    class_weights: tuple[float, ...] | None = None  # cross-entropy weight per class (multi-class)
+    augment: dict[str, Any] = field(default_factory=lambda: {"hflip": 0.5, "vflip": 0.5, "rot90": 0.5})
+    scheduler: str = "cosine"  # cosine | onecycle | none
+    accumulate_grad_batches: int = 1
+    early_stopping_patience: int = 0  # epochs without a better val_dice before stopping; 0 = off
+    channels_last: bool = False
+    compile: bool = False
     num_workers: int = 0
     accelerator: str = "auto"
     devices: int | str = "auto"
     precision: str = "auto"  # auto: 16-mixed on a GPU, 32 on CPU
+    resume: bool = True  # continue an interrupted run from lightning/checkpoints/last.ckpt
     seed: int = 0
     extra: dict = field(default_factory=dict)
 
 
-def _patch_meta(stores: Sequence[str | Path]) -> tuple[float, int]:
-    import zarr
-
-    metas = {(float(g.attrs["downscale"]), int(g.attrs["size"])) for g in (zarr.open_group(s, mode="r") for s in stores)}
+def _patch_meta(stores: Sequence[str | Path]) -> tuple[float, int, int]:
+    """(downscale, patch size, classes) shared by all patch stores."""
+    groups = [zarr.open_group(s, mode="r") for s in stores]
+    metas = {(float(g.attrs["downscale"]), int(g.attrs["size"]), int(g.attrs.get("classes", 1))) for g in groups}
     if len(metas) != 1:
-        raise ValueError(f"patch stores disagree on (downscale, size): {sorted(metas)}")
+        raise ValueError(f"patch stores disagree on (downscale, size, classes): {sorted(metas)}")
     return metas.pop()
+
+
+def fingerprint(params: TrainParams, stores: Sequence[str | Path]) -> str:
+    """Hash of everything that decides what a run learns: params (minus :data:`RUNTIME_KEYS`) and the patch stores."""
+    settings = {k: v for k, v in asdict(params).items() if k not in RUNTIME_KEYS}
+    data = [(str(Path(s).resolve()), Path(s).stat().st_mtime_ns, zarr.open_group(s, mode="r")["images"].shape[0]) for s in stores]
+    text = json.dumps({"params": settings, "data": data}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def resume_checkpoint(work: Path, key: str, resume: bool = True) -> Path | None:
+    """``work/checkpoints/last.ckpt`` when an unfinished run with the same fingerprint ``key`` left it.
+
+    Otherwise ``work`` is emptied for a fresh run.  Either way ``key`` is
+    recorded in ``work/run.json`` (``complete`` false until the run ends)."""
+    state_file, last = work / "run.json", work / "checkpoints" / "last.ckpt"
+    state = json.loads(state_file.read_text()) if state_file.exists() else {}
+    usable = resume and last.exists() and state.get("fingerprint") == key and not state.get("complete")
+    if not usable:
+        if work.exists():
+            log.info("train: starting fresh in %s", work)
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    state_file.write_text(json.dumps({"fingerprint": key, "complete": False}))
+    return last if usable else None
+
+
+def _mark_complete(work: Path) -> None:
+    state_file = work / "run.json"
+    state_file.write_text(json.dumps({**json.loads(state_file.read_text()), "complete": True}))
 
 
 def plot_curves(metrics: pd.DataFrame, out: str | Path) -> None:
@@ -67,7 +110,7 @@ def plot_curves(metrics: pd.DataFrame, out: str | Path) -> None:
             ax1.plot(metrics["epoch"], metrics[col], marker="o", label=col)
     ax1.set(xlabel="epoch", ylabel="loss", title="Loss")
     ax1.legend()
-    for col in ("val_dice", "val_iou"):
+    for col in [c for c in metrics if c.startswith("val_dice") or c == "val_iou"]:
         if col in metrics:
             ax2.plot(metrics["epoch"], metrics[col], marker="o", label=col)
     ax2.set(xlabel="epoch", ylim=(0, 1), title="Validation")
@@ -78,10 +121,62 @@ def plot_curves(metrics: pd.DataFrame, out: str | Path) -> None:
     plt.close(fig)
 
 
-def _epoch_table(csv_log: Path) -> pd.DataFrame:
-    raw = pd.read_csv(csv_log)
-    keep = [c for c in ("train_loss", "val_loss", "val_dice", "val_iou") if c in raw]
+def epoch_table(log_root: Path) -> pd.DataFrame:
+    """Per-epoch metrics from every attempt's CSV log under ``log_root`` (``version_N/metrics.csv``).
+
+    When a resumed attempt repeats an epoch, the later attempt's values win."""
+    parts = []
+    for path in sorted(log_root.glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1])):
+        part = pd.read_csv(path)
+        parts.append(part.assign(attempt=len(parts)))
+    raw = pd.concat(parts, ignore_index=True)
+    raw = raw[raw["attempt"] == raw.groupby("epoch")["attempt"].transform("max")]
+    per_class = sorted((c for c in raw if re.fullmatch(r"val_dice_\d+", c)), key=lambda c: int(c.rsplit("_", 1)[1]))
+    keep = [c for c in ("train_loss", "val_loss", "val_dice", "val_iou") if c in raw] + per_class
     return raw.groupby("epoch")[keep].mean().reset_index()
+
+
+def _module(params: TrainParams, downscale: float, patch_size: int, classes: int) -> SegmentationModule:
+    """The LightningModule for ``params`` at the patch stores' resolution and class count."""
+    return SegmentationModule(
+        arch=params.arch,
+        encoder=params.encoder,
+        encoder_weights=params.encoder_weights,
+        encoder_depth=params.encoder_depth,
+        decoder_channels=list(params.decoder_channels) if params.decoder_channels else None,
+        classes=classes,
+        loss=dict(params.loss),
+        class_weights=list(params.class_weights) if params.class_weights else None,
+        lr=params.lr,
+        weight_decay=params.weight_decay,
+        scheduler=params.scheduler,
+        epochs=params.epochs,
+        downscale=downscale,
+        patch_size=patch_size,
+        channels_last=params.channels_last,
+        compile=params.compile,
+    )
+
+
+def _trainer(params: TrainParams, work: Path, callbacks: list[Callback]) -> pl.Trainer:
+    """A Lightning Trainer for ``params`` logging to ``work/logs/version_N``."""
+    on_gpu = torch.cuda.is_available() and params.accelerator in ("auto", "gpu", "cuda")
+    precision = ("16-mixed" if on_gpu else "32") if params.precision == "auto" else params.precision
+    devices = int(params.devices) if str(params.devices).isdigit() else params.devices
+    return pl.Trainer(
+        max_epochs=params.epochs,
+        accelerator=params.accelerator,
+        devices=devices,
+        precision=precision,
+        deterministic=not on_gpu,
+        accumulate_grad_batches=params.accumulate_grad_batches,
+        callbacks=callbacks,
+        logger=CSVLogger(work, name="logs"),
+        log_every_n_steps=1,
+        num_sanity_val_steps=0,
+        enable_model_summary=False,
+        **params.extra,
+    )
 
 
 def train_model(
@@ -90,62 +185,42 @@ def train_model(
     out_dir: str | Path,
     params: TrainParams = TrainParams(),
     threads: int | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> pd.DataFrame:
     """Train on ``train_patches`` stores, validate on ``val_patches`` (split by slide).
 
     Writes ``model.ckpt`` (best validation Dice), ``metrics.csv`` (per epoch
-    train/val loss, val Dice and IoU) and ``curves.png`` to ``out_dir``.
-    Returns the per-epoch table.
+    train/val loss, val Dice and IoU, per-class Dice when multi-class) and
+    ``curves.png`` to ``out_dir``.  Lightning's working files live in
+    ``out_dir/lightning``; when a run with the same settings and patches was
+    interrupted, it continues from ``lightning/checkpoints/last.ckpt``.
+    Extra Lightning ``callbacks`` may be given.  Returns the per-epoch table.
     """
     out_dir = Path(out_dir)
     if not train_patches or not val_patches:
         raise ValueError("training needs at least one 'train' and one 'val' slide with masks in the sample sheet")
+    stores = list(train_patches) + list(val_patches)
     if threads:
         torch.set_num_threads(threads)
     pl.seed_everything(params.seed, workers=True, verbose=False)
-    downscale, patch_size = _patch_meta(list(train_patches) + list(val_patches))
-    data = PatchDataModule(train_patches, val_patches, params.batch_size, params.num_workers, params.augment, params.seed)
-    module = SegmentationModule(
-        arch=params.arch,
-        encoder=params.encoder,
-        encoder_weights=params.encoder_weights,
-        encoder_depth=params.encoder_depth,
-        decoder_channels=list(params.decoder_channels) if params.decoder_channels else None,
-        lr=params.lr,
-        weight_decay=params.weight_decay,
-        dice_weight=params.dice_weight,
-        bce_weight=params.bce_weight,
-        epochs=params.epochs,
-        downscale=downscale,
-        patch_size=patch_size,
-    )
+    downscale, patch_size, classes = _patch_meta(stores)
+    data = PatchDataModule(train_patches, val_patches, params.batch_size, params.num_workers, params.augment, params.seed, classes)
+    module = _module(params, downscale, patch_size, classes)
     work = out_dir / "lightning"
-    shutil.rmtree(work, ignore_errors=True)
-    checkpoint = ModelCheckpoint(dirpath=work / "checkpoints", monitor="val_dice", mode="max", save_top_k=1, filename="best")
-    logger = CSVLogger(work, name="", version="")
-    on_gpu = torch.cuda.is_available() and params.accelerator in ("auto", "gpu", "cuda")
-    precision = ("16-mixed" if on_gpu else "32") if params.precision == "auto" else params.precision
-    devices = int(params.devices) if str(params.devices).isdigit() else params.devices
-    trainer = pl.Trainer(
-        max_epochs=params.epochs,
-        accelerator=params.accelerator,
-        devices=devices,
-        precision=precision,
-        deterministic=not on_gpu,
-        callbacks=[checkpoint],
-        logger=logger,
-        log_every_n_steps=1,
-        num_sanity_val_steps=0,
-        enable_model_summary=False,
-        **params.extra,
-    )
-    log.info("train: %d train / %d val patch stores, %s", len(train_patches), len(val_patches), asdict(params))
-    trainer.fit(module, datamodule=data)
-    metrics = _epoch_table(Path(logger.log_dir) / "metrics.csv")
+    resume_from = resume_checkpoint(work, fingerprint(params, stores), params.resume)
+    checkpoint = ModelCheckpoint(dirpath=work / "checkpoints", monitor="val_dice", mode="max", save_top_k=1, save_last=True, filename="best")
+    stopping = [EarlyStopping("val_dice", mode="max", patience=params.early_stopping_patience)] if params.early_stopping_patience else []
+    trainer = _trainer(params, work, [*callbacks, *stopping, checkpoint])
+    log.info("train: %d train / %d val patch stores, %d class(es), %s", len(train_patches), len(val_patches), classes, asdict(params))
+    if resume_from:
+        log.info("train: resuming the interrupted run from %s (epoch %d)", resume_from, torch.load(resume_from, weights_only=True)["epoch"] + 1)
+    trainer.fit(module, datamodule=data, ckpt_path=resume_from)
+    metrics = epoch_table(work / "logs")
     with atomic_path(out_dir / "metrics.csv") as tmp:
         metrics.to_csv(tmp, index=False, float_format="%.5f")
     plot_curves(metrics, out_dir / "curves.png")
     with atomic_path(out_dir / "model.ckpt") as tmp:
         shutil.copyfile(checkpoint.best_model_path, tmp)
+    _mark_complete(work)
     log.info("train: best val_dice %.4f -> %s", float(checkpoint.best_model_score), out_dir / "model.ckpt")
     return metrics

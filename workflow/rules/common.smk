@@ -49,6 +49,11 @@ def convert_input(wildcards):
     return {"image": row["image"], **({"mask": row["mask"]} if row["mask"] else {})}
 
 
+def train_settings():
+    """Config `train` minus the keys the workflow itself handles (folds)."""
+    return {k: v for k, v in config["train"].items() if k != "folds"}
+
+
 def model_checkpoints():
     """Checkpoint(s) that predict uses (several are averaged as an ensemble)."""
     return [f"{RESULTS}/models/{MODEL}/model.ckpt"]

@@ -27,7 +27,7 @@ rule train:
         runtime=config["resources"]["train_runtime"],
         gpu=config["resources"]["gpu"],
     params:
-        train=config["train"],
+        train=train_settings(),
         seed=config["seed"],
     message:
         "Training model {wildcards.model}"
