@@ -115,3 +115,34 @@ def test_failed_conversion_keeps_previous_store(rgb_tiff, tmp_path):
     with pytest.raises(MaskError):
         convert_slide(path, out, mask=tmp_path / "bad.csv")
     assert SlideStore(out).levels[0].shape == (3, 300, 420)
+
+
+def test_store_validates_with_standard_ome_ngff_readers(rgb_tiff, tmp_path):
+    """ome-zarr's reader and the ome-zarr-models v0.4 validator accept the image and its label image."""
+    reader_module = pytest.importorskip("ome_zarr.reader")
+    io = pytest.importorskip("ome_zarr.io")
+    models = pytest.importorskip("ome_zarr_models.v04")
+    from ome_zarr_models.v04.image_label import ImageLabel
+
+    path, image = rgb_tiff
+    (tmp_path / "a.json").write_text(json.dumps([{"geometry": {"type": "Polygon", "coordinates": [[[5, 5], [50, 5], [50, 40], [5, 5]]]}}]))
+    out = convert_slide(path, tmp_path / "s.zarr", mask=tmp_path / "a.json", chunk=128)
+    nodes = list(reader_module.Reader(io.parse_url(str(out)))())
+    root = next(n for n in nodes if n.load(reader_module.Multiscales) and not n.load(reader_module.Label))
+    label = next(n for n in nodes if n.load(reader_module.Label))
+    assert [d.shape for d in root.data] == [(3, 300, 420), (3, 150, 210), (3, 75, 105)]
+    np.testing.assert_array_equal(np.asarray(root.data[0]).transpose(1, 2, 0), image)
+    assert [a["name"] for a in root.metadata["axes"]] == ["c", "y", "x"]
+    assert int(np.asarray(label.data[0]).sum()) > 0
+    group = zarr.open_group(out, mode="r")
+    assert models.Image.from_zarr(group).attributes.multiscales[0].datasets[2].path == "2"
+    assert ImageLabel.from_zarr(group["labels/mask"]).attributes.image_label.source.image == "../../"
+
+
+def test_chunk_size_and_compressor_are_configurable(rgb_tiff, tmp_path):
+    path, _ = rgb_tiff
+    out = convert_slide(path, tmp_path / "s.zarr", chunk=64, compression="lz4", level=3)
+    array = zarr.open_group(out, mode="r")["0"]
+    assert array.chunks == (3, 64, 64)
+    codec = array.metadata.compressor
+    assert (codec.cname, codec.clevel) == ("lz4", 3)
