@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 from typing import Iterator
 
@@ -65,49 +66,86 @@ def is_tissue(ty: int, tx: int, size: int) -> bool:
     return (cy / 0.45) ** 2 + (cx / 0.4) ** 2 < 1
 
 
+def slide_tile(bank: list[np.ndarray], y: int, x: int, size: int) -> np.ndarray:
+    """The tile whose top-left pixel is (y, x): one of the tissue textures, or background."""
+    k = (y // TILE * 7 + x // TILE * 3) % (len(bank) - 1)
+    return bank[k] if is_tissue(y, x, size) else bank[-1]
+
+
 def tiles(size: int) -> Iterator[np.ndarray]:
     """Tiles of a ``size`` x ``size`` slide in row-major order."""
     bank = texture_bank()
-    for ty in range(0, size, TILE):
-        for tx in range(0, size, TILE):
-            k = (ty // TILE * 7 + tx // TILE * 3) % (len(bank) - 1)
-            yield bank[k] if is_tissue(ty, tx, size) else bank[-1]
+    for y in range(0, size, TILE):
+        for x in range(0, size, TILE):
+            yield slide_tile(bank, y, x, size)
+
+
+def bands(size: int, rows: int) -> Iterator[np.ndarray]:
+    """Full-width bands of ``rows`` rows of the same slide as :func:`tiles`."""
+    bank = texture_bank()
+    for y0 in range(0, size, rows):
+        band = np.empty((min(rows, size - y0), size, 3), np.uint8)
+        y = y0
+        while y < y0 + band.shape[0]:
+            dy = y % TILE
+            h = min(TILE - dy, y0 + band.shape[0] - y)
+            for x in range(0, size, TILE):
+                band[y - y0 : y - y0 + h, x : x + TILE] = slide_tile(bank, y - dy, x, size)[dy : dy + h, : size - x]
+            y += h
+        yield band
 
 
 def strips(size: int) -> Iterator[bytes]:
-    """Deflate-compressed strips of ``STRIP_ROWS`` rows of the same slide."""
-    bank = texture_bank()
-    for y0 in range(0, size, STRIP_ROWS):
-        rows = min(STRIP_ROWS, size - y0)
-        ty, dy = divmod(y0, TILE)
-        band = np.empty((rows, size, 3), np.uint8)
-        for tx in range(0, size, TILE):
-            k = (ty * 7 + tx // TILE * 3) % (len(bank) - 1)
-            tile = bank[k] if is_tissue(ty * TILE, tx, size) else bank[-1]
-            band[:, tx : tx + TILE] = tile[dy : dy + rows, : size - tx]
+    """Deflate-compressed strips of ``STRIP_ROWS`` rows."""
+    for band in bands(size, STRIP_ROWS):
         yield imagecodecs.deflate_encode(band, level=1)
 
 
+def one_strip(size: int) -> Iterator[bytes]:
+    """The whole slide as one deflate stream (compressed in memory, never decoded whole)."""
+    deflate = zlib.compressobj(1)
+    parts = [deflate.compress(band.tobytes()) for band in bands(size, TILE)]
+    yield b"".join(parts) + deflate.flush()
+
+
 def make_slide(path: Path, size: int, layout: str) -> None:
-    """Write a generated RGB slide: ``tiled`` (512² JPEG tiles) or ``stripped`` (64-row deflate strips)."""
+    """Write a generated RGB slide: ``tiled`` (512² JPEG tiles), ``stripped`` (64-row deflate
+    strips) or ``onestrip`` (the whole slide in one deflate strip)."""
     common = dict(shape=(size, size, 3), dtype=np.uint8, photometric="rgb", bigtiff=True)
     if layout == "tiled":
         tifffile.imwrite(path, tiles(size), tile=(TILE, TILE), compression="jpeg", compressionargs={"level": 90}, **common)
-    else:
+    elif layout == "stripped":
         tifffile.imwrite(path, strips(size), rowsperstrip=STRIP_ROWS, compression="zlib", **common)
+    else:
+        tifffile.imwrite(path, one_strip(size), rowsperstrip=size, compression="zlib", **common)
 
 
-def plain_decode(path: Path) -> dict:
-    """Decode every segment of level 0 with tifffile (default thread pool), as a user would."""
+def plain_decode(path: Path, workers: int | None) -> dict:
+    """Decode every segment of level 0 with tifffile (``workers`` threads; None: tifffile's default)."""
     start = time.perf_counter()
-    decoded = 0
     with tifffile.TiffFile(path) as tif:
         page = tif.pages[0]
-        for segment, _, _ in page.segments(buffersize=32 * 2**20):
-            decoded += segment.nbytes
+        threads = workers or page.maxworkers
+        for _ in page.segments(maxworkers=threads, buffersize=32 * 2**20):
+            pass
         height, width = page.imagelength, page.imagewidth
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "mb_per_s": height * width * 3 / seconds / 1e6}
+    return {"threads": threads, "seconds": seconds, "mb_per_s": height * width * 3 / seconds / 1e6}
+
+
+def io_floor(store: Path, workdir: Path) -> dict:
+    """Time to create as many files of the same total size as ``store`` holds (this disk's write floor)."""
+    files = [f for f in store.rglob("*") if f.is_file()]
+    total = sum(f.stat().st_size for f in files)
+    payload = os.urandom(total // max(1, len(files)))
+    folder = workdir / "io_floor"
+    folder.mkdir()
+    start = time.perf_counter()
+    for i in range(len(files)):
+        (folder / str(i)).write_bytes(payload)
+    seconds = time.perf_counter() - start
+    shutil.rmtree(folder)
+    return {"files": len(files), "store_mb": total / 1e6, "seconds": seconds}
 
 
 CHILD = """
@@ -125,13 +163,7 @@ def run_convert(path: Path, out: Path, size: int, options: dict) -> dict:
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     seconds, maxrss_kb = result.stdout.split()[-2:]
     seconds = float(seconds)
-    store = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    return {
-        "seconds": seconds,
-        "mb_per_s": size * size * 3 / seconds / 1e6,
-        "peak_rss_mb": int(maxrss_kb) / 1024,
-        "store_mb": store / 1e6,
-    }
+    return {"seconds": seconds, "mb_per_s": size * size * 3 / seconds / 1e6, "peak_rss_mb": int(maxrss_kb) / 1024}
 
 
 def bench(size: int, layout: str, workdir: Path, options: dict) -> dict:
@@ -140,22 +172,30 @@ def bench(size: int, layout: str, workdir: Path, options: dict) -> dict:
     start = time.perf_counter()
     make_slide(path, size, layout)
     generated = time.perf_counter() - start
+    store = workdir / f"{layout}_{size}.zarr"
+    load = os.getloadavg()[0]
     try:
-        decode = plain_decode(path)
-        convert = run_convert(path, workdir / f"{layout}_{size}.zarr", size, options)
+        decode = plain_decode(path, None)
+        decode_all = plain_decode(path, len(os.sched_getaffinity(0)))
+        convert = run_convert(path, store, size, options)
+        floor = io_floor(store, workdir)
     finally:
         path_mb = path.stat().st_size / 1e6
         path.unlink()
-        shutil.rmtree(workdir / f"{layout}_{size}.zarr", ignore_errors=True)
+        shutil.rmtree(store, ignore_errors=True)
     row = {
         "layout": layout,
         "convert_options": options,
         "size": size,
         "tiff_mb": path_mb,
         "generate_seconds": generated,
+        "load_average_before": load,
         "decode": decode,
+        "decode_all_cores": decode_all,
         "convert": convert,
+        "write_floor": floor,
         "throughput_ratio": convert["mb_per_s"] / decode["mb_per_s"],
+        "throughput_ratio_all_cores": convert["mb_per_s"] / decode_all["mb_per_s"],
     }
     print(json.dumps(row), flush=True)
     return row
@@ -163,17 +203,16 @@ def bench(size: int, layout: str, workdir: Path, options: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[20000, 40000])
-    parser.add_argument("--layouts", nargs="+", default=["tiled", "stripped"], choices=["tiled", "stripped"])
-    parser.add_argument("--stripped-sizes", type=int, nargs="*", default=None, help="sizes for stripped (default: largest)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[20000, 40000], help="tiled slide sides")
+    parser.add_argument("--stripped-sizes", type=int, nargs="*", default=[20000, 40000])
+    parser.add_argument("--onestrip-sizes", type=int, nargs="*", default=[20000])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "convert.json")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
     parser.add_argument("--options", type=json.loads, default={}, help='convert_slide keywords as JSON, e.g. \'{"level": 5}\'')
     args = parser.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory(dir=args.workdir, prefix="wsiseg-bench-") as tmp:
-        for layout in args.layouts:
-            sizes = args.sizes if layout == "tiled" else (args.stripped_sizes or [max(args.sizes)])
+        for layout, sizes in (("tiled", args.sizes), ("stripped", args.stripped_sizes), ("onestrip", args.onestrip_sizes)):
             rows += [bench(size, layout, Path(tmp), args.options) for size in sizes]
     result = {
         "machine": {"cpus": len(os.sched_getaffinity(0)), "python": platform.python_version(), "tifffile": tifffile.__version__},
