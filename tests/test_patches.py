@@ -1,3 +1,4 @@
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -6,6 +7,7 @@ import zarr
 
 from wsiseg.convert import convert_slide
 from wsiseg.patches import PatchParams, extract_patches, grid_positions, select_patches
+from wsiseg.tissue import tissue_mask
 
 CELL = 32
 # foreground rows per 32x32 cell of a 4x4 grid: coverage = rows / 32
@@ -79,3 +81,64 @@ def test_select_patches_drops_out_of_range_cells():
     tissue = np.ones_like(coverage)
     reasons = select_patches(coverage, tissue, PatchParams(negative_ratio=1.0), np.random.default_rng(0))
     assert reasons.tolist() == [["negative", ""], ["positive", ""]]
+
+
+def test_absolute_negatives_and_random_cells_are_recorded(known_slide, tmp_path):
+    params = PatchParams(size=CELL, downscale=1, negatives=2, random=3, min_tissue=0.5, seed=1)
+    table = extract_patches(known_slide, tmp_path / "r.zarr", tmp_path / "r.csv", params, out_tissue=tmp_path / "t.png")
+    assert table["reason"].value_counts().to_dict() == {"positive": 5, "random": 3, "negative": 2}
+    assert (table.loc[table["reason"] == "negative", "coverage"] == 0).all()
+    positives = {divmod(k, 4) for k, c in enumerate(COVERAGE.ravel()) if 0.1 <= c <= 0.9}
+    assert not set(zip(table.loc[table["reason"] != "positive", "row"], table.loc[table["reason"] != "positive", "col"])) & positives
+    assert len(set(zip(table["row"], table["col"]))) == len(table)  # no cell kept twice
+    assert (table["level"] == 0).all() and (table["downscale"] == 1).all()
+
+
+@pytest.mark.parametrize("method", ["saturation", "otsu", "otsu_gray"])
+def test_tissue_artifact_marks_the_white_row_as_background(known_slide, tmp_path, method):
+    params = PatchParams(size=CELL, downscale=1, tissue_method=method, negative_ratio=0, random=16)  # keeps every cell
+    table = extract_patches(known_slide, tmp_path / "p.zarr", tmp_path / "p.csv", params, out_tissue=tmp_path / "t.png")
+    tissue = cv2.imread(str(tmp_path / "t.png"), cv2.IMREAD_GRAYSCALE)
+    assert tissue.shape == (4 * CELL, 4 * CELL)
+    assert (tissue[3 * CELL + 2 :] == 0).all() and (tissue[: 3 * CELL - 2] == 255).all()
+    assert set(table.loc[table["row"] == 3, "tissue"]) == {0.0} and (table.loc[table["row"] < 3, "tissue"] == 1).all()
+    assert zarr.open_group(tmp_path / "p.zarr", mode="r").attrs["tissue_share"] == pytest.approx(0.75, abs=0.02)
+
+
+def test_otsu_does_not_call_a_blank_slide_half_tissue():
+    rng = np.random.default_rng(0)
+    glass = np.clip(rng.normal(245, 3, (64, 64, 3)), 0, 255).astype(np.uint8)
+    assert not tissue_mask(glass, method="otsu").any() and not tissue_mask(glass, method="otsu_gray").any()
+    with pytest.raises(ValueError, match="tissue method"):
+        tissue_mask(glass, method="triangle")
+
+
+@pytest.fixture
+def palette_slide(tmp_path):
+    """A 128x128 slide whose RGB mask holds class 1 (red) in the top half-row, class 2 (blue) in one cell."""
+    image = np.full((128, 128, 3), (230, 150, 200), np.uint8)
+    mask = np.zeros((128, 128, 3), np.uint8)
+    mask[0:16, 0:64] = (255, 0, 0)  # cell (0, 0) of 64 px: 25% class 1
+    mask[64:128, 64:96] = (0, 0, 255)  # cell (1, 1): 50% class 2
+    mask[64:80, 64:96] = (255, 0, 0)  # ... of which 1/4 turns class 1: 12.5% class 1, 37.5% class 2
+    tifffile.imwrite(tmp_path / "img.tif", image, photometric="rgb")
+    tifffile.imwrite(tmp_path / "mask.tif", mask, photometric="rgb")
+    return convert_slide(tmp_path / "img.tif", tmp_path / "m.zarr", mask=tmp_path / "mask.tif", chunk=64, palette={"#ff0000": 1, "#0000ff": 2})
+
+
+def test_multiclass_masks_give_per_class_coverage(palette_slide, tmp_path):
+    params = PatchParams(size=32, downscale=2, min_coverage=0.05, max_coverage=1, negative_ratio=0)
+    table = extract_patches(palette_slide, tmp_path / "p.zarr", tmp_path / "p.csv", params)
+    assert list(table.columns[9:12]) == ["coverage", "coverage_1", "coverage_2"]
+    cells = table.set_index(["row", "col"])
+    np.testing.assert_allclose(cells.loc[(0, 0), ["coverage", "coverage_1", "coverage_2"]], [0.25, 0.25, 0])
+    np.testing.assert_allclose(cells.loc[(1, 1), ["coverage", "coverage_1", "coverage_2"]], [0.5, 0.125, 0.375])
+    store = zarr.open_group(tmp_path / "p.zarr", mode="r")
+    assert store.attrs["classes"] == 3 and set(np.unique(store["masks"][:])) == {0, 1, 2}
+    for n, row in table.iterrows():  # stored labels agree with the index (at 2x down, areas are exact here)
+        labels = store["masks"][n]
+        np.testing.assert_allclose([(labels == 1).mean(), (labels == 2).mean()], [row["coverage_1"], row["coverage_2"]])
+    binary = extract_patches(palette_slide, tmp_path / "b.zarr", tmp_path / "b.csv", PatchParams(**{**params.__dict__, "classes": 1}))
+    assert "coverage_1" not in binary and set(np.unique(zarr.open_group(tmp_path / "b.zarr")["masks"][:])) == {0, 1}
+    with pytest.raises(ValueError, match="label 2 found, but patches.classes is 2"):
+        extract_patches(palette_slide, tmp_path / "c.zarr", tmp_path / "c.csv", PatchParams(**{**params.__dict__, "classes": 2}))

@@ -35,7 +35,7 @@ def _convert(args) -> None:
 def _patches(args) -> None:
     from .patches import PatchParams, extract_patches
 
-    table = extract_patches(args.slide, args.out_zarr, args.out_csv, from_args(PatchParams, args))
+    table = extract_patches(args.slide, args.out_zarr, args.out_csv, from_args(PatchParams, args), args.out_tissue)
     print(f"kept {len(table)} patches: {table['reason'].value_counts().to_dict()}")
 
 
@@ -117,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("slide", help="converted slide .zarr")
     p.add_argument("out_zarr")
     p.add_argument("out_csv")
+    p.add_argument("--out-tissue", help="write the low-resolution tissue mask to this PNG")
     add_arguments(p, PatchParams)
     p.set_defaults(func=_patches)
 

@@ -7,18 +7,20 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import zarr
 from tqdm import tqdm
 
 from .io import atomic_path
-from .store import SlideStore, StoreError, compressor
+from .store import SlideStore, StoreError, _read_padded, compressor
 from .tissue import TissueMap
 
 log = logging.getLogger(__name__)
 
-INDEX_COLUMNS = ["slide_id", "index", "row", "col", "x", "y", "downscale", "size", "coverage", "tissue", "reason"]
+INDEX_COLUMNS = ["slide_id", "index", "row", "col", "x", "y", "level", "downscale", "size", "coverage", "tissue", "reason"]
+REASONS = ("positive", "negative", "random")
 
 
 @dataclass(frozen=True)
@@ -31,8 +33,12 @@ class PatchParams:
     min_coverage: float = 0.1
     max_coverage: float = 0.9
     negative_ratio: float = 0.5  # tissue-only negatives kept per positive patch
+    negatives: int | None = None  # tissue-only negatives per slide (overrides negative_ratio)
+    random: int = 0  # further grid cells drawn uniformly at random, whatever they hold
     min_tissue: float = 0.25  # tissue share a negative patch needs
-    tissue_saturation: float = 0.08
+    tissue_method: str = "otsu"  # saturation | otsu | otsu_gray (see wsiseg.tissue)
+    tissue_saturation: float = 0.08  # fixed threshold, and the floor of the Otsu threshold
+    classes: int | None = None  # 1 = binary, k >= 2 = labels 0..k-1; None: from the label image
     seed: int = 0
 
 
@@ -46,55 +52,107 @@ def grid_positions(length: int, size: int, stride: int) -> list[int]:
     return starts
 
 
+def _draw(reasons: np.ndarray, candidates: np.ndarray, count: int, reason: str, rng: np.random.Generator) -> None:
+    """Mark ``count`` (at most all) of the flat cell indices ``candidates`` with ``reason``, drawn with ``rng``."""
+    count = min(len(candidates), count)
+    if count:
+        reasons.flat[np.sort(rng.choice(candidates, size=count, replace=False))] = reason
+
+
 def select_patches(coverage: np.ndarray, tissue: np.ndarray, params: PatchParams, rng: np.random.Generator) -> np.ndarray:
-    """Reason codes per grid cell: ``positive``, ``negative`` or '' (dropped).
+    """Reason codes per grid cell: ``positive``, ``negative``, ``random`` or '' (dropped).
 
     Positives have ``min_coverage <= coverage <= max_coverage``; negatives are
     drawn at random among cells with no foreground and at least ``min_tissue``
-    tissue, ``negative_ratio`` per positive (rounded).
+    tissue: ``negatives`` of them, or ``negative_ratio`` per positive
+    (rounded); then ``random`` more among all cells not yet kept.
     """
     reasons = np.full(coverage.shape, "", dtype=object)
     positive = (coverage >= params.min_coverage) & (coverage <= params.max_coverage) & (coverage > 0)
     reasons[positive] = "positive"
-    candidates = np.flatnonzero((coverage == 0) & (tissue >= params.min_tissue))
-    wanted = min(len(candidates), int(round(params.negative_ratio * positive.sum())))
-    if wanted:
-        reasons.flat[np.sort(rng.choice(candidates, size=wanted, replace=False))] = "negative"
+    wanted = params.negatives if params.negatives is not None else int(round(params.negative_ratio * positive.sum()))
+    _draw(reasons, np.flatnonzero((coverage == 0) & (tissue >= params.min_tissue)), wanted, "negative", rng)
+    _draw(reasons, np.flatnonzero(reasons == ""), params.random, "random", rng)
     return reasons
 
 
-def extract_patches(slide: str | Path, out_zarr: str | Path, out_csv: str | Path, params: PatchParams = PatchParams()) -> pd.DataFrame:
+def label_classes(store: SlideStore) -> int:
+    """Classes of a slide's label image from its NGFF ``image-label`` colours: 1 (binary) or max label + 1."""
+    colors = store.root["labels/mask"].attrs.get("image-label", {}).get("colors", [])
+    top = max((int(c["label-value"]) for c in colors), default=1)
+    return 1 if top <= 1 else top + 1
+
+
+def read_labels(store: SlideStore, y0: int, x0: int, size: int, downscale: float, classes: int) -> np.ndarray:
+    """Label patch (size, size) uint8 of the level-0 box at (y0, x0): binary 0/1 as
+    :meth:`SlideStore.read_mask`, or class indices where each pixel takes the class
+    with the largest area in its footprint (``classes >= 2``)."""
+    if classes == 1:
+        return store.read_mask(y0, x0, (size, size), downscale)
+    span = int(round(size * downscale))
+    block = _read_padded(store.mask_levels[0], y0, y0 + span, x0, x0 + span, 0)[0]
+    if block.max() >= classes:
+        raise StoreError(f"{store.path}: label {block.max()} found, but patches.classes is {classes} (labels 0..{classes - 1})")
+    if span == size:
+        return block
+    shares = [cv2.resize((block == c).astype(np.float32), (size, size), interpolation=cv2.INTER_AREA) for c in range(classes)]
+    return np.argmax(np.stack(shares), axis=0).astype(np.uint8)
+
+
+def class_shares(labels: np.ndarray, classes: int) -> np.ndarray:
+    """Share of each label 0..max(1, classes - 1) in a label patch."""
+    return np.bincount(labels.ravel(), minlength=max(2, classes))[: max(2, classes)] / labels.size
+
+
+def _index_columns(classes: int) -> list[str]:
+    """Index CSV columns; multi-class slides get ``coverage_{c}`` per foreground class after ``coverage``."""
+    at = INDEX_COLUMNS.index("coverage") + 1
+    return INDEX_COLUMNS[:at] + [f"coverage_{c}" for c in range(1, classes)] + INDEX_COLUMNS[at:]
+
+
+def extract_patches(
+    slide: str | Path,
+    out_zarr: str | Path,
+    out_csv: str | Path,
+    params: PatchParams = PatchParams(),
+    out_tissue: str | Path | None = None,
+) -> pd.DataFrame:
     """Cut ``slide`` (a converted store with a mask) into patches and write the kept ones.
 
     Writes ``out_zarr`` with ``images`` (N, size, size, 3) and ``masks``
-    (N, size, size) uint8 arrays, and ``out_csv``, one row per patch in the
-    same order, with the grid cell, level-0 position, coverage, tissue share
-    and the reason it was kept.  Returns that table.
+    (N, size, size) uint8 arrays (0/1, or class indices when multi-class), and
+    ``out_csv``, one row per patch in the same order, with the grid cell,
+    level-0 position, pyramid level read, coverage (per class too when
+    multi-class), tissue share and the reason it was kept.  ``out_tissue``
+    (optional) receives the low-resolution tissue mask as a PNG.  Returns that table.
     """
     store = SlideStore(slide)
     if not store.has_mask:
         raise StoreError(f"{slide}: patches need a ground-truth mask (training/validation slides)")
     size, ds = params.size, params.downscale
+    classes = params.classes or label_classes(store)
     stride = params.stride or size
     dh, dw = store.dims(ds)
     rows, cols = grid_positions(dh, size, stride), grid_positions(dw, size, stride)
     span = int(round(size * ds))
-    tissue_map = TissueMap(store, params.tissue_saturation)
+    tissue_map = TissueMap(store, params.tissue_saturation, method=params.tissue_method)
+    if out_tissue is not None:
+        tissue_map.save(out_tissue)
 
-    coverage = np.zeros((len(rows), len(cols)), np.float64)
-    tissue = np.zeros_like(coverage)
+    shares = np.zeros((len(rows), len(cols), max(2, classes)), np.float64)
+    tissue = np.zeros((len(rows), len(cols)), np.float64)
     for i, py in enumerate(rows):
         for j, px in enumerate(cols):
             y, x = int(round(py * ds)), int(round(px * ds))
-            coverage[i, j] = store.read_mask(y, x, (size, size), ds).mean()
+            shares[i, j] = class_shares(read_labels(store, y, x, size, ds, classes), classes)
             tissue[i, j] = tissue_map.fraction(y, x, span, span)
+    coverage = 1 - shares[..., 0]
     rng = np.random.default_rng([params.seed, zlib.crc32(store.slide_id.encode())])
     reasons = select_patches(coverage, tissue, params, rng)
     kept = np.argwhere(reasons != "")
-    log.info(
-        "patches %s: %d grid cells, %d positive, %d negative",
-        store.slide_id, reasons.size, (reasons == "positive").sum(), (reasons == "negative").sum(),
-    )
+    counts = {r: int((reasons == r).sum()) for r in REASONS}
+    log.info("patches %s: %d grid cells, %s, tissue %.1f%% of the slide", store.slide_id, reasons.size, counts, 100 * tissue_map.share)
+    level = store._level_for(ds)
     records = []
     codec = compressor()
     with atomic_path(out_zarr) as tmp:
@@ -104,10 +162,11 @@ def extract_patches(slide: str | Path, out_zarr: str | Path, out_csv: str | Path
         for n, (i, j) in enumerate(tqdm(kept, desc=f"patches {store.slide_id}", unit="patch", mininterval=5)):
             y, x = int(round(rows[i] * ds)), int(round(cols[j] * ds))
             images[n] = store.read_image(y, x, (size, size), ds)
-            masks[n] = store.read_mask(y, x, (size, size), ds)
-            records.append((store.slide_id, n, i, j, x, y, ds, size, coverage[i, j], tissue[i, j], reasons[i, j]))
-        root.attrs.update({"slide_id": store.slide_id, "size": size, "downscale": ds})
-    table = pd.DataFrame(records, columns=INDEX_COLUMNS)
+            masks[n] = read_labels(store, y, x, size, ds, classes)
+            per_class = list(shares[i, j, 1:]) if classes > 1 else []
+            records.append((store.slide_id, n, i, j, x, y, level, ds, size, coverage[i, j], *per_class, tissue[i, j], reasons[i, j]))
+        root.attrs.update({"slide_id": store.slide_id, "size": size, "downscale": ds, "classes": classes, "tissue_share": tissue_map.share})
+    table = pd.DataFrame(records, columns=_index_columns(classes))
     with atomic_path(out_csv) as tmp:
         table.to_csv(tmp, index=False, float_format="%.5f")
     return table

@@ -1,31 +1,67 @@
-"""Tissue detection on a low-resolution pyramid level."""
+"""Tissue detection on a low-resolution pyramid level.
+
+Methods (``method``):
+
+- ``saturation``: HSV saturation above a fixed threshold (``saturation``, 0..1).
+  Stained tissue is coloured; glass and background are grey or white.
+- ``otsu``: Otsu's threshold on the (median-blurred) saturation, never below
+  the fixed threshold, so a slide that is all glass does not become half tissue.
+- ``otsu_gray``: Otsu's threshold on the darkness (255 - grayscale), for
+  unstained or grayscale slides; floored the same way.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import cv2
 import numpy as np
 
+from .io import atomic_path
 from .store import SlideStore
 
+METHODS = ("saturation", "otsu", "otsu_gray")
 
-def tissue_mask(rgb: np.ndarray, saturation: float = 0.08) -> np.ndarray:
-    """Boolean tissue mask of an RGB uint8 image: HSV saturation above ``saturation`` (0..1).
 
-    Stained tissue is coloured; glass and background are grey or white."""
-    hsv = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2HSV)
-    return hsv[:, :, 1] > saturation * 255
+def _otsu_above(channel: np.ndarray, floor: float) -> np.ndarray:
+    """Pixels of a uint8 ``channel`` above max(Otsu's threshold, ``floor``)."""
+    blurred = cv2.medianBlur(np.ascontiguousarray(channel), 5)
+    otsu, _ = cv2.threshold(blurred, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    return blurred > max(otsu, floor)
+
+
+def tissue_mask(rgb: np.ndarray, saturation: float = 0.08, method: str = "saturation") -> np.ndarray:
+    """Boolean tissue mask of an RGB uint8 image by ``method`` (see the module docstring)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown tissue method {method!r}; choose from {list(METHODS)}")
+    rgb = np.ascontiguousarray(rgb)
+    if method == "otsu_gray":
+        return _otsu_above(255 - cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), saturation * 255)
+    sat = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)[:, :, 1]
+    return _otsu_above(sat, saturation * 255) if method == "otsu" else sat > saturation * 255
 
 
 class TissueMap:
     """Tissue mask of a whole slide at low resolution, queried by level-0 boxes."""
 
-    def __init__(self, store: SlideStore, saturation: float = 0.08, max_side: int = 2048):
+    def __init__(self, store: SlideStore, saturation: float = 0.08, max_side: int = 2048, method: str = "saturation"):
         k = len(store.levels) - 1
         while k > 0 and max(store.levels[k - 1].shape[1:]) <= max_side:
             k -= 1
         self.factor = 2**k
         level = np.asarray(store.levels[k][:]).transpose(1, 2, 0)
-        self.mask = tissue_mask(level, saturation)
+        self.mask = tissue_mask(level, saturation, method)
+
+    @property
+    def share(self) -> float:
+        """Tissue share of the whole slide."""
+        return float(self.mask.mean())
+
+    def save(self, path: str | Path) -> None:
+        """Write the mask as a PNG (tissue white), atomically."""
+        with atomic_path(path) as tmp:
+            ok, data = cv2.imencode(".png", self.mask.astype(np.uint8) * 255)
+            Path(tmp).write_bytes(data.tobytes())
 
     def fraction(self, y0: int, x0: int, height: int, width: int) -> float:
         """Share of tissue pixels in the level-0 box (y0, x0, height, width)."""

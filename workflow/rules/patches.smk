@@ -1,10 +1,11 @@
 rule patches:
-    """Cut a slide into training patches kept by mask coverage, plus tissue negatives."""
+    """Cut a slide into training patches kept by mask coverage, plus tissue negatives and random cells; tissue mask PNG."""
     input:
         f"{RESULTS}/zarr/{{slide}}.zarr",
     output:
         zarr=directory(f"{RESULTS}/patches/{{slide}}.zarr"),
         index=f"{RESULTS}/patches/{{slide}}.csv",
+        tissue=f"{RESULTS}/patches/{{slide}}.tissue.png",
     log:
         f"{RESULTS}/logs/patches/{{slide}}.log",
     benchmark:

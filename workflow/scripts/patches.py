@@ -6,4 +6,4 @@ from wsiseg.patches import PatchParams, extract_patches
 
 with log_to(snakemake.log[0]):
     params = from_mapping(PatchParams, {**snakemake.params.patches, "seed": snakemake.params.seed}, "patches")
-    extract_patches(snakemake.input[0], snakemake.output.zarr, snakemake.output.index, params)
+    extract_patches(snakemake.input[0], snakemake.output.zarr, snakemake.output.index, params, snakemake.output.tissue)
