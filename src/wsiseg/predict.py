@@ -169,12 +169,14 @@ class _Plan:
 
     def batches(self) -> Iterator[tuple[int, list[int], np.ndarray | None]]:
         """Per tile row: (row, xs, uint8 tiles) batches, then (row, [], None) when the row is read."""
+        width = max(self.xs) + self.T
         for r, y in enumerate(self.ys):
             todo = self.row_tiles(y)
+            if todo:  # one read per tile row: every chunk is decoded once, not once per tile
+                band = self.store.read_image(int(round(y * self.ds)), 0, (self.T, width), self.ds)
             for b in range(0, len(todo), self.params.batch_size):
                 xs = todo[b : b + self.params.batch_size]
-                tiles = [self.store.read_image(int(round(y * self.ds)), int(round(x * self.ds)), (self.T, self.T), self.ds) for x in xs]
-                yield r, xs, np.stack(tiles)
+                yield r, xs, np.stack([band[:, x : x + self.T] for x in xs])
             yield r, [], None
 
 
@@ -251,7 +253,7 @@ def predict_slide(
         "predict %s: %dx%d at downscale %g, %d tiles of %d px, %d model(s) x %d TTA view(s) on %s",
         store.slide_id, plan.dw, plan.dh, ds, len(plan.ys) * len(plan.xs), plan.T, len(models), 1 + len(params.tta), device,
     )
-    codec = compressor()
+    codec = compressor("zstd", 1)  # fast: outputs are written while the model computes
     levels = level_count(store.height, store.width, params.chunk)
     with atomic_path(out) as tmp:
         root = zarr.open_group(tmp, mode="w", zarr_format=2)
