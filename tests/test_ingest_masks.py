@@ -12,7 +12,7 @@ import tifffile
 import zarr
 
 from wsiseg.convert import convert_slide
-from wsiseg.masks import MaskError, parse_palette
+from wsiseg.masks import MaskError, load_palette, parse_palette
 from wsiseg.store import SlideStore
 
 H, W = 120, 160
@@ -107,3 +107,14 @@ def test_palette_needs_an_rgb_mask_and_valid_entries(image, tmp_path):
         parse_palette({"red": 1})
     with pytest.raises(MaskError, match="class index for '#ff0000' must be an integer 0..255"):
         parse_palette({"#ff0000": 300})
+
+
+def test_palette_from_json_text_or_file(image, tmp_path):
+    """The CLI's --palette: JSON text, or a .json file holding the same."""
+    (tmp_path / "c.png").write_bytes(imagecodecs.png_encode(colour_mask()))
+    (tmp_path / "palette.json").write_text(json.dumps([[0, 0, 0], [0, 128, 255], [255, 0, 0]]))
+    for text, red in (('{"#ff0000": 1, "#0080ff": 2}', 1), (str(tmp_path / "palette.json"), 2)):
+        mask = labels_of(image, tmp_path / "c.png", tmp_path, palette=load_palette(text))
+        assert mask[20, 20] == red and mask[60, 100] == 3 - red
+    with pytest.raises(MaskError, match="palette 'red=1': not JSON"):
+        load_palette("red=1")

@@ -18,13 +18,10 @@ def _demo(args) -> None:
 
 
 def _convert(args) -> None:
-    import json
-
     from .convert import convert_slide
+    from .masks import load_palette
 
-    palette = args.palette
-    if palette is not None:
-        palette = json.loads(Path(palette).read_text() if Path(palette).is_file() else palette)
+    palette = load_palette(args.palette) if args.palette else None
     convert_slide(
         args.image, args.out, mask=args.mask, slide_id=args.slide_id, chunk=args.chunk, compression=args.compression,
         level=args.level, uint16=args.uint16, percentiles=args.percentiles, channels=args.channels, palette=palette,

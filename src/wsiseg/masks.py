@@ -186,6 +186,15 @@ def parse_palette(palette, source: str = "palette") -> dict[int, int]:
     return table
 
 
+def load_palette(text: str) -> dict | list:
+    """A palette from JSON text or from the JSON file named by ``text`` (the CLI's ``--palette``)."""
+    path = Path(text)
+    try:
+        return json.loads(path.read_text() if path.suffix.lower() == ".json" and path.is_file() else text)
+    except json.JSONDecodeError as err:
+        raise MaskError(f"palette {text!r}: not JSON ({err}); expected e.g. '{{\"#ff0000\": 1}}' or a .json file") from None
+
+
 def _colour_key(colour, source: str) -> int:
     try:
         if isinstance(colour, str) and colour.startswith("#") and len(colour) == 7:
