@@ -6,7 +6,7 @@ import torch
 import zarr
 
 from wsiseg.data import to_tensor
-from wsiseg.model import load_model
+from wsiseg.model import SegmentationModule, load_model
 from wsiseg.postprocess import clean_mask, postprocess_mask
 from wsiseg.predict import PredictParams, blend_window, predict_batch, predict_slide
 from wsiseg.store import SlideStore
@@ -47,7 +47,7 @@ def test_hflip_tta_is_flip_equivariant(tiny_trained):
     model = load_model(ckpt)
     x = torch.randn(2, 3, 64, 64)
     a = predict_batch([model], x, ("hflip",))
-    b = predict_batch([model], x.flip(3), ("hflip",)).flip(2)
+    b = predict_batch([model], x.flip(3), ("hflip",)).flip(3)
     torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
     assert not torch.allclose(predict_batch([model], x), a)
 
@@ -100,3 +100,16 @@ def test_band_processing_gives_the_same_result_as_whole_mask():
     store[0] = mask
     postprocess_mask(store, min_area=6, max_hole=5, band=17, margin=40)
     np.testing.assert_array_equal(store[0], whole)
+
+
+def test_multiclass_model_writes_class_probabilities_and_argmax(tiny_trained, tmp_path):
+    slides, _ = tiny_trained
+    torch.manual_seed(0)
+    module = SegmentationModule(encoder_depth=3, decoder_channels=[16, 8, 4], classes=3, downscale=2.0, patch_size=64)
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, tmp_path / "mc.ckpt")
+    out = predict_slide(slides["demo_2"], tmp_path / "mc.ckpt", tmp_path / "p.zarr", PredictParams(tile=64, overlap=16, min_tissue=0))
+    root = zarr.open_group(out, mode="r")
+    prob, mask = root["prob/0"][:].astype(int), root["mask/0"][0]
+    assert prob.shape == (3, 384, 512) and root.attrs["classes"] == 3
+    assert np.abs(prob.sum(axis=0) - 255).max() <= 3  # softmax over classes
+    np.testing.assert_array_equal(mask, prob.argmax(axis=0))

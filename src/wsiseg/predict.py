@@ -10,8 +10,10 @@ memory holds one band of tiles, never the slide.
 
 Output store ``{slide}.zarr``::
 
-    prob/0, 1, ...   probability x 255 (uint8), axes (c, y, x) with c = 1
-    mask/0, 1, ...   thresholded (and post-processed) mask, uint8 0/1
+    prob/0, 1, ...   probability x 255 (uint8), axes (c, y, x): c = 1 (foreground)
+                     for binary models, one channel per class for multi-class ones
+    mask/0, 1, ...   binary: prob > threshold (then post-processed), uint8 0/1;
+                     multi-class: the arg-max class index
 """
 
 from __future__ import annotations
@@ -117,15 +119,23 @@ def _tta_pairs(ops: Sequence[str]):
     return pairs
 
 
+def probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Sigmoid of a single foreground channel, softmax over several classes."""
+    return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+
+
 def predict_batch(models: Sequence[torch.nn.Module], batch: torch.Tensor, tta: Sequence[str] = ()) -> torch.Tensor:
-    """Foreground probabilities (n, h, w) averaged over models and TTA views."""
-    total = torch.zeros(batch.shape[0], batch.shape[2], batch.shape[3], device=batch.device)
+    """Probabilities (n, channels, h, w) averaged over models and TTA views.
+
+    One channel (foreground) for binary models, one per class otherwise."""
+    total = None
     pairs = _tta_pairs(tta)
     autocast = batch.device.type == "cuda"
     with torch.inference_mode(), torch.autocast(batch.device.type, enabled=autocast):
         for model in models:
             for forward, inverse in pairs:
-                total += inverse(torch.sigmoid(model(forward(batch)).float()))[:, 0]
+                p = inverse(probabilities(model(forward(batch)).float()))
+                total = p if total is None else total + p
     return total / (len(models) * len(pairs))
 
 
@@ -188,39 +198,44 @@ class _BandWriter:
         _, self.height, self.width = prob.shape
 
     def write(self, y0: int, band: np.ndarray) -> None:
+        """Write a (channels, rows, width) probability band that starts at model-resolution row ``y0``."""
         top = int(round(y0 * self.ds))
-        bottom = min(self.height, int(round((y0 + band.shape[0]) * self.ds)))
+        bottom = min(self.height, int(round((y0 + band.shape[1]) * self.ds)))
         if bottom <= top:
             return
-        size = (int(round(band.shape[1] * self.ds)), int(round(band.shape[0] * self.ds)))
-        up = band if self.ds == 1 else cv2.resize(band, size, interpolation=cv2.INTER_LINEAR)
-        up = up[: bottom - top, : self.width]
-        self.prob[0, top:bottom, :] = np.clip(np.rint(up * 255), 0, 255).astype(np.uint8)
-        self.mask[0, top:bottom, :] = (up > self.threshold).astype(np.uint8)
+        hwc = np.ascontiguousarray(band.transpose(1, 2, 0))
+        size = (int(round(band.shape[2] * self.ds)), int(round(band.shape[1] * self.ds)))
+        up = hwc if self.ds == 1 else cv2.resize(hwc, size, interpolation=cv2.INTER_LINEAR)
+        up = up.reshape(up.shape[0], up.shape[1], -1)[: bottom - top, : self.width]
+        self.prob[:, top:bottom, :] = np.clip(np.rint(up * 255), 0, 255).astype(np.uint8).transpose(2, 0, 1)
+        if up.shape[2] == 1:
+            self.mask[0, top:bottom, :] = (up[:, :, 0] > self.threshold).astype(np.uint8)
+        else:  # multi-class: the most probable class index
+            self.mask[0, top:bottom, :] = up.argmax(axis=2).astype(np.uint8)
 
 
 def _blend_rows(plan: _Plan, models, device: torch.device, writer: _BandWriter, executor: ThreadPoolExecutor) -> None:
     T, dw = plan.T, plan.dw
     window = blend_window(T, plan.params.blend, plan.params.overlap)
-    acc = np.zeros((T, max(dw, T)), np.float32)
-    weight = np.zeros_like(acc)
+    acc = np.zeros((writer.prob.shape[0], T, max(dw, T)), np.float32)
+    weight = np.zeros((T, max(dw, T)), np.float32)
     progress = tqdm(total=len(plan.ys), desc=f"predict {plan.store.slide_id}", unit="tile row", mininterval=5)
     pending = []
     for r, xs, tiles in _prefetch(plan.batches(), plan.params.prefetch):
         if tiles is not None:
             batch = torch.stack([to_tensor(t) for t in tiles]).to(device, non_blocking=True)
             for x, p in zip(xs, predict_batch(models, batch, plan.params.tta).cpu().numpy()):
-                acc[:, x : x + T] += p * window
+                acc[:, :, x : x + T] += p * window
                 weight[:, x : x + T] += window
             continue
         y = plan.ys[r]
         final = (plan.ys[r + 1] - y) if r + 1 < len(plan.ys) else min(T, plan.dh - y)
-        w = weight[:final, :dw]
-        prob = np.divide(acc[:final, :dw], w, out=np.zeros((final, dw), np.float32), where=w > 0)
+        w = np.broadcast_to(weight[:final, :dw], acc[:, :final, :dw].shape)
+        prob = np.divide(acc[:, :final, :dw], w, out=np.zeros(w.shape, np.float32), where=w > 0)
         pending.append(executor.submit(writer.write, y, prob))
-        acc = np.roll(acc, -final, axis=0)
+        acc = np.roll(acc, -final, axis=1)
         weight = np.roll(weight, -final, axis=0)
-        acc[T - final :] = 0
+        acc[:, T - final :] = 0
         weight[T - final :] = 0
         progress.update(1)
     progress.close()
@@ -248,6 +263,7 @@ def predict_slide(
     device = resolve_device(params.device)
     models = load_ensemble(checkpoints, device)
     ds = float(models[0].hparams.downscale)
+    classes = int(models[0].hparams.get("classes", 1))
     plan = _Plan(store, ds, params)
     log.info(
         "predict %s: %dx%d at downscale %g, %d tiles of %d px, %d model(s) x %d TTA view(s) on %s",
@@ -258,10 +274,11 @@ def predict_slide(
     with atomic_path(out) as tmp:
         root = zarr.open_group(tmp, mode="w", zarr_format=2)
         groups = {name: root.create_group(name) for name in ("prob", "mask")}
-        arrays = [create_level(g, "0", (1, store.height, store.width), params.chunk, codec) for g in groups.values()]
+        channels = {"prob": classes, "mask": 1}
+        arrays = [create_level(g, "0", (channels[n], store.height, store.width), params.chunk, codec) for n, g in groups.items()]
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsiseg-writer") as executor:
             _blend_rows(plan, models, device, _BandWriter(*arrays, ds, params.threshold), executor)
-        if params.min_area or params.max_hole:
+        if (params.min_area or params.max_hole) and classes == 1:
             postprocess_mask(arrays[1], params.min_area, params.max_hole)
         for name, how in (("prob", "mean"), ("mask", "max")):
             build_pyramid(groups[name], levels, params.chunk, codec, how)
@@ -275,6 +292,7 @@ def predict_slide(
                 "overlap": params.overlap,
                 "threshold": params.threshold,
                 "tta": list(params.tta),
+                "classes": classes,
                 "tiles_skipped": plan.skipped,
             }
         )
