@@ -13,6 +13,7 @@ import torch
 import zarr
 
 from wsiseg.augment import TRANSFORMS, build_augmentation
+from wsiseg.folds import assign_folds, fold_split
 from wsiseg.losses import LOSSES, build_loss
 from wsiseg.model import load_model
 from wsiseg.train import TrainParams, train_model
@@ -198,3 +199,33 @@ def test_early_stopping_with_onecycle_and_accumulation(binary, tmp_path):
     params = TrainParams(**{**TINY, "epochs": 4}, scheduler="onecycle", accumulate_grad_batches=2, early_stopping_patience=2)
     metrics = train_model(*binary, tmp_path, params, threads=2, callbacks=[FlatDice()])
     assert len(metrics) == 3  # best at epoch 0, then 2 epochs without improvement
+
+
+def test_fold_assignment_is_deterministic_balanced_and_groups_by_slide():
+    slides = [f"slide_{i}" for i in range(7)]
+    folds = assign_folds(slides, 3, seed=4)
+    assert folds == assign_folds(list(reversed(slides)), 3, seed=4)  # sheet order does not matter
+    assert sorted(np.bincount(list(folds.values()))) == [2, 2, 3]
+    assert any(assign_folds(slides, 3, seed=s) != folds for s in range(1, 5))  # the seed shuffles
+    vals = []
+    for k in range(3):
+        train, val = fold_split(slides, 3, k, seed=4)
+        assert not set(train) & set(val) and set(train) | set(val) == set(slides)
+        assert val == [s for s in slides if folds[s] == k]
+        vals += val
+    assert sorted(vals) == slides  # every slide validated exactly once
+    with pytest.raises(ValueError, match="needs at least 4"):
+        assign_folds(slides[:3], 4)
+
+
+def test_kfold_workflow_trains_every_fold_and_predicts_with_all(tmp_path):
+    from test_workflow import TINY_CONFIG, scheduled, snakemake
+
+    config = {**TINY_CONFIG, "train": {**TINY_CONFIG["train"], "folds": 2}}  # the tiny demo has 2 train+val slides
+    result = snakemake(tmp_path, config, "-n")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert scheduled(result) == {"demo": 1, "convert": 3, "patches": 2, "train": 2, "train_folds": 1, "predict": 2, "report": 1, "all": 1}
+    predict_jobs = [job for job in result.stdout.split("Job ")[1:] if "Missing output files: out/predictions/" in job]
+    assert len(predict_jobs) == 2 and all(f"out/models/tiny/fold{k}/model.ckpt" in job for job in predict_jobs for k in range(2))
+    too_many = snakemake(tmp_path, {**config, "train": {**config["train"], "folds": 3}}, "-n")
+    assert too_many.returncode != 0 and "train.folds = 3 needs at least 3 train/val slides" in too_many.stdout + too_many.stderr

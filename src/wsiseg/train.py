@@ -136,6 +136,21 @@ def epoch_table(log_root: Path) -> pd.DataFrame:
     return raw.groupby("epoch")[keep].mean().reset_index()
 
 
+def summarise_folds(fold_metrics: Sequence[str | Path], out_csv: str | Path, out_png: str | Path) -> pd.DataFrame:
+    """Cross-validation summary of per-fold ``metrics.csv`` files (in fold order).
+
+    Writes ``out_csv`` (all folds' epoch rows with a ``fold`` column) and
+    ``out_png`` (curves of the mean over folds); returns the table."""
+    table = pd.concat([pd.read_csv(path).assign(fold=k) for k, path in enumerate(fold_metrics)], ignore_index=True)
+    table = table[["fold", *[c for c in table if c != "fold"]]]
+    with atomic_path(out_csv) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.5f")
+    plot_curves(table.drop(columns="fold").groupby("epoch").mean().reset_index(), out_png)
+    best = table.groupby("fold")["val_dice"].max()
+    log.info("train: %d folds, best val_dice per fold %s, mean %.4f", len(best), best.round(4).tolist(), best.mean())
+    return table
+
+
 def _module(params: TrainParams, downscale: float, patch_size: int, classes: int) -> SegmentationModule:
     """The LightningModule for ``params`` at the patch stores' resolution and class count."""
     return SegmentationModule(

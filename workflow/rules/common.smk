@@ -11,6 +11,7 @@ validate(config, schema="../schemas/config.schema.yaml")
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from wsiseg.demo import demo_samples
+from wsiseg.folds import fold_split
 from wsiseg.samples import read_samples, validate_samples
 
 RESULTS = config["results"].rstrip("/")
@@ -54,9 +55,38 @@ def train_settings():
     return {k: v for k, v in config["train"].items() if k != "folds"}
 
 
+FOLDS = config["train"]["folds"]
+# one training run per fold (models/{model}/fold{fold}/) or a single one (models/{model}/)
+TRAIN_RUN = "{model}/fold{fold}" if FOLDS else "{model}"
+TRAIN_LABEL = "{wildcards.model} fold {wildcards.fold}" if FOLDS else "{wildcards.model}"
+
+
+def train_patches(wildcards):
+    """Patch stores a training run learns from and validates on: the sample sheet's
+    train/val split, or with `train.folds: k` the slides of fold {fold} for validation.
+    """
+    if FOLDS:
+        train, val = fold_split(
+            slides("train", "val"), FOLDS, int(wildcards.fold), config["seed"]
+        )
+    else:
+        train, val = slides("train"), slides("val")
+    store = f"{RESULTS}/patches/{{slide}}.zarr"
+    return {"train": expand(store, slide=train), "val": expand(store, slide=val)}
+
+
+def fold_outputs(name):
+    """`name` (model.ckpt, metrics.csv) of every fold's run."""
+    return [f"{RESULTS}/models/{MODEL}/fold{k}/{name}" for k in range(FOLDS)]
+
+
 def model_checkpoints():
-    """Checkpoint(s) that predict uses (several are averaged as an ensemble)."""
-    return [f"{RESULTS}/models/{MODEL}/model.ckpt"]
+    """Checkpoint(s) that predict uses (several are averaged as an ensemble): one per fold with k-fold."""
+    return (
+        fold_outputs("model.ckpt")
+        if FOLDS
+        else [f"{RESULTS}/models/{MODEL}/model.ckpt"]
+    )
 
 
 def final_outputs():

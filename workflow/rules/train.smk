@@ -1,24 +1,25 @@
 rule train:
     """Train the segmentation model on train-slide patches, validate on val-slide patches."""
     input:
-        train=expand(f"{RESULTS}/patches/{{slide}}.zarr", slide=slides("train")),
-        val=expand(f"{RESULTS}/patches/{{slide}}.zarr", slide=slides("val")),
+        unpack(train_patches),
     output:
-        checkpoint=f"{RESULTS}/models/{{model}}/model.ckpt",
+        checkpoint=f"{RESULTS}/models/{TRAIN_RUN}/model.ckpt",
         metrics=report(
-            f"{RESULTS}/models/{{model}}/metrics.csv",
+            f"{RESULTS}/models/{TRAIN_RUN}/metrics.csv",
             caption="../report/metrics_train.rst",
             category="Training",
         ),
         curves=report(
-            f"{RESULTS}/models/{{model}}/curves.png",
+            f"{RESULTS}/models/{TRAIN_RUN}/curves.png",
             caption="../report/curves.rst",
             category="Training",
         ),
     log:
-        f"{RESULTS}/logs/train/{{model}}.log",
+        f"{RESULTS}/logs/train/{TRAIN_RUN}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/train/{{model}}.tsv"
+        f"{RESULTS}/benchmarks/train/{TRAIN_RUN}.tsv"
+    wildcard_constraints:
+        fold=r"\d+",
     conda:
         "../../envs/torch.yaml"
     threads: 4
@@ -30,6 +31,39 @@ rule train:
         train=train_settings(),
         seed=config["seed"],
     message:
-        "Training model {wildcards.model}"
+        f"Training model {TRAIN_LABEL}"
     script:
         "../scripts/train.py"
+
+
+if FOLDS:
+
+    rule train_folds:
+        """Cross-validation summary: per-fold epoch metrics in one table, mean curves over folds."""
+        input:
+            fold_outputs("metrics.csv"),
+        output:
+            metrics=report(
+                f"{RESULTS}/models/{{model}}/metrics.csv",
+                caption="../report/metrics_train.rst",
+                category="Training",
+            ),
+            curves=report(
+                f"{RESULTS}/models/{{model}}/curves.png",
+                caption="../report/curves.rst",
+                category="Training",
+            ),
+        log:
+            f"{RESULTS}/logs/train/{{model}}.folds.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/train/{{model}}.folds.tsv"
+        conda:
+            "../../envs/torch.yaml"
+        threads: 1
+        resources:
+            mem_mb=1000,
+            runtime=10,
+        message:
+            "Summarising the {FOLDS} folds of model {wildcards.model}"
+        script:
+            "../scripts/train_folds.py"

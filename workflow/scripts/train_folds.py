@@ -1,0 +1,7 @@
+"""Snakemake wrapper: summarise the cross-validation folds of a model."""
+
+from wsiseg.logs import log_to
+from wsiseg.train import summarise_folds
+
+with log_to(snakemake.log[0]):
+    summarise_folds(snakemake.input, snakemake.output.metrics, snakemake.output.curves)
