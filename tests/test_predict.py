@@ -105,7 +105,7 @@ def test_band_processing_gives_the_same_result_as_whole_mask():
 def test_multiclass_model_writes_class_probabilities_and_argmax(tiny_trained, tmp_path):
     slides, _ = tiny_trained
     torch.manual_seed(0)
-    module = SegmentationModule(encoder_depth=3, decoder_channels=[16, 8, 4], classes=3, downscale=2.0, patch_size=64)
+    module = SegmentationModule(encoder_depth=3, decoder_channels=[16, 8, 4], classes=3, loss={"ce": 1.0}, downscale=2.0, patch_size=64)
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, tmp_path / "mc.ckpt")
     out = predict_slide(slides["demo_2"], tmp_path / "mc.ckpt", tmp_path / "p.zarr", PredictParams(tile=64, overlap=16, min_tissue=0))
     root = zarr.open_group(out, mode="r")
