@@ -112,4 +112,6 @@ def test_multiclass_model_writes_class_probabilities_and_argmax(tiny_trained, tm
     prob, mask = root["prob/0"][:].astype(int), root["mask/0"][0]
     assert prob.shape == (3, 384, 512) and root.attrs["classes"] == 3
     assert np.abs(prob.sum(axis=0) - 255).max() <= 3  # softmax over classes
-    np.testing.assert_array_equal(mask, prob.argmax(axis=0))
+    chosen = np.take_along_axis(prob, mask[None].astype(int), axis=0)[0]
+    assert (chosen >= prob.max(axis=0) - 1).all()  # the arg-max class (up to uint8 rounding of ties)
+    assert len(np.unique(mask)) > 1
