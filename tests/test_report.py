@@ -5,11 +5,12 @@ import pandas as pd
 import pytest
 import tifffile
 import shapely.geometry
+import zarr
 
 from wsiseg import rle
 from wsiseg.convert import convert_slide
 from conftest import write_prediction
-from wsiseg.report import encode_store, export_geojson, make_report, match_objects, scores, submission_table
+from wsiseg.report import confusion_matrix, encode_store, export_geojson, make_report, match_objects, scores, slide_metrics, submission_table
 
 
 def test_scores_hand_computed():
@@ -86,3 +87,25 @@ def test_sample_submission_fixes_order_and_rejects_unknown_ids(tmp_path):
     pd.DataFrame({"id": ["zzz"]}).to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(ValueError, match=r"bad.csv: no prediction for id\(s\) \['zzz'\]"):
         submission_table(masks, ["a"], tmp_path / "bad.csv")
+
+
+def test_multiclass_metrics_per_class(tmp_path):
+    image = np.full((32, 32, 3), (230, 150, 200), np.uint8)
+    truth = np.zeros((32, 32), np.uint8)
+    truth[:16] = 1
+    truth[16:] = 2
+    colours = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0]], np.uint8)[truth]  # colour-coded classes
+    tifffile.imwrite(tmp_path / "img.tif", image, photometric="rgb")
+    tifffile.imwrite(tmp_path / "truth.tif", colours, photometric="rgb")
+    palette = {"#ff0000": 1, "#00ff00": 2}
+    slide = convert_slide(tmp_path / "img.tif", tmp_path / "s.zarr", mask=tmp_path / "truth.tif", palette=palette)
+    pred = truth.copy()
+    pred[:8] = 2  # half of class 1 predicted as class 2
+    store = write_prediction(tmp_path / "p.zarr", pred)
+    zarr.open_group(store, mode="r+").attrs["classes"] = 3
+    m = confusion_matrix(store, slide)
+    assert m.tolist() == [[0, 0, 0], [0, 256, 256], [0, 0, 512]]
+    row = slide_metrics(store, slide)
+    assert row["dice"] == 1.0  # foreground is perfect
+    assert row["dice_class1"] == pytest.approx(2 * 256 / (2 * 256 + 256))
+    assert row["dice_class2"] == pytest.approx(2 * 512 / (2 * 512 + 256))

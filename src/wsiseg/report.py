@@ -87,18 +87,40 @@ def _truth_levels(slide: str | Path, prediction: Prediction) -> list[zarr.Array]
     return truth
 
 
-def confusion(prediction: str | Path, slide: str | Path, band: int = 512) -> tuple[int, int, int]:
-    """(tp, fp, fn) pixel counts of a prediction against the slide's ground truth, by row bands."""
+def confusion_matrix(prediction: str | Path, slide: str | Path, band: int = 512) -> np.ndarray:
+    """Pixel confusion matrix ``M[truth, predicted]`` over classes, accumulated by row bands.
+
+    Binary predictions compare foreground (any label > 0) with background (2 x 2)."""
     pred = Prediction(prediction)
     truth = _truth_levels(slide, pred)[0]
-    tp = fp = fn = 0
+    classes = max(2, int(pred.attrs.get("classes", 1)))
+    matrix = np.zeros((classes, classes), np.int64)
     for y0 in range(0, pred.height, band):
-        p = np.asarray(pred.mask[0, y0 : y0 + band]) > 0
-        t = np.asarray(truth[0, y0 : y0 + band]) > 0
-        tp += int(np.count_nonzero(p & t))
-        fp += int(np.count_nonzero(p & ~t))
-        fn += int(np.count_nonzero(~p & t))
-    return tp, fp, fn
+        p = np.asarray(pred.mask[0, y0 : y0 + band]).astype(np.int64)
+        t = np.asarray(truth[0, y0 : y0 + band]).astype(np.int64)
+        if classes == 2:
+            p, t = p > 0, t > 0
+        t = np.minimum(t, classes - 1)
+        matrix += np.bincount((t * classes + p).ravel(), minlength=classes * classes).reshape(classes, classes)
+    return matrix
+
+
+def confusion(prediction: str | Path, slide: str | Path, band: int = 512) -> tuple[int, int, int]:
+    """(tp, fp, fn) foreground pixel counts (any class counts as foreground)."""
+    m = confusion_matrix(prediction, slide, band)
+    return int(m[1:, 1:].sum()), int(m[0, 1:].sum()), int(m[1:, 0].sum())
+
+
+def class_dice(matrix: np.ndarray) -> dict[str, float]:
+    """Per-class Dice ``dice_class{c}`` for classes 1.. of a multi-class confusion matrix."""
+    if len(matrix) <= 2:
+        return {}
+    out = {}
+    for c in range(1, len(matrix)):
+        tp = matrix[c, c]
+        fp, fn = matrix[:, c].sum() - tp, matrix[c, :].sum() - tp
+        out[f"dice_class{c}"] = scores(tp, fp, fn)["dice"]
+    return out
 
 
 def match_objects(pred: np.ndarray, truth: np.ndarray, iou: float = 0.5) -> tuple[int, int, int]:
@@ -205,9 +227,10 @@ def submission_table(predictions: Mapping[str, str | Path], ids: list[str], samp
 
 
 def slide_metrics(prediction: str | Path, slide: str | Path, object_iou: float = 0.5) -> dict[str, float]:
-    """Pixel and object metrics of one slide against its ground truth."""
-    tp, fp, fn = confusion(prediction, slide)
-    return {**scores(tp, fp, fn), **object_scores(prediction, slide, object_iou), "tp": tp, "fp": fp, "fn": fn}
+    """Pixel (foreground and, multi-class, per class) and object metrics of one slide."""
+    m = confusion_matrix(prediction, slide)
+    tp, fp, fn = int(m[1:, 1:].sum()), int(m[0, 1:].sum()), int(m[1:, 0].sum())
+    return {**scores(tp, fp, fn), **object_scores(prediction, slide, object_iou), "tp": tp, "fp": fp, "fn": fn, **class_dice(m)}
 
 
 def make_report(
@@ -238,9 +261,10 @@ def make_report(
         if SlideStore(slides[slide_id]).has_mask:
             rows.append({"slide_id": slide_id, "split": splits[slide_id], **slide_metrics(predictions[slide_id], slides[slide_id], object_iou)})
             log.info("report %s: dice %.4f, object F1 %.4f", slide_id, rows[-1]["dice"], rows[-1]["object_f1"])
-    table = pd.DataFrame(rows, columns=METRIC_COLUMNS)
+    per_class = sorted({k for r in rows for k in r if k.startswith("dice_class")})
+    table = pd.DataFrame(rows, columns=METRIC_COLUMNS + per_class)
     if len(table):
-        summary = {c: table[c].mean() for c in ("dice", "iou", "precision", "recall", "object_f1")}
+        summary = {c: table[c].mean() for c in ("dice", "iou", "precision", "recall", "object_f1", *per_class)}
         totals = {c: table[c].sum() for c in ("objects_true", "objects_pred", "objects_matched", "tp", "fp", "fn")}
         table.loc[len(table)] = {"slide_id": "mean", "split": "all", **summary, **totals}
     with atomic_path(metrics) as tmp:
