@@ -135,7 +135,7 @@ def test_float_pixels_need_the_percentile_rule(tmp_path):
 
 def test_huge_strips_are_streamed_row_by_row(rgb, tmp_path, monkeypatch):
     """A whole slide in one strip (deflate or none) is decoded piecewise, never whole."""
-    monkeypatch.setattr(slide_module, "MAX_SEGMENT_BYTES", 4096)
+    monkeypatch.setattr(slide_module, "STREAM_SEGMENT_BYTES", 4096)
     cases = {
         "deflate": dict(compression="zlib", predictor=True),
         "none": {},

@@ -12,10 +12,10 @@ Level 0 is streamed in full-width row bands (:meth:`SourceSlide.bands`):
 
 * single-page TIFFs with interleaved samples (the common WSI case) decode
   their tiles or strips once each, in a thread pool, in file index order;
-* a strip too large to decode at once (e.g. a whole slide in one strip) is
-  stream-decoded row by row when it is uncompressed or deflate-compressed,
-  and rejected with a clear error otherwise (LZW, JPEG, ... cannot be
-  decoded piecewise);
+* strips over 64 MiB decoded (e.g. a whole slide in one strip) are
+  stream-decoded row by row when uncompressed or deflate-compressed; other
+  tiles/strips over 512 MiB are rejected with a clear error (LZW, JPEG, ...
+  cannot be decoded piecewise);
 * every other layout (planar, multi-page OME-TIFF) is read through
   tifffile's zarr interface one band at a time;
 * PNG/JPEG are decoded whole with imagecodecs (no PIL decompression-bomb
@@ -35,7 +35,8 @@ import zarr
 
 RASTER_SUFFIXES = {".png", ".jpg", ".jpeg"}
 UINT16_RULES = ("scale", "percentile")
-MAX_SEGMENT_BYTES = 512 * 2**20  # larger strips are streamed (deflate/none) or rejected
+STREAM_SEGMENT_BYTES = 64 * 2**20  # larger deflate/uncompressed strips are decoded row by row
+MAX_SEGMENT_BYTES = 512 * 2**20  # larger tiles/strips that cannot be streamed are rejected
 SAMPLE_SIDE = 2048  # pixels per side of the image used to compute percentiles
 DEFLATE = {8, 32946}
 
@@ -168,28 +169,32 @@ class SegmentReader(ZarrReader):
     def bands(self, rows: int) -> Iterator[Band]:
         """Full-width bands of ``rows`` rows, top to bottom."""
         height, width = self.shape
-        cap = rows + (self.segment_rows if rows % self.segment_rows else 0)  # room for straddling segments
-        buf = np.zeros((cap, width, self.channels), self.dtype)
-        top = 0  # image row of buf[0]
+        pending: list[tuple[int, int, np.ndarray]] = []  # (y, x, pixels) of segments not yet fully handed out
+        top = 0
         for segment, (_, _, sy, sx, _), seg_shape in self.page.segments(
             maxworkers=self.workers, buffersize=self.buffer_bytes
         ):
-            while sy - top >= rows:  # every row above sy is complete
-                yield top, buf[:rows]
-                buf, top = _shift(buf, rows, cap), top + rows
+            while sy >= top + rows:  # segments arrive row-major: every one touching this band is here
+                yield top, _assemble(pending, top, min(rows, height - top), width)
+                top += rows
+                pending = [p for p in pending if p[0] + p[2].shape[0] > top]
             h, w = min(seg_shape[1], height - sy), min(seg_shape[2], width - sx)
-            target = buf[sy - top : sy - top + h, sx : sx + w]
-            target[...] = 0 if segment is None else segment[0, :h, :w]
+            pixels = np.zeros((h, w, self.channels), self.dtype) if segment is None else segment[0, :h, :w]
+            pending.append((sy, sx, pixels))
         while top < height:
-            yield top, buf[: min(rows, height - top)]
-            buf, top = _shift(buf, rows, cap), top + rows
+            yield top, _assemble(pending, top, min(rows, height - top), width)
+            top += rows
+            pending = [p for p in pending if p[0] + p[2].shape[0] > top]
 
 
-def _shift(buf: np.ndarray, rows: int, cap: int) -> np.ndarray:
-    """A fresh buffer holding ``buf[rows:]`` at its top (the old one is handed out)."""
-    new = np.empty_like(buf)
-    new[: cap - rows] = buf[rows:]
-    return new
+def _assemble(segments: list[tuple[int, int, np.ndarray]], top: int, rows: int, width: int) -> np.ndarray:
+    """Rows ``top:top+rows`` of the image, copied from the decoded ``segments`` that overlap them."""
+    band = np.empty((rows, width, segments[0][2].shape[2]), segments[0][2].dtype)
+    for y, x, pixels in segments:
+        y0, y1 = max(y, top), min(y + pixels.shape[0], top + rows)
+        if y1 > y0:
+            band[y0 - top : y1 - top, x : x + pixels.shape[1]] = pixels[y0 - y : y1 - y]
+    return band
 
 
 class StripStreamReader(ZarrReader):
@@ -332,8 +337,15 @@ def open_tiff(path: Path, workers: int, max_segment_bytes: int) -> tuple[ZarrRea
             raise SlideError(f"{path}: unsupported TIFF pixel format ({page.bitspersample}-bit, sample format {page.sampleformat})")
         _check_extent(path, level.pages)
         single = len(level.pages) == 1 and page.imagedepth == 1
-        if _segment_bytes(page) > max_segment_bytes:
-            return _huge_strip_reader(tif, path, page, single), tif
+        size, problem = _segment_bytes(page), _stream_problem(page, single)
+        if size > STREAM_SEGMENT_BYTES and problem is None:
+            return StripStreamReader(tif, path, page), tif
+        if size > max_segment_bytes:
+            raise SlideError(
+                f"{path}: {'tiles' if page.is_tiled else 'strips'} of {size / 2**20:,.0f} MiB decoded each; {problem}, "
+                "so reading them would need that much memory per segment. Re-save the slide tiled, "
+                "e.g. `vips tiffsave in.tif out.tif --tile --pyramid --compression jpeg`."
+            )
         if single and (page.planarconfig == 1 or page.samplesperpixel == 1):
             return SegmentReader(tif, path, page, workers), tif
         return ZarrReader(tif, path), tif
@@ -345,22 +357,15 @@ def open_tiff(path: Path, workers: int, max_segment_bytes: int) -> tuple[ZarrRea
         raise SlideError(f"{path}: cannot read as TIFF ({type(err).__name__}: {err})") from None
 
 
-def _huge_strip_reader(tif, path: Path, page: tifffile.TiffPage, single: bool) -> StripStreamReader:
-    """A streaming reader for oversized strips, or a clear error when they cannot be streamed."""
-    kind = "tiles" if page.is_tiled else "strips"
-    what = f"{path}: {kind} of {_segment_bytes(page) / 2**20:,.0f} MiB decoded each"
+def _stream_problem(page: tifffile.TiffPage, single: bool) -> str | None:
+    """Why the segments of ``page`` cannot be stream-decoded row by row, or None when they can."""
     if page.is_tiled or not single:
-        reason = f"{kind} that large in a {'tiled' if page.is_tiled else 'multi-page'} layout are not streamed"
-    elif page.compression not in DEFLATE | {1}:
-        reason = f"{page.compression.name} strips cannot be decoded piecewise (only deflate or uncompressed can)"
-    elif page.predictor not in (1, 2) or page.bitspersample not in (8, 16):
-        reason = f"predictor {page.predictor} / {page.bitspersample}-bit samples cannot be decoded piecewise"
-    else:
-        return StripStreamReader(tif, path, page)
-    raise SlideError(
-        f"{what}; {reason}, so reading them would need that much memory per strip. "
-        "Re-save the slide tiled, e.g. `vips tiffsave in.tif out.tif --tile --pyramid --compression jpeg`."
-    )
+        return f"{'tiles' if page.is_tiled else 'strips in a multi-page layout'} are not streamed"
+    if page.compression not in DEFLATE | {1}:
+        return f"{page.compression.name} strips cannot be decoded piecewise (only deflate or uncompressed can)"
+    if page.predictor not in (1, 2) or page.bitspersample not in (8, 16):
+        return f"predictor {page.predictor} / {page.bitspersample}-bit samples cannot be decoded piecewise"
+    return None
 
 
 def open_raster(path: Path) -> ArrayReader:
@@ -381,8 +386,9 @@ def open_reader(
 ) -> tuple[ArrayReader | ZarrReader, tifffile.TiffFile | None]:
     """A raw-pixel reader for any supported image file, and the TiffFile to close (None for PNG/JPEG).
 
-    Segments (tiles/strips) larger than ``max_segment_bytes`` decoded
-    (default :data:`MAX_SEGMENT_BYTES`) are streamed or rejected."""
+    Strips over :data:`STREAM_SEGMENT_BYTES` decoded are streamed when their
+    compression allows; other segments over ``max_segment_bytes`` (default
+    :data:`MAX_SEGMENT_BYTES`) are rejected."""
     path = Path(path)
     if not path.is_file():
         raise SlideError(f"{path}: image file not found")
