@@ -100,8 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask", help="RLE table (.csv), GeoJSON polygons (.json/.geojson) or mask image")
     p.add_argument("--slide-id", help="id of the slide (row id in an RLE table); default: image file stem")
     p.add_argument("--chunk", type=int, default=512)
-    p.add_argument("--compression", default="zstd", choices=["zstd", "lz4", "zlib", "blosclz"])
-    p.add_argument("--level", type=int, default=1, help="compression level")
+    p.add_argument("--compression", default="lz4", choices=["zstd", "lz4", "zlib", "blosclz"], help="Blosc codec")
+    p.add_argument("--level", type=int, default=5, help="compression level")
     p.add_argument("--uint16", default="scale", choices=["scale", "percentile"],
                    help="non-8-bit pixels to uint8: divide by 257, or stretch --percentiles of a low-res sample")
     p.add_argument("--percentiles", type=float, nargs=2, default=[0.5, 99.5], metavar=("LOW", "HIGH"))
