@@ -85,6 +85,14 @@ def test_every_artifact_is_written(finished):
     assert (out / "logs" / "train" / "tiny.log").read_text().count("best val_dice") == 1
 
 
+def test_html_report_bundles_curves_metrics_and_overlays(finished):
+    result = snakemake(finished, TINY_CONFIG, "--report", "report.html")
+    assert result.returncode == 0, result.stderr[-3000:]
+    html = (finished / "report.html").read_text()
+    for name in ("curves.png", "metrics.csv", "submission.csv", "demo_1.png", "demo_2.png", "Overlays", "Training"):
+        assert name in html
+
+
 def test_second_run_has_nothing_to_do(finished):
     result = snakemake(finished, TINY_CONFIG, "-n")
     assert result.returncode == 0 and scheduled(result) == {}
