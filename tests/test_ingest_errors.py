@@ -122,3 +122,28 @@ def test_interrupted_conversion_leaves_no_complete_looking_store(slide, tmp_path
     with pytest.raises(Boom):
         convert_slide(slide, tmp_path / "new.zarr", chunk=64)
     assert not (tmp_path / "new.zarr").exists()
+
+
+def test_prefetch_hands_on_errors_and_stops_when_abandoned():
+    """The background band reader re-raises a decoding error in the writer and stops when the writer stops."""
+    from wsiseg.convert import prefetch
+
+    def failing():
+        yield 1
+        raise SlideError("slide.tif: cannot decode the image below row 512")
+
+    bands = prefetch(failing())
+    assert next(bands) == 1
+    with pytest.raises(SlideError, match="below row 512"):
+        next(bands)
+    produced = []
+
+    def endless():
+        for i in range(10_000):
+            produced.append(i)
+            yield i
+
+    bands = prefetch(endless(), depth=1)
+    assert next(bands) == 0
+    bands.close()
+    assert len(produced) <= 4  # read ahead by at most a band or two, then stopped

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import queue
+from contextlib import closing
 import threading
 from pathlib import Path
 from typing import Iterator, Sequence, TypeVar
@@ -66,7 +67,7 @@ def write_image(root: zarr.Group, source: SourceSlide, levels: int, chunk: int, 
     """Stream level 0 in chunk-high full-width bands and build the mean pyramid on the fly."""
     height, width = source.shape
     bands = prefetch(band for _, band in source.bands(chunk))
-    with PyramidWriter(root, (3, height, width), levels, chunk, codec, "mean", workers) as pyramid:
+    with closing(bands), PyramidWriter(root, (3, height, width), levels, chunk, codec, "mean", workers) as pyramid:
         for band in tqdm(bands, total=-(-height // chunk), desc=f"convert {slide_id}", unit="band", mininterval=10):
             pyramid.add(band)
 
