@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import queue
-from contextlib import closing
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from pathlib import Path
 from typing import Iterator, Sequence, TypeVar
 
@@ -16,7 +17,16 @@ from tqdm import tqdm
 from .io import atomic_path
 from .masks import MaskSource, open_mask
 from .slide import SourceSlide, default_workers
-from .store import NGFF_VERSION, PyramidWriter, build_pyramid, compressor, create_level, level_count, multiscales
+from .store import (
+    NGFF_VERSION,
+    PyramidWriter,
+    build_pyramid,
+    compressor,
+    create_level,
+    level_count,
+    multiscales,
+    write_block,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +82,7 @@ def write_image(root: zarr.Group, source: SourceSlide, levels: int, chunk: int, 
             pyramid.add(band)
 
 
-def write_labels(root: zarr.Group, annotation: MaskSource, levels: int, chunk: int, codec) -> float:
+def write_labels(root: zarr.Group, annotation: MaskSource, levels: int, chunk: int, codec, workers: int) -> float:
     """Rasterise ``annotation`` into the NGFF label image ``labels/mask``; return the foreground share."""
     height, width = annotation.shape
     labels = root.create_group("labels")
@@ -80,9 +90,10 @@ def write_labels(root: zarr.Group, annotation: MaskSource, levels: int, chunk: i
     group = labels.create_group("mask")
     label0 = create_level(group, "0", (1, height, width), chunk, codec)
     foreground = 0
-    for y0, x0, block in annotation.blocks(chunk):
-        label0[0, y0 : y0 + block.shape[0], x0 : x0 + block.shape[1]] = block
-        foreground += int(np.count_nonzero(block))
+    with ThreadPoolExecutor(workers, thread_name_prefix="zarr-chunks") as executor:
+        for y0, x0, block in annotation.blocks(chunk):
+            write_block(label0, y0, x0, block[:, :, None], executor)
+            foreground += int(np.count_nonzero(block))
     build_pyramid(group, levels, chunk, codec, "max")
     colors = [{"label-value": value, "rgba": [*rgb, 160]} for value, rgb in sorted(annotation.classes.items())]
     group.attrs.update(
@@ -135,7 +146,7 @@ def convert_slide(
         with atomic_path(out) as tmp:
             root = zarr.open_group(tmp, mode="w", zarr_format=2)
             if annotation is not None:
-                share = write_labels(root, annotation, levels, chunk, codec)
+                share = write_labels(root, annotation, levels, chunk, codec, workers or default_workers())
                 log.info("convert %s: mask from %s, %.2f%% labelled", slide_id, mask, 100 * share)
             write_image(root, source, levels, chunk, codec, slide_id, workers or default_workers())
             root.attrs.update(

@@ -126,21 +126,24 @@ def _write_chunk(array: zarr.Array, folder: Path, coords: tuple[int, ...], block
     (folder / array.metadata.encode_chunk_key(coords)).write_bytes(array.metadata.compressor.encode(chunk))
 
 
-def write_rows(array: zarr.Array, y0: int, rows: np.ndarray, executor: ThreadPoolExecutor | None = None) -> None:
-    """Write channel-last ``rows`` (h, full width, c) at row ``y0`` (a chunk boundary) of a (c, y, x) array.
+def write_block(
+    array: zarr.Array, y0: int, x0: int, block: np.ndarray, executor: ThreadPoolExecutor | None = None
+) -> None:
+    """Write channel-last ``block`` (h, w, c) at (``y0``, ``x0``) of a (c, y, x) array.
 
-    Chunks are laid out and compressed in ``executor``'s threads and written
-    straight to their files when the store allows (several times faster than
-    zarr's own write path for many chunks); otherwise through zarr."""
+    (y0, x0) is a chunk corner and the block ends on chunk boundaries or at
+    the array's edge.  Chunks are laid out and compressed in ``executor``'s
+    threads and written straight to their files when the store allows
+    (several times faster than zarr's own write path); otherwise through zarr."""
     folder = _direct_path(array)
     if folder is None or executor is None:
-        array[:, y0 : y0 + rows.shape[0]] = rows.transpose(2, 0, 1)
+        array[:, y0 : y0 + block.shape[0], x0 : x0 + block.shape[1]] = block.transpose(2, 0, 1)
         return
     _, cy, cx = array.metadata.chunks
     jobs = [
-        executor.submit(_write_chunk, array, folder, (0, (y0 + y) // cy, x // cx), rows[y : y + cy, x : x + cx])
-        for y in range(0, rows.shape[0], cy)
-        for x in range(0, rows.shape[1], cx)
+        executor.submit(_write_chunk, array, folder, (0, (y0 + y) // cy, (x0 + x) // cx), block[y : y + cy, x : x + cx])
+        for y in range(0, block.shape[0], cy)
+        for x in range(0, block.shape[1], cx)
     ]
     for job in jobs:
         job.result()
@@ -181,7 +184,7 @@ class PyramidWriter:
             self._write(stacked[:full], k)
 
     def _write(self, rows: np.ndarray, k: int) -> None:
-        write_rows(self.arrays[k], self.written[k], rows, self.executor)
+        write_block(self.arrays[k], self.written[k], 0, rows, self.executor)
         self.written[k] += rows.shape[0]
         if k + 1 < len(self.arrays):
             self.add(halve(rows, self.how), k + 1)
