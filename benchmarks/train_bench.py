@@ -1,0 +1,139 @@
+"""Benchmark training throughput against data-loader throughput (is the loader the bottleneck?).
+
+Builds real patch stores (demo slides -> convert -> patches) at each patch
+size, then measures on the same stores:
+
+* ``loader``: images/s of the training DataLoader alone (zarr read + decode,
+  default augmentation, normalisation, collation), with ``num_workers`` 0 and 2;
+* ``train``: images/s of Lightning training steps (forward, loss, backward,
+  AdamW) of the demo model, data loading included, first batch (warm-up) excluded.
+
+The loader is not the bottleneck when its images/s is well above training's.
+
+Usage::
+
+    python benchmarks/train_bench.py --sizes 128 256 --out benchmarks/results/train.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+
+from wsiseg.convert import convert_slide
+from wsiseg.data import PatchDataModule
+from wsiseg.demo import DemoSpec, generate_demo
+from wsiseg.patches import PatchParams, extract_patches
+from wsiseg.train import TrainParams, _module, _patch_meta
+
+# the demo's model (config.yaml): resnet18 U-Net, 4 encoder stages
+MODEL = TrainParams(encoder_depth=4, decoder_channels=(128, 64, 32, 16), batch_size=16, accelerator="auto")
+
+
+def patch_stores(work: Path, size: int) -> list[Path]:
+    """Patch stores of ``size`` px from the 3 demo slides (every grid cell kept, stride size/2)."""
+    demo = work / "demo"
+    if not (demo / "samples.csv").exists():
+        generate_demo(demo, DemoSpec(slides=3, height=1536, width=2048))
+    stores = []
+    for row in pd.read_csv(demo / "samples.csv").itertuples():
+        slide = work / f"{row.slide_id}.zarr"
+        if not slide.exists():
+            convert_slide(row.image, slide, mask=row.mask, slide_id=row.slide_id)
+        params = PatchParams(size=size, downscale=1, stride=size // 2, negative_ratio=0, random=10_000)
+        stores.append(work / f"p{size}_{row.slide_id}.zarr")
+        extract_patches(slide, stores[-1], work / f"p{size}_{row.slide_id}.csv", params)
+    return stores
+
+
+def loader_rate(stores: list[Path], batch: int, workers: int, batches: int) -> float:
+    """Images/s of iterating the training DataLoader alone (after its first batch)."""
+    data = PatchDataModule(stores, stores, batch, workers, MODEL.augment, seed=0)
+    data.setup("fit")
+    loader = iter(data.train_dataloader())
+    next(loader)  # worker start-up is not throughput
+    start, seen = time.perf_counter(), 0
+    for _ in range(batches):
+        try:
+            seen += len(next(loader)[0])
+        except StopIteration:
+            loader = iter(data.train_dataloader())
+    return seen / (time.perf_counter() - start)
+
+
+class StepClock(pl.Callback):
+    """Times training batches after the first."""
+
+    def __init__(self):
+        self.start, self.end, self.images = 0.0, 0.0, 0
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        if batch_idx == 0:
+            self.start = now
+        else:
+            self.end, self.images = now, self.images + len(batch[0])
+
+
+def train_rate(stores: list[Path], batch: int, workers: int, batches: int, work: Path) -> float:
+    """Images/s of Lightning training steps of the demo model (loading included)."""
+    pl.seed_everything(0, verbose=False)
+    downscale, size, classes = _patch_meta(stores)
+    data = PatchDataModule(stores, stores, batch, workers, MODEL.augment, seed=0)
+    clock = StepClock()
+    trainer = pl.Trainer(
+        max_epochs=1, limit_train_batches=batches + 1, limit_val_batches=0, accelerator=MODEL.accelerator,
+        precision="16-mixed" if torch.cuda.is_available() else "32", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[clock], default_root_dir=work,
+    )
+    trainer.fit(_module(MODEL, downscale, size, classes), datamodule=data)
+    return clock.images / (clock.end - clock.start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--train-batches", type=int, default=6)
+    parser.add_argument("--loader-batches", type=int, default=20)
+    parser.add_argument("--out", default="benchmarks/results/train.json")
+    args = parser.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for size in args.sizes:
+            stores = patch_stores(work, size)
+            row = {"size": size, "batch": args.batch, "patches": sum(_count(s) for s in stores)}
+            for workers in (0, 2):
+                row[f"loader_img_s_workers{workers}"] = round(loader_rate(stores, args.batch, workers, args.loader_batches), 1)
+            row["train_img_s"] = round(train_rate(stores, args.batch, 0, args.train_batches, work), 2)
+            row["loader_over_train"] = round(row["loader_img_s_workers0"] / row["train_img_s"], 1)
+            print(json.dumps(row), flush=True)
+            results.append(row)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
+    report = {"device": device, "torch": torch.__version__, "python": platform.python_version(), "model": "Unet resnet18 depth 4, decoder (128, 64, 32, 16)",
+              "load_average_1min": round(os.getloadavg()[0], 2), "results": results}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+
+
+def _count(store: Path) -> int:
+    import zarr
+
+    return zarr.open_group(store, mode="r")["images"].shape[0]
+
+
+if __name__ == "__main__":
+    main()
