@@ -229,3 +229,19 @@ def test_kfold_workflow_trains_every_fold_and_predicts_with_all(tmp_path):
     assert len(predict_jobs) == 2 and all(f"out/models/tiny/fold{k}/model.ckpt" in job for job in predict_jobs for k in range(2))
     too_many = snakemake(tmp_path, {**config, "train": {**config["train"], "folds": 3}}, "-n")
     assert too_many.returncode != 0 and "train.folds = 3 needs at least 3 train/val slides" in too_many.stdout + too_many.stderr
+
+
+def test_cli_flags_give_the_same_params_as_config():
+    from wsiseg.cli import build_parser
+    from wsiseg.params import from_args, from_mapping
+
+    args = build_parser().parse_args(
+        ["train", "--train", "a.zarr", "--val", "b.zarr", "--out-dir", "m", "--loss", "lovasz", "dice=0.5",
+         "--augment", "hflip=0.3", "affine={p: 0.2, rotate: [-10, 10]}", "--class-weights", "1", "2", "--scheduler", "onecycle"]
+    )
+    cli = from_args(TrainParams, args, skip=("extra",))
+    config = from_mapping(TrainParams, {"loss": {"lovasz": None, "dice": 0.5}, "augment": {"hflip": 0.3, "affine": {"p": 0.2, "rotate": [-10, 10]}},
+                                        "class_weights": [1, 2], "scheduler": "onecycle"}, "train")
+    assert cli == config
+    assert build_loss(cli.loss).weights == {"lovasz": 1.0, "dice": 0.5}
+    assert cli.augment["affine"] == {"p": 0.2, "rotate": [-10, 10]} and cli.epochs == TrainParams().epochs
