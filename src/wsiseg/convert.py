@@ -39,38 +39,39 @@ T = TypeVar("T")
 
 
 def prefetch(items: Iterator[T], depth: int = 1) -> Iterator[T]:
-    """Iterate ``items`` produced by a background thread, ``depth`` items ahead.
+    """Iterate ``items`` produced by a background thread, at most ``depth`` items ahead.
 
-    Lets decoding of the next band overlap compression of the current one;
-    an exception in the producer is re-raised in the consumer.
+    Lets decoding of the next band overlap compression of the current one.
+    The producer starts an item only when a slot is free, so at most
+    ``depth`` items exist besides the one being consumed; an exception in
+    the producer is re-raised in the consumer.
     """
-    buffer: queue.Queue = queue.Queue(maxsize=depth)
-    done, stop = object(), threading.Event()
+    ready: queue.Queue = queue.Queue()
+    slots, stop, done = threading.Semaphore(depth), threading.Event(), object()
 
     def produce() -> None:
         try:
-            for item in items:
-                if stop.is_set():
+            iterator = iter(items)
+            while slots.acquire() and not stop.is_set():
+                item = next(iterator, done)
+                ready.put(item)
+                if item is done:
                     return
-                buffer.put(item)
-            buffer.put(done)
         except BaseException as err:  # noqa: BLE001 - handed to the consumer
-            buffer.put(err)
+            ready.put(err)
 
     worker = threading.Thread(target=produce, daemon=True)
     worker.start()
     try:
-        while (item := buffer.get()) is not done:
+        while (item := ready.get()) is not done:
             if isinstance(item, BaseException):
                 raise item
+            slots.release()  # start on the next item while this one is consumed
             yield item
     finally:
         stop.set()
-        while worker.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                buffer.get(timeout=0.1)
-            except queue.Empty:
-                pass
+        slots.release()  # wake a producer waiting for a slot
+        worker.join()
 
 
 def write_image(root: zarr.Group, source: SourceSlide, levels: int, chunk: int, codec, slide_id: str, workers: int) -> None:

@@ -167,34 +167,41 @@ class SegmentReader(ZarrReader):
         self.segment_rows = page.tilelength if page.is_tiled else min(page.rowsperstrip or page.imagelength, page.imagelength)
 
     def bands(self, rows: int) -> Iterator[Band]:
-        """Full-width bands of ``rows`` rows, top to bottom."""
+        """Full-width bands of ``rows`` rows, top to bottom.
+
+        Segments are copied into the band being built as they arrive; only
+        segments reaching below it (tall strips, tiles straddling a band
+        boundary) are kept for the next band."""
         height, width = self.shape
-        pending: list[tuple[int, int, np.ndarray]] = []  # (y, x, pixels) of segments not yet fully handed out
-        top = 0
+        top, band = 0, self._band(0, rows)
+        below: list[tuple[int, int, np.ndarray]] = []  # (y, x, pixels) of segments reaching past the band
         for segment, (_, _, sy, sx, _), seg_shape in self.page.segments(
             maxworkers=self.workers, buffersize=self.buffer_bytes
         ):
             while sy >= top + rows:  # segments arrive row-major: every one touching this band is here
-                yield top, _assemble(pending, top, min(rows, height - top), width)
-                top += rows
-                pending = [p for p in pending if p[0] + p[2].shape[0] > top]
+                yield top, band
+                top, band = top + rows, self._band(top + rows, rows)
+                below = _paste(band, top, below)
             h, w = min(seg_shape[1], height - sy), min(seg_shape[2], width - sx)
             pixels = np.zeros((h, w, self.channels), self.dtype) if segment is None else segment[0, :h, :w]
-            pending.append((sy, sx, pixels))
+            below += _paste(band, top, [(sy, sx, pixels)])
         while top < height:
-            yield top, _assemble(pending, top, min(rows, height - top), width)
-            top += rows
-            pending = [p for p in pending if p[0] + p[2].shape[0] > top]
+            yield top, band
+            top, band = top + rows, self._band(top + rows, rows)
+            below = _paste(band, top, below)
+
+    def _band(self, top: int, rows: int) -> np.ndarray:
+        return np.empty((max(0, min(rows, self.shape[0] - top)), self.shape[1], self.channels), self.dtype)
 
 
-def _assemble(segments: list[tuple[int, int, np.ndarray]], top: int, rows: int, width: int) -> np.ndarray:
-    """Rows ``top:top+rows`` of the image, copied from the decoded ``segments`` that overlap them."""
-    band = np.empty((rows, width, segments[0][2].shape[2]), segments[0][2].dtype)
+def _paste(band: np.ndarray, top: int, segments: list[tuple[int, int, np.ndarray]]) -> list[tuple[int, int, np.ndarray]]:
+    """Copy the parts of ``segments`` (y, x, pixels) overlapping ``band`` (image rows from ``top``); return those reaching below it."""
+    bottom = top + band.shape[0]
     for y, x, pixels in segments:
-        y0, y1 = max(y, top), min(y + pixels.shape[0], top + rows)
+        y0, y1 = max(y, top), min(y + pixels.shape[0], bottom)
         if y1 > y0:
             band[y0 - top : y1 - top, x : x + pixels.shape[1]] = pixels[y0 - y : y1 - y]
-    return band
+    return [s for s in segments if s[0] + s[2].shape[0] > bottom]
 
 
 class StripStreamReader(ZarrReader):
