@@ -93,6 +93,7 @@ def resume_checkpoint(work: Path, key: str, resume: bool = True) -> Path | None:
 
 
 def _mark_complete(work: Path) -> None:
+    """Record in ``work/run.json`` that the run finished (a rerun then starts fresh)."""
     state_file = work / "run.json"
     state_file.write_text(json.dumps({**json.loads(state_file.read_text()), "complete": True}))
 
