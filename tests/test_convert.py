@@ -161,3 +161,20 @@ def test_config_schema_convert_block_matches_convert_slide():
     for key, spec in keys.items():
         default = parameters[key].default
         assert spec["default"] == (list(default) if isinstance(default, tuple) else default), key
+
+
+@pytest.mark.parametrize("storage", [{"tile": (64, 64), "compression": "jpeg"}, {"rowsperstrip": 24, "compression": "zlib"}],
+                         ids=["tiled-blocks", "stripped-bands"])
+def test_one_pass_pyramid_equals_pyramid_built_from_level0(tmp_path, storage):
+    """Blocks (tiled) and bands (stripped) build every level on the fly; each equals the 2x2 mean of the level below."""
+    from wsiseg.store import build_pyramid, compressor, create_level
+
+    image = np.random.default_rng(4).integers(0, 256, (700, 1100, 3), dtype=np.uint8)  # several blocks, odd halves
+    tifffile.imwrite(tmp_path / "s.tif", image, photometric="rgb", **storage)
+    store = SlideStore(convert_slide(tmp_path / "s.tif", tmp_path / "s.zarr", chunk=64))
+    assert len(store.levels) == 6
+    reference = zarr.open_group(tmp_path / "ref.zarr", mode="w", zarr_format=2)
+    create_level(reference, "0", store.levels[0].shape, 64, compressor())[:] = store.levels[0][:]
+    build_pyramid(reference, 6, 64, compressor(), "mean")
+    for k, level in enumerate(store.levels):
+        np.testing.assert_array_equal(level[:], reference[str(k)][:], err_msg=f"level {k}")

@@ -23,6 +23,7 @@ from .store import (
     build_pyramid,
     compressor,
     create_level,
+    halve,
     level_count,
     multiscales,
     write_block,
@@ -75,6 +76,41 @@ def prefetch(items: Iterator[T], depth: int = 1) -> Iterator[T]:
 
 
 def write_image(root: zarr.Group, source: SourceSlide, levels: int, chunk: int, codec, slide_id: str, workers: int) -> None:
+    """Write the image pyramid: by square blocks for tiled TIFFs, else by full-width bands."""
+    if source.tiled:
+        write_blocks(root, source, levels, chunk, codec, slide_id, workers)
+    else:
+        write_bands(root, source, levels, chunk, codec, slide_id, workers)
+
+
+def write_blocks(
+    root: zarr.Group, source: SourceSlide, levels: int, chunk: int, codec, slide_id: str, workers: int, inner: int = 3
+) -> None:
+    """Convert a tiled slide by square blocks of ``chunk * 2**inner`` pixels: memory independent of slide size.
+
+    Each block (read by decoding just its tiles) gives whole chunks of
+    levels 0..``inner``, downsampled within the block; the levels above are
+    built from level ``inner`` afterwards (1/4**inner of the data).
+    """
+    height, width = source.shape
+    inner = min(inner, levels - 1)
+    side = chunk << inner
+    arrays, (h, w) = [], (height, width)
+    for k in range(inner + 1):
+        arrays.append(create_level(root, str(k), (3, h, w), chunk, codec))
+        h, w = (h + 1) // 2, (w + 1) // 2
+    corners = [(y, x) for y in range(0, height, side) for x in range(0, width, side)]
+    blocks = prefetch((y, x, source.read(y, min(height, y + side), x, min(width, x + side))) for y, x in corners)
+    with closing(blocks), ThreadPoolExecutor(workers, thread_name_prefix="zarr-chunks") as executor:
+        for y, x, block in tqdm(blocks, total=len(corners), desc=f"convert {slide_id}", unit="block", mininterval=10):
+            for k, array in enumerate(arrays):
+                write_block(array, y >> k, x >> k, block, executor)
+                if k < inner:
+                    block = halve(block, "mean")
+    build_pyramid(root, levels, chunk, codec, "mean", start=inner + 1)
+
+
+def write_bands(root: zarr.Group, source: SourceSlide, levels: int, chunk: int, codec, slide_id: str, workers: int) -> None:
     """Stream level 0 in chunk-high full-width bands and build the mean pyramid on the fly."""
     height, width = source.shape
     bands = prefetch(band for _, band in source.bands(chunk))

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO, Iterator, Sequence
 
@@ -164,6 +165,7 @@ class SegmentReader(ZarrReader):
     def __init__(self, tif, path, page: tifffile.TiffPage, workers: int, buffer_bytes: int = 4 * 2**20):
         super().__init__(tif, path)
         self.page, self.workers, self.buffer_bytes = page, workers, buffer_bytes
+        self._executor: ThreadPoolExecutor | None = None
         self.segment_rows = page.tilelength if page.is_tiled else min(page.rowsperstrip or page.imagelength, page.imagelength)
 
     def bands(self, rows: int) -> Iterator[Band]:
@@ -189,6 +191,41 @@ class SegmentReader(ZarrReader):
             yield top, band
             top, band = top + rows, self._band(top + rows, rows)
             below = _paste(band, top, below)
+
+    @property
+    def tiled(self) -> bool:
+        """Whether regions can be read by decoding just the tiles they touch."""
+        return bool(self.page.is_tiled)
+
+    def region(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """Rows ``y0:y1``, columns ``x0:x1``: only the tiles they touch are read and decoded, in parallel."""
+        if not self.page.is_tiled:
+            return super().region(y0, y1, x0, x1)
+        page = self.page
+        th, tw = page.tilelength, page.tilewidth
+        across = -(-page.imagewidth // tw)
+        indices = [r * across + c for r in range(y0 // th, -(-y1 // th)) for c in range(x0 // tw, -(-x1 // tw))]
+        offsets, counts = [page.dataoffsets[i] for i in indices], [page.databytecounts[i] for i in indices]
+        encoded = list(page.parent.filehandle.read_segments(offsets, counts, indices, sort=True))
+        options = {"jpegtables": page.jpegtables, "jpegheader": page.jpegheader, "_fullsize": True}
+        out = np.empty((y1 - y0, x1 - x0, self.channels), self.dtype)
+        for segment, (_, _, sy, sx, _), shape in self._pool().map(lambda item: page.decode(*item, **options), encoded):
+            ty0, ty1 = max(sy, y0), min(sy + shape[1], y1)
+            tx0, tx1 = max(sx, x0), min(sx + shape[2], x1)
+            tile = 0 if segment is None else segment[0, ty0 - sy : ty1 - sy, tx0 - sx : tx1 - sx]
+            out[ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0] = tile
+        return out
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="tiff-decode")
+        return self._executor
+
+    def close(self) -> None:
+        """Stop the decoder threads."""
+        if self._executor is not None:
+            self._executor.shutdown()
+            self._executor = None
 
     def _band(self, top: int, rows: int) -> np.ndarray:
         return np.empty((max(0, min(rows, self.shape[0] - top)), self.shape[1], self.channels), self.dtype)
@@ -524,6 +561,11 @@ class SourceSlide:
         return self.height, self.width
 
     @property
+    def tiled(self) -> bool:
+        """Whether any region is cheap to read (a tiled TIFF): convert then works tile block by tile block."""
+        return bool(getattr(self.reader, "tiled", False))
+
+    @property
     def dtype(self) -> np.dtype:
         """Pixel type stored in the file."""
         return np.dtype(self.reader.dtype)
@@ -542,8 +584,16 @@ class SourceSlide:
         return np.ascontiguousarray(self.intensity(picked))
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        """Rows ``y0:y1`` and columns ``x0:x1`` as uint8 RGB (h, w, 3)."""
-        return self.rgb(self.read_raw(y0, y1, x0, x1))
+        """Rows ``y0:y1`` and columns ``x0:x1`` as uint8 RGB (h, w, 3); a decoding failure names the file."""
+        try:
+            raw = self.read_raw(y0, y1, x0, x1)
+        except SlideError:
+            raise
+        except Exception as err:  # codec errors come in many types
+            raise SlideError(
+                f"{self.path}: cannot decode rows {y0}:{y1}, columns {x0}:{x1} ({type(err).__name__}: {err})"
+            ) from None
+        return self.rgb(raw)
 
     def bands(self, rows: int) -> Iterator[Band]:
         """Full-width uint8 RGB bands of ``rows`` rows, top to bottom."""
@@ -551,7 +601,8 @@ class SourceSlide:
             yield y0, self.rgb(raw)
 
     def close(self) -> None:
-        """Release the open file."""
+        """Release the open file and the decoder threads."""
+        self.reader.close()
         if self._tif is not None:
             self._tif.close()
             self._tif = None

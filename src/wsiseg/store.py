@@ -87,12 +87,12 @@ def halve(block: np.ndarray, how: str) -> np.ndarray:
     return half.reshape(block.shape[0] // 2, block.shape[1] // 2, c)
 
 
-def build_pyramid(group: zarr.Group, levels: int, chunk: int, codec, how: str) -> None:
-    """Fill levels 1..levels-1 of ``group`` from level 0, one output chunk at a time.
+def build_pyramid(group: zarr.Group, levels: int, chunk: int, codec, how: str, start: int = 1) -> None:
+    """Fill levels ``start``..levels-1 of ``group`` from the level below, one output chunk at a time.
 
     ``how`` is ``mean`` (images) or ``max`` (labels: small objects stay visible).
     """
-    for k in range(1, levels):
+    for k in range(start, levels):
         src = group[str(k - 1)]
         c, h, w = src.shape
         dst = create_level(group, str(k), (c, (h + 1) // 2, (w + 1) // 2), chunk, codec)
