@@ -58,7 +58,9 @@ def train_settings():
 FOLDS = config["train"]["folds"]
 # one training run per fold (models/{model}/fold{fold}/) or a single one (models/{model}/)
 TRAIN_RUN = "{model}/fold{fold}" if FOLDS else "{model}"
-TRAIN_LABEL = "{wildcards.model} fold {wildcards.fold}" if FOLDS else "{wildcards.model}"
+TRAIN_LABEL = (
+    "{wildcards.model} fold {wildcards.fold}" if FOLDS else "{wildcards.model}"
+)
 
 
 def train_patches(wildcards):
