@@ -8,9 +8,13 @@ or RGBA (alpha dropped).  Files with other channel counts need ``channels``
 ``percentile`` stretches ``percentiles`` (low, high), computed on the
 smallest pyramid level or a sparse sample of level 0, onto 0..255.
 
-Level 0 is streamed in full-width row bands (:meth:`SourceSlide.bands`):
+Level 0 is read by regions (:meth:`SourceSlide.read`) or streamed in
+full-width row bands (:meth:`SourceSlide.bands`):
 
-* single-page TIFFs with interleaved samples (the common WSI case) decode
+* single-page tiled TIFFs with interleaved samples (the common WSI case)
+  read a region by decoding just the tiles it touches, in a thread pool
+  (:attr:`SourceSlide.tiled`: convert then works by square blocks);
+* single-page TIFFs with interleaved samples stream bands by decoding
   their tiles or strips once each, in a thread pool, in file index order;
 * strips over 64 MiB decoded (e.g. a whole slide in one strip) are
   stream-decoded row by row when uncompressed or deflate-compressed; other
