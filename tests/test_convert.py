@@ -178,3 +178,21 @@ def test_one_pass_pyramid_equals_pyramid_built_from_level0(tmp_path, storage):
     build_pyramid(reference, 6, 64, compressor(), "mean")
     for k, level in enumerate(store.levels):
         np.testing.assert_array_equal(level[:], reference[str(k)][:], err_msg=f"level {k}")
+
+
+def test_tiles_larger_than_a_block_are_decoded_once(tmp_path, monkeypatch):
+    """Blocks grow to the tile size, so a large-tiled file does not decode each tile several times."""
+    from wsiseg.slide import SourceSlide
+
+    image = np.random.default_rng(6).integers(0, 256, (256, 300, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "big.tif", image, photometric="rgb", tile=(256, 256), compression="zlib")
+    reads = []
+    original = SourceSlide.read
+    monkeypatch.setattr(SourceSlide, "read", lambda self, *box: reads.append(box) or original(self, *box))
+    store = SlideStore(convert_slide(tmp_path / "big.tif", tmp_path / "b.zarr", chunk=64))  # 64 << 3 = 512 >= 256
+    np.testing.assert_array_equal(store.levels[0][:].transpose(1, 2, 0), image)
+    assert reads == [(0, 256, 0, 300)]
+    reads.clear()
+    store = SlideStore(convert_slide(tmp_path / "big.tif", tmp_path / "c.zarr", chunk=16))  # 16 << 3 = 128 < 256
+    np.testing.assert_array_equal(store.levels[0][:].transpose(1, 2, 0), image)
+    assert reads == [(0, 256, 0, 256), (0, 256, 256, 300)]

@@ -90,9 +90,12 @@ def write_blocks(
 
     Each block (read by decoding just its tiles) gives whole chunks of
     levels 0..``inner``, downsampled within the block; the levels above are
-    built from level ``inner`` afterwards (1/4**inner of the data).
+    built from level ``inner`` afterwards (1/4**inner of the data).  Blocks
+    grow to cover a tile when the file's tiles are larger than 4096 px.
     """
     height, width = source.shape
+    while chunk << inner < source.tile_side:  # blocks at least as large as the tiles: each decoded once or twice
+        inner += 1
     inner = min(inner, levels - 1)
     side = chunk << inner
     arrays, (h, w) = [], (height, width)

@@ -201,6 +201,11 @@ class SegmentReader(ZarrReader):
         """Whether regions can be read by decoding just the tiles they touch."""
         return bool(self.page.is_tiled)
 
+    @property
+    def tile_side(self) -> int:
+        """The larger side of a tile (0 when not tiled)."""
+        return max(self.page.tilelength, self.page.tilewidth) if self.page.is_tiled else 0
+
     def region(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """Rows ``y0:y1``, columns ``x0:x1``: only the tiles they touch are read and decoded, in parallel."""
         if not self.page.is_tiled:
@@ -566,8 +571,13 @@ class SourceSlide:
 
     @property
     def tiled(self) -> bool:
-        """Whether any region is cheap to read (a tiled TIFF): convert then works tile block by tile block."""
+        """Whether any region is cheap to read (a tiled TIFF): convert then works block by block."""
         return bool(getattr(self.reader, "tiled", False))
+
+    @property
+    def tile_side(self) -> int:
+        """The larger side of the file's tiles (0 when not tiled)."""
+        return int(getattr(self.reader, "tile_side", 0))
 
     @property
     def dtype(self) -> np.dtype:
