@@ -14,7 +14,7 @@ import zarr
 from tqdm import tqdm
 
 from .io import atomic_path
-from .store import SlideStore, StoreError, _read_padded, compressor
+from .store import SlideStore, StoreError, read_padded, compressor
 from .tissue import TissueMap
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def read_labels(store: SlideStore, y0: int, x0: int, size: int, downscale: float
     if classes == 1:
         return store.read_mask(y0, x0, (size, size), downscale)
     span = int(round(size * downscale))
-    block = _read_padded(store.mask_levels[0], y0, y0 + span, x0, x0 + span, 0)[0]
+    block = read_padded(store.mask_levels[0], y0, y0 + span, x0, x0 + span, 0)[0]
     if block.max() >= classes:
         raise StoreError(f"{store.path}: label {block.max()} found, but patches.classes is {classes} (labels 0..{classes - 1})")
     if span == size:
@@ -152,7 +152,7 @@ def extract_patches(
     kept = np.argwhere(reasons != "")
     counts = {r: int((reasons == r).sum()) for r in REASONS}
     log.info("patches %s: %d grid cells, %s, tissue %.1f%% of the slide", store.slide_id, reasons.size, counts, 100 * tissue_map.share)
-    level = store._level_for(ds)
+    level = store.level_for(ds)
     records = []
     codec = compressor()
     with atomic_path(out_zarr) as tmp:

@@ -210,8 +210,8 @@ class PyramidWriter:
             self.executor.shutdown(cancel_futures=True)
 
 
-def _read_padded(array: zarr.Array, y0: int, y1: int, x0: int, x1: int, fill: int) -> np.ndarray:
-    """Read array[:, y0:y1, x0:x1], padding with ``fill`` outside the array."""
+def read_padded(array: zarr.Array, y0: int, y1: int, x0: int, x1: int, fill: int) -> np.ndarray:
+    """Read ``array[:, y0:y1, x0:x1]`` of a (c, y, x) array, padding with ``fill`` outside it."""
     c, h, w = array.shape
     out = np.full((c, y1 - y0, x1 - x0), fill, dtype=np.uint8)
     ry0, ry1, rx0, rx1 = max(0, y0), min(h, y1), max(0, x0), min(w, x1)
@@ -243,18 +243,19 @@ class SlideStore:
         """Whether the store holds a ground-truth label image."""
         return bool(self.mask_levels)
 
-    def _level_for(self, downscale: float) -> int:
+    def level_for(self, downscale: float) -> int:
+        """Coarsest pyramid level whose scale does not exceed ``downscale``."""
         k = int(math.floor(math.log2(downscale) + 1e-9)) if downscale >= 1 else 0
         return max(0, min(k, len(self.levels) - 1))
 
     def _region(self, levels: list[zarr.Array], y0: int, x0: int, size: tuple[int, int], downscale: float, fill: int):
-        k = self._level_for(downscale)
+        k = self.level_for(downscale)
         f = 2**k
         out_h, out_w = size
         span_y, span_x = out_h * downscale, out_w * downscale
         ly0, lx0 = int(math.floor(y0 / f)), int(math.floor(x0 / f))
         ly1, lx1 = int(math.ceil((y0 + span_y) / f)), int(math.ceil((x0 + span_x) / f))
-        block = _read_padded(levels[k], ly0, ly1, lx0, lx1, fill).transpose(1, 2, 0)
+        block = read_padded(levels[k], ly0, ly1, lx0, lx1, fill).transpose(1, 2, 0)
         if block.shape[:2] != (out_h, out_w):
             block = cv2.resize(block, (out_w, out_h), interpolation=cv2.INTER_AREA)
             if block.ndim == 2:
@@ -276,7 +277,7 @@ class SlideStore:
             raise StoreError(f"{self.path}: slide has no mask")
         h, w = size
         span_y, span_x = int(round(h * downscale)), int(round(w * downscale))
-        block = _read_padded(self.mask_levels[0], y0, y0 + span_y, x0, x0 + span_x, 0)[0]
+        block = (read_padded(self.mask_levels[0], y0, y0 + span_y, x0, x0 + span_x, 0)[0] > 0).astype(np.uint8)
         if block.shape != (h, w):
             block = cv2.resize(block.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) >= 0.5
         return block.astype(np.uint8)

@@ -10,7 +10,7 @@ rule convert:
         f"{RESULTS}/benchmarks/convert/{{slide}}.tsv"
     conda:
         "../../envs/convert.yaml"
-    threads: 1
+    threads: 2
     resources:
         mem_mb=2000,
         runtime=120,

@@ -9,5 +9,6 @@ with log_to(snakemake.log[0]):
         snakemake.output[0],
         mask=snakemake.input.get("mask"),
         slide_id=snakemake.wildcards.slide,
+        workers=snakemake.threads,
         **snakemake.params.convert,
     )
