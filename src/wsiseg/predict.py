@@ -197,19 +197,31 @@ class _BandWriter:
         self.prob, self.mask, self.ds, self.threshold = prob, mask, downscale, threshold
         _, self.height, self.width = prob.shape
 
-    def write(self, y0: int, band: np.ndarray) -> None:
-        """Write a (channels, rows, width) probability band that starts at model-resolution row ``y0``."""
-        top = int(round(y0 * self.ds))
-        bottom = min(self.height, int(round((y0 + band.shape[1]) * self.ds)))
+    def write(self, y0: int, band: np.ndarray, rows: int = 256) -> None:
+        """Write a (channels, rows, width) probability band that starts at model-resolution row ``y0``.
+
+        Upsampled in slices of about ``rows`` level-0 rows (each with one source row
+        of context on both sides, so the slices join exactly as one resize would):
+        memory stays small even for 100k-px-wide slides."""
+        step = max(1, int(rows // self.ds))
+        for a in range(0, band.shape[1], step):
+            b = min(band.shape[1], a + step)
+            lo, hi = max(0, a - 1), min(band.shape[1], b + 1)
+            self._write_slice(y0 + a, band[:, lo:hi], a - lo, b - a)
+
+    def _write_slice(self, y: int, src: np.ndarray, skip: int, count: int) -> None:
+        top = int(round(y * self.ds))
+        bottom = min(self.height, int(round((y + count) * self.ds)))
         if bottom <= top:
             return
-        hwc = np.ascontiguousarray(band.transpose(1, 2, 0))
-        size = (int(round(band.shape[2] * self.ds)), int(round(band.shape[1] * self.ds)))
+        hwc = np.ascontiguousarray(src.transpose(1, 2, 0))
+        size = (int(round(src.shape[2] * self.ds)), int(round(src.shape[1] * self.ds)))
         up = hwc if self.ds == 1 else cv2.resize(hwc, size, interpolation=cv2.INTER_LINEAR)
-        up = up.reshape(up.shape[0], up.shape[1], -1)[: bottom - top, : self.width]
-        self.prob[:, top:bottom, :] = np.clip(np.rint(up * 255), 0, 255).astype(np.uint8).transpose(2, 0, 1)
+        first = int(round(skip * self.ds))
+        up = up.reshape(up.shape[0], up.shape[1], -1)[first : first + bottom - top, : self.width]
+        self.prob[:, top:bottom, :] = cv2.convertScaleAbs(up, alpha=255).reshape(up.shape).transpose(2, 0, 1)
         if up.shape[2] == 1:
-            self.mask[0, top:bottom, :] = (up[:, :, 0] > self.threshold).astype(np.uint8)
+            self.mask[0, top:bottom, :] = (up[:, :, 0] > self.threshold).view(np.uint8)
         else:  # multi-class: the most probable class index
             self.mask[0, top:bottom, :] = up.argmax(axis=2).astype(np.uint8)
 
