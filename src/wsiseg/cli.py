@@ -72,6 +72,12 @@ def _report(args) -> None:
     print(table.to_string(index=False))
 
 
+def _samples(args) -> None:
+    from .datasets import dataset_samples
+
+    dataset_samples(args.format, args.root, args.val_fraction, args.seed).to_csv(sys.stdout, index=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``wsiseg`` argument parser with one subcommand per stage."""
     from .patches import PatchParams
@@ -93,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=4000)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser("samples", help="write a sample sheet for a dataset in its download layout (to stdout)")
+    p.add_argument("root", help="dataset folder")
+    p.add_argument("--format", required=True, choices=["hubmap-kidney", "pairs"])
+    p.add_argument("--val-fraction", type=float, default=0.2, help="share of labelled slides used for validation")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_samples)
 
     p = sub.add_parser("convert", help="TIFF/PNG slide (+ mask) -> OME-NGFF zarr pyramid")
     p.add_argument("image")
