@@ -115,3 +115,26 @@ def test_multiclass_model_writes_class_probabilities_and_argmax(tiny_trained, tm
     chosen = np.take_along_axis(prob, mask[None].astype(int), axis=0)[0]
     assert (chosen >= prob.max(axis=0) - 1).all()  # the arg-max class (up to uint8 rounding of ties)
     assert len(np.unique(mask)) > 1
+
+
+def test_prediction_store_matches_slide_and_threshold(tiny_trained, tmp_path):
+    slides, ckpt = tiny_trained
+    out = predict_slide(slides["demo_2"], ckpt, tmp_path / "p.zarr", PredictParams(tile=64, overlap=16, threshold=0.4, min_tissue=0))
+    root = zarr.open_group(out, mode="r")
+    prob, mask = root["prob/0"][0], root["mask/0"][0]
+    assert prob.shape == mask.shape == (384, 512)
+    assert set(np.unique(mask)) <= {0, 1}
+    # the mask is the thresholded probability (up to uint8 rounding of the stored probability)
+    assert ((prob > 0.4 * 255 + 1) <= (mask == 1)).all() and ((prob < 0.4 * 255 - 1) <= (mask == 0)).all()
+    assert root.attrs["downscale"] == 2
+
+
+def test_overlap_must_be_smaller_than_tile(tiny_trained, tmp_path):
+    slides, _ = tiny_trained
+    with pytest.raises(ValueError, match="overlap"):
+        predict_slide(slides["demo_2"], tmp_path / "none.ckpt", tmp_path / "p.zarr", PredictParams(tile=64, overlap=64))
+
+
+def test_gaussian_window_is_positive_and_peaks_in_the_centre():
+    w = blend_window(64, "gaussian")
+    assert w.min() > 0 and w[32, 32] == w.max() and w[0, 0] < 0.01

@@ -84,11 +84,6 @@ def blend_window(size: int, mode: str = "gaussian", overlap: int = 0) -> np.ndar
     return np.maximum(window / window.max(), 1e-4).astype(np.float32)
 
 
-def gaussian_window(size: int) -> np.ndarray:
-    """Gaussian blending weights (see :func:`blend_window`)."""
-    return blend_window(size, "gaussian")
-
-
 def resolve_device(name: str) -> torch.device:
     """``auto`` → CUDA when available, else CPU."""
     if name == "auto":

@@ -105,10 +105,9 @@ def confusion_matrix(prediction: str | Path, slide: str | Path, band: int = 512)
     return matrix
 
 
-def confusion(prediction: str | Path, slide: str | Path, band: int = 512) -> tuple[int, int, int]:
-    """(tp, fp, fn) foreground pixel counts (any class counts as foreground)."""
-    m = confusion_matrix(prediction, slide, band)
-    return int(m[1:, 1:].sum()), int(m[0, 1:].sum()), int(m[1:, 0].sum())
+def foreground_counts(matrix: np.ndarray) -> tuple[int, int, int]:
+    """(tp, fp, fn) foreground pixel counts of a confusion matrix (any class > 0 is foreground)."""
+    return int(matrix[1:, 1:].sum()), int(matrix[0, 1:].sum()), int(matrix[1:, 0].sum())
 
 
 def class_dice(matrix: np.ndarray) -> dict[str, float]:
@@ -229,7 +228,7 @@ def submission_table(predictions: Mapping[str, str | Path], ids: list[str], samp
 def slide_metrics(prediction: str | Path, slide: str | Path, object_iou: float = 0.5) -> dict[str, float]:
     """Pixel (foreground and, multi-class, per class) and object metrics of one slide."""
     m = confusion_matrix(prediction, slide)
-    tp, fp, fn = int(m[1:, 1:].sum()), int(m[0, 1:].sum()), int(m[1:, 0].sum())
+    tp, fp, fn = foreground_counts(m)
     return {**scores(tp, fp, fn), **object_scores(prediction, slide, object_iou), "tp": tp, "fp": fp, "fn": fn, **class_dice(m)}
 
 
