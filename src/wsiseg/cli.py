@@ -25,7 +25,7 @@ def _convert(args) -> None:
     convert_slide(
         args.image, args.out, mask=args.mask, slide_id=args.slide_id, chunk=args.chunk, compression=args.compression,
         level=args.level, uint16=args.uint16, percentiles=args.percentiles, channels=args.channels, palette=palette,
-        workers=args.workers,
+        mask_threshold=args.mask_threshold, workers=args.workers,
     )
 
 
@@ -68,6 +68,8 @@ def _report(args) -> None:
         sample_submission=args.sample_submission,
         object_iou=args.object_iou,
         class_name=args.class_name,
+        class_names=args.class_names,
+        groups=samples["group"].to_dict() if "group" in samples else None,
     )
     print(table.to_string(index=False))
 
@@ -80,6 +82,7 @@ def _samples(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``wsiseg`` argument parser with one subcommand per stage."""
+    from .datasets import FORMATS as DATASET_FORMATS
     from .patches import PatchParams
     from .predict import PredictParams
     from .train import TrainParams
@@ -102,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("samples", help="write a sample sheet for a dataset in its download layout (to stdout)")
     p.add_argument("root", help="dataset folder")
-    p.add_argument("--format", required=True, choices=["hubmap-kidney", "pairs"])
+    p.add_argument("--format", required=True, choices=list(DATASET_FORMATS),
+                   help="download layout of ROOT (see the README's 'Your own dataset')")
     p.add_argument("--val-fraction", type=float, default=0.2, help="share of labelled slides used for validation")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_samples)
@@ -110,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="TIFF/PNG slide (+ mask) -> OME-NGFF zarr pyramid")
     p.add_argument("image")
     p.add_argument("out", help="output .zarr directory")
-    p.add_argument("--mask", help="RLE table (.csv), GeoJSON polygons (.json/.geojson) or mask image")
+    p.add_argument("--mask", help="RLE table (.csv), GeoJSON (.json/.geojson) or Aperio (.xml) polygons, "
+                   "mask image, or a folder of one mask image per object")
     p.add_argument("--slide-id", help="id of the slide (row id in an RLE table); default: image file stem")
     p.add_argument("--chunk", type=int, default=512)
     p.add_argument("--compression", default="lz4", choices=["zstd", "lz4", "zlib", "blosclz"], help="Blosc codec")
@@ -120,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--percentiles", type=float, nargs=2, default=[0.5, 99.5], metavar=("LOW", "HIGH"))
     p.add_argument("--channels", type=int, nargs=3, metavar=("R", "G", "B"), help="channel indices to use as RGB")
     p.add_argument("--palette", help='RGB mask colours -> classes: JSON (\'{"#ff0000": 1}\' or [[r,g,b], ...]) or a .json file')
+    p.add_argument("--mask-threshold", type=int, default=0,
+                   help="mask images: a pixel is foreground when a channel exceeds this value (e.g. 127 for JPEG masks)")
     p.add_argument("--workers", type=int, help="decode/compress threads (default: all available CPUs)")
     p.set_defaults(func=_convert)
 
@@ -154,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-submission", help="Kaggle sample submission CSV: fixes the ids and row order")
     p.add_argument("--object-iou", type=float, default=0.5, help="IoU above which predicted and true objects match")
     p.add_argument("--class-name", default="foreground", help="class name of the exported GeoJSON objects")
+    p.add_argument("--class-names", nargs="+", metavar="NAME", help="multi-class: name of class 0 (background), 1, 2, ...")
     p.set_defaults(func=_report)
     return parser
 

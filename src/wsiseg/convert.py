@@ -37,6 +37,7 @@ OMERO_CHANNELS = [
 ]
 
 T = TypeVar("T")
+INSTANCE_MAX_SIDE = 8192  # the object metrics' level-0 limit (wsiseg.report.object_scores)
 
 
 def prefetch(items: Iterator[T], depth: int = 1) -> Iterator[T]:
@@ -123,10 +124,16 @@ def write_bands(root: zarr.Group, source: SourceSlide, levels: int, chunk: int, 
 
 
 def write_labels(root: zarr.Group, annotation: MaskSource, levels: int, chunk: int, codec, workers: int) -> float:
-    """Rasterise ``annotation`` into the NGFF label image ``labels/mask``; return the foreground share."""
+    """Rasterise ``annotation`` into the NGFF label image ``labels/mask``; return the foreground share.
+
+    Sources that know their objects also get ``labels/instances`` (uint32
+    object ids, level 0 only) on slides up to :data:`INSTANCE_MAX_SIDE` px,
+    where the object metrics work at level 0."""
     height, width = annotation.shape
     labels = root.create_group("labels")
-    labels.attrs["labels"] = ["mask"]
+    small = max(height, width) <= INSTANCE_MAX_SIDE
+    names = ["mask", "instances"] if small and hasattr(annotation, "instance_blocks") else ["mask"]
+    labels.attrs["labels"] = names
     group = labels.create_group("mask")
     label0 = create_level(group, "0", (1, height, width), chunk, codec)
     foreground = 0
@@ -134,6 +141,14 @@ def write_labels(root: zarr.Group, annotation: MaskSource, levels: int, chunk: i
         for y0, x0, block in annotation.blocks(chunk):
             write_block(label0, y0, x0, block[:, :, None], executor)
             foreground += int(np.count_nonzero(block))
+        if "instances" in names:
+            objects = labels.create_group("instances")
+            ids = create_level(objects, "0", (1, height, width), chunk, codec, dtype="uint32")
+            for y0, x0, block in annotation.instance_blocks(chunk):
+                write_block(ids, y0, x0, block[:, :, None], executor)
+            objects.attrs.update(
+                {"multiscales": multiscales("instances", 1, "max"), "image-label": {"version": NGFF_VERSION, "source": {"image": "../../"}}}
+            )
     build_pyramid(group, levels, chunk, codec, "max")
     colors = [{"label-value": value, "rgba": [*rgb, 160]} for value, rgb in sorted(annotation.classes.items())]
     group.attrs.update(
@@ -157,6 +172,7 @@ def convert_slide(
     percentiles: Sequence[float] = (0.5, 99.5),
     channels: Sequence[int] | None = None,
     palette: dict | list | None = None,
+    mask_threshold: int = 0,
     workers: int | None = None,
 ) -> Path:
     """Convert ``image`` (and its ``mask`` annotation, if any) to an OME-NGFF zarr at ``out``.
@@ -168,8 +184,9 @@ def convert_slide(
     are ``chunk``² and Blosc-``compression``ed at ``level`` (lz4 by default:
     the fastest to write and read).  ``uint16`` (``scale`` or ``percentile``
     with ``percentiles``) maps non-8-bit pixels to uint8; ``channels`` picks
-    three channels of a multi-channel image.  The annotation (RLE table row, GeoJSON polygons,
-    mask image; RGB masks mapped to class indices by ``palette``) is
+    three channels of a multi-channel image.  The annotation (RLE table row, GeoJSON or
+    Aperio XML polygons, mask image or folder of per-object mask images; RGB masks mapped
+    to class indices by ``palette``, other mask images foreground above ``mask_threshold``) is
     validated against the image and written first, as the label image
     ``labels/mask`` (0/1, or class indices with a palette), so a bad mask
     fails before the image work.  The store appears at ``out`` only once it
@@ -179,7 +196,7 @@ def convert_slide(
     slide_id = slide_id or Path(image).stem
     with SourceSlide(image, uint16=uint16, percentiles=percentiles, channels=channels, workers=workers) as source:
         height, width = source.shape
-        annotation = open_mask(mask, slide_id, source.shape, palette=palette) if mask else None
+        annotation = open_mask(mask, slide_id, source.shape, palette=palette, threshold=mask_threshold) if mask else None
         codec = compressor(compression, level)
         levels = level_count(height, width, chunk)
         log.info("convert %s: %dx%d px %s, %d levels, chunk %d -> %s", slide_id, width, height, source.dtype, levels, chunk, out)
@@ -203,3 +220,29 @@ def convert_slide(
                 }
             )
     return out
+
+
+def check_inputs(image: str | Path, mask: str | Path | None, slide_id: str, palette=None, mask_threshold: int = 0, **options) -> None:
+    """Open ``image`` and ``mask`` as :func:`convert_slide` would and close them: raises on bad input, writes nothing."""
+    keys = ("uint16", "percentiles", "channels")
+    with SourceSlide(image, **{k: options[k] for k in keys if k in options}) as source:
+        if mask:
+            annotation = open_mask(mask, slide_id, source.shape, palette=palette, threshold=mask_threshold)
+            close = getattr(annotation, "close", None)
+            if close is not None:
+                close()
+
+
+def convert_many(items: Sequence[tuple[str, str | Path, str | Path | None]], out_dir: str | Path, **options) -> list[Path]:
+    """Convert ``(slide_id, image, mask)`` items to ``out_dir/{slide_id}.zarr`` with :func:`convert_slide` ``options``.
+
+    Every image and mask is opened and checked first, so a bad file stops
+    the group before any conversion; for datasets of many small images."""
+    for slide_id, image, mask in items:
+        check_inputs(image, mask, slide_id, **options)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return [
+        convert_slide(image, out_dir / f"{slide_id}.zarr", mask=mask or None, slide_id=slide_id, **options)
+        for slide_id, image, mask in tqdm(items, desc="convert", unit="slide", mininterval=10)
+    ]

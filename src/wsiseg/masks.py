@@ -1,19 +1,27 @@
 """Annotation sources rasterised block by block onto a slide's pixel grid.
 
-Supported: a Kaggle RLE table (CSV with ``id`` and ``encoding`` columns),
-GeoJSON / HuBMAP JSON polygons (holes and MultiPolygons included; parts
-outside the image are clipped with a warning), binary or instance-label mask
-images (any non-zero pixel is foreground) and RGB colour-coded multi-class
-masks mapped to class indices by a palette.
+Supported: a Kaggle RLE table (CSV with ``id`` and ``encoding``/``rle``
+columns), GeoJSON / HuBMAP JSON polygons (holes and MultiPolygons included;
+parts outside the image are clipped with a warning), Aperio / MoNuSeg XML
+annotations (``Regions/Region/Vertices``), binary or instance-label mask
+images (pixels above a threshold are foreground), a folder of one mask image
+per object (DSB2018 ``masks/``) and RGB colour-coded multi-class masks mapped
+to class indices by a palette.
+
+Sources that know their objects (polygon files, mask folders) also yield
+instance ids (:meth:`instance_blocks`), which the object metrics use so that
+touching nuclei count as separate objects.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Iterator, Protocol
 
+import cv2
 import numpy as np
 import pandas as pd
 import shapely
@@ -100,19 +108,42 @@ def _features(data) -> list[dict]:
     raise ValueError("expected a GeoJSON FeatureCollection, Feature, geometry or a list of features")
 
 
+def geojson_polygons(path: Path) -> list[Polygon]:
+    """Polygons of a GeoJSON / HuBMAP JSON file (FeatureCollection, Feature, geometry or list of features)."""
+    features = _features(json.loads(Path(path).read_text()))
+    return [p for f in features for p in _polygons(shape_of(f)) if not p.is_empty]
+
+
+def aperio_polygons(path: Path) -> list[Polygon]:
+    """One polygon per ``Region`` of an Aperio ImageScope / MoNuSeg XML file (``Vertex X= Y=`` in pixels)."""
+    root = ET.parse(path).getroot()
+    polygons = []
+    for region in root.iter("Region"):
+        xy = [(float(v.get("X")), float(v.get("Y"))) for v in region.iter("Vertex")]
+        if len(xy) >= 3:
+            polygon = shapely.make_valid(Polygon(xy))
+            polygons += [p for p in _polygons(polygon) if not p.is_empty]
+    if not polygons and root.tag != "Annotations":
+        raise ValueError(f"expected an Aperio <Annotations> document, found <{root.tag}>")
+    return polygons
+
+
+POLYGON_READERS = {".json": geojson_polygons, ".geojson": geojson_polygons, ".xml": aperio_polygons}
+
+
 class PolygonMask:
-    """GeoJSON / HuBMAP JSON polygons in level-0 pixel coordinates, rasterised per tile.
+    """Polygons in level-0 pixel coordinates (GeoJSON, HuBMAP JSON, Aperio XML), rasterised per tile.
 
     Polygons are united (an island inside another polygon's hole stays
     foreground); parts outside the image are clipped and reported in a
-    warning on the ``wsiseg.masks`` logger (the rule's log file).
+    warning on the ``wsiseg.masks`` logger (the rule's log file).  Each
+    polygon is one object for :meth:`instance_blocks`.
     """
 
     def __init__(self, path: Path, shape: tuple[int, int]):
         self.path, self.shape, self.classes = path, shape, BINARY
         try:
-            features = _features(json.loads(Path(path).read_text()))
-            polygons = [p for f in features for p in _polygons(shape_of(f)) if not p.is_empty]
+            polygons = POLYGON_READERS[Path(path).suffix.lower()](path)
         except Exception as err:
             raise MaskError(f"{path}: cannot read polygons ({type(err).__name__}: {err})") from None
         frame = box(0, 0, shape[1], shape[0])
@@ -126,14 +157,21 @@ class PolygonMask:
         self.polygons = inside
         self.tree = shapely.STRtree(inside)
 
-    def blocks(self, chunk: int) -> Iterator[Block]:
+    def _tiles(self, chunk: int, dtype, instances: bool) -> Iterator[Block]:
         height, width = self.shape
         for y0 in range(0, height, chunk):
             for x0 in range(0, width, chunk):
-                block = np.zeros((min(chunk, height - y0), min(chunk, width - x0)), np.uint8)
-                for i in self.tree.query(box(x0, y0, x0 + block.shape[1], y0 + block.shape[0])):
-                    _paint(block, self.polygons[i], x0, y0)
+                block = np.zeros((min(chunk, height - y0), min(chunk, width - x0)), dtype)
+                for i in sorted(self.tree.query(box(x0, y0, x0 + block.shape[1], y0 + block.shape[0]))):
+                    _paint(block, self.polygons[i], x0, y0, int(i) + 1 if instances else 1)
                 yield y0, x0, block
+
+    def blocks(self, chunk: int) -> Iterator[Block]:
+        return self._tiles(chunk, np.uint8, instances=False)
+
+    def instance_blocks(self, chunk: int) -> Iterator[Block]:
+        """Like :meth:`blocks`, with uint32 object ids 1.. (polygon order; a later polygon wins where two overlap)."""
+        return self._tiles(chunk, np.uint32, instances=True)
 
 
 def shape_of(feature: dict):
@@ -144,8 +182,8 @@ def shape_of(feature: dict):
     return shape(geometry)
 
 
-def _paint(block: np.ndarray, poly: Polygon, x0: int, y0: int) -> None:
-    """Set ``block`` (whose top-left pixel is (y0, x0)) to 1 inside ``poly`` minus its holes."""
+def _paint(block: np.ndarray, poly: Polygon, x0: int, y0: int, value: int = 1) -> None:
+    """Set ``block`` (whose top-left pixel is (y0, x0)) to ``value`` inside ``poly`` minus its holes."""
     minx, miny, maxx, maxy = poly.bounds
     r0, c0 = max(0, int(np.floor(miny)) - y0), max(0, int(np.floor(minx)) - x0)
     r1, c1 = min(block.shape[0], int(np.ceil(maxy)) + 1 - y0), min(block.shape[1], int(np.ceil(maxx)) + 1 - x0)
@@ -155,7 +193,7 @@ def _paint(block: np.ndarray, poly: Polygon, x0: int, y0: int) -> None:
     _fill(local, poly.exterior.coords, x0 + c0, y0 + r0, 1)
     for hole in poly.interiors:
         _fill(local, hole.coords, x0 + c0, y0 + r0, 0)
-    block[r0:r1, c0:c1] |= local
+    block[r0:r1, c0:c1][local > 0] = value
 
 
 def _fill(block: np.ndarray, coords, x0: int, y0: int, value: int) -> None:
@@ -214,14 +252,15 @@ def _hex(key: int) -> str:
 class ImageMask:
     """A mask image, read in full-width row bands.
 
-    Without a palette any non-zero pixel is foreground (binary 0/1, 0/255 and
-    instance-label images).  With a palette (``{packed colour: class}``) an
+    Without a palette a pixel is foreground when any channel exceeds
+    ``threshold`` (0: any non-zero pixel, for 0/1, 0/255 and instance-label
+    images; e.g. 127 for JPEG-compressed masks).  With a palette (``{packed colour: class}``) an
     RGB(A) mask is mapped to class indices; colours not in the palette are
     collected over the whole mask and reported together.
     """
 
-    def __init__(self, path: Path, shape: tuple[int, int], palette: dict[int, int] | None = None):
-        self.path, self.shape, self.palette = path, shape, palette
+    def __init__(self, path: Path, shape: tuple[int, int], palette: dict[int, int] | None = None, threshold: int = 0):
+        self.path, self.shape, self.palette, self.threshold = path, shape, palette, threshold
         try:
             self.reader, self._tif = open_reader(path)
         except SlideError as err:
@@ -247,7 +286,7 @@ class ImageMask:
         unknown: dict[int, int] = {}
         try:
             for y0, raw in guarded(self.reader.bands(chunk), self.path):
-                yield y0, 0, self._classes(raw, unknown) if self.palette else (raw != 0).any(axis=2).astype(np.uint8)
+                yield y0, 0, self._classes(raw, unknown) if self.palette else (raw > self.threshold).any(axis=2).astype(np.uint8)
         finally:
             self.close()
         if unknown:
@@ -273,17 +312,66 @@ class ImageMask:
             self._tif = None
 
 
-def open_mask(path: str | Path, slide_id: str, shape: tuple[int, int], palette=None) -> MaskSource:
+class InstanceFolderMask:
+    """A folder with one mask image per object (DSB2018 ``masks/*.png``): their union, and object ids.
+
+    Every image must have the slide's shape; object ``i`` (file order) gets
+    id ``i + 1``, a later file winning where two overlap.  The folder is
+    read whole (a uint32 label image): meant for the small images such
+    datasets hold."""
+
+    def __init__(self, path: Path, shape: tuple[int, int], threshold: int = 0):
+        self.path, self.shape, self.classes = path, shape, BINARY
+        files = sorted(p for p in Path(path).iterdir() if p.suffix.lower() in MASK_IMAGE_SUFFIXES)
+        if not files:
+            raise MaskError(f"{path}: mask folder holds no mask images ({', '.join(MASK_IMAGE_SUFFIXES)})")
+        self.labels = np.zeros(shape, np.uint32)
+        for i, file in enumerate(files, start=1):
+            image = cv2.imread(str(file), cv2.IMREAD_UNCHANGED)
+            if image is None:
+                raise MaskError(f"{file}: cannot read mask image")
+            if image.shape[:2] != tuple(shape):
+                raise MaskError(f"{file}: mask shape {image.shape[:2]} differs from image shape {tuple(shape)}")
+            inside = image > threshold
+            self.labels[inside.any(axis=2) if inside.ndim == 3 else inside] = i
+
+    def _tiles(self, chunk: int, binary: bool) -> Iterator[Block]:
+        height, width = self.shape
+        for y0 in range(0, height, chunk):
+            for x0 in range(0, width, chunk):
+                block = self.labels[y0 : y0 + chunk, x0 : x0 + chunk]
+                yield y0, x0, (block > 0).astype(np.uint8) if binary else block
+
+    def blocks(self, chunk: int) -> Iterator[Block]:
+        return self._tiles(chunk, binary=True)
+
+    def instance_blocks(self, chunk: int) -> Iterator[Block]:
+        """uint32 object ids 1.. in tiles of ``chunk``."""
+        return self._tiles(chunk, binary=False)
+
+
+MASK_IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")
+
+
+def open_mask(
+    path: str | Path, slide_id: str, shape: tuple[int, int], palette=None, threshold: int = 0
+) -> MaskSource:
     """Open and validate the annotation at ``path`` for slide ``slide_id`` of ``shape``.
 
-    ``palette`` (see :func:`parse_palette`) applies to mask images only.
+    ``path`` is an RLE table (``.csv``), a polygon file (``.json``,
+    ``.geojson``, Aperio ``.xml``), a mask image or a folder of per-object
+    mask images.  ``palette`` (see :func:`parse_palette`) applies to mask
+    images; ``threshold`` is the value a mask pixel must exceed to be
+    foreground (mask images and folders without a palette).
     """
     path = Path(path)
+    if path.is_dir():
+        return InstanceFolderMask(path, shape, threshold)
     if not path.is_file():
         raise MaskError(f"{path}: mask file not found")
     suffix = path.suffix.lower()
     if suffix == ".csv":
         return RLETableMask(path, slide_id, shape)
-    if suffix in (".json", ".geojson"):
+    if suffix in POLYGON_READERS:
         return PolygonMask(path, shape)
-    return ImageMask(path, shape, parse_palette(palette, f"{path} palette") if palette else None)
+    return ImageMask(path, shape, parse_palette(palette, f"{path} palette") if palette else None, threshold)

@@ -6,6 +6,7 @@ import logging
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -170,3 +171,16 @@ def extract_patches(
     with atomic_path(out_csv) as tmp:
         table.to_csv(tmp, index=False, float_format="%.5f")
     return table
+
+
+def extract_patches_many(slides: Sequence[str | Path], out_dir: str | Path, params: PatchParams = PatchParams()) -> pd.DataFrame:
+    """:func:`extract_patches` for each slide store: ``out_dir/{slide}.zarr``, ``.csv`` and ``.tissue.png`` each.
+
+    Returns the concatenated index tables (for datasets of many small images)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tables = []
+    for slide in tqdm(slides, desc="patches", unit="slide", mininterval=10):
+        stem = Path(slide).stem
+        tables.append(extract_patches(slide, out_dir / f"{stem}.zarr", out_dir / f"{stem}.csv", params, out_dir / f"{stem}.tissue.png"))
+    return pd.concat(tables, ignore_index=True)

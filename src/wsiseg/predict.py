@@ -255,20 +255,20 @@ def predict_slide(
     checkpoints: str | Path | Sequence[str | Path],
     out: str | Path,
     params: PredictParams = PredictParams(),
+    models: Sequence[torch.nn.Module] | None = None,
 ) -> Path:
     """Predict ``slide`` with the model(s) in ``checkpoints``; write ``prob`` and ``mask`` pyramids to ``out``.
 
     Several checkpoints (e.g. cross-validation folds) and TTA views are
     averaged in probability space.  The mask is ``prob > threshold``, then
-    objects below ``min_area`` are removed and holes below ``max_hole`` filled."""
+    objects below ``min_area`` are removed and holes below ``max_hole`` filled.
+    ``models`` (the loaded ``checkpoints``) saves loading them again."""
     if isinstance(checkpoints, (str, Path)):
         checkpoints = [checkpoints]
-    if params.overlap >= params.tile:
-        raise ValueError(f"predict.overlap ({params.overlap}) must be smaller than predict.tile ({params.tile})")
-    _tta_pairs(params.tta)
+    _check_params(params)
     store = SlideStore(slide)
     device = resolve_device(params.device)
-    models = load_ensemble(checkpoints, device)
+    models = models or load_ensemble(checkpoints, device)
     ds = float(models[0].hparams.downscale)
     classes = int(models[0].hparams.get("classes", 1))
     plan = _Plan(store, ds, params)
@@ -305,3 +305,25 @@ def predict_slide(
         )
     log.info("predict %s: done, %d of %d tiles skipped as non-tissue", store.slide_id, plan.skipped, len(plan.ys) * len(plan.xs))
     return Path(out)
+
+
+def _check_params(params: PredictParams) -> None:
+    if params.overlap >= params.tile:
+        raise ValueError(f"predict.overlap ({params.overlap}) must be smaller than predict.tile ({params.tile})")
+    _tta_pairs(params.tta)
+
+
+def predict_many(
+    slides: Sequence[str | Path], checkpoints: Sequence[str | Path], out_dir: str | Path, params: PredictParams = PredictParams()
+) -> list[Path]:
+    """:func:`predict_slide` for each slide store, models loaded once: ``out_dir/{slide store name}`` each.
+
+    For datasets of many small images (one Snakemake job per group of slides)."""
+    _check_params(params)
+    models = load_ensemble(checkpoints, resolve_device(params.device))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return [
+        predict_slide(slide, checkpoints, out_dir / Path(slide).name, params, models)
+        for slide in tqdm(slides, desc="predict", unit="slide", mininterval=10)
+    ]

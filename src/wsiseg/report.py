@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -110,24 +110,40 @@ def foreground_counts(matrix: np.ndarray) -> tuple[int, int, int]:
     return int(matrix[1:, 1:].sum()), int(matrix[0, 1:].sum()), int(matrix[1:, 0].sum())
 
 
-def class_dice(matrix: np.ndarray) -> dict[str, float]:
-    """Per-class Dice ``dice_class{c}`` for classes 1.. of a multi-class confusion matrix."""
+def class_column(c: int, names: Sequence[str] | None = None) -> str:
+    """Metrics column of class ``c``: ``dice_{name}`` from ``names`` (indexed by class, 0 = background), else ``dice_class{c}``."""
+    return f"dice_{names[c]}" if names and c < len(names) else f"dice_class{c}"
+
+
+def class_dice(matrix: np.ndarray, names: Sequence[str] | None = None) -> dict[str, float]:
+    """Per-class Dice (see :func:`class_column`) for classes 1.. of a multi-class confusion matrix."""
     if len(matrix) <= 2:
         return {}
     out = {}
     for c in range(1, len(matrix)):
         tp = matrix[c, c]
         fp, fn = matrix[:, c].sum() - tp, matrix[c, :].sum() - tp
-        out[f"dice_class{c}"] = scores(tp, fp, fn)["dice"]
+        out[class_column(c, names)] = scores(tp, fp, fn)["dice"]
     return out
 
 
-def match_objects(pred: np.ndarray, truth: np.ndarray, iou: float = 0.5) -> tuple[int, int, int]:
-    """(true objects, predicted objects, matched pairs with IoU > ``iou``) of two binary masks.
+def objects(mask: np.ndarray, instances: bool = False) -> tuple[np.ndarray, int]:
+    """Object ids 1..n (0 = background) and n: connected components of a mask, or renumbered instance ids."""
+    if not instances:
+        return label(mask > 0, return_num=True, connectivity=2)
+    ids, compact = np.unique(mask, return_inverse=True)
+    compact = compact.reshape(mask.shape)
+    return (compact, len(ids) - 1) if ids[0] == 0 else (compact + 1, len(ids))
 
-    With ``iou`` >= 0.5 a match is unique, so no assignment problem arises."""
-    lp, np_ = label(pred > 0, return_num=True, connectivity=2)
-    lt, nt = label(truth > 0, return_num=True, connectivity=2)
+
+def match_objects(pred: np.ndarray, truth: np.ndarray, iou: float = 0.5, truth_instances: bool = False) -> tuple[int, int, int]:
+    """(true objects, predicted objects, matched pairs with IoU > ``iou``) of two masks.
+
+    Objects are connected components; ``truth_instances`` says ``truth``
+    holds object ids instead (touching objects stay apart).  With ``iou`` >= 0.5
+    a match is unique, so no assignment problem arises."""
+    lp, np_ = objects(pred)
+    lt, nt = objects(truth, truth_instances)
     if not np_ or not nt:
         return nt, np_, 0
     both = (lp > 0) & (lt > 0)
@@ -138,11 +154,16 @@ def match_objects(pred: np.ndarray, truth: np.ndarray, iou: float = 0.5) -> tupl
 
 
 def object_scores(prediction: str | Path, slide: str | Path, iou: float = 0.5, max_side: int = 8192) -> dict[str, float]:
-    """Object-level F1 at IoU > ``iou`` (glomeruli / nuclei counts) on a level of at most ``max_side`` px."""
+    """Object-level F1 at IoU > ``iou`` (glomeruli / nuclei counts) on a level of at most ``max_side`` px.
+
+    True objects are the slide's instance ids where the store has them and
+    level 0 is used, else connected components of the mask."""
     pred = Prediction(prediction)
     truth = _truth_levels(slide, pred)
     k = min(pred.level_for(max_side), len(truth) - 1)
-    n_true, n_pred, matched = match_objects(np.asarray(pred.mask_levels[k][0]), np.asarray(truth[k][0]), iou)
+    instances = SlideStore(slide).instances if k == 0 else None
+    reference = np.asarray((instances if instances is not None else truth[k])[0])
+    n_true, n_pred, matched = match_objects(np.asarray(pred.mask_levels[k][0]), reference, iou, instances is not None)
     f1 = 1.0 if n_true + n_pred == 0 else 2 * matched / (n_true + n_pred)
     return {"object_f1": f1, "objects_true": n_true, "objects_pred": n_pred, "objects_matched": matched}
 
@@ -225,11 +246,36 @@ def submission_table(predictions: Mapping[str, str | Path], ids: list[str], samp
     return pd.DataFrame({"id": ids, "predicted": [encode_store(predictions[i]) for i in ids]})
 
 
-def slide_metrics(prediction: str | Path, slide: str | Path, object_iou: float = 0.5) -> dict[str, float]:
+def slide_metrics(
+    prediction: str | Path, slide: str | Path, object_iou: float = 0.5, class_names: Sequence[str] | None = None
+) -> dict[str, float]:
     """Pixel (foreground and, multi-class, per class) and object metrics of one slide."""
     m = confusion_matrix(prediction, slide)
     tp, fp, fn = foreground_counts(m)
-    return {**scores(tp, fp, fn), **object_scores(prediction, slide, object_iou), "tp": tp, "fp": fp, "fn": fn, **class_dice(m)}
+    return {
+        **scores(tp, fp, fn), **object_scores(prediction, slide, object_iou), "tp": tp, "fp": fp, "fn": fn,
+        **class_dice(m, class_names),
+    }
+
+
+MEAN_COLUMNS = ("dice", "iou", "precision", "recall", "object_f1")
+SUM_COLUMNS = ("objects_true", "objects_pred", "objects_matched", "tp", "fp", "fn")
+
+
+def summary_rows(table: pd.DataFrame, per_class: list[str]) -> list[dict]:
+    """Mean rows of a per-slide metrics table: one per ``group`` (``mean:{group}``) when it has
+    that column, then ``mean`` over all slides (the Kaggle score: mean per-slide Dice)."""
+    subsets = [(f"mean:{g}", g, rows) for g, rows in table.groupby("group", sort=True)] if "group" in table else []
+    rows = []
+    for slide_id, group, subset in subsets + [("mean", "all", table)]:
+        rows.append(
+            {
+                "slide_id": slide_id, "split": "all", **({"group": group} if "group" in table else {}),
+                **{c: subset[c].mean() for c in (*MEAN_COLUMNS, *per_class)},
+                **{c: subset[c].sum() for c in SUM_COLUMNS},
+            }
+        )
+    return rows
 
 
 def make_report(
@@ -243,14 +289,19 @@ def make_report(
     sample_submission: str | Path | None = None,
     object_iou: float = 0.5,
     class_name: str = "foreground",
+    class_names: Sequence[str] | None = None,
+    groups: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """Write the submission (test slides), per-slide metrics (slides with masks), overlays and GeoJSON.
 
     ``predictions`` and ``slides`` map slide ids to prediction and converted
-    slide stores; ``splits`` gives each slide's split.  ``metrics`` gets one
-    row per slide with ground truth plus a ``mean`` row (the Kaggle score:
-    mean of per-slide Dice).  Returns the metrics table.
+    slide stores; ``splits`` gives each slide's split, ``groups`` (optional)
+    a category such as the organ.  ``metrics`` gets one row per slide with
+    ground truth, a ``mean:{group}`` row per group and a ``mean`` row (the
+    Kaggle score: mean of per-slide Dice).  Multi-class columns are named by
+    ``class_names`` (index = class).  Returns the metrics table.
     """
+    columns = METRIC_COLUMNS[:2] + (["group"] if groups else []) + METRIC_COLUMNS[2:]
     rows = []
     for slide_id in sorted(predictions):
         if overlay_dir is not None:
@@ -258,14 +309,13 @@ def make_report(
         if geojson_dir is not None:
             export_geojson(predictions[slide_id], Path(geojson_dir) / f"{slide_id}.geojson", class_name)
         if SlideStore(slides[slide_id]).has_mask:
-            rows.append({"slide_id": slide_id, "split": splits[slide_id], **slide_metrics(predictions[slide_id], slides[slide_id], object_iou)})
+            values = slide_metrics(predictions[slide_id], slides[slide_id], object_iou, class_names)
+            rows.append({"slide_id": slide_id, "split": splits[slide_id], **({"group": groups[slide_id]} if groups else {}), **values})
             log.info("report %s: dice %.4f, object F1 %.4f", slide_id, rows[-1]["dice"], rows[-1]["object_f1"])
-    per_class = sorted({k for r in rows for k in r if k.startswith("dice_class")})
-    table = pd.DataFrame(rows, columns=METRIC_COLUMNS + per_class)
+    per_class = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in columns]
+    table = pd.DataFrame(rows, columns=columns + per_class)
     if len(table):
-        summary = {c: table[c].mean() for c in ("dice", "iou", "precision", "recall", "object_f1", *per_class)}
-        totals = {c: table[c].sum() for c in ("objects_true", "objects_pred", "objects_matched", "tp", "fp", "fn")}
-        table.loc[len(table)] = {"slide_id": "mean", "split": "all", **summary, **totals}
+        table = pd.concat([table, pd.DataFrame(summary_rows(table, per_class), columns=table.columns)], ignore_index=True)
     with atomic_path(metrics) as tmp:
         table.to_csv(tmp, index=False, float_format="%.6f")
     test_ids = [s for s in sorted(predictions) if splits[s] == "test"]

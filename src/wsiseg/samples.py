@@ -1,4 +1,8 @@
-"""The sample sheet: ``slide_id,image,mask,split`` (CSV)."""
+"""The sample sheet: ``slide_id,image,mask,split`` (CSV), optionally ``group``.
+
+``group`` (e.g. the organ in HuBMAP-HPA) is reported: ``metrics.csv`` gets a
+mean row per group.  ``mask`` may name a file or, for datasets with one mask
+image per object (DSB2018), a folder."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 COLUMNS = ["slide_id", "image", "mask", "split"]
+OPTIONAL = ["group"]
 SPLITS = ("train", "val", "test")
 
 
@@ -22,10 +27,9 @@ def validate_samples(table: pd.DataFrame, source: str | Path, check_files: bool 
     missing = [c for c in COLUMNS if c not in table.columns]
     if missing:
         raise SampleSheetError(f"{source}: missing column(s) {missing}; expected {COLUMNS}")
-    table = table[COLUMNS].fillna("").astype(str)
-    for col in ("slide_id", "image", "split"):
+    table = table[COLUMNS + [c for c in OPTIONAL if c in table.columns]].fillna("").astype(str)
+    for col in table.columns:
         table[col] = table[col].str.strip()
-    table["mask"] = table["mask"].str.strip()
     if table.empty:
         raise SampleSheetError(f"{source}: no slides listed")
     for i, row in enumerate(table.itertuples(index=False), start=2):
@@ -38,9 +42,10 @@ def validate_samples(table: pd.DataFrame, source: str | Path, check_files: bool 
         if row.split in ("train", "val") and not row.mask:
             raise SampleSheetError(f"{source}: row {i} ({row.slide_id}): a {row.split} slide needs a mask")
         if check_files:
-            for kind, path in (("image", row.image), ("mask", row.mask)):
-                if path and not Path(path).is_file():
-                    raise SampleSheetError(f"{source}: row {i} ({row.slide_id}): {kind} file not found: {path}")
+            if not Path(row.image).is_file():
+                raise SampleSheetError(f"{source}: row {i} ({row.slide_id}): image file not found: {row.image}")
+            if row.mask and not Path(row.mask).exists():
+                raise SampleSheetError(f"{source}: row {i} ({row.slide_id}): mask file not found: {row.mask}")
     dup = table["slide_id"][table["slide_id"].duplicated()].unique().tolist()
     if dup:
         raise SampleSheetError(f"{source}: duplicate slide_id(s) {dup}")

@@ -52,10 +52,12 @@ def multiscales(name: str, levels: int, method: str) -> list[dict]:
     return [{"version": NGFF_VERSION, "name": name, "axes": AXES, "datasets": datasets, "type": method}]
 
 
-def create_level(group: zarr.Group, path: str, shape: tuple[int, int, int], chunk: int, codec) -> zarr.Array:
-    """Create one chunked (c, y, x) uint8 level array."""
+def create_level(
+    group: zarr.Group, path: str, shape: tuple[int, int, int], chunk: int, codec, dtype: str = "uint8"
+) -> zarr.Array:
+    """Create one chunked (c, y, x) level array (uint8 unless ``dtype`` says otherwise)."""
     return group.create_array(
-        path, shape=shape, chunks=(shape[0], chunk, chunk), dtype="uint8", compressors=codec, fill_value=0
+        path, shape=shape, chunks=(shape[0], chunk, chunk), dtype=dtype, compressors=codec, fill_value=0
     )
 
 
@@ -235,6 +237,9 @@ class SlideStore:
         if "labels" in self.root and "mask" in self.root["labels"]:
             label = self.root["labels/mask"]
             self.mask_levels = [label[d["path"]] for d in label.attrs["multiscales"][0]["datasets"]]
+        self.instances: zarr.Array | None = None  # object ids (uint32, level 0) when the annotation had objects
+        if "labels" in self.root and "instances" in self.root["labels"]:
+            self.instances = self.root["labels/instances/0"]
         self.slide_id = self.root.attrs.get("wsiseg", {}).get("slide_id", self.path.stem)
         _, self.height, self.width = self.levels[0].shape
 

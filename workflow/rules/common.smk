@@ -32,6 +32,7 @@ validate(SAMPLES, schema="../schemas/samples.schema.yaml")
 wildcard_constraints:
     slide="|".join(re.escape(s) for s in SAMPLES.index),
     model=re.escape(MODEL),
+    batch=r"b[0-9]+",
 
 
 def slides(*splits):
@@ -39,9 +40,77 @@ def slides(*splits):
     return [s for s in SAMPLES.index if SAMPLES.loc[s, "split"] in splits]
 
 
+def slide_groups(ids):
+    """The sample sheet's `group` of each slide in `ids` (empty without that column)."""
+    if "group" not in SAMPLES.columns:
+        return {}
+    return {s: SAMPLES.loc[s, "group"] for s in ids}
+
+
 def predicted_slides():
     """Slides that get predictions: validation and test."""
     return slides("val", "test")
+
+
+PER_JOB = config["slides_per_job"]
+
+
+def batched(ids):
+    """Groups of `slides_per_job` slides in sample-sheet order, named b0000, b0001, ..."""
+    return {
+        f"b{k // PER_JOB:04d}": ids[k : k + PER_JOB]
+        for k in range(0, len(ids), PER_JOB)
+    }
+
+
+# per stage folder: the slide groups that one job handles when slides_per_job > 1
+BATCHES = {
+    "zarr": batched(list(SAMPLES.index)),
+    "patches": batched(slides("train", "val")),
+    "predictions": batched(predicted_slides()),
+}
+BATCH_OF = {
+    stage: {s: b for b, ids in groups.items() for s in ids}
+    for stage, groups in BATCHES.items()
+}
+
+
+def store(stage, slide):
+    """Store of `slide` in results/{stage}/ (zarr, patches, predictions): its own
+    job's output, or inside its group's folder with slides_per_job > 1."""
+    if PER_JOB == 1:
+        return f"{RESULTS}/{stage}/{slide}.zarr"
+    return f"{RESULTS}/{stage}/batches/{BATCH_OF[stage][slide]}/{slide}.zarr"
+
+
+def job_outputs(stage, ids):
+    """The outputs of the jobs that write the stores of `ids`: the stores themselves,
+    or the folders of their groups."""
+    if PER_JOB == 1:
+        return [store(stage, s) for s in ids]
+    return sorted({f"{RESULTS}/{stage}/batches/{BATCH_OF[stage][s]}" for s in ids})
+
+
+def converted_groups(stage):
+    """Input function: the convert outputs holding the slides of group {batch} of `stage`."""
+    return lambda wildcards: job_outputs("zarr", BATCHES[stage][wildcards.batch])
+
+
+def convert_batch_input(wildcards):
+    """Images and masks of the slides in group {batch}."""
+    rows = SAMPLES.loc[BATCHES["zarr"][wildcards.batch]]
+    return {"images": list(rows["image"]), "masks": [m for m in rows["mask"] if m]}
+
+
+def convert_items(wildcards):
+    """[slide_id, image, mask] of each slide in group {batch}."""
+    rows = SAMPLES.loc[BATCHES["zarr"][wildcards.batch]]
+    return [[s, rows.loc[s, "image"], rows.loc[s, "mask"]] for s in rows.index]
+
+
+def slide_stores(stage):
+    """Input function: the stores in results/{stage}/ of the slides in group {batch} of `stage`."""
+    return lambda wildcards: [store("zarr", s) for s in BATCHES[stage][wildcards.batch]]
 
 
 def convert_input(wildcards):
@@ -63,18 +132,30 @@ TRAIN_LABEL = (
 )
 
 
-def train_patches(wildcards):
-    """Patch stores a training run learns from and validates on: the sample sheet's
+def train_split(wildcards):
+    """Slides a training run learns from and validates on: the sample sheet's
     train/val split, or with `train.folds: k` the slides of fold {fold} for validation.
     """
     if FOLDS:
-        train, val = fold_split(
+        return fold_split(
             slides("train", "val"), FOLDS, int(wildcards.fold), config["seed"]
         )
-    else:
-        train, val = slides("train"), slides("val")
-    store = f"{RESULTS}/patches/{{slide}}.zarr"
-    return {"train": expand(store, slide=train), "val": expand(store, slide=val)}
+    return slides("train"), slides("val")
+
+
+def train_patches(wildcards):
+    """The patch jobs' outputs that a training run needs."""
+    train, val = train_split(wildcards)
+    return {"train": job_outputs("patches", train), "val": job_outputs("patches", val)}
+
+
+def train_stores(wildcards):
+    """The patch stores of the training and validation slides."""
+    train, val = train_split(wildcards)
+    return {
+        "train": [store("patches", s) for s in train],
+        "val": [store("patches", s) for s in val],
+    }
 
 
 def fold_outputs(name):

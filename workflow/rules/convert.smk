@@ -20,3 +20,28 @@ rule convert:
         "Converting slide {wildcards.slide} to OME-Zarr"
     script:
         "../scripts/convert.py"
+
+
+rule convert_batch:
+    """Convert a group of small slides in one job (slides_per_job > 1): every image and mask is checked first."""
+    input:
+        unpack(convert_batch_input),
+    output:
+        directory(f"{RESULTS}/zarr/batches/{{batch}}"),
+    log:
+        f"{RESULTS}/logs/convert/batches/{{batch}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/convert/batches/{{batch}}.tsv"
+    conda:
+        "../../envs/convert.yaml"
+    threads: 2
+    resources:
+        mem_mb=2000,
+        runtime=120,
+    params:
+        convert=config["convert"],
+        slides=convert_items,
+    message:
+        "Converting slide group {wildcards.batch} to OME-Zarr"
+    script:
+        "../scripts/convert_batch.py"

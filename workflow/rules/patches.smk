@@ -23,3 +23,29 @@ rule patches:
         "Extracting patches from slide {wildcards.slide}"
     script:
         "../scripts/patches.py"
+
+
+rule patches_batch:
+    """Extract the patches of a group of small slides in one job (slides_per_job > 1)."""
+    input:
+        converted_groups("patches"),
+    output:
+        directory(f"{RESULTS}/patches/batches/{{batch}}"),
+    log:
+        f"{RESULTS}/logs/patches/batches/{{batch}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/patches/batches/{{batch}}.tsv"
+    conda:
+        "../../envs/convert.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    params:
+        patches=config["patches"],
+        seed=config["seed"],
+        slides=slide_stores("patches"),
+    message:
+        "Extracting patches from slide group {wildcards.batch}"
+    script:
+        "../scripts/patches_batch.py"

@@ -22,3 +22,30 @@ rule predict:
         "Predicting slide {wildcards.slide}"
     script:
         "../scripts/predict.py"
+
+
+rule predict_batch:
+    """Predict a group of small slides in one job, loading the model once (slides_per_job > 1)."""
+    input:
+        slides=converted_groups("predictions"),
+        checkpoints=model_checkpoints(),
+    output:
+        directory(f"{RESULTS}/predictions/batches/{{batch}}"),
+    log:
+        f"{RESULTS}/logs/predict/batches/{{batch}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/predict/batches/{{batch}}.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: 2
+    resources:
+        mem_mb=config["resources"]["predict_mem_mb"],
+        runtime=config["resources"]["predict_runtime"],
+        gpu=config["resources"]["gpu"],
+    params:
+        predict=config["predict"],
+        slides=slide_stores("predictions"),
+    message:
+        "Predicting slide group {wildcards.batch}"
+    script:
+        "../scripts/predict_batch.py"

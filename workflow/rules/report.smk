@@ -1,10 +1,8 @@
 rule report:
     """RLE submission for test slides, per-slide metrics, overlays and GeoJSON objects."""
     input:
-        predictions=expand(
-            f"{RESULTS}/predictions/{{slide}}.zarr", slide=predicted_slides()
-        ),
-        slides=expand(f"{RESULTS}/zarr/{{slide}}.zarr", slide=predicted_slides()),
+        predictions=job_outputs("predictions", predicted_slides()),
+        slides=job_outputs("zarr", predicted_slides()),
         sample=[config["report"]["sample_submission"] or []],
     output:
         submission=report(
@@ -35,8 +33,10 @@ rule report:
         runtime=60,
     params:
         report=config["report"],
-        slide_ids=predicted_slides(),
+        predictions={s: store("predictions", s) for s in predicted_slides()},
+        slides={s: store("zarr", s) for s in predicted_slides()},
         splits={s: SAMPLES.loc[s, "split"] for s in predicted_slides()},
+        groups=slide_groups(predicted_slides()),
     message:
         "Writing submission, metrics, overlays and GeoJSON"
     script:

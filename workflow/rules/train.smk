@@ -30,6 +30,7 @@ rule train:
     params:
         train=train_settings(),
         seed=config["seed"],
+        stores=train_stores,
     message:
         f"Training model {TRAIN_LABEL}"
     script:

@@ -6,14 +6,14 @@ from wsiseg.logs import log_to
 from wsiseg.report import make_report
 
 with log_to(snakemake.log[0]):
-    ids = snakemake.params.slide_ids
     make_report(
-        dict(zip(ids, snakemake.input.predictions)),
-        dict(zip(ids, snakemake.input.slides)),
+        snakemake.params.predictions,
+        snakemake.params.slides,
         snakemake.params.splits,
         snakemake.output.submission,
         snakemake.output.metrics,
         Path(snakemake.output.overlays[0]).parent,
         Path(snakemake.output.geojson[0]).parent,
+        groups=snakemake.params.groups or None,
         **snakemake.params.report,
     )

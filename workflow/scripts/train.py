@@ -9,8 +9,8 @@ from wsiseg.train import TrainParams, train_model
 with log_to(snakemake.log[0]):
     params = from_mapping(TrainParams, {**snakemake.params.train, "seed": snakemake.params.seed}, "train")
     train_model(
-        snakemake.input.train,
-        snakemake.input.val,
+        snakemake.params.stores["train"],
+        snakemake.params.stores["val"],
         Path(snakemake.output.checkpoint).parent,
         params,
         threads=snakemake.threads,

@@ -1,0 +1,9 @@
+"""Snakemake wrapper: extract the training patches of a group of small slides."""
+
+from wsiseg.logs import log_to
+from wsiseg.params import from_mapping
+from wsiseg.patches import PatchParams, extract_patches_many
+
+with log_to(snakemake.log[0]):
+    params = from_mapping(PatchParams, {**snakemake.params.patches, "seed": snakemake.params.seed}, "patches")
+    extract_patches_many(snakemake.params.slides, snakemake.output[0], params)

@@ -1,0 +1,12 @@
+"""Snakemake wrapper: predict a group of small slides, loading the model once."""
+
+import torch
+
+from wsiseg.logs import log_to
+from wsiseg.params import from_mapping
+from wsiseg.predict import PredictParams, predict_many
+
+with log_to(snakemake.log[0]):
+    torch.set_num_threads(snakemake.threads)
+    params = from_mapping(PredictParams, snakemake.params.predict, "predict")
+    predict_many(snakemake.params.slides, list(snakemake.input.checkpoints), snakemake.output[0], params)
