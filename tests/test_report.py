@@ -109,3 +109,25 @@ def test_multiclass_metrics_per_class(tmp_path):
     assert row["dice"] == 1.0  # foreground is perfect
     assert row["dice_class1"] == pytest.approx(2 * 256 / (2 * 256 + 256))
     assert row["dice_class2"] == pytest.approx(2 * 512 / (2 * 512 + 256))
+    named = slide_metrics(store, slide, class_names=["background", "tumour", "stroma"])
+    assert named["dice_tumour"] == row["dice_class1"] and named["dice_stroma"] == row["dice_class2"]
+
+
+def test_group_means_give_per_organ_scores(tmp_path):
+    """HPA-style: metrics.csv has a mean row per group (organ) besides the overall mean."""
+    image = np.full((32, 32, 3), (230, 150, 200), np.uint8)
+    truth = np.zeros((32, 32), np.uint8)
+    truth[8:24, 8:24] = 1
+    tifffile.imwrite(tmp_path / "img.tif", image, photometric="rgb")
+    tifffile.imwrite(tmp_path / "truth.tif", truth)
+    ids = ["k1", "k2", "l1"]
+    slides = {s: convert_slide(tmp_path / "img.tif", tmp_path / f"{s}.zarr", mask=tmp_path / "truth.tif") for s in ids}
+    preds = {s: write_prediction(tmp_path / f"p{s}.zarr", truth if s != "k2" else np.zeros_like(truth)) for s in ids}
+    make_report(
+        preds, slides, dict.fromkeys(ids, "val"), tmp_path / "sub.csv", tmp_path / "m.csv",
+        groups={"k1": "kidney", "k2": "kidney", "l1": "lung"},
+    )
+    metrics = pd.read_csv(tmp_path / "m.csv").set_index("slide_id")
+    assert metrics.loc["k2", "group"] == "kidney"
+    assert metrics.loc["mean:kidney", "dice"] == pytest.approx(0.5) and metrics.loc["mean:lung", "dice"] == 1.0
+    assert metrics.loc["mean", "dice"] == pytest.approx(2 / 3) and metrics.loc["mean", "tp"] == 2 * 256
