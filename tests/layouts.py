@@ -7,6 +7,7 @@ returns the ground truth the tests check against.  Images are small
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
@@ -145,3 +146,24 @@ def make_colormap(root: Path, count: int = 6, seed: int = 0) -> dict[str, np.nda
         cv2.imwrite(str(root / "masks" / f"{image_id}.png"), cv2.cvtColor(mask, cv2.COLOR_RGB2BGR))
         truth[image_id] = classes
     return truth
+
+
+def make_kidney(root: Path, seed: int = 0) -> None:
+    """HuBMAP kidney 2021: ``train/{id}.tiff`` with ``train.csv`` (``id,encoding``) or ``{id}.json``, ``test/``, sample submission."""
+    rng = np.random.default_rng(seed)
+    for folder in ("train", "test"):
+        (root / folder).mkdir(parents=True)
+    encodings = []
+    for n, slide_id in enumerate(("2f6ecfcdf", "aaa6a05cc", "cb2d976f4", "0486052bb")):
+        image, masks = nuclei(rng, 192, 256, 4)
+        folder = "test" if n == 3 else "train"
+        tifffile.imwrite(root / folder / f"{slide_id}.tiff", image, photometric="rgb", tile=(64, 64))
+        if n < 2:
+            encodings.append([slide_id, rle.encode(np.any(masks, axis=0))])
+        elif n == 2:
+            ys, xs = np.nonzero(masks[0])
+            ring = [[int(xs.min()), int(ys.min())], [int(xs.max()), int(ys.min())], [int(xs.max()), int(ys.max())], [int(xs.min()), int(ys.max())]]
+            feature = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring + ring[:1]]}, "properties": {}}
+            (root / folder / f"{slide_id}.json").write_text(json.dumps([feature]))
+    pd.DataFrame(encodings, columns=["id", "encoding"]).to_csv(root / "train.csv", index=False)
+    pd.DataFrame({"id": ["0486052bb"], "predicted": [""]}).to_csv(root / "sample_submission.csv", index=False)

@@ -142,3 +142,20 @@ def test_multiclass_masks_give_per_class_coverage(palette_slide, tmp_path):
     assert "coverage_1" not in binary and set(np.unique(zarr.open_group(tmp_path / "b.zarr")["masks"][:])) == {0, 1}
     with pytest.raises(ValueError, match="label 2 found, but patches.classes is 2"):
         extract_patches(palette_slide, tmp_path / "c.zarr", tmp_path / "c.csv", PatchParams(**{**params.__dict__, "classes": 2}))
+
+
+def test_slide_smaller_than_a_patch_gives_one_padded_patch(tmp_path):
+    """DSB-sized images: a 40x50 image with 64 px patches is one patch, white and background outside it."""
+    image = np.full((40, 50, 3), 60, np.uint8)
+    mask = np.zeros((40, 50), np.uint8)
+    mask[10:30, 10:30] = 1
+    tifffile.imwrite(tmp_path / "small.tif", image, photometric="rgb")
+    tifffile.imwrite(tmp_path / "small_mask.tif", mask)
+    slide = convert_slide(tmp_path / "small.tif", tmp_path / "small.zarr", mask=tmp_path / "small_mask.tif")
+    params = PatchParams(size=64, downscale=1, min_coverage=0.01, max_coverage=1.0, min_tissue=0.0)
+    table = extract_patches(slide, tmp_path / "p.zarr", tmp_path / "p.csv", params)
+    assert len(table) == 1 and table.loc[0, "coverage"] == pytest.approx(400 / 64**2)
+    patch = zarr.open_group(tmp_path / "p.zarr", mode="r")
+    np.testing.assert_array_equal(patch["images"][0][:40, :50], image)
+    assert (patch["images"][0][40:] == 255).all() and (patch["images"][0][:, 50:] == 255).all()
+    assert patch["masks"][0].sum() == 400 and patch["masks"][0][40:].sum() == 0
