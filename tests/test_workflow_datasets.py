@@ -88,6 +88,11 @@ def test_dsb2018_small_images_run_grouped_end_to_end(tmp_path):
     patches = pd.concat(pd.read_csv(p) for p in out.glob("patches/batches/*/*.csv"))
     assert len(patches) >= 8 and set(patches["slide_id"]) == set(sheet.index[sheet["split"] != "test"])
     assert (out / "logs" / "convert" / "batches" / "b0000.log").is_file()
+    # the report subcommand finds the grouped stores and scores them as the workflow did
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(work)
+        assert main(["report", "--samples", "samples.csv", "--slides", "out/zarr", "--predictions", "out/predictions", "--out-dir", "cli"]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(work / "cli" / "metrics.csv"), pd.read_csv(out / "metrics.csv"))
 
 
 def test_colormap_multiclass_runs_end_to_end_with_class_names(tmp_path):

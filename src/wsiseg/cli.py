@@ -54,12 +54,16 @@ def _report(args) -> None:
     from .samples import read_samples
 
     samples = read_samples(args.samples, check_files=False)
-    ids = [s for s in samples.index if (Path(args.predictions) / f"{s}.zarr").exists()]
-    if not ids:
+    predictions = {s: p for s in samples.index if (p := find_store(args.predictions, s)) is not None}
+    if not predictions:
         raise SystemExit(f"no predictions for the slides of {args.samples} in {args.predictions}")
+    slides = {s: find_store(args.slides, s) for s in predictions}
+    missing = sorted(s for s, p in slides.items() if p is None)
+    if missing:
+        raise SystemExit(f"no converted store in {args.slides} for predicted slide(s) {missing[:5]}")
     table = make_report(
-        {s: Path(args.predictions) / f"{s}.zarr" for s in ids},
-        {s: Path(args.slides) / f"{s}.zarr" for s in ids},
+        predictions,
+        slides,
         samples["split"].to_dict(),
         Path(args.out_dir) / "submission.csv",
         Path(args.out_dir) / "metrics.csv",
@@ -72,6 +76,14 @@ def _report(args) -> None:
         groups=samples["group"].to_dict() if "group" in samples else None,
     )
     print(table.to_string(index=False))
+
+
+def find_store(folder: str | Path, slide_id: str) -> Path | None:
+    """``folder/{slide_id}.zarr``, or the same inside a slide group (``folder/batches/*/``); None if absent."""
+    direct = Path(folder) / f"{slide_id}.zarr"
+    if direct.exists():
+        return direct
+    return next(iter(sorted(Path(folder).glob(f"batches/*/{slide_id}.zarr"))), None)
 
 
 def _samples(args) -> None:
