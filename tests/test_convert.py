@@ -196,3 +196,25 @@ def test_tiles_larger_than_a_block_are_decoded_once(tmp_path, monkeypatch):
     store = SlideStore(convert_slide(tmp_path / "big.tif", tmp_path / "c.zarr", chunk=16))  # 16 << 3 = 128 < 256
     np.testing.assert_array_equal(store.levels[0][:].transpose(1, 2, 0), image)
     assert reads == [(0, 256, 0, 256), (0, 256, 256, 300)]
+
+
+@pytest.mark.parametrize("compression,shuffle", [("zstd", "none"), ("lz4", "byte"), ("blosclz", "bit")])
+def test_codec_and_shuffle_are_recorded_and_lossless(rgb_tiff, tmp_path, compression, shuffle):
+    path, image = rgb_tiff
+    out = convert_slide(path, tmp_path / "s.zarr", chunk=128, compression=compression, level=1, shuffle=shuffle)
+    level0 = zarr.open_group(out, mode="r")["0"]
+    codec = level0.metadata.compressor.get_config()
+    assert codec["cname"] == compression and codec["shuffle"] == {"none": 0, "byte": 1, "bit": 2}[shuffle]
+    np.testing.assert_array_equal(level0[:].transpose(1, 2, 0), image)
+
+
+def test_mask_threshold_drops_jpeg_ringing(rgb_tiff, tmp_path):
+    """JPEG-saved 0/255 masks have small non-zero values around edges: a threshold keeps them background."""
+    path, image = rgb_tiff
+    mask = np.zeros(image.shape[:2], np.uint8)
+    mask[50:150, 60:200] = 255
+    mask[0:20, 0:20] = 9  # compression ringing
+    tifffile.imwrite(tmp_path / "m.tif", mask)
+    for threshold, expected in ((0, 100 * 140 + 400), (127, 100 * 140)):
+        out = convert_slide(path, tmp_path / f"t{threshold}.zarr", mask=tmp_path / "m.tif", mask_threshold=threshold)
+        assert SlideStore(out).mask_levels[0][:].sum() == expected

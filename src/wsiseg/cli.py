@@ -24,7 +24,7 @@ def _convert(args) -> None:
     palette = load_palette(args.palette) if args.palette else None
     convert_slide(
         args.image, args.out, mask=args.mask, slide_id=args.slide_id, chunk=args.chunk, compression=args.compression,
-        level=args.level, uint16=args.uint16, percentiles=args.percentiles, channels=args.channels, palette=palette,
+        level=args.level, shuffle=args.shuffle, uint16=args.uint16, percentiles=args.percentiles, channels=args.channels, palette=palette,
         mask_threshold=args.mask_threshold, workers=args.workers,
     )
 
@@ -132,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk", type=int, default=512)
     p.add_argument("--compression", default="lz4", choices=["zstd", "lz4", "zlib", "blosclz"], help="Blosc codec")
     p.add_argument("--level", type=int, default=5, help="compression level")
+    p.add_argument("--shuffle", default="bit", choices=["bit", "byte", "none"], help="Blosc pre-filter")
     p.add_argument("--uint16", default="scale", choices=["scale", "percentile"],
                    help="non-8-bit pixels to uint8: divide by 257, or stretch --percentiles of a low-res sample")
     p.add_argument("--percentiles", type=float, nargs=2, default=[0.5, 99.5], metavar=("LOW", "HIGH"))

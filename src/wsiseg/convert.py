@@ -168,6 +168,7 @@ def convert_slide(
     chunk: int = 512,
     compression: str = "lz4",
     level: int = 5,
+    shuffle: str = "bit",
     uint16: str = "scale",
     percentiles: Sequence[float] = (0.5, 99.5),
     channels: Sequence[int] | None = None,
@@ -181,8 +182,8 @@ def convert_slide(
     strips decoded once each, ``workers`` threads) and every pyramid level
     is written chunk-aligned on the fly, so memory holds a few bands: it
     grows with the slide's width, never with its height or area.  Chunks
-    are ``chunk``² and Blosc-``compression``ed at ``level`` (lz4 by default:
-    the fastest to write and read).  ``uint16`` (``scale`` or ``percentile``
+    are ``chunk``² and Blosc-``compression``ed at ``level`` with ``shuffle``
+    (bit, byte or none).  ``uint16`` (``scale`` or ``percentile``
     with ``percentiles``) maps non-8-bit pixels to uint8; ``channels`` picks
     three channels of a multi-channel image.  The annotation (RLE table row, GeoJSON or
     Aperio XML polygons, mask image or folder of per-object mask images; RGB masks mapped
@@ -197,7 +198,7 @@ def convert_slide(
     with SourceSlide(image, uint16=uint16, percentiles=percentiles, channels=channels, workers=workers) as source:
         height, width = source.shape
         annotation = open_mask(mask, slide_id, source.shape, palette=palette, threshold=mask_threshold) if mask else None
-        codec = compressor(compression, level)
+        codec = compressor(compression, level, shuffle)
         levels = level_count(height, width, chunk)
         log.info("convert %s: %dx%d px %s, %d levels, chunk %d -> %s", slide_id, width, height, source.dtype, levels, chunk, out)
         with atomic_path(out) as tmp:

@@ -33,9 +33,12 @@ class StoreError(ValueError):
     """A zarr store that is not a wsiseg slide store; the message names the path."""
 
 
-def compressor(name: str = "zstd", level: int = 5) -> numcodecs.Blosc:
-    """Blosc compressor with bit-shuffle (``name``: zstd, lz4, zlib, blosclz)."""
-    return numcodecs.Blosc(cname=name, clevel=level, shuffle=numcodecs.Blosc.BITSHUFFLE)
+SHUFFLES = {"bit": numcodecs.Blosc.BITSHUFFLE, "byte": numcodecs.Blosc.SHUFFLE, "none": numcodecs.Blosc.NOSHUFFLE}
+
+
+def compressor(name: str = "zstd", level: int = 5, shuffle: str = "bit") -> numcodecs.Blosc:
+    """Blosc compressor (``name``: zstd, lz4, zlib, blosclz) with ``shuffle`` bit, byte or none."""
+    return numcodecs.Blosc(cname=name, clevel=level, shuffle=SHUFFLES[shuffle])
 
 
 def level_count(height: int, width: int, chunk: int) -> int:
