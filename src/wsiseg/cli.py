@@ -95,6 +95,9 @@ def _samples(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The ``wsiseg`` argument parser with one subcommand per stage."""
     from .datasets import FORMATS as DATASET_FORMATS
+    from .datasets import LAYOUTS
+
+    DATASET_HELP = "".join(f"\n  {name:14} {text}" for name, text in LAYOUTS.items())
     from .patches import PatchParams
     from .predict import PredictParams
     from .train import TrainParams
@@ -115,10 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_demo)
 
-    p = sub.add_parser("samples", help="write a sample sheet for a dataset in its download layout (to stdout)")
+    p = sub.add_parser(
+        "samples", help="write a sample sheet for a dataset in its download layout (to stdout)",
+        description="Write the sample sheet (slide_id,image,mask,split[,group]) of a dataset as downloaded, e.g.\n"
+        "  wsiseg samples --format dsb2018 data/dsb2018 > samples.csv\n"
+        "  snakemake --cores all --configfile config/examples/dsb2018.yaml\n\nlayouts:" + DATASET_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("root", help="dataset folder")
     p.add_argument("--format", required=True, choices=list(DATASET_FORMATS),
-                   help="download layout of ROOT (see the README's 'Your own dataset')")
+                   help="download layout of ROOT (README: 'Datasets in their download layout')")
     p.add_argument("--val-fraction", type=float, default=0.2, help="share of labelled slides used for validation")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_samples)

@@ -245,6 +245,16 @@ FORMATS: dict[str, Callable[[Path, float, int], pd.DataFrame]] = {
 }
 
 
+LAYOUTS = {  # one line per format, for `wsiseg samples --help`
+    "hubmap-kidney": "train/{id}.tiff + train.csv (id,encoding) or train/{id}.json, test/{id}.tiff",
+    "hubmap-hpa": "train.csv (id,organ,...,img_height,img_width,...,rle) + train_images/{id}.tiff; organ = group",
+    "dsb2018": "stage1_train/{id}/images/{id}.png + stage1_train/{id}/masks/*.png (one per nucleus), stage1_test/",
+    "monuseg": ".tif images + Aperio .xml of the same name below ROOT; folders named *test* hold test slides",
+    "pairs": "images/ + masks/ matched by file stem, optional splits.csv (id,split)",
+    "colormap": "as pairs, RGB colour-coded masks (the colours found are logged as a palette)",
+}
+
+
 def dataset_samples(fmt: str, root: str | Path, val_fraction: float = 0.2, seed: int = 0) -> pd.DataFrame:
     """The validated sample sheet for dataset ``root`` in layout ``fmt`` (see :data:`FORMATS`)."""
     if fmt not in FORMATS:
