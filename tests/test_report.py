@@ -111,6 +111,9 @@ def test_multiclass_metrics_per_class(tmp_path):
     assert row["dice_class2"] == pytest.approx(2 * 512 / (2 * 512 + 256))
     named = slide_metrics(store, slide, class_names=["background", "tumour", "stroma"])
     assert named["dice_tumour"] == row["dice_class1"] and named["dice_stroma"] == row["dice_class2"]
+    assert export_geojson(store, tmp_path / "p.geojson", class_names=["background", "tumour", "stroma"]) == 3
+    features = json.loads((tmp_path / "p.geojson").read_text())["features"]  # class 2 is split in two by class 1
+    assert sorted(f["properties"]["classification"]["name"] for f in features) == ["stroma", "stroma", "tumour"]
 
 
 def test_group_means_give_per_organ_scores(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -115,3 +116,5 @@ def test_colormap_multiclass_runs_end_to_end_with_class_names(tmp_path):
     assert prediction["prob/0"].shape[0] == 3 and set(np.unique(prediction["mask/0"][:])) <= {0, 1, 2}
     stored = zarr.open_group(out / "zarr" / f"{slide}.zarr", mode="r")
     assert set(np.unique(stored["labels/mask/0"][:])) == {0, 1, 2}
+    features = json.loads((out / "geojson" / f"{slide}.geojson").read_text())["features"]
+    assert {f["properties"]["classification"]["name"] for f in features} <= {"tumour", "stroma"} and features

@@ -110,9 +110,14 @@ def foreground_counts(matrix: np.ndarray) -> tuple[int, int, int]:
     return int(matrix[1:, 1:].sum()), int(matrix[0, 1:].sum()), int(matrix[1:, 0].sum())
 
 
+def class_label(c: int, names: Sequence[str] | None = None) -> str:
+    """Name of class ``c`` from ``names`` (indexed by class, 0 = background), else ``class{c}``."""
+    return names[c] if names and c < len(names) else f"class{c}"
+
+
 def class_column(c: int, names: Sequence[str] | None = None) -> str:
-    """Metrics column of class ``c``: ``dice_{name}`` from ``names`` (indexed by class, 0 = background), else ``dice_class{c}``."""
-    return f"dice_{names[c]}" if names and c < len(names) else f"dice_class{c}"
+    """Metrics column of class ``c``: ``dice_{name}`` (see :func:`class_label`)."""
+    return f"dice_{class_label(c, names)}"
 
 
 def class_dice(matrix: np.ndarray, names: Sequence[str] | None = None) -> dict[str, float]:
@@ -209,22 +214,39 @@ def mask_polygons(mask: np.ndarray, scale: float = 1.0) -> list[dict]:
     return geometries
 
 
-def export_geojson(prediction: str | Path, out: str | Path, class_name: str = "foreground", max_side: int = 8192) -> int:
+CLASS_COLOURS = [(230, 30, 30), (30, 160, 30), (30, 80, 230), (230, 180, 0), (180, 30, 180), (0, 180, 180)]
+
+
+def export_geojson(
+    prediction: str | Path,
+    out: str | Path,
+    class_name: str = "foreground",
+    max_side: int = 8192,
+    class_names: Sequence[str] | None = None,
+) -> int:
     """Write the predicted objects as a GeoJSON FeatureCollection (QuPath-compatible); return their number.
 
     Polygons are traced on the finest pyramid level of at most ``max_side``
-    px and scaled to level-0 pixel coordinates."""
+    px and scaled to level-0 pixel coordinates.  Binary predictions are
+    classified ``class_name``; multi-class ones per class, named by
+    ``class_names`` (see :func:`class_label`)."""
     pred = Prediction(prediction)
     k = pred.level_for(max_side)
-    features = [
-        {
-            "type": "Feature",
-            "id": f"{pred.attrs.get('slide_id', 'object')}-{i}",
-            "geometry": geometry,
-            "properties": {"objectType": "annotation", "classification": {"name": class_name, "color": [230, 30, 30]}},
-        }
-        for i, geometry in enumerate(mask_polygons(np.asarray(pred.mask_levels[k][0]), scale=2.0**k))
-    ]
+    labels = np.asarray(pred.mask_levels[k][0])
+    classes = int(pred.attrs.get("classes", 1))
+    layers = [(class_name, labels > 0, 1)] if classes == 1 else [(class_label(c, class_names), labels == c, c) for c in range(1, classes)]
+    features = []
+    for name, mask, c in layers:
+        colour = list(CLASS_COLOURS[(c - 1) % len(CLASS_COLOURS)])
+        for geometry in mask_polygons(mask, scale=2.0**k):
+            features.append(
+                {
+                    "type": "Feature",
+                    "id": f"{pred.attrs.get('slide_id', 'object')}-{len(features)}",
+                    "geometry": geometry,
+                    "properties": {"objectType": "annotation", "classification": {"name": name, "color": colour}},
+                }
+            )
     with atomic_path(out) as tmp:
         tmp.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
     return len(features)
@@ -307,7 +329,7 @@ def make_report(
         if overlay_dir is not None:
             overlay(predictions[slide_id], slides[slide_id], Path(overlay_dir) / f"{slide_id}.png")
         if geojson_dir is not None:
-            export_geojson(predictions[slide_id], Path(geojson_dir) / f"{slide_id}.geojson", class_name)
+            export_geojson(predictions[slide_id], Path(geojson_dir) / f"{slide_id}.geojson", class_name, class_names=class_names)
         if SlideStore(slides[slide_id]).has_mask:
             values = slide_metrics(predictions[slide_id], slides[slide_id], object_iou, class_names)
             rows.append({"slide_id": slide_id, "split": splits[slide_id], **({"group": groups[slide_id]} if groups else {}), **values})
