@@ -99,7 +99,9 @@ def converted_groups(stage):
 def convert_batch_input(wildcards):
     """Images and masks of the slides in group {batch}."""
     rows = SAMPLES.loc[BATCHES["zarr"][wildcards.batch]]
-    return {"images": list(rows["image"]), "masks": [m for m in rows["mask"] if m]}
+    # one RLE table may annotate many slides: list it once
+    masks = list(dict.fromkeys(m for m in rows["mask"] if m))
+    return {"images": list(rows["image"]), "masks": masks}
 
 
 def convert_items(wildcards):
