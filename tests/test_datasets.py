@@ -117,6 +117,11 @@ def test_hubmap_hpa_sheet_groups_by_organ_and_decodes_the_rle_column(tmp_path):
     assert set(sheet["split"]) == {"train", "val"} and sheet["mask"].str.endswith("train.csv").all()
     store = converted(sheet.loc["1074"], tmp_path)
     np.testing.assert_array_equal(store.mask_levels[0][0], truth["1074"])
+    (tmp_path / "hpa" / "test_images").mkdir()
+    shutil.copy(tmp_path / "hpa" / "train_images" / "1000.tiff", tmp_path / "hpa" / "test_images" / "10078.tiff")
+    pd.DataFrame({"id": ["10078"], "organ": ["prostate"]}).to_csv(tmp_path / "hpa" / "test.csv", index=False)
+    sheet = dataset_samples("hubmap-hpa", tmp_path / "hpa").set_index("slide_id")
+    assert sheet.loc["10078", ["split", "mask", "group"]].tolist() == ["test", "", "prostate"]
 
 
 def test_hubmap_hpa_size_mismatch_and_unannotated_images_are_named(tmp_path):
