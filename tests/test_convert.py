@@ -218,3 +218,17 @@ def test_mask_threshold_drops_jpeg_ringing(rgb_tiff, tmp_path):
     for threshold, expected in ((0, 100 * 140 + 400), (127, 100 * 140)):
         out = convert_slide(path, tmp_path / f"t{threshold}.zarr", mask=tmp_path / "m.tif", mask_threshold=threshold)
         assert SlideStore(out).mask_levels[0][:].sum() == expected
+
+
+def test_a_bad_file_stops_a_slide_group_before_any_conversion(rgb_tiff, tmp_path):
+    """convert_many (slides_per_job > 1) checks every image and mask of the group first."""
+    from wsiseg.convert import convert_many
+
+    path, image = rgb_tiff
+    tifffile.imwrite(tmp_path / "small_mask.tif", np.zeros((10, 10), np.uint8))
+    items = [("good", path, None), ("bad", path, tmp_path / "small_mask.tif")]
+    with pytest.raises(MaskError, match=r"small_mask.tif: mask shape \(10, 10\) differs"):
+        convert_many(items, tmp_path / "group", chunk=128)
+    assert not (tmp_path / "group" / "good.zarr").exists()
+    convert_many(items[:1], tmp_path / "group", chunk=128)
+    np.testing.assert_array_equal(SlideStore(tmp_path / "group" / "good.zarr").levels[0][:].transpose(1, 2, 0), image)

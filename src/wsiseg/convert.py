@@ -6,7 +6,8 @@ import logging
 import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing
+from contextlib import closing, contextmanager
+from inspect import signature
 from pathlib import Path
 from typing import Iterator, Sequence, TypeVar
 
@@ -160,6 +161,31 @@ def write_labels(root: zarr.Group, annotation: MaskSource, levels: int, chunk: i
     return foreground / (height * width)
 
 
+@contextmanager
+def open_inputs(
+    image: str | Path,
+    mask: str | Path | None,
+    slide_id: str,
+    uint16: str = "scale",
+    percentiles: Sequence[float] = (0.5, 99.5),
+    channels: Sequence[int] | None = None,
+    palette: dict | list | None = None,
+    mask_threshold: int = 0,
+    workers: int | None = None,
+) -> Iterator[tuple[SourceSlide, MaskSource | None]]:
+    """The opened image and its annotation (None without ``mask``), validated against each other; closed on exit.
+
+    Raises on bad input before anything is written (see :func:`convert_slide` for the options)."""
+    with SourceSlide(image, uint16=uint16, percentiles=percentiles, channels=channels, workers=workers) as source:
+        annotation = open_mask(mask, slide_id, source.shape, palette=palette, threshold=mask_threshold) if mask else None
+        try:
+            yield source, annotation
+        finally:
+            close = getattr(annotation, "close", None)  # mask images hold an open file
+            if close is not None:
+                close()
+
+
 def convert_slide(
     image: str | Path,
     out: str | Path,
@@ -195,9 +221,9 @@ def convert_slide(
     """
     out = Path(out)
     slide_id = slide_id or Path(image).stem
-    with SourceSlide(image, uint16=uint16, percentiles=percentiles, channels=channels, workers=workers) as source:
+    inputs = open_inputs(image, mask, slide_id, uint16, percentiles, channels, palette, mask_threshold, workers)
+    with inputs as (source, annotation):
         height, width = source.shape
-        annotation = open_mask(mask, slide_id, source.shape, palette=palette, threshold=mask_threshold) if mask else None
         codec = compressor(compression, level, shuffle)
         levels = level_count(height, width, chunk)
         log.info("convert %s: %dx%d px %s, %d levels, chunk %d -> %s", slide_id, width, height, source.dtype, levels, chunk, out)
@@ -223,24 +249,15 @@ def convert_slide(
     return out
 
 
-def check_inputs(image: str | Path, mask: str | Path | None, slide_id: str, palette=None, mask_threshold: int = 0, **options) -> None:
-    """Open ``image`` and ``mask`` as :func:`convert_slide` would and close them: raises on bad input, writes nothing."""
-    keys = ("uint16", "percentiles", "channels")
-    with SourceSlide(image, **{k: options[k] for k in keys if k in options}) as source:
-        if mask:
-            annotation = open_mask(mask, slide_id, source.shape, palette=palette, threshold=mask_threshold)
-            close = getattr(annotation, "close", None)
-            if close is not None:
-                close()
-
-
 def convert_many(items: Sequence[tuple[str, str | Path, str | Path | None]], out_dir: str | Path, **options) -> list[Path]:
     """Convert ``(slide_id, image, mask)`` items to ``out_dir/{slide_id}.zarr`` with :func:`convert_slide` ``options``.
 
     Every image and mask is opened and checked first, so a bad file stops
     the group before any conversion; for datasets of many small images."""
+    checks = {k: v for k, v in options.items() if k in signature(open_inputs).parameters}
     for slide_id, image, mask in items:
-        check_inputs(image, mask, slide_id, **options)
+        with open_inputs(image, mask, slide_id, **checks):
+            pass
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     return [
