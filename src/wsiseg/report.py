@@ -80,11 +80,13 @@ def scores(tp: float, fp: float, fn: float) -> dict[str, float]:
     }
 
 
-def _truth_levels(slide: str | Path, prediction: Prediction) -> list[zarr.Array]:
-    truth = SlideStore(slide).mask_levels
+def _truth(slide: str | Path, prediction: Prediction) -> SlideStore:
+    """The slide store whose ground truth ``prediction`` is scored against, after checking their shapes agree."""
+    store = SlideStore(slide)
+    truth = store.mask_levels
     if truth[0].shape[1:] != prediction.mask.shape[1:]:
         raise ValueError(f"{prediction.path}: prediction shape {prediction.mask.shape[1:]} differs from {slide} mask {truth[0].shape[1:]}")
-    return truth
+    return store
 
 
 def confusion_matrix(prediction: str | Path, slide: str | Path, band: int = 512) -> np.ndarray:
@@ -92,7 +94,7 @@ def confusion_matrix(prediction: str | Path, slide: str | Path, band: int = 512)
 
     Binary predictions compare foreground (any label > 0) with background (2 x 2)."""
     pred = Prediction(prediction)
-    truth = _truth_levels(slide, pred)[0]
+    truth = _truth(slide, pred).mask_levels[0]
     classes = max(2, int(pred.attrs.get("classes", 1)))
     matrix = np.zeros((classes, classes), np.int64)
     for y0 in range(0, pred.height, band):
@@ -164,9 +166,10 @@ def object_scores(prediction: str | Path, slide: str | Path, iou: float = 0.5, m
     True objects are the slide's instance ids where the store has them and
     level 0 is used, else connected components of the mask."""
     pred = Prediction(prediction)
-    truth = _truth_levels(slide, pred)
+    store = _truth(slide, pred)
+    truth = store.mask_levels
     k = min(pred.level_for(max_side), len(truth) - 1)
-    instances = SlideStore(slide).instances if k == 0 else None
+    instances = store.instances if k == 0 else None
     reference = np.asarray((instances if instances is not None else truth[k])[0])
     n_true, n_pred, matched = match_objects(np.asarray(pred.mask_levels[k][0]), reference, iou, instances is not None)
     f1 = 1.0 if n_true + n_pred == 0 else 2 * matched / (n_true + n_pred)
