@@ -75,12 +75,17 @@ BATCH_OF = {
 }
 
 
+def group_folder(stage, slide):
+    """The folder of the slide group that holds `slide`'s store in results/{stage}/."""
+    return f"{RESULTS}/{stage}/batches/{BATCH_OF[stage][slide]}"
+
+
 def store(stage, slide):
     """Store of `slide` in results/{stage}/ (zarr, patches, predictions): its own
     job's output, or inside its group's folder with slides_per_job > 1."""
     if PER_JOB == 1:
         return f"{RESULTS}/{stage}/{slide}.zarr"
-    return f"{RESULTS}/{stage}/batches/{BATCH_OF[stage][slide]}/{slide}.zarr"
+    return f"{group_folder(stage, slide)}/{slide}.zarr"
 
 
 def job_outputs(stage, ids):
@@ -88,7 +93,7 @@ def job_outputs(stage, ids):
     or the folders of their groups."""
     if PER_JOB == 1:
         return [store(stage, s) for s in ids]
-    return sorted({f"{RESULTS}/{stage}/batches/{BATCH_OF[stage][s]}" for s in ids})
+    return sorted({group_folder(stage, s) for s in ids})
 
 
 def converted_groups(stage):
