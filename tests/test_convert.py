@@ -163,16 +163,27 @@ def test_config_schema_convert_block_matches_convert_slide():
         assert spec["default"] == (list(default) if isinstance(default, tuple) else default), key
 
 
-@pytest.mark.parametrize("storage", [{"tile": (64, 64), "compression": "jpeg"}, {"rowsperstrip": 24, "compression": "zlib"}],
-                         ids=["tiled-blocks", "stripped-bands"])
+@pytest.mark.parametrize(
+    "storage",
+    [
+        {"tile": (64, 64), "compression": "jpeg"},
+        {"tile": (48, 80), "compression": "zlib"},
+        {"tile": (32, 32), "compression": "zlib"},
+        {"tile": (256, 256), "compression": "zlib"},
+        {"rowsperstrip": 24, "compression": "zlib"},
+    ],
+    ids=["tiles-equal-chunks", "tiles-across-chunks", "tiles-inside-chunks", "tiles-larger-than-chunks", "stripped-bands"],
+)
 def test_one_pass_pyramid_equals_pyramid_built_from_level0(tmp_path, storage):
-    """Blocks (tiled) and bands (stripped) build every level on the fly; each equals the 2x2 mean of the level below."""
+    """Blocks (tiled: chunks taken from the decoded tiles, whatever their size) and bands (stripped) build
+    every level on the fly; level 0 is what tifffile decodes and each level equals the 2x2 mean of the one below."""
     from wsiseg.store import build_pyramid, compressor, create_level
 
     image = np.random.default_rng(4).integers(0, 256, (700, 1100, 3), dtype=np.uint8)  # several blocks, odd halves
     tifffile.imwrite(tmp_path / "s.tif", image, photometric="rgb", **storage)
     store = SlideStore(convert_slide(tmp_path / "s.tif", tmp_path / "s.zarr", chunk=64))
     assert len(store.levels) == 6
+    np.testing.assert_array_equal(store.levels[0][:].transpose(1, 2, 0), tifffile.imread(tmp_path / "s.tif"))
     reference = zarr.open_group(tmp_path / "ref.zarr", mode="w", zarr_format=2)
     create_level(reference, "0", store.levels[0].shape, 64, compressor())[:] = store.levels[0][:]
     build_pyramid(reference, 6, 64, compressor(), "mean")
@@ -187,8 +198,8 @@ def test_tiles_larger_than_a_block_are_decoded_once(tmp_path, monkeypatch):
     image = np.random.default_rng(6).integers(0, 256, (256, 300, 3), dtype=np.uint8)
     tifffile.imwrite(tmp_path / "big.tif", image, photometric="rgb", tile=(256, 256), compression="zlib")
     reads = []
-    original = SourceSlide.read
-    monkeypatch.setattr(SourceSlide, "read", lambda self, *box: reads.append(box) or original(self, *box))
+    original = SourceSlide.read_pieces
+    monkeypatch.setattr(SourceSlide, "read_pieces", lambda self, *box: reads.append(box) or original(self, *box))
     store = SlideStore(convert_slide(tmp_path / "big.tif", tmp_path / "b.zarr", chunk=64))  # 64 << 3 = 512 >= 256
     np.testing.assert_array_equal(store.levels[0][:].transpose(1, 2, 0), image)
     assert reads == [(0, 256, 0, 300)]

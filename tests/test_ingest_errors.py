@@ -111,15 +111,15 @@ def test_interrupted_conversion_leaves_no_complete_looking_store(slide, tmp_path
     class Boom(RuntimeError):
         pass
 
-    def failing_write(array, y0, x0, block, executor=None):
+    def failing_write(array, y0, x0, grid, executor=None, wait=True):
         if len(written) == 2:
             raise Boom("disk full")
         written.append((y0, x0))
-        original_write(array, y0, x0, block, executor)
+        return original_write(array, y0, x0, grid, executor, wait)
 
-    original_write = store_module.write_block
-    monkeypatch.setattr(store_module, "write_block", failing_write)
-    monkeypatch.setattr(convert_module, "write_block", failing_write)
+    original_write = store_module.write_grid  # both paths write through it (write_block too)
+    monkeypatch.setattr(store_module, "write_grid", failing_write)
+    monkeypatch.setattr(convert_module, "write_grid", failing_write)
     with pytest.raises(Boom):
         convert_slide(slide, out, chunk=64)
     assert len(written) == 2  # it failed mid-write, not before starting

@@ -22,12 +22,15 @@ from .store import (
     NGFF_VERSION,
     PyramidWriter,
     build_pyramid,
+    chunk_grid,
     compressor,
     create_level,
     halve,
+    halve_grid,
     level_count,
     multiscales,
     write_block,
+    write_grid,
 )
 
 log = logging.getLogger(__name__)
@@ -104,14 +107,19 @@ def write_blocks(
     for k in range(inner + 1):
         arrays.append(create_level(root, str(k), (3, h, w), chunk, codec))
         h, w = (h + 1) // 2, (w + 1) // 2
-    corners = [(y, x) for y in range(0, height, side) for x in range(0, width, side)]
-    blocks = prefetch((y, x, source.read(y, min(height, y + side), x, min(width, x + side))) for y, x in corners)
+    corners = [(y, x, min(height, y + side), min(width, x + side)) for y in range(0, height, side) for x in range(0, width, side)]
+    blocks = prefetch((y, x, chunk_grid(source.read_pieces(y, y1, x, x1), y, y1, x, x1, chunk)) for y, x, y1, x1 in corners)
     with closing(blocks), ThreadPoolExecutor(workers, thread_name_prefix="zarr-chunks") as executor:
-        for y, x, block in tqdm(blocks, total=len(corners), desc=f"convert {slide_id}", unit="block", mininterval=10):
-            for k, array in enumerate(arrays):
-                write_block(array, y >> k, x >> k, block, executor)
+        for y, x, grid in tqdm(blocks, total=len(corners), desc=f"convert {slide_id}", unit="block", mininterval=10):
+            # chunks are encoded and written while the levels above are pooled; decoded tiles the size of a chunk as they are
+            pending = write_grid(arrays[0], y, x, grid, executor, wait=False)
+            block = halve_grid(grid, "mean") if inner else None
+            for k in range(1, inner + 1):
+                pending += write_block(arrays[k], y >> k, x >> k, block, executor, wait=False)
                 if k < inner:
                     block = halve(block, "mean")
+            for job in pending:
+                job.result()
     build_pyramid(root, levels, chunk, codec, "mean", start=inner + 1)
 
 

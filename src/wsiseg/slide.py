@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import os
 import zlib
+from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterator, Sequence
 
@@ -46,6 +48,7 @@ SAMPLE_SIDE = 2048  # pixels per side of the image used to compute percentiles
 DEFLATE = {8, 32946}
 
 Band = tuple[int, np.ndarray]  # (y0, (h, W, channels) rows)
+Piece = tuple[int, int, np.ndarray]  # (y, x, (h, w, channels) pixels) of a decoded tile or region
 
 
 class SlideError(ValueError):
@@ -64,7 +67,19 @@ def default_workers() -> int:
 # Readers: raw pixels in the file's dtype, (h, w, channels)
 
 
-class ArrayReader:
+class Reader(ABC):
+    """Base of the readers: ``region`` (h, w, channels) in the file's dtype, and ``pieces`` built on it."""
+
+    @abstractmethod
+    def region(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """Rows ``y0:y1``, columns ``x0:x1`` as (h, w, channels)."""
+
+    def pieces(self, y0: int, y1: int, x0: int, x1: int) -> list[Piece]:
+        """Rows ``y0:y1``, columns ``x0:x1`` as one piece ``(y0, x0, pixels)`` (tiled readers: one per tile)."""
+        return [(y0, x0, self.region(y0, y1, x0, x1))]
+
+
+class ArrayReader(Reader):
     """An image decoded into memory (PNG/JPEG)."""
 
     def __init__(self, data: np.ndarray):
@@ -91,7 +106,7 @@ class ArrayReader:
         """Nothing to release."""
 
 
-class ZarrReader:
+class ZarrReader(Reader):
     """Level 0 of a TIFF series through tifffile's zarr store (any layout tifffile knows)."""
 
     def __init__(self, tif: tifffile.TiffFile, path: Path):
@@ -210,19 +225,28 @@ class SegmentReader(ZarrReader):
         """Rows ``y0:y1``, columns ``x0:x1``: only the tiles they touch are read and decoded, in parallel."""
         if not self.page.is_tiled:
             return super().region(y0, y1, x0, x1)
-        page = self.page
+        out = np.empty((y1 - y0, x1 - x0, self.channels), self.dtype)
+        for sy, sx, pixels in self.pieces(y0, y1, x0, x1):
+            ty0, ty1 = max(sy, y0), min(sy + pixels.shape[0], y1)
+            tx0, tx1 = max(sx, x0), min(sx + pixels.shape[1], x1)
+            out[ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0] = pixels[ty0 - sy : ty1 - sy, tx0 - sx : tx1 - sx]
+        return out
+
+    def pieces(self, y0: int, y1: int, x0: int, x1: int) -> list[Piece]:
+        """The tiles touching rows ``y0:y1``, columns ``x0:x1``, decoded in parallel, each clipped to the image only."""
+        if not self.page.is_tiled:
+            return super().pieces(y0, y1, x0, x1)
+        page, (height, width) = self.page, self.shape
         th, tw = page.tilelength, page.tilewidth
         across = -(-page.imagewidth // tw)
         indices = [r * across + c for r in range(y0 // th, -(-y1 // th)) for c in range(x0 // tw, -(-x1 // tw))]
         offsets, counts = [page.dataoffsets[i] for i in indices], [page.databytecounts[i] for i in indices]
         encoded = list(page.parent.filehandle.read_segments(offsets, counts, indices, sort=True))
         options = {"jpegtables": page.jpegtables, "jpegheader": page.jpegheader, "_fullsize": True}
-        out = np.empty((y1 - y0, x1 - x0, self.channels), self.dtype)
-        for segment, (_, _, sy, sx, _), shape in self._pool().map(lambda item: page.decode(*item, **options), encoded):
-            ty0, ty1 = max(sy, y0), min(sy + shape[1], y1)
-            tx0, tx1 = max(sx, x0), min(sx + shape[2], x1)
-            tile = 0 if segment is None else segment[0, ty0 - sy : ty1 - sy, tx0 - sx : tx1 - sx]
-            out[ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0] = tile
+        out = []
+        for segment, (_, _, sy, sx, _), _ in self._pool().map(lambda item: page.decode(*item, **options), encoded):
+            h, w = min(th, height - sy), min(tw, width - sx)
+            out.append((sy, sx, np.zeros((h, w, self.channels), self.dtype) if segment is None else segment[0, :h, :w]))
         return out
 
     def _pool(self) -> ThreadPoolExecutor:
@@ -599,15 +623,28 @@ class SourceSlide:
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """Rows ``y0:y1`` and columns ``x0:x1`` as uint8 RGB (h, w, 3); a decoding failure names the file."""
-        try:
+        with self._decoding(y0, y1, x0, x1):
             raw = self.read_raw(y0, y1, x0, x1)
+        return self.rgb(raw)
+
+    def read_pieces(self, y0: int, y1: int, x0: int, x1: int) -> list[Piece]:
+        """The decoded tiles touching rows ``y0:y1``, columns ``x0:x1`` (one piece when not tiled) as uint8 RGB
+        ``(y, x, pixels)``, not pasted together: tiles that match the output chunks are written without a copy."""
+        with self._decoding(y0, y1, x0, x1):
+            pieces = self.reader.pieces(y0, y1, x0, x1)
+        return [(y, x, self.rgb(pixels)) for y, x, pixels in pieces]
+
+    @contextmanager
+    def _decoding(self, y0: int, y1: int, x0: int, x1: int) -> Iterator[None]:
+        """Raise a decoding failure (codec errors come in many types) as :class:`SlideError` naming the file."""
+        try:
+            yield
         except SlideError:
             raise
-        except Exception as err:  # codec errors come in many types
+        except Exception as err:
             raise SlideError(
                 f"{self.path}: cannot decode rows {y0}:{y1}, columns {x0}:{x1} ({type(err).__name__}: {err})"
             ) from None
-        return self.rgb(raw)
 
     def bands(self, rows: int) -> Iterator[Band]:
         """Full-width uint8 RGB bands of ``rows`` rows, top to bottom."""
