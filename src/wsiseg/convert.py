@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from inspect import signature
 from pathlib import Path
@@ -23,6 +22,7 @@ from .store import (
     PyramidWriter,
     build_pyramid,
     chunk_grid,
+    chunk_writers,
     compressor,
     create_level,
     halve,
@@ -109,7 +109,7 @@ def write_blocks(
         h, w = (h + 1) // 2, (w + 1) // 2
     corners = [(y, x, min(height, y + side), min(width, x + side)) for y in range(0, height, side) for x in range(0, width, side)]
     blocks = prefetch((y, x, chunk_grid(source.read_pieces(y, y1, x, x1), y, y1, x, x1, chunk)) for y, x, y1, x1 in corners)
-    with closing(blocks), ThreadPoolExecutor(workers, thread_name_prefix="zarr-chunks") as executor:
+    with closing(blocks), chunk_writers(workers) as executor:
         for y, x, grid in tqdm(blocks, total=len(corners), desc=f"convert {slide_id}", unit="block", mininterval=10):
             # chunks are encoded and written while the levels above are pooled; decoded tiles the size of a chunk as they are
             pending = write_grid(arrays[0], y, x, grid, executor, wait=False)
@@ -146,7 +146,7 @@ def write_labels(root: zarr.Group, annotation: MaskSource, levels: int, chunk: i
     group = labels.create_group("mask")
     label0 = create_level(group, "0", (1, height, width), chunk, codec)
     foreground = 0
-    with ThreadPoolExecutor(workers, thread_name_prefix="zarr-chunks") as executor:
+    with chunk_writers(workers) as executor:
         for y0, x0, block in annotation.blocks(chunk):
             write_block(label0, y0, x0, block[:, :, None], executor)
             foreground += int(np.count_nonzero(block))
