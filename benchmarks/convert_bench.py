@@ -7,8 +7,14 @@ memory) this measures, in one run and on the same file:
   (``TiffPage.segments`` with tifffile's default thread pool), MB/s of
   decoded RGB;
 * ``convert``: :func:`wsiseg.convert.convert_slide` to an OME-NGFF store
-  (level 0 + pyramid, Blosc-zstd), MB/s of level-0 RGB, and its peak RSS,
-  run in a fresh subprocess so ``ru_maxrss`` is convert's alone.
+  (level 0 + pyramid, default options: Blosc-lz4), MB/s of level-0 RGB, and
+  its peak RSS (the largest of the runs), each run in a fresh subprocess so
+  the peak is convert's alone;
+* ``write_floor``: writing as many files of the store's total size the way
+  convert writes chunks, in one thread.
+
+Decode and convert alternate ``--repeats`` times (default 3) and the
+medians are reported with every run's time, since shared machines are noisy.
 
 Usage::
 
@@ -133,7 +139,10 @@ def plain_decode(path: Path, workers: int | None) -> dict:
 
 
 def io_floor(store: Path, workdir: Path) -> dict:
-    """Time to create as many files of the same total size as ``store`` holds (this disk's write floor)."""
+    """Time to write as many files of the same total size as ``store`` holds, the way convert writes its
+    chunk files (:func:`wsiseg.store.write_file`: O_DIRECT where allowed), in one thread: this disk's write floor."""
+    from wsiseg.store import direct_io, write_file
+
     files = [f for f in store.rglob("*") if f.is_file()]
     total = sum(f.stat().st_size for f in files)
     payload = os.urandom(total // max(1, len(files)))
@@ -141,10 +150,10 @@ def io_floor(store: Path, workdir: Path) -> dict:
     folder.mkdir()
     start = time.perf_counter()
     for i in range(len(files)):
-        (folder / str(i)).write_bytes(payload)
+        write_file(folder / str(i), payload)
     seconds = time.perf_counter() - start
     shutil.rmtree(folder)
-    return {"files": len(files), "store_mb": total / 1e6, "seconds": seconds}
+    return {"files": len(files), "store_mb": total / 1e6, "seconds": seconds, "direct_io": direct_io()}
 
 
 # Peak RSS is VmHWM, the high-water mark of this process image: ru_maxrss would also count the
@@ -169,23 +178,34 @@ def run_convert(path: Path, out: Path, size: int, options: dict) -> dict:
     return {"seconds": seconds, "mb_per_s": size * size * 3 / seconds / 1e6, "peak_rss_mb": int(maxrss_kb) / 1024}
 
 
-def bench(size: int, layout: str, workdir: Path, options: dict) -> dict:
-    """Generate one slide, measure decode and convert side by side, delete the files."""
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median ``seconds`` (of an odd number of runs), with every run's seconds beside it."""
+    ordered = sorted(runs, key=lambda run: run["seconds"])
+    return {**ordered[len(ordered) // 2], "all_seconds": [round(run["seconds"], 3) for run in runs]}
+
+
+def bench(size: int, layout: str, workdir: Path, options: dict, repeats: int) -> dict:
+    """Generate one slide, measure decode and convert side by side ``repeats`` times (alternating; medians), delete the files."""
     path = workdir / f"{layout}_{size}.tif"
     start = time.perf_counter()
     make_slide(path, size, layout)
     generated = time.perf_counter() - start
     store = workdir / f"{layout}_{size}.zarr"
     load = os.getloadavg()[0]
+    decodes, converts = [], []
     try:
-        decode = plain_decode(path, None)
         decode_all = plain_decode(path, len(os.sched_getaffinity(0)))
-        convert = run_convert(path, store, size, options)
+        for _ in range(repeats):
+            shutil.rmtree(store, ignore_errors=True)
+            decodes.append(plain_decode(path, None))
+            converts.append(run_convert(path, store, size, options))
         floor = io_floor(store, workdir)
     finally:
         path_mb = path.stat().st_size / 1e6
         path.unlink()
         shutil.rmtree(store, ignore_errors=True)
+    decode, convert = median_run(decodes), median_run(converts)
+    convert["peak_rss_mb"] = max(run["peak_rss_mb"] for run in converts)
     row = {
         "layout": layout,
         "convert_options": options,
@@ -193,11 +213,13 @@ def bench(size: int, layout: str, workdir: Path, options: dict) -> dict:
         "tiff_mb": path_mb,
         "generate_seconds": generated,
         "load_average_before": load,
+        "repeats": repeats,
         "decode": decode,
         "decode_all_cores": decode_all,
         "convert": convert,
         "write_floor": floor,
         "throughput_ratio": convert["mb_per_s"] / decode["mb_per_s"],
+        "throughput_ratios": [c["mb_per_s"] / d["mb_per_s"] for d, c in zip(decodes, converts)],
         "throughput_ratio_all_cores": convert["mb_per_s"] / decode_all["mb_per_s"],
     }
     print(json.dumps(row), flush=True)
@@ -211,12 +233,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--onestrip-sizes", type=int, nargs="*", default=[20000])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "convert.json")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
+    parser.add_argument("--repeats", type=int, default=3, help="decode/convert pairs per slide (medians reported)")
     parser.add_argument("--options", type=json.loads, default={}, help='convert_slide keywords as JSON, e.g. \'{"level": 5}\'')
     args = parser.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory(dir=args.workdir, prefix="wsiseg-bench-") as tmp:
         for layout, sizes in (("tiled", args.sizes), ("stripped", args.stripped_sizes), ("onestrip", args.onestrip_sizes)):
-            rows += [bench(size, layout, Path(tmp), args.options) for size in sizes]
+            rows += [bench(size, layout, Path(tmp), args.options, args.repeats) for size in sizes]
     result = {
         "machine": {"cpus": len(os.sched_getaffinity(0)), "python": platform.python_version(), "tifffile": tifffile.__version__},
         "targets": {"peak_rss_mb_below": 1536, "throughput_ratio_at_least": 0.5},
