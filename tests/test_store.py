@@ -60,3 +60,36 @@ def test_stores_read_back_the_same_with_and_without_direct_io(tmp_path, monkeypa
         write_block(level, 0, 0, image, executor)
     group.attrs["multiscales"] = store.multiscales("s", 1, "mean")
     np.testing.assert_array_equal(SlideStore(tmp_path / "s.zarr").levels[0][:].transpose(1, 2, 0), image)
+
+
+def _tiles(image: np.ndarray, th: int, tw: int) -> list[tuple[int, int, np.ndarray]]:
+    return [
+        (y, x, image[y : y + th, x : x + tw].copy()) for y in range(0, image.shape[0], th) for x in range(0, image.shape[1], tw)
+    ]
+
+
+@pytest.mark.parametrize("tile", [(64, 64), (32, 32), (48, 80), (200, 150)])
+def test_chunk_grid_cuts_any_tiling_into_the_chunks_of_the_region(tile):
+    """Whatever the file's tile size, the grid holds exactly the region's pixels chunk by chunk (edges clipped)."""
+    image = np.random.default_rng(1).integers(0, 256, (150, 190, 3), dtype=np.uint8)
+    grid = store.chunk_grid(_tiles(image, *tile), 0, 150, 0, 190, 64)
+    assert [len(row) for row in grid] == [3, 3, 3]
+    for i, row in enumerate(grid):
+        for j, piece in enumerate(row):
+            np.testing.assert_array_equal(piece, image[64 * i : 64 * (i + 1), 64 * j : 64 * (j + 1)])
+
+
+def test_chunk_sized_tiles_become_chunks_without_a_copy():
+    """The point of the grid: a decoded 512² tile is written as the 512² chunk it is (no paste, no copy)."""
+    image = np.random.default_rng(2).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    pieces = _tiles(image, 64, 64)
+    grid = store.chunk_grid(pieces, 0, 128, 0, 128, 64)
+    assert all(np.shares_memory(grid[y // 64][x // 64], pixels) for y, x, pixels in pieces)
+
+
+def test_halve_grid_equals_halving_the_assembled_region():
+    """Pooling each piece in place gives the 2x2 mean of the whole region, odd right/bottom edges included."""
+    image = np.random.default_rng(3).integers(0, 256, (150, 191, 3), dtype=np.uint8)
+    grid = store.chunk_grid(_tiles(image, 64, 64), 0, 150, 0, 191, 64)
+    np.testing.assert_array_equal(store.halve_grid(grid, "mean"), store.halve(image, "mean"))
+    np.testing.assert_array_equal(store.halve_grid(grid, "max"), store.halve(image, "max"))
