@@ -52,6 +52,7 @@ def _predict(args) -> None:
 def _report(args) -> None:
     from .report import make_report
     from .samples import read_samples
+    from .layout import find_store
 
     samples = read_samples(args.samples, check_files=False)
     predictions = {s: p for s in samples.index if (p := find_store(args.predictions, s)) is not None}
@@ -76,14 +77,6 @@ def _report(args) -> None:
         groups=samples["group"].to_dict() if "group" in samples else None,
     )
     print(table.to_string(index=False))
-
-
-def find_store(folder: str | Path, slide_id: str) -> Path | None:
-    """``folder/{slide_id}.zarr``, or the same inside a slide group (``folder/batches/*/``); None if absent."""
-    direct = Path(folder) / f"{slide_id}.zarr"
-    if direct.exists():
-        return direct
-    return next(iter(sorted(Path(folder).glob(f"batches/*/{slide_id}.zarr"))), None)
 
 
 def _samples(args) -> None:

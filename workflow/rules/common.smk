@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from wsiseg.demo import demo_samples
 from wsiseg.folds import fold_split
 from wsiseg.samples import read_samples, validate_samples
+from wsiseg.layout import SLIDE_GROUPS
 
 RESULTS = config["results"].rstrip("/")
 MODEL = config["model_name"]
@@ -77,7 +78,7 @@ BATCH_OF = {
 
 def group_folder(stage, slide):
     """The folder of the slide group that holds `slide`'s store in results/{stage}/."""
-    return f"{RESULTS}/{stage}/batches/{BATCH_OF[stage][slide]}"
+    return f"{RESULTS}/{stage}/{SLIDE_GROUPS}/{BATCH_OF[stage][slide]}"
 
 
 def store(stage, slide):

@@ -27,11 +27,11 @@ rule convert_batch:
     input:
         unpack(convert_batch_input),
     output:
-        directory(f"{RESULTS}/zarr/batches/{{batch}}"),
+        directory(f"{RESULTS}/zarr/{SLIDE_GROUPS}/{{batch}}"),
     log:
-        f"{RESULTS}/logs/convert/batches/{{batch}}.log",
+        f"{RESULTS}/logs/convert/{SLIDE_GROUPS}/{{batch}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/convert/batches/{{batch}}.tsv"
+        f"{RESULTS}/benchmarks/convert/{SLIDE_GROUPS}/{{batch}}.tsv"
     conda:
         "../../envs/convert.yaml"
     threads: 2

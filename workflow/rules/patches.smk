@@ -30,11 +30,11 @@ rule patches_batch:
     input:
         converted_groups("patches"),
     output:
-        directory(f"{RESULTS}/patches/batches/{{batch}}"),
+        directory(f"{RESULTS}/patches/{SLIDE_GROUPS}/{{batch}}"),
     log:
-        f"{RESULTS}/logs/patches/batches/{{batch}}.log",
+        f"{RESULTS}/logs/patches/{SLIDE_GROUPS}/{{batch}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/patches/batches/{{batch}}.tsv"
+        f"{RESULTS}/benchmarks/patches/{SLIDE_GROUPS}/{{batch}}.tsv"
     conda:
         "../../envs/convert.yaml"
     threads: 1

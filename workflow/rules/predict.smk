@@ -30,11 +30,11 @@ rule predict_batch:
         slides=converted_groups("predictions"),
         checkpoints=model_checkpoints(),
     output:
-        directory(f"{RESULTS}/predictions/batches/{{batch}}"),
+        directory(f"{RESULTS}/predictions/{SLIDE_GROUPS}/{{batch}}"),
     log:
-        f"{RESULTS}/logs/predict/batches/{{batch}}.log",
+        f"{RESULTS}/logs/predict/{SLIDE_GROUPS}/{{batch}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/predict/batches/{{batch}}.tsv"
+        f"{RESULTS}/benchmarks/predict/{SLIDE_GROUPS}/{{batch}}.tsv"
     conda:
         "../../envs/torch.yaml"
     threads: 2
