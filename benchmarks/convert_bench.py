@@ -153,7 +153,7 @@ def io_floor(store: Path, workdir: Path) -> dict:
         write_file(folder / str(i), payload)
     seconds = time.perf_counter() - start
     shutil.rmtree(folder)
-    return {"files": len(files), "store_mb": total / 1e6, "seconds": seconds, "direct_io": direct_io()}
+    return {"files": len(files), "store_mb": total / 1e6, "seconds": seconds, "direct_io": direct_io(workdir)}
 
 
 # Peak RSS is VmHWM, the high-water mark of this process image: ru_maxrss would also count the

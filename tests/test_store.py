@@ -2,6 +2,7 @@
 
 import errno
 import os
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -37,11 +38,35 @@ def test_file_systems_refusing_direct_io_get_plain_writes(tmp_path, monkeypatch)
         return real_open(path, flags, *args)
 
     monkeypatch.setattr(os, "open", refusing_open)
-    monkeypatch.setattr(store, "_buffered_only", set())
+    monkeypatch.setattr(store, "_direct_folders", {})
+    monkeypatch.setattr(store, "file_system", lambda path: "ext4")
     for name in ("a", "b"):
         write_file(tmp_path / name, b"chunk " + name.encode())
     assert (tmp_path / "a").read_bytes() == b"chunk a" and (tmp_path / "b").read_bytes() == b"chunk b"
     assert calls.count(True) == 1  # asked once per folder
+
+
+@pytest.mark.parametrize("kind,direct", [("ext4", True), ("xfs", True), ("nfs4", False), ("lustre", False), ("tmpfs", False)])
+def test_direct_io_only_on_local_disk_file_systems(tmp_path, monkeypatch, kind, direct):
+    """Network file systems keep the page cache (direct writes to NFS wait for the server one by one)."""
+    if not hasattr(os, "O_DIRECT"):
+        pytest.skip("no O_DIRECT on this platform")
+    monkeypatch.setattr(store, "_direct_folders", {})
+    monkeypatch.setattr(store, "file_system", lambda path: kind)
+    opened = []
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda path, flags, *args: opened.append(flags) or real_open(path, flags, *args))
+    write_file(tmp_path / "chunk", b"data")
+    assert (tmp_path / "chunk").read_bytes() == b"data"
+    assert any(flags & os.O_DIRECT for flags in opened) == direct
+
+
+def test_file_system_of_a_path_is_read_from_the_mount_table(tmp_path):
+    if not Path("/proc/self/mounts").exists():
+        pytest.skip("no /proc/self/mounts")
+    kinds = {line.split()[2] for line in Path("/proc/self/mounts").read_text().splitlines()}
+    assert store.file_system(tmp_path) in kinds
+    assert store.file_system("/proc/self") == "proc"
 
 
 def test_other_write_errors_are_not_hidden(tmp_path):

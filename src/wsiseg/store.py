@@ -133,12 +133,37 @@ def _write_chunk(array: zarr.Array, folder: Path, coords: tuple[int, ...], block
 
 ALIGN = 4096  # O_DIRECT needs buffer, offset and length aligned to the device's logical block size (512 or 4096)
 _buffers = threading.local()
-_buffered_only: set[str] = set()  # folders whose file system refused O_DIRECT
+LOCAL_FILE_SYSTEMS = {"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs"}  # local disks: O_DIRECT is fast there
+_direct_folders: dict[str, bool] = {}  # folder -> whether its chunk files are written with O_DIRECT
 
 
-def direct_io() -> bool:
-    """Whether chunk files are written with O_DIRECT where possible (Linux; ``WSISEG_DIRECT_IO=0`` turns it off)."""
-    return hasattr(os, "O_DIRECT") and os.environ.get("WSISEG_DIRECT_IO", "1") != "0"
+def file_system(path: str | Path) -> str:
+    """The type of the file system holding ``path`` (``ext4``, ``nfs4``, ``tmpfs``, ...; empty when unknown)."""
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return ""
+    target, best, kind = os.path.realpath(path), -1, ""
+    for line in mounts:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        if (target == point or target.startswith(point.rstrip("/") + "/")) and len(point) > best:
+            best, kind = len(point), fields[2]
+    return kind
+
+
+def direct_io(folder: str | Path) -> bool:
+    """Whether chunk files in ``folder`` are written with O_DIRECT: on Linux, on local disk file systems
+    (:data:`LOCAL_FILE_SYSTEMS`), unless ``WSISEG_DIRECT_IO=0``.  Network and memory file systems keep
+    the page cache (direct writes to NFS wait for the server one by one)."""
+    if not hasattr(os, "O_DIRECT") or os.environ.get("WSISEG_DIRECT_IO", "1") == "0":
+        return False
+    key = str(folder)
+    if key not in _direct_folders:
+        _direct_folders[key] = file_system(folder) in LOCAL_FILE_SYSTEMS
+    return _direct_folders[key]
 
 
 def write_file(path: Path, data: bytes) -> None:
@@ -148,9 +173,9 @@ def write_file(path: Path, data: bytes) -> None:
     cache cost about 1 s of CPU per GB on the virtual machines this was
     measured on, more than encoding it.  The data is padded to whole blocks
     in an aligned buffer, written, and the file truncated to its length.
-    File systems that refuse O_DIRECT (tmpfs, some network file systems)
-    get a plain write, and the folder is remembered."""
-    if not direct_io() or str(path.parent) in _buffered_only:
+    Other file systems (see :func:`direct_io`), or one that refuses
+    O_DIRECT, get a plain write; a refusal is remembered for the folder."""
+    if not direct_io(path.parent):
         path.write_bytes(data)
         return
     size = -(-len(data) // ALIGN) * ALIGN
@@ -170,7 +195,7 @@ def write_file(path: Path, data: bytes) -> None:
     except OSError as err:
         if err.errno != errno.EINVAL:
             raise
-        _buffered_only.add(str(path.parent))
+        _direct_folders[str(path.parent)] = False
         path.write_bytes(data)
 
 
