@@ -212,10 +212,11 @@ def convert_slide(
 ) -> Path:
     """Convert ``image`` (and its ``mask`` annotation, if any) to an OME-NGFF zarr at ``out``.
 
-    The image is streamed in full-width bands of ``chunk`` rows (tiles or
-    strips decoded once each, ``workers`` threads) and every pyramid level
-    is written chunk-aligned on the fly, so memory holds a few bands: it
-    grows with the slide's width, never with its height or area.  Chunks
+    A tiled image is converted by square blocks (:func:`write_blocks`: memory
+    independent of the slide's size), other layouts are streamed in
+    full-width bands of ``chunk`` rows (memory grows with the width only);
+    tiles or strips are decoded once each (``workers`` threads) and every
+    pyramid level is written chunk-aligned on the fly.  Chunks
     are ``chunk``² and Blosc-``compression``ed at ``level`` with ``shuffle``
     (bit, byte or none).  ``uint16`` (``scale`` or ``percentile``
     with ``percentiles``) maps non-8-bit pixels to uint8; ``channels`` picks
