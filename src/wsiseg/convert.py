@@ -14,7 +14,7 @@ import numpy as np
 import zarr
 from tqdm import tqdm
 
-from .io import atomic_path
+from .io import atomic_path, check_output
 from .masks import MaskSource, open_mask
 from .slide import SourceSlide, default_workers
 from .store import (
@@ -229,6 +229,7 @@ def convert_slide(
     is complete.
     """
     out = Path(out)
+    check_output(out, "convert", (image, mask), folder=True)
     slide_id = slide_id or Path(image).stem
     inputs = open_inputs(image, mask, slide_id, uint16, percentiles, channels, palette, mask_threshold, workers)
     with inputs as (source, annotation):
@@ -236,7 +237,7 @@ def convert_slide(
         codec = compressor(compression, level, shuffle)
         levels = level_count(height, width, chunk)
         log.info("convert %s: %dx%d px %s, %d levels, chunk %d -> %s", slide_id, width, height, source.dtype, levels, chunk, out)
-        with atomic_path(out) as tmp:
+        with atomic_path(out, stage="convert", inputs=(image, mask), folder=True) as tmp:
             root = zarr.open_group(tmp, mode="w", zarr_format=2)
             if annotation is not None:
                 share = write_labels(root, annotation, levels, chunk, codec, workers or default_workers())

@@ -1,13 +1,35 @@
-"""Small I/O helpers: atomic writes of files and directory stores."""
+"""Small I/O helpers: safe, atomic writes of files and directory stores.
+
+Two rules keep a user's files safe (:func:`check_output`):
+
+- an output path that exists is replaced only when it is a complete earlier
+  output of the same stage: a folder carrying this stage's marker file
+  (:data:`MARKER`, written by :func:`atomic_path`) or a wsiseg zarr store's own
+  metadata, or a plain file (the stage's earlier file output);
+- an output equal to, inside, or containing one of the stage's inputs is refused.
+
+Temporary paths are named ``.{name}.tmp-{host}-{pid}-{random}``; a job that was
+killed leaves one behind, and the next run for the same target removes it
+(only leftovers of that target whose process is gone, nothing else).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import shutil
+import socket
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
+
+MARKER = ".wsiseg-output.json"  # inside a folder output: which stage wrote it
+
+
+class OutputError(ValueError):
+    """An output path that would destroy something that is not this stage's own earlier output."""
 
 
 def _remove(path: Path) -> None:
@@ -17,19 +39,139 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def _zarr_attrs(folder: Path) -> dict:
+    """Root attributes of a zarr v2 or v3 store at ``folder`` ({} if it is none)."""
+    for name, key in ((".zattrs", None), ("zarr.json", "attributes")):
+        meta = folder / name
+        if meta.is_file():
+            try:
+                data = json.loads(meta.read_text())
+            except (OSError, ValueError):
+                return {}
+            return (data.get(key) if key else data) or {}
+    return {}
+
+
+def output_stage(folder: str | Path) -> str | None:
+    """The wsiseg stage that wrote ``folder`` (from its marker), ``"wsiseg"`` for a wsiseg
+    zarr store without a marker (written by an earlier version), else None."""
+    folder = Path(folder)
+    try:
+        stage = json.loads((folder / MARKER).read_text()).get("stage")
+    except (OSError, ValueError, AttributeError):
+        stage = None
+    if stage:
+        return str(stage)
+    attrs = _zarr_attrs(folder)
+    return "wsiseg" if "wsiseg" in attrs or "slide_id" in attrs else None
+
+
+def _contains(outer: Path, inner: Path) -> bool:
+    return inner == outer or outer in inner.parents
+
+
+def check_output(
+    target: str | Path, stage: str | None = None, inputs: Iterable[str | Path | None] = (), folder: bool | None = None
+) -> Path:
+    """Raise :class:`OutputError` (one line naming the path) unless writing ``target`` is safe.
+
+    Returns ``target`` as an absolute path. ``inputs`` are the files the stage
+    reads; ``stage`` names the stage whose earlier output may be replaced;
+    ``folder`` says whether the stage writes a folder (True) or a file (False)."""
+    path = Path(os.path.abspath(Path(target).expanduser()))
+    if path.parent == path:
+        raise OutputError(f"{target}: cannot write an output at the file-system root")
+    for given in inputs:
+        if given is None or str(given) == "":
+            continue
+        source = Path(os.path.abspath(Path(given).expanduser())).resolve()
+        resolved = path.resolve()
+        if resolved == source:
+            raise OutputError(f"{target}: the output is the input {given}; choose another output path")
+        if _contains(resolved, source):
+            raise OutputError(f"{target}: the output would contain the input {given}; choose another output path")
+        if _contains(source, resolved):
+            raise OutputError(f"{target}: the output lies inside the input {given}; choose another output path")
+    if path.is_symlink() or not path.exists():
+        return path
+    if path.is_dir():
+        if folder is False:
+            raise OutputError(f"{target}: is a folder, expected a file path; refusing to replace it")
+        found = output_stage(path)
+        if found is None:
+            raise OutputError(f"{target}: exists and is not a wsiseg output; refusing to replace it (move it or choose another path)")
+        if stage is not None and found not in (stage, "wsiseg"):
+            raise OutputError(f"{target}: holds a wsiseg {found} output, not a {stage} output; refusing to replace it")
+    elif not path.is_file():
+        raise OutputError(f"{target}: exists and is not a regular file; refusing to replace it")
+    elif folder:
+        raise OutputError(f"{target}: is an existing file, not a wsiseg {stage or 'store'} folder; refusing to replace it")
+    return path
+
+
+_TMP = re.compile(r"\.tmp-(?:(?P<host>[^-]+)-(?P<pid>\d+)-)?[0-9a-f]{8}$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_leftovers(target: str | Path) -> list[Path]:
+    """Remove temporary paths that a killed earlier write of ``target`` left beside it.
+
+    Only ``.{name}.tmp-*`` of this very target, and not those of a process on
+    this host that is still running. Returns the removed paths."""
+    target = Path(target)
+    host = socket.gethostname().split(".")[0]
+    removed = []
+    if not target.parent.is_dir():
+        return removed
+    prefix = f".{target.name}"
+    for path in target.parent.iterdir():
+        if not path.name.startswith(prefix):
+            continue
+        match = _TMP.fullmatch(path.name[len(prefix):])
+        if match is None:
+            continue
+        if match["host"] == host.replace("-", "_") and _alive(int(match["pid"])):
+            continue
+        _remove(path)
+        removed.append(path)
+    return removed
+
+
+def _tmp_name(target: Path) -> Path:
+    host = socket.gethostname().split(".")[0].replace("-", "_")
+    return target.with_name(f".{target.name}.tmp-{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
 @contextlib.contextmanager
-def atomic_path(target: str | Path) -> Iterator[Path]:
+def atomic_path(
+    target: str | Path, stage: str | None = None, inputs: Iterable[str | Path | None] = (), folder: bool | None = None
+) -> Iterator[Path]:
     """Yield a temporary sibling path; on success move it onto ``target``.
 
-    Works for files and directories (e.g. zarr stores).  If the body raises,
-    the temporary path is removed and ``target`` is left untouched, so an
-    interrupted write never leaves something that looks complete.
+    Works for files and directories (e.g. zarr stores).  :func:`check_output`
+    runs first (``stage``, ``inputs``, ``folder``), and a killed earlier write's leftovers
+    of the same target are removed.  A folder output gets ``stage``'s marker
+    file.  If the body raises, the temporary path is removed and ``target`` is
+    left untouched, so an interrupted write never leaves something that looks
+    complete.
     """
-    target = Path(target)
+    target = check_output(target, stage, inputs, folder)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+    remove_leftovers(target)
+    tmp = _tmp_name(target)
     try:
         yield tmp
+        if tmp.is_dir() and stage is not None:
+            (tmp / MARKER).write_text(json.dumps({"stage": stage, "complete": True}))
         if target.exists() or target.is_symlink():
             _remove(target)
         os.replace(tmp, target)

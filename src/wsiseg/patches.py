@@ -14,7 +14,7 @@ import pandas as pd
 import zarr
 from tqdm import tqdm
 
-from .io import atomic_path
+from .io import atomic_path, check_output
 from .store import SlideStore, StoreError, read_padded, compressor
 from .tissue import TissueMap
 
@@ -127,6 +127,8 @@ def extract_patches(
     multi-class), tissue share and the reason it was kept.  ``out_tissue``
     (optional) receives the low-resolution tissue mask as a PNG.  Returns that table.
     """
+    check_output(out_zarr, "patches", (slide,), folder=True)
+    check_output(out_csv, "patches", (slide, out_zarr), folder=False)
     store = SlideStore(slide)
     if not store.has_mask:
         raise StoreError(f"{slide}: patches need a ground-truth mask (training/validation slides)")
@@ -156,7 +158,7 @@ def extract_patches(
     level = store.level_for(ds)
     records = []
     codec = compressor()
-    with atomic_path(out_zarr) as tmp:
+    with atomic_path(out_zarr, stage="patches", inputs=(slide,), folder=True) as tmp:
         root = zarr.open_group(tmp, mode="w", zarr_format=2)
         images = root.create_array("images", shape=(len(kept), size, size, 3), chunks=(1, size, size, 3), dtype="uint8", compressors=codec)
         masks = root.create_array("masks", shape=(len(kept), size, size), chunks=(1, size, size), dtype="uint8", compressors=codec)
@@ -168,7 +170,7 @@ def extract_patches(
             records.append((store.slide_id, n, i, j, x, y, level, ds, size, coverage[i, j], *per_class, tissue[i, j], reasons[i, j]))
         root.attrs.update({"slide_id": store.slide_id, "size": size, "downscale": ds, "classes": classes, "tissue_share": tissue_map.share})
     table = pd.DataFrame(records, columns=_index_columns(classes))
-    with atomic_path(out_csv) as tmp:
+    with atomic_path(out_csv, stage="patches", inputs=(slide, out_zarr), folder=False) as tmp:
         table.to_csv(tmp, index=False, float_format="%.5f")
     return table
 

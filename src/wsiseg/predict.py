@@ -34,7 +34,7 @@ import zarr
 from tqdm import tqdm
 
 from .data import to_tensor
-from .io import atomic_path
+from .io import atomic_path, check_output
 from .model import load_model
 from .patches import grid_positions
 from .postprocess import postprocess_mask
@@ -266,6 +266,7 @@ def predict_slide(
     if isinstance(checkpoints, (str, Path)):
         checkpoints = [checkpoints]
     _check_params(params)
+    check_output(out, "predict", (slide, *checkpoints), folder=True)
     store = SlideStore(slide)
     device = resolve_device(params.device)
     models = models or load_ensemble(checkpoints, device)
@@ -278,7 +279,7 @@ def predict_slide(
     )
     codec = compressor("zstd", 1)  # fast: outputs are written while the model computes
     levels = level_count(store.height, store.width, params.chunk)
-    with atomic_path(out) as tmp:
+    with atomic_path(out, stage="predict", inputs=(slide, *checkpoints), folder=True) as tmp:
         root = zarr.open_group(tmp, mode="w", zarr_format=2)
         groups = {name: root.create_group(name) for name in ("prob", "mask")}
         channels = {"prob": classes, "mask": 1}
