@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Callable, Sequence
 
 from . import __version__
 from .params import add_arguments, from_args
@@ -85,47 +86,27 @@ def _samples(args) -> None:
     dataset_samples(args.format, args.root, args.val_fraction, args.seed).to_csv(sys.stdout, index=False)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``wsiseg`` argument parser with one subcommand per stage."""
+def _demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("outdir", help="folder for the slides, masks and samples.csv")
+    p.add_argument("--slides", type=int, default=4, help="number of slides (default: 4)")
+    p.add_argument("--height", type=int, default=3000, help="slide height in px (default: 3000)")
+    p.add_argument("--width", type=int, default=4000, help="slide width in px (default: 4000)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+
+
+def _samples_args(p: argparse.ArgumentParser) -> None:
     from .datasets import FORMATS as DATASET_FORMATS
     from .datasets import LAYOUTS
 
-    DATASET_HELP = "".join(f"\n  {name:14} {text}" for name, text in LAYOUTS.items())
-    from .patches import PatchParams
-    from .predict import PredictParams
-    from .train import TrainParams
-
-    parser = argparse.ArgumentParser(
-        prog="wsiseg",
-        description="Semantic segmentation of whole-slide images. Each subcommand runs one stage of the "
-        "Snakemake workflow (run the whole chain with `snakemake --cores N`).",
-    )
-    parser.add_argument("--version", action="version", version=f"wsiseg {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
-
-    p = sub.add_parser("demo", help="write the synthetic demo slide set (TIFFs, RLE table, GeoJSON, sample sheet)")
-    p.add_argument("outdir")
-    p.add_argument("--slides", type=int, default=4)
-    p.add_argument("--height", type=int, default=3000)
-    p.add_argument("--width", type=int, default=4000)
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_demo)
-
-    p = sub.add_parser(
-        "samples", help="write a sample sheet for a dataset in its download layout (to stdout)",
-        description="Write the sample sheet (slide_id,image,mask,split[,group]) of a dataset as downloaded, e.g.\n"
-        "  wsiseg samples --format dsb2018 data/dsb2018 > samples.csv\n"
-        "  snakemake --cores all --configfile config/examples/dsb2018.yaml\n\nlayouts:" + DATASET_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p.description += "\n\nlayouts:" + "".join(f"\n  {name:14} {text}" for name, text in LAYOUTS.items())
     p.add_argument("root", help="dataset folder")
     p.add_argument("--format", required=True, choices=list(DATASET_FORMATS),
                    help="download layout of ROOT (README: 'Datasets in their download layout')")
     p.add_argument("--val-fraction", type=float, default=0.2, help="share of labelled slides used for validation")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_samples)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the train/val draw (default: 0)")
 
-    p = sub.add_parser("convert", help="TIFF/PNG slide (+ mask) -> OME-NGFF zarr pyramid")
+
+def _convert_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("image")
     p.add_argument("out", help="output .zarr directory")
     p.add_argument("--mask", help="RLE table (.csv), GeoJSON (.json/.geojson) or Aperio (.xml) polygons, "
@@ -143,32 +124,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-threshold", type=int, default=0,
                    help="mask images: a pixel is foreground when a channel exceeds this value (e.g. 127 for JPEG masks)")
     p.add_argument("--workers", type=int, help="decode/compress threads (default: all available CPUs)")
-    p.set_defaults(func=_convert)
 
-    p = sub.add_parser("patches", help="extract training patches filtered by mask coverage")
+
+def _patches_args(p: argparse.ArgumentParser) -> None:
+    from .patches import PatchParams
+
     p.add_argument("slide", help="converted slide .zarr")
-    p.add_argument("out_zarr")
-    p.add_argument("out_csv")
+    p.add_argument("out_zarr", help="output patch store (.zarr)")
+    p.add_argument("out_csv", help="output patch index table (.csv)")
     p.add_argument("--out-tissue", help="write the low-resolution tissue mask to this PNG")
     add_arguments(p, PatchParams)
-    p.set_defaults(func=_patches)
 
-    p = sub.add_parser("train", help="train a segmentation-models-pytorch model with Lightning")
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    from .train import TrainParams
+
     p.add_argument("--train", nargs="+", required=True, help="training patch stores")
     p.add_argument("--val", nargs="+", required=True, help="validation patch stores")
     p.add_argument("--out-dir", required=True, help="writes model.ckpt, metrics.csv, curves.png")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     add_arguments(p, TrainParams, skip=("extra",))
-    p.set_defaults(func=_train)
 
-    p = sub.add_parser("predict", help="tiled, blended inference over a converted slide")
+
+def _predict_args(p: argparse.ArgumentParser) -> None:
+    from .predict import PredictParams
+
     p.add_argument("slide", help="converted slide .zarr")
     p.add_argument("out", help="output prediction .zarr")
     p.add_argument("checkpoints", nargs="+", help="model.ckpt from train (several: ensemble mean)")
     add_arguments(p, PredictParams)
-    p.set_defaults(func=_predict)
 
-    p = sub.add_parser("report", help="RLE submission, per-slide metrics, overlays and GeoJSON objects")
+
+def _report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", required=True, help="sample sheet CSV")
     p.add_argument("--slides", default="results/zarr", help="folder of converted slide stores")
     p.add_argument("--predictions", default="results/predictions", help="folder of prediction stores")
@@ -177,21 +164,80 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--object-iou", type=float, default=0.5, help="IoU above which predicted and true objects match")
     p.add_argument("--class-name", default="foreground", help="class name of the exported GeoJSON objects")
     p.add_argument("--class-names", nargs="+", metavar="NAME", help="multi-class: name of class 0 (background), 1, 2, ...")
-    p.set_defaults(func=_report)
+
+
+# stage: (one-line help, description, argument builder, runner). A stage's
+# arguments (and the modules they need, e.g. torch for train/predict) are only
+# built when that stage is the one on the command line, so `wsiseg --help` and
+# `wsiseg convert` never import torch.
+STAGES: dict[str, tuple[str, str | None, Callable[[argparse.ArgumentParser], None], Callable]] = {
+    "demo": ("write the synthetic demo slide set (TIFFs, RLE table, GeoJSON, sample sheet)", None, _demo_args, _demo),
+    "samples": (
+        "write a sample sheet for a dataset in its download layout (to stdout)",
+        "Write the sample sheet (slide_id,image,mask,split[,group]) of a dataset as downloaded, e.g.\n"
+        "  wsiseg samples --format dsb2018 data/dsb2018 > samples.csv\n"
+        "  snakemake --cores all --configfile config/examples/dsb2018.yaml",
+        _samples_args,
+        _samples,
+    ),
+    "convert": ("TIFF/PNG slide (+ mask) -> OME-NGFF zarr pyramid", None, _convert_args, _convert),
+    "patches": ("extract training patches filtered by mask coverage", None, _patches_args, _patches),
+    "train": ("train a segmentation-models-pytorch model with Lightning", None, _train_args, _train),
+    "predict": ("tiled, blended inference over a converted slide", None, _predict_args, _predict),
+    "report": ("RLE submission, per-slide metrics, overlays and GeoJSON objects", None, _report_args, _report),
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The ``wsiseg`` argument parser with one subcommand per stage.
+
+    With ``only``, just that subcommand gets its arguments (the others stay
+    listed with their help line): the CLI builds only what it runs."""
+    parser = argparse.ArgumentParser(
+        prog="wsiseg",
+        description="Semantic segmentation of whole-slide images. Each subcommand runs one stage of the "
+        "Snakemake workflow (run the whole chain with `snakemake --cores N`). "
+        "`wsiseg STAGE --help` lists a stage's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"wsiseg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
+    for name, (help_text, description, add_args, run) in STAGES.items():
+        p = sub.add_parser(
+            name, help=help_text, description=description or help_text[0].upper() + help_text[1:],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        if only in (None, name):
+            add_args(p)
+        p.set_defaults(func=run)
     return parser
+
+
+def _stage_in(argv: Sequence[str]) -> str | None:
+    """The subcommand named on the command line (the first word that is not an option)."""
+    for word in argv:
+        if not word.startswith("-"):
+            return word if word in STAGES else None
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``wsiseg`` console script."""
     from .logs import setup_logging
 
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    stage = _stage_in(argv)
+    args = build_parser(stage or "").parse_args(argv)
     setup_logging()
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"wsiseg {args.command}: error: {err}", file=sys.stderr)
+    except (ValueError, OSError) as err:
+        # one line naming the file and the problem (the log above has the details)
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"wsiseg {args.command}: error: {message}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"wsiseg {args.command}: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 
