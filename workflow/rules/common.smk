@@ -4,11 +4,33 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-validate(config, schema="../schemas/config.schema.yaml")
-
 # The wsiseg library lives in src/; scripts import it through the link
 # workflow/scripts/wsiseg, so the workflow runs without `pip install -e .`.
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+
+from wsiseg.checks import (
+    ConfigError,
+    canonical,
+    check_schema,
+    image_shape,
+    plan_problems,
+)
+
+CONFIG_SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
+# config files from lowest to highest precedence (--configfile overrides the Snakefile's)
+CONFIG_FILES = [
+    f for f in workflow.configfiles if f not in workflow.overwrite_configfiles
+] + list(workflow.overwrite_configfiles)
+# one line naming the config file and the key (closest valid key suggested),
+# instead of the schema dump a failed `validate` prints
+try:
+    check_schema(config, CONFIG_SCHEMA, CONFIG_FILES)
+except ConfigError as err:
+    sys.exit(f"wsiseg: config error: {err}")
+validate(config, schema="../schemas/config.schema.yaml")
+# params are compared as text: the same settings in another key order must not rerun jobs
+for _key, _value in canonical(dict(config)).items():
+    config[_key] = _value
 
 from wsiseg.demo import demo_samples
 from wsiseg.folds import fold_split
@@ -28,6 +50,23 @@ if DEMO:
 else:
     SAMPLES = read_samples(config["samples"])
 validate(SAMPLES, schema="../schemas/samples.schema.yaml")
+
+
+def _demo_shape(image):
+    return config["demo"]["height"], config["demo"]["width"]
+
+
+# mistakes that would otherwise surface only after conversion or training: here,
+# in seconds, before any job (also in `snakemake -n`)
+_problems = plan_problems(
+    config,
+    SAMPLES["split"].to_dict(),
+    _demo_shape if DEMO else image_shape,
+    SAMPLES["image"].to_dict(),
+)
+if _problems:
+    _where = ", ".join(map(str, reversed(CONFIG_FILES))) or "config"
+    sys.exit(f"wsiseg: config error ({_where}): " + "; ".join(_problems))
 
 
 wildcard_constraints:

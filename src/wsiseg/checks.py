@@ -1,0 +1,197 @@
+"""Checks of a run's configuration, made when Snakemake parses the workflow (also in ``snakemake -n``).
+
+Every problem is one line naming the config file and the key (with the
+closest valid key or value when a name is misspelt), found in seconds
+before any job runs.  Nothing here imports torch: a dry run stays fast.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import yaml
+
+# segmentation-models-pytorch 0.6 architectures and encoders (tests check these
+# against the installed smp); timm encoders are any name starting with "tu-".
+ARCHS = ("DPT", "DeepLabV3", "DeepLabV3Plus", "FPN", "Linknet", "MAnet", "PAN", "PSPNet", "Segformer", "UPerNet", "Unet", "UnetPlusPlus")
+ENCODERS = (
+    "densenet121", "densenet161", "densenet169", "densenet201", "dpn107", "dpn131", "dpn68", "dpn68b", "dpn92", "dpn98",
+    "efficientnet-b0", "efficientnet-b1", "efficientnet-b2", "efficientnet-b3", "efficientnet-b4", "efficientnet-b5",
+    "efficientnet-b6", "efficientnet-b7", "inceptionresnetv2", "inceptionv4", "mit_b0", "mit_b1", "mit_b2", "mit_b3",
+    "mit_b4", "mit_b5", "mobilenet_v2", "mobileone_s0", "mobileone_s1", "mobileone_s2", "mobileone_s3", "mobileone_s4",
+    "resnet101", "resnet152", "resnet18", "resnet34", "resnet50", "resnext101_32x16d", "resnext101_32x32d",
+    "resnext101_32x48d", "resnext101_32x4d", "resnext101_32x8d", "resnext50_32x4d", "se_resnet101", "se_resnet152",
+    "se_resnet50", "se_resnext101_32x4d", "se_resnext50_32x4d", "senet154", "timm-efficientnet-b0", "timm-efficientnet-b1",
+    "timm-efficientnet-b2", "timm-efficientnet-b3", "timm-efficientnet-b4", "timm-efficientnet-b5", "timm-efficientnet-b6",
+    "timm-efficientnet-b7", "timm-efficientnet-b8", "timm-efficientnet-l2", "timm-skresnet18", "timm-skresnet34",
+    "timm-skresnext50_32x4d", "timm-tf_efficientnet_lite0", "timm-tf_efficientnet_lite1", "timm-tf_efficientnet_lite2",
+    "timm-tf_efficientnet_lite3", "timm-tf_efficientnet_lite4", "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16",
+    "vgg16_bn", "vgg19", "vgg19_bn", "xception",
+)
+
+
+class ConfigError(ValueError):
+    """A configuration problem, as one line naming the file and the key."""
+
+
+def _suggest(word: str, choices: Iterable[str]) -> str:
+    """`` (did you mean `x`?)`` for the closest of ``choices``, or ``""``."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    if not close:
+        lowered = {str(c).lower(): str(c) for c in choices}
+        close = [lowered[str(word).lower()]] if str(word).lower() in lowered else []
+    return f" (did you mean `{close[0]}`?)" if close else ""
+
+
+def _has_path(data: Any, path: Sequence[Any]) -> bool:
+    for key in path:
+        if isinstance(data, Mapping) and key in data:
+            data = data[key]
+        elif isinstance(data, list) and isinstance(key, int) and key < len(data):
+            data = data[key]
+        else:
+            return False
+    return True
+
+
+def source_of(path: Sequence[Any], configfiles: Sequence[str | Path]) -> str:
+    """The last of ``configfiles`` that sets the key ``path`` (later files override), else ``--config``."""
+    for file in reversed([str(f) for f in configfiles]):
+        try:
+            data = yaml.safe_load(Path(file).read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        if _has_path(data, path):
+            return file
+    return "--config"
+
+
+def _dotted(path: Sequence[Any]) -> str:
+    return ".".join(str(p) for p in path) or "(top level)"
+
+
+def _schema_at(schema: Mapping, path: Sequence[Any]) -> Mapping:
+    for key in path:
+        if isinstance(key, int):
+            schema = schema.get("items", {})
+        else:
+            schema = schema.get("properties", {}).get(key, {})
+    return schema
+
+
+def schema_problem(config: Mapping, schema: Mapping, configfiles: Sequence[str | Path] = ()) -> str | None:
+    """The first problem of ``config`` against the JSON ``schema``, as one line, or None.
+
+    Unknown keys name the closest valid key; values outside an enum name the closest choice."""
+    from jsonschema import Draft202012Validator
+
+    errors = sorted(Draft202012Validator(schema).iter_errors(config), key=lambda e: (len(e.path), list(map(str, e.path))))
+    if not errors:
+        return None
+    error = errors[0]
+    path = list(error.absolute_path)
+    if error.validator == "additionalProperties":
+        known = _schema_at(schema, path).get("properties", {})
+        unknown = sorted(k for k in error.instance if k not in known)[0]
+        full = [*path, unknown]
+        hint = _suggest(unknown, known) or f" (valid keys: {', '.join(known)})"
+        return f"{source_of(full, configfiles)}: unknown key `{_dotted(full)}`{hint}"
+    if error.validator == "enum":
+        where = source_of(path, configfiles)
+        return f"{where}: `{_dotted(path)}` is {error.instance!r}, expected one of {', '.join(map(str, error.validator_value))}{_suggest(error.instance, error.validator_value)}"
+    if error.validator == "propertyNames":
+        choices = error.validator_value.get("enum", [])
+        bad = sorted(k for k in error.instance if k not in choices)
+        name = bad[0] if bad else "?"
+        return f"{source_of(path, configfiles)}: unknown name `{name}` in `{_dotted(path)}`, expected one of {', '.join(choices)}{_suggest(name, choices)}"
+    if error.validator == "required":
+        return f"{source_of(path, configfiles)}: {error.message} in `{_dotted(path)}`"
+    return f"{source_of(path, configfiles)}: `{_dotted(path)}`: {error.message}"
+
+
+def check_schema(config: Mapping, schema_file: str | Path, configfiles: Sequence[str | Path] = ()) -> None:
+    """Raise :class:`ConfigError` with :func:`schema_problem`'s line when ``config`` breaks the schema."""
+    schema = yaml.safe_load(Path(schema_file).read_text())
+    problem = schema_problem(config, schema, configfiles)
+    if problem:
+        raise ConfigError(problem)
+
+
+def canonical(value: Any) -> Any:
+    """``value`` with every mapping's keys in sorted order (lists keep theirs).
+
+    Snakemake compares ``params`` as text, so the same settings listed in
+    another order would otherwise rerun jobs."""
+    if isinstance(value, Mapping):
+        return {k: canonical(value[k]) for k in sorted(value, key=str)}
+    if isinstance(value, list):
+        return [canonical(v) for v in value]
+    return value
+
+
+def plan_problems(
+    config: Mapping,
+    splits: Mapping[str, str],
+    shape_of: Callable[[str], tuple[int, int] | None] | None = None,
+    images: Mapping[str, str] | None = None,
+    training: bool = True,
+) -> list[str]:
+    """Problems of a validated ``config`` (schema defaults filled in) with this sample sheet.
+
+    ``splits`` maps slide id to split; ``images`` maps slide id to its image
+    path and ``shape_of(path)`` gives an image's (height, width) from its header
+    (None when unknown), to check that patches fit the slides; ``training`` says
+    whether the run trains a model."""
+    problems = []
+    train, predict, patches = config["train"], config["predict"], config["patches"]
+    if train["arch"].lower() not in {a.lower() for a in ARCHS}:
+        problems.append(f"`train.arch` is {train['arch']!r}, not a segmentation-models-pytorch architecture{_suggest(train['arch'], ARCHS)}; choose from {', '.join(ARCHS)}")
+    encoder = train["encoder"]
+    if encoder not in ENCODERS and not encoder.startswith("tu-"):
+        problems.append(f"`train.encoder` is {encoder!r}, not a segmentation-models-pytorch encoder{_suggest(encoder, ENCODERS)} (timm encoders: `tu-<timm name>`)")
+    if predict["overlap"] >= predict["tile"]:
+        problems.append(f"`predict.overlap` ({predict['overlap']}) must be smaller than `predict.tile` ({predict['tile']})")
+    if patches.get("max_coverage", 1) < patches.get("min_coverage", 0):
+        problems.append(f"`patches.min_coverage` ({patches['min_coverage']}) is above `patches.max_coverage` ({patches['max_coverage']})")
+    labelled = [s for s, split in splits.items() if split in ("train", "val")]
+    if training and not train.get("folds"):
+        for split in ("train", "val"):
+            if not any(v == split for v in splits.values()):
+                problems.append(f"the sample sheet has no `{split}` slide: training needs at least one train and one val slide with a mask (or set `train.folds: k` to draw validation folds)")
+    if training and train.get("folds") and len(labelled) < train["folds"]:
+        problems.append(f"`train.folds` = {train['folds']} needs at least {train['folds']} train/val slides, the sample sheet has {len(labelled)}")
+    if training and shape_of is not None and images is not None and labelled:
+        span = int(round(patches["size"] * patches["downscale"]))
+        shapes = [shape_of(images[s]) for s in labelled]
+        known = [s for s in shapes if s is not None]
+        if known and len(known) == len(shapes) and all(span > max(h, w) for h, w in known):
+            h, w = max(known, key=lambda hw: hw[0] * hw[1])
+            problems.append(
+                f"`patches.size` x `patches.downscale` = {span} level-0 px is larger than every train/val slide "
+                f"(largest {w}x{h} px): lower `patches.size` or `patches.downscale`"
+            )
+    return problems
+
+
+def image_shape(path: str | Path) -> tuple[int, int] | None:
+    """(height, width) of an image from its header only (TIFF: level 0 of the first series;
+    PNG/JPEG via Pillow's lazy open); None when the file cannot be read that way."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        if path.suffix.lower() in (".tif", ".tiff", ".svs", ".btf", ".tf8", ".ome"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                axes, shape = tif.series[0].axes, tif.series[0].shape
+                return int(shape[axes.index("Y")]), int(shape[axes.index("X")])
+        from PIL import Image
+
+        Image.MAX_IMAGE_PIXELS = None  # only the header is read here
+        with Image.open(path) as image:
+            return int(image.height), int(image.width)
+    except Exception:  # unreadable files get their own clear error from convert
+        return None
