@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -164,11 +165,29 @@ def load_model(checkpoint: str | Path, map_location: str | torch.device = "cpu")
     """Rebuild a trained :class:`SegmentationModule` from a checkpoint, loading tensors only.
 
     Uses ``torch.load(weights_only=True)``: a checkpoint cannot run code."""
+    path = Path(checkpoint)
+    if path.is_dir():
+        raise ValueError(f"{checkpoint}: is a folder, expected a model.ckpt file")
+    if not path.is_file():
+        raise FileNotFoundError(f"{checkpoint}: checkpoint not found")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{checkpoint}: empty file, not a checkpoint (an interrupted copy?)")
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if head != b"PK\x03\x04":  # torch.save writes a zip archive
+        raise ValueError(f"{checkpoint}: not a PyTorch checkpoint (starts with {head!r}, not a torch.save zip archive)")
     try:
         ckpt = torch.load(checkpoint, map_location=map_location, weights_only=True)
-        hparams = upgrade_hparams(ckpt["hyper_parameters"])
+    except pickle.UnpicklingError:
+        # torch's message is a page of advice on weights_only; the short of it:
+        raise ValueError(f"{checkpoint}: refused: the file holds Python objects other than tensors, which could run code "
+                         "when loaded (wsiseg loads tensors only; use a checkpoint written by wsiseg train)") from None
     except Exception as err:
-        raise ValueError(f"{checkpoint}: not a wsiseg checkpoint ({err})") from None
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        raise ValueError(f"{checkpoint}: not a PyTorch checkpoint ({reason})") from None
+    if not isinstance(ckpt, dict) or "hyper_parameters" not in ckpt or "state_dict" not in ckpt:
+        raise ValueError(f"{checkpoint}: not a wsiseg checkpoint (no hyper_parameters/state_dict; use a model.ckpt written by wsiseg train)")
+    hparams = upgrade_hparams(ckpt["hyper_parameters"])
     hparams["encoder_weights"] = None  # trained weights follow; never download again
     hparams["compile"] = False  # inference code compiles (or not) on its own
     module = SegmentationModule(**hparams)
