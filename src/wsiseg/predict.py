@@ -39,6 +39,7 @@ from .model import load_model
 from .patches import grid_positions
 from .postprocess import postprocess_mask
 from .store import SlideStore, build_pyramid, compressor, create_level, level_count, multiscales
+from .tissue import METHODS as TISSUE_METHODS
 from .tissue import TissueMap
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,9 @@ class PredictParams:
     blend: str = "gaussian"  # gaussian | ramp | constant
     tta: tuple[str, ...] = ()  # any of hflip, vflip, rot90 (averaged with the plain prediction)
     min_tissue: float = 0.02  # tiles with less tissue are skipped (probability 0)
-    tissue_saturation: float = 0.08
+    tissue_saturation: float = 0.08  # saturation threshold; floor of the Otsu-based methods
+    tissue_method: str = "auto"  # auto | saturation | otsu | otsu_gray | fluorescence (see wsiseg.tissue)
+    tissue_fallback: float = 0.01  # fewer tiles on tissue than this share: predict every tile, warn (0 = never)
     min_area: int = 0  # level-0 px: smaller predicted objects are removed
     max_hole: int = 0  # level-0 px: smaller holes in objects are filled
     chunk: int = 512
@@ -155,7 +158,12 @@ def _prefetch(items: Iterator, depth: int) -> Iterator:
 
 
 class _Plan:
-    """Tile grid of one slide at the model resolution, with tissue filtering."""
+    """Tile grid of one slide at the model resolution, with tissue filtering.
+
+    When tissue detection keeps fewer than ``tissue_fallback`` of the tiles
+    (none at all, typically: a method that does not suit the slide, such as
+    saturation on a grayscale fluorescence image), it is not trusted: every
+    tile is predicted (``fallback``) and a warning logged."""
 
     def __init__(self, store: SlideStore, downscale: float, params: PredictParams):
         self.store, self.ds, self.params = store, downscale, params
@@ -163,20 +171,40 @@ class _Plan:
         self.dh, self.dw = store.dims(downscale)
         self.ys = grid_positions(self.dh, self.T, self.T - params.overlap)
         self.xs = grid_positions(self.dw, self.T, self.T - params.overlap)
-        self.tissue = TissueMap(store, params.tissue_saturation)
-        self.skipped = 0
-
-    def row_tiles(self, y: int) -> list[int]:
+        self.tissue = TissueMap(store, params.tissue_saturation, method=params.tissue_method)
         span = int(math.ceil(self.T * self.ds))
-        todo = [x for x in self.xs if self.tissue.fraction(int(y * self.ds), int(x * self.ds), span, span) >= self.params.min_tissue]
-        self.skipped += len(self.xs) - len(todo)
-        return todo
+        self.keep = np.array(
+            [[self.tissue.fraction(int(y * self.ds), int(x * self.ds), span, span) >= params.min_tissue for x in self.xs] for y in self.ys]
+        )
+        self.total = int(self.keep.size)
+        kept = int(self.keep.sum())
+        self.fallback = kept < params.tissue_fallback * self.total
+        if self.fallback:
+            log.warning(
+                "predict %s: tissue detection (%s) kept %d of %d tiles (tissue %.2f%% of the slide, below "
+                "predict.tissue_fallback %g): it does not suit this slide, predicting every tile instead; "
+                "set predict.tissue_method (e.g. fluorescence for bright-on-dark images) to skip background",
+                store.slide_id, self.tissue.method, kept, self.total, 100 * self.tissue.share, params.tissue_fallback,
+            )
+            self.keep[:] = True
+        self.skipped = self.total - int(self.keep.sum())
+
+    def row_tiles(self, r: int) -> list[int]:
+        """x positions of the tiles of tile row ``r`` to predict."""
+        return [x for x, keep in zip(self.xs, self.keep[r]) if keep]
+
+    def info(self) -> dict:
+        """Tissue detection summary for the prediction store's attributes."""
+        return {
+            "method": self.tissue.method, "requested": self.tissue.requested, "share": round(self.tissue.share, 6),
+            "tiles_skipped": self.skipped, "tiles_total": self.total, "fallback": bool(self.fallback),
+        }
 
     def batches(self) -> Iterator[tuple[int, list[int], np.ndarray | None]]:
         """Per tile row: (row, xs, uint8 tiles) batches, then (row, [], None) when the row is read."""
         width = max(self.xs) + self.T
         for r, y in enumerate(self.ys):
-            todo = self.row_tiles(y)
+            todo = self.row_tiles(r)
             if todo:  # one read per tile row: every chunk is decoded once, not once per tile
                 band = self.store.read_image(int(round(y * self.ds)), 0, (self.T, width), self.ds)
             for b in range(0, len(todo), self.params.batch_size):
@@ -275,7 +303,12 @@ def predict_slide(
     plan = _Plan(store, ds, params)
     log.info(
         "predict %s: %dx%d at downscale %g, %d tiles of %d px, %d model(s) x %d TTA view(s) on %s",
-        store.slide_id, plan.dw, plan.dh, ds, len(plan.ys) * len(plan.xs), plan.T, len(models), 1 + len(params.tta), device,
+        store.slide_id, plan.dw, plan.dh, ds, plan.total, plan.T, len(models), 1 + len(params.tta), device,
+    )
+    log.info(
+        "predict %s: tissue method %s%s, tissue %.1f%% of the slide, %d of %d tiles skipped (min_tissue %g)",
+        store.slide_id, plan.tissue.method, " (auto)" if params.tissue_method == "auto" else "", 100 * plan.tissue.share,
+        plan.skipped, plan.total, params.min_tissue,
     )
     codec = compressor("zstd", 1)  # fast: outputs are written while the model computes
     levels = level_count(store.height, store.width, params.chunk)
@@ -302,9 +335,14 @@ def predict_slide(
                 "tta": list(params.tta),
                 "classes": classes,
                 "tiles_skipped": plan.skipped,
+                "tiles_total": plan.total,
+                "tissue": plan.info(),
             }
         )
-    log.info("predict %s: done, %d of %d tiles skipped as non-tissue", store.slide_id, plan.skipped, len(plan.ys) * len(plan.xs))
+    log.info(
+        "predict %s: done, %d of %d tiles skipped as non-tissue (tissue method %s%s)", store.slide_id, plan.skipped, plan.total,
+        plan.tissue.method, ", fallback: every tile predicted" if plan.fallback else "",
+    )
     return Path(out)
 
 
@@ -312,6 +350,8 @@ def _check_params(params: PredictParams) -> None:
     if params.overlap >= params.tile:
         raise ValueError(f"predict.overlap ({params.overlap}) must be smaller than predict.tile ({params.tile})")
     _tta_pairs(params.tta)
+    if params.tissue_method not in TISSUE_METHODS:
+        raise ValueError(f"predict.tissue_method {params.tissue_method!r} is unknown; choose from {list(TISSUE_METHODS)}")
 
 
 def predict_many(

@@ -284,7 +284,35 @@ def slide_metrics(
 
 
 MEAN_COLUMNS = ("dice", "iou", "precision", "recall", "object_f1")
-SUM_COLUMNS = ("objects_true", "objects_pred", "objects_matched", "tp", "fp", "fn")
+SUM_COLUMNS = ("objects_true", "objects_pred", "objects_matched", "tp", "fp", "fn", "tiles_skipped", "tiles_total")
+TISSUE_COLUMNS = ["tissue_method", "tiles_skipped", "tiles_total", "tissue_fallback"]
+
+
+def tissue_info(prediction: str | Path) -> dict:
+    """Tissue detection of a prediction (``tissue_method``, ``tiles_skipped``, ``tiles_total``,
+    ``tissue_fallback``) from its store's attributes; values are None for stores that do not record it."""
+    attrs = Prediction(prediction).attrs
+    tissue = attrs.get("tissue") or {}
+    return {
+        "tissue_method": tissue.get("method"),
+        "tiles_skipped": tissue.get("tiles_skipped", attrs.get("tiles_skipped")),
+        "tiles_total": tissue.get("tiles_total", attrs.get("tiles_total")),
+        "tissue_fallback": tissue.get("fallback"),
+    }
+
+
+def warn_tissue(slide_id: str, info: Mapping) -> None:
+    """Log a warning when tissue detection failed on a slide: fell back to every tile, or skipped every tile."""
+    if info["tissue_fallback"]:
+        log.warning(
+            "report %s: tissue detection (%s) found almost no tissue; every tile was predicted instead "
+            "(set predict.tissue_method to suit these slides)", slide_id, info["tissue_method"],
+        )
+    elif info["tiles_total"] and info["tiles_skipped"] == info["tiles_total"]:
+        log.warning(
+            "report %s: every tile (%d) was skipped as non-tissue by tissue detection (%s): the prediction is empty",
+            slide_id, info["tiles_total"], info["tissue_method"] or "unknown method",
+        )
 
 
 def summary_rows(table: pd.DataFrame, per_class: list[str]) -> list[dict]:
@@ -297,7 +325,7 @@ def summary_rows(table: pd.DataFrame, per_class: list[str]) -> list[dict]:
             {
                 "slide_id": slide_id, "split": "all", **({"group": group} if "group" in table else {}),
                 **{c: subset[c].mean() for c in (*MEAN_COLUMNS, *per_class)},
-                **{c: subset[c].sum() for c in SUM_COLUMNS},
+                **{c: pd.to_numeric(subset[c]).sum(min_count=1) for c in SUM_COLUMNS},  # tile counts: NaN when unrecorded
             }
         )
     return rows
@@ -324,18 +352,23 @@ def make_report(
     a category such as the organ.  ``metrics`` gets one row per slide with
     ground truth, a ``mean:{group}`` row per group and a ``mean`` row (the
     Kaggle score: mean of per-slide Dice).  Multi-class columns are named by
-    ``class_names`` (index = class).  Returns the metrics table.
+    ``class_names`` (index = class).  Each slide's tissue detection (method,
+    tiles skipped of all, whether it fell back to every tile) is added from its
+    prediction store, with a warning where it fell back or skipped every tile.
+    Returns the metrics table.
     """
-    columns = METRIC_COLUMNS[:2] + (["group"] if groups else []) + METRIC_COLUMNS[2:]
+    columns = METRIC_COLUMNS[:2] + (["group"] if groups else []) + METRIC_COLUMNS[2:] + TISSUE_COLUMNS
     rows = []
     for slide_id in sorted(predictions):
+        tissue = tissue_info(predictions[slide_id])
+        warn_tissue(slide_id, tissue)
         if overlay_dir is not None:
             overlay(predictions[slide_id], slides[slide_id], Path(overlay_dir) / f"{slide_id}.png")
         if geojson_dir is not None:
             export_geojson(predictions[slide_id], Path(geojson_dir) / f"{slide_id}.geojson", class_name, class_names=class_names)
         if SlideStore(slides[slide_id]).has_mask:
             values = slide_metrics(predictions[slide_id], slides[slide_id], object_iou, class_names)
-            rows.append({"slide_id": slide_id, "split": splits[slide_id], **({"group": groups[slide_id]} if groups else {}), **values})
+            rows.append({"slide_id": slide_id, "split": splits[slide_id], **({"group": groups[slide_id]} if groups else {}), **values, **tissue})
             log.info("report %s: dice %.4f, object F1 %.4f", slide_id, rows[-1]["dice"], rows[-1]["object_f1"])
     per_class = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in columns]
     table = pd.DataFrame(rows, columns=columns + per_class)

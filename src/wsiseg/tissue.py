@@ -8,6 +8,13 @@ Methods (``method``):
   the fixed threshold, so a slide that is all glass does not become half tissue.
 - ``otsu_gray``: Otsu's threshold on the darkness (255 - grayscale), for
   unstained or grayscale slides; floored the same way.
+- ``fluorescence``: Otsu's threshold on the brightness (grayscale), for
+  fluorescence and other bright-on-dark images; never below the darkest
+  background (1st percentile) plus ``saturation`` x 255, so a dark empty field
+  (even with a camera offset) does not become half tissue.
+- ``auto``: one of the above per slide (:func:`choose_method`): mostly dark →
+  ``fluorescence``; light and grey (no stain colour anywhere) → ``otsu_gray``;
+  else (stained brightfield, e.g. H&E) → ``saturation``.
 """
 
 from __future__ import annotations
@@ -20,7 +27,10 @@ import numpy as np
 from .io import atomic_path
 from .store import SlideStore
 
-METHODS = ("saturation", "otsu", "otsu_gray")
+METHODS = ("saturation", "otsu", "otsu_gray", "fluorescence", "auto")
+
+DARK_MEDIAN = 96  # median grey value below which a slide counts as bright-on-dark (fluorescence)
+COLOUR_SHARE = 0.005  # share of stain-coloured pixels above which a light slide counts as stained
 
 
 def _otsu_above(channel: np.ndarray, floor: float) -> np.ndarray:
@@ -30,11 +40,34 @@ def _otsu_above(channel: np.ndarray, floor: float) -> np.ndarray:
     return blurred > max(otsu, floor)
 
 
+def choose_method(rgb: np.ndarray, saturation: float = 0.08) -> str:
+    """The concrete method ``auto`` uses for an RGB uint8 (low-resolution) image.
+
+    Mostly dark (median grey below ``DARK_MEDIAN``) → ``fluorescence``; light
+    with fewer than ``COLOUR_SHARE`` of pixels saturated above ``saturation``
+    → ``otsu_gray``; else ``saturation``.  Saturation is only counted on pixels
+    bright enough for it to mean stain colour (HSV saturation of near-black
+    noise is meaningless)."""
+    rgb = np.ascontiguousarray(rgb)
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    if np.median(gray) < DARK_MEDIAN:
+        return "fluorescence"
+    sat = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)[:, :, 1]
+    coloured = (sat > saturation * 255) & (gray >= DARK_MEDIAN // 2)
+    return "saturation" if coloured.mean() >= COLOUR_SHARE else "otsu_gray"
+
+
 def tissue_mask(rgb: np.ndarray, saturation: float = 0.08, method: str = "saturation") -> np.ndarray:
     """Boolean tissue mask of an RGB uint8 image by ``method`` (see the module docstring)."""
     if method not in METHODS:
         raise ValueError(f"unknown tissue method {method!r}; choose from {list(METHODS)}")
     rgb = np.ascontiguousarray(rgb)
+    if method == "auto":
+        method = choose_method(rgb, saturation)
+    if method == "fluorescence":
+        gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+        background = float(np.percentile(cv2.medianBlur(gray, 5), 1))  # the darkest background, e.g. an offset or glow
+        return _otsu_above(gray, background + saturation * 255)
     if method == "otsu_gray":
         return _otsu_above(255 - cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), saturation * 255)
     sat = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)[:, :, 1]
@@ -42,15 +75,22 @@ def tissue_mask(rgb: np.ndarray, saturation: float = 0.08, method: str = "satura
 
 
 class TissueMap:
-    """Tissue mask of a whole slide at low resolution, queried by level-0 boxes."""
+    """Tissue mask of a whole slide at low resolution, queried by level-0 boxes.
+
+    ``method`` is the method asked for (possibly ``auto``); the attribute
+    ``method`` is the one used on this slide."""
 
     def __init__(self, store: SlideStore, saturation: float = 0.08, max_side: int = 2048, method: str = "saturation"):
+        if method not in METHODS:
+            raise ValueError(f"unknown tissue method {method!r}; choose from {list(METHODS)}")
         k = len(store.levels) - 1
         while k > 0 and max(store.levels[k - 1].shape[1:]) <= max_side:
             k -= 1
         self.factor = 2**k
         level = np.asarray(store.levels[k][:]).transpose(1, 2, 0)
-        self.mask = tissue_mask(level, saturation, method)
+        self.requested = method
+        self.method = choose_method(level, saturation) if method == "auto" else method
+        self.mask = tissue_mask(level, saturation, self.method)
 
     @property
     def share(self) -> float:
