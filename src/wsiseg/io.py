@@ -4,8 +4,8 @@ Two rules keep a user's files safe (:func:`check_output`):
 
 - an output path that exists is replaced only when it is a complete earlier
   output of the same stage: a folder carrying this stage's marker file
-  (:data:`MARKER`, written by :func:`atomic_path`) or a wsiseg zarr store's own
-  metadata, or a plain file (the stage's earlier file output);
+  (:data:`MARKER`, written by :func:`atomic_path`; older stores: their own
+  zarr metadata), or a plain file where the stage writes a file;
 - an output equal to, inside, or containing one of the stage's inputs is refused.
 
 Temporary paths are named ``.{name}.tmp-{host}-{pid}-{random}``; a job that was
@@ -53,8 +53,8 @@ def _zarr_attrs(folder: Path) -> dict:
 
 
 def output_stage(folder: str | Path) -> str | None:
-    """The wsiseg stage that wrote ``folder`` (from its marker), ``"wsiseg"`` for a wsiseg
-    zarr store without a marker (written by an earlier version), else None."""
+    """The wsiseg stage that wrote ``folder``: from its marker file, or for stores written
+    before markers existed from the store's own metadata; None for anything else."""
     folder = Path(folder)
     try:
         stage = json.loads((folder / MARKER).read_text()).get("stage")
@@ -63,7 +63,13 @@ def output_stage(folder: str | Path) -> str | None:
     if stage:
         return str(stage)
     attrs = _zarr_attrs(folder)
-    return "wsiseg" if "wsiseg" in attrs or "slide_id" in attrs else None
+    if "checkpoints" in attrs and "slide_id" in attrs:
+        return "predict"
+    if isinstance(attrs.get("wsiseg"), dict) and "source" in attrs["wsiseg"]:
+        return "convert"
+    if {"size", "downscale", "slide_id"} <= set(attrs) and (folder / "images").is_dir():
+        return "patches"
+    return None
 
 
 def _contains(outer: Path, inner: Path) -> bool:
@@ -100,7 +106,7 @@ def check_output(
         found = output_stage(path)
         if found is None:
             raise OutputError(f"{target}: exists and is not a wsiseg output; refusing to replace it (move it or choose another path)")
-        if stage is not None and found not in (stage, "wsiseg"):
+        if stage is not None and found != stage:
             raise OutputError(f"{target}: holds a wsiseg {found} output, not a {stage} output; refusing to replace it")
     elif not path.is_file():
         raise OutputError(f"{target}: exists and is not a regular file; refusing to replace it")
