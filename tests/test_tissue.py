@@ -171,3 +171,15 @@ def test_unknown_predict_tissue_method_fails_before_work(tiny_trained, tmp_path)
     with pytest.raises(ValueError, match="predict.tissue_method 'dapi'"):
         predict_slide(slides["demo_2"], ckpt, tmp_path / "p.zarr", PredictParams(tile=64, overlap=16, tissue_method="dapi"))
     assert not (tmp_path / "p.zarr").exists()
+
+
+def test_config_schema_offers_the_tissue_methods_with_predict_defaults():
+    from pathlib import Path
+
+    import yaml
+
+    schema = yaml.safe_load((Path(__file__).parents[1] / "workflow/schemas/config.schema.yaml").read_text())["properties"]
+    predict = schema["predict"]["properties"]
+    assert set(predict["tissue_method"]["enum"]) == set(schema["patches"]["properties"]["tissue_method"]["enum"]) == set(METHODS)
+    for key in ("tissue_method", "tissue_fallback", "min_tissue", "tissue_saturation"):
+        assert predict[key]["default"] == getattr(PredictParams(), key), key
