@@ -14,6 +14,11 @@ Output store ``{slide}.zarr``::
                      for binary models, one channel per class for multi-class ones
     mask/0, 1, ...   binary: prob > threshold (then post-processed), uint8 0/1;
                      multi-class: the arg-max class index
+
+Tiles without tissue are skipped (probability 0); the root attribute ``tissue``
+records the detection used (``method``, ``requested``, ``share``,
+``tiles_skipped``, ``tiles_total``, ``fallback``).  A slide on which detection
+keeps almost no tile is predicted whole, with a warning (``tissue_fallback``).
 """
 
 from __future__ import annotations
