@@ -63,6 +63,14 @@ def encode(mask: np.ndarray) -> str:
     return encode_bands(iter([(0, mask)]), mask.shape[0])
 
 
+def _too_big(token: str) -> bool:
+    """Whether an integer token does not fit int64 (Python refuses to convert over 4300 digits: too big too)."""
+    try:
+        return abs(int(token)) > np.iinfo(np.int64).max
+    except ValueError:
+        return True
+
+
 def parse(rle: str | float | None, shape: tuple[int, int], source: str = "RLE") -> tuple[np.ndarray, np.ndarray]:
     """Parse and validate an RLE string; return 0-based starts and lengths.
 
@@ -73,6 +81,13 @@ def parse(rle: str | float | None, shape: tuple[int, int], source: str = "RLE") 
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     try:
         values = np.array(str(rle).split(), dtype=np.int64)
+    except OverflowError:
+        big = next((t for t in str(rle).split() if _too_big(t)), "?")
+        shown = big if len(big) <= 30 else f"{big[:12]}...{big[-6:]} ({len(big)} digits)"
+        raise RLEError(
+            f"{source}: RLE value {shown} is too large for any image (pixel numbers stop at "
+            f"{int(shape[0]) * int(shape[1]):,} for shape {tuple(shape)})"
+        ) from None
     except ValueError as err:
         raise RLEError(f"{source}: RLE contains a non-integer token ({err})") from None
     if len(values) % 2:

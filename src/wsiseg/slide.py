@@ -22,13 +22,20 @@ full-width row bands (:meth:`SourceSlide.bands`):
   cannot be decoded piecewise);
 * every other layout (planar, multi-page OME-TIFF) is read through
   tifffile's zarr interface one band at a time;
-* PNG/JPEG are decoded whole with imagecodecs (no PIL decompression-bomb
-  limit), so they suit images up to a few gigabytes decoded.
+* PNG/JPEG are decoded whole with imagecodecs, so they suit images up to a
+  few gigabytes decoded: the size their header declares is checked against
+  ``max_decoded_pixels`` before decoding (a decompression bomb is refused).
+
+Float pixels that are NaN or infinite become 0 (and are counted:
+:attr:`IntensityMap.nonfinite`); percentiles are taken over finite values.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import struct
+import threading
 import zlib
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +53,9 @@ STREAM_SEGMENT_BYTES = 64 * 2**20  # larger deflate/uncompressed strips are deco
 MAX_SEGMENT_BYTES = 512 * 2**20  # larger tiles/strips that cannot be streamed are rejected
 SAMPLE_SIDE = 2048  # pixels per side of the image used to compute percentiles
 DEFLATE = {8, 32946}
+MAX_DECODED_PIXELS = 1_000_000_000  # PNG/JPEG decoded whole: 3 GB as 8-bit RGB, 8 GB as 16-bit RGBA
+
+log = logging.getLogger(__name__)
 
 Band = tuple[int, np.ndarray]  # (y0, (h, W, channels) rows)
 Piece = tuple[int, int, np.ndarray]  # (y, x, (h, w, channels) pixels) of a decoded tile or region
@@ -397,6 +407,21 @@ def _segment_bytes(page: tifffile.TiffPage) -> int:
     return rows * width * samples * page.dtype.itemsize
 
 
+def _check_segment_count(path: Path, pages) -> None:
+    """Fail early when the header declares more pixels than the file has tiles/strips for (a corrupt or edited header)."""
+    for page in pages:
+        key = page if hasattr(page, "chunked") else page.keyframe
+        expected = int(np.prod(key.chunked))
+        found = len(page.dataoffsets)
+        if found < expected:
+            kind = "tiles" if key.is_tiled else "strips"
+            size = f"{key.tilewidth}x{key.tilelength}" if key.is_tiled else f"{key.rowsperstrip or key.imagelength} rows"
+            raise SlideError(
+                f"{path}: the header declares {key.imagewidth}x{key.imagelength} px, which needs {expected} {kind} "
+                f"of {size}, but the file lists only {found} (corrupt or edited TIFF header)"
+            )
+
+
 def open_tiff(path: Path, workers: int, max_segment_bytes: int) -> tuple[ZarrReader, tifffile.TiffFile]:
     """Pick the best reader for level 0 of the first series of the TIFF at ``path``."""
     try:
@@ -413,6 +438,7 @@ def open_tiff(path: Path, workers: int, max_segment_bytes: int) -> tuple[ZarrRea
         if page.dtype is None:
             raise SlideError(f"{path}: unsupported TIFF pixel format ({page.bitspersample}-bit, sample format {page.sampleformat})")
         _check_extent(path, level.pages)
+        _check_segment_count(path, level.pages)
         single = len(level.pages) == 1 and page.imagedepth == 1
         size, problem = _segment_bytes(page), _stream_problem(page, single)
         if size > STREAM_SEGMENT_BYTES and problem is None:
@@ -445,10 +471,72 @@ def _stream_problem(page: tifffile.TiffPage, single: bool) -> str | None:
     return None
 
 
-def open_raster(path: Path) -> ArrayReader:
-    """Decode a PNG/JPEG with imagecodecs (no decompression-bomb limit, unlike PIL)."""
+JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def declared_size(path: Path) -> tuple[str, int, int]:
+    """``(format, width, height)`` that a PNG (IHDR) or JPEG (SOF marker) header declares, read without decoding.
+
+    Raises :class:`SlideError` for a file that is neither, or whose header is cut short."""
+    with open(path, "rb") as fh:
+        head = fh.read(24)
+        if head.startswith(PNG_SIGNATURE):
+            if len(head) < 24 or head[12:16] != b"IHDR":
+                raise SlideError(f"{path}: not a readable PNG image (no IHDR header)")
+            width, height = struct.unpack(">II", head[16:24])
+            return "PNG", width, height
+        if not head.startswith(b"\xff\xd8"):
+            raise SlideError(f"{path}: not a PNG or JPEG file (it starts with bytes {head[:8]!r})")
+        fh.seek(2)
+        while True:
+            byte = fh.read(1)
+            while byte == b"\xff":  # fill bytes before a marker
+                marker = fh.read(1)
+                if marker != b"\xff":
+                    break
+            else:
+                raise SlideError(f"{path}: not a readable JPEG image (no frame header before the end of the file)")
+            code = marker[0] if marker else -1
+            if code == -1 or code == 0xD9:
+                raise SlideError(f"{path}: not a readable JPEG image (no frame header before the end of the file)")
+            if code == 0x01 or 0xD0 <= code <= 0xD8:  # markers without a length
+                continue
+            length_bytes = fh.read(2)
+            if len(length_bytes) < 2:
+                raise SlideError(f"{path}: not a readable JPEG image (header cut short)")
+            (length,) = struct.unpack(">H", length_bytes)
+            if length < 2:
+                raise SlideError(f"{path}: not a readable JPEG image (segment length {length})")
+            if code in JPEG_SOF:
+                frame = fh.read(5)
+                if len(frame) < 5:
+                    raise SlideError(f"{path}: not a readable JPEG image (frame header cut short)")
+                height, width = struct.unpack(">HH", frame[1:5])
+                return "JPEG", width, height
+            fh.seek(length - 2, os.SEEK_CUR)
+
+
+def check_decoded_size(path: Path, max_decoded_pixels: int) -> None:
+    """Refuse a PNG/JPEG whose header declares more than ``max_decoded_pixels`` pixels, before decoding it.
+
+    Such images are decoded whole, so a small file declaring a huge image
+    (a decompression bomb) would otherwise allocate gigabytes."""
+    kind, width, height = declared_size(path)
+    if width * height > max_decoded_pixels:
+        raise SlideError(
+            f"{path}: the {kind} header declares {width}x{height} px ({width * height:,} px), over the limit of "
+            f"{max_decoded_pixels:,} px for images decoded whole in memory; if it is genuine and the machine "
+            "has the memory, raise `convert.max_decoded_pixels` (CLI --max-decoded-pixels), or re-save it as a "
+            "tiled TIFF, which is streamed (e.g. `vips tiffsave in.png out.tif --tile --pyramid`)"
+        )
+
+
+def open_raster(path: Path, max_decoded_pixels: int = MAX_DECODED_PIXELS) -> ArrayReader:
+    """Decode a PNG/JPEG with imagecodecs, once its header's declared size is checked against ``max_decoded_pixels``."""
     import imagecodecs
 
+    check_decoded_size(path, max_decoded_pixels)
     try:
         data = imagecodecs.imread(str(path))
     except Exception as err:
@@ -459,20 +547,27 @@ def open_raster(path: Path) -> ArrayReader:
 
 
 def open_reader(
-    path: str | Path, workers: int | None = None, max_segment_bytes: int | None = None
+    path: str | Path,
+    workers: int | None = None,
+    max_segment_bytes: int | None = None,
+    max_decoded_pixels: int | None = None,
 ) -> tuple[ArrayReader | ZarrReader, tifffile.TiffFile | None]:
     """A raw-pixel reader for any supported image file, and the TiffFile to close (None for PNG/JPEG).
 
     Strips over :data:`STREAM_SEGMENT_BYTES` decoded are streamed when their
     compression allows; other segments over ``max_segment_bytes`` (default
-    :data:`MAX_SEGMENT_BYTES`) are rejected."""
+    :data:`MAX_SEGMENT_BYTES`) are rejected.  PNG/JPEG images declaring more
+    than ``max_decoded_pixels`` (default :data:`MAX_DECODED_PIXELS`) are
+    refused before decoding; TIFFs are streamed and not limited."""
     path = Path(path)
+    if path.is_dir():
+        raise SlideError(f"{path}: is a directory, expected an image file")
     if not path.is_file():
         raise SlideError(f"{path}: image file not found")
     if path.stat().st_size == 0:
         raise SlideError(f"{path}: empty file")
     if path.suffix.lower() in RASTER_SUFFIXES:
-        return open_raster(path), None
+        return open_raster(path, max_decoded_pixels or MAX_DECODED_PIXELS), None
     return open_tiff(path, workers or default_workers(), max_segment_bytes or MAX_SEGMENT_BYTES)
 
 
@@ -498,10 +593,15 @@ def channel_plan(path: Path, count: int, channels: Sequence[int] | None, rgba: b
 
 
 class IntensityMap:
-    """Maps pixel values to uint8: a plain cast (uint8), ``scale`` (uint16 / 257) or a linear ``stretch``."""
+    """Maps pixel values to uint8: a plain cast (uint8), ``scale`` (uint16 / 257) or a linear ``stretch``.
+
+    A ``stretch`` maps NaN and infinite values to 0 and counts the pixels
+    holding one in :attr:`nonfinite` (over every block mapped so far)."""
 
     def __init__(self, kind: str, low: float = 0.0, high: float = 255.0):
         self.kind, self.low, self.high = kind, low, high
+        self.nonfinite = 0
+        self._lock = threading.Lock()
 
     def __call__(self, block: np.ndarray) -> np.ndarray:
         if block.dtype == bool:
@@ -511,7 +611,14 @@ class IntensityMap:
         if self.kind == "scale":
             return (block // 257).astype(np.uint8)  # the full uint16 range onto 0..255
         scaled = (block.astype(np.float32) - self.low) * (255.0 / (self.high - self.low))
-        return np.clip(scaled + 0.5, 0, 255).astype(np.uint8)
+        out = np.clip(scaled + 0.5, 0, 255)
+        if np.issubdtype(block.dtype, np.floating):
+            bad = ~np.isfinite(block)
+            if bad.any():
+                out[bad] = 0
+                with self._lock:
+                    self.nonfinite += int(np.count_nonzero(bad.any(axis=-1) if bad.ndim == 3 else bad))
+        return out.astype(np.uint8)
 
     def __repr__(self) -> str:
         return f"IntensityMap({self.kind!r}, {self.low:g}, {self.high:g})"
@@ -530,7 +637,16 @@ def intensity_map(path: Path, dtype: np.dtype, rule: str, percentiles: Sequence[
     if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
         raise SlideError(f"{path}: unsupported pixel type {dtype}")
     lo, hi = sorted(float(p) for p in percentiles)
-    low, high = (float(v) for v in np.percentile(np.asarray(sample(), dtype=np.float64), [lo, hi]))
+    values = np.asarray(sample(), dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        raise SlideError(
+            f"{path}: no finite pixel value (all {values.size:,} values sampled for `uint16: percentile` are NaN or infinite)"
+        )
+    if finite.size < values.size:
+        log.warning("%s: %d of %d sampled values are NaN or infinite; percentiles use the finite ones",
+                    path, values.size - finite.size, values.size)
+    low, high = (float(v) for v in np.percentile(finite, [lo, hi]))
     return IntensityMap("stretch", low, high if high > low else low + 1.0)
 
 
@@ -560,6 +676,7 @@ class SourceSlide:
     other integer and float types).  ``channels``: three channel indices to
     use as R, G, B (required for images with more than 3 channels, RGBA
     aside).  ``workers``: decoder threads (default: all CPUs available).
+    ``max_decoded_pixels``: the largest PNG/JPEG (decoded whole) accepted.
     """
 
     def __init__(
@@ -570,9 +687,10 @@ class SourceSlide:
         channels: Sequence[int] | None = None,
         workers: int | None = None,
         max_segment_bytes: int | None = None,
+        max_decoded_pixels: int | None = None,
     ):
         self.path = Path(path)
-        self.reader, self._tif = open_reader(self.path, workers, max_segment_bytes)
+        self.reader, self._tif = open_reader(self.path, workers, max_segment_bytes, max_decoded_pixels)
         rgba = self._tif is None or self._tif.series[0].keyframe.photometric == tifffile.PHOTOMETRIC.RGB
         try:
             self.height, self.width = (int(v) for v in self.reader.shape)
