@@ -8,15 +8,15 @@ import threading
 from contextlib import closing, contextmanager
 from inspect import signature
 from pathlib import Path
-from typing import Iterator, Sequence, TypeVar
+from typing import Collection, Iterator, Sequence, TypeVar
 
 import numpy as np
 import zarr
 from tqdm import tqdm
 
 from .io import atomic_path, check_output
-from .masks import MaskSource, open_mask
-from .slide import SourceSlide, default_workers
+from .masks import MaskError, MaskSource, open_mask
+from .slide import MAX_DECODED_PIXELS, SourceSlide, default_workers
 from .store import (
     NGFF_VERSION,
     PyramidWriter,
@@ -169,6 +169,19 @@ def write_labels(root: zarr.Group, annotation: MaskSource, levels: int, chunk: i
     return foreground / (height * width)
 
 
+def check_foreground(mask: str | Path, slide_id: str, found: str, allow_empty_mask: bool) -> None:
+    """Refuse the empty annotation ``mask`` of a train/val slide (:class:`MaskError` saying what it holds: ``found``),
+    or only log a warning when ``allow_empty_mask``."""
+    message = f"{mask}: the annotation of train/val slide '{slide_id}' is empty ({found})"
+    if allow_empty_mask:
+        log.warning("%s; converted as an all-background slide (convert.allow_empty_mask: true)", message)
+        return
+    raise MaskError(
+        f"{message}; a training slide without foreground usually means a wrong file, slide id or coordinate frame. "
+        "Set `convert.allow_empty_mask: true` if the slide truly has none"
+    )
+
+
 @contextmanager
 def open_inputs(
     image: str | Path,
@@ -180,13 +193,25 @@ def open_inputs(
     palette: dict | list | None = None,
     mask_threshold: int = 0,
     workers: int | None = None,
+    require_foreground: bool = False,
+    allow_empty_mask: bool = False,
+    max_decoded_pixels: int = MAX_DECODED_PIXELS,
 ) -> Iterator[tuple[SourceSlide, MaskSource | None]]:
     """The opened image and its annotation (None without ``mask``), validated against each other; closed on exit.
 
-    Raises on bad input before anything is written (see :func:`convert_slide` for the options)."""
-    with SourceSlide(image, uint16=uint16, percentiles=percentiles, channels=channels, workers=workers) as source:
-        annotation = open_mask(mask, slide_id, source.shape, palette=palette, threshold=mask_threshold) if mask else None
+    Raises on bad input before anything is written (see :func:`convert_slide` for the options), including
+    an annotation known to be empty without rasterising it (RLE, polygons) when ``require_foreground``."""
+    with SourceSlide(
+        image, uint16=uint16, percentiles=percentiles, channels=channels, workers=workers, max_decoded_pixels=max_decoded_pixels
+    ) as source:
+        annotation = (
+            open_mask(mask, slide_id, source.shape, palette=palette, threshold=mask_threshold, max_decoded_pixels=max_decoded_pixels)
+            if mask
+            else None
+        )
         try:
+            if annotation is not None and require_foreground and annotation.empty:
+                check_foreground(mask, slide_id, annotation.found, allow_empty_mask)
             yield source, annotation
         finally:
             close = getattr(annotation, "close", None)  # mask images hold an open file
@@ -209,6 +234,9 @@ def convert_slide(
     palette: dict | list | None = None,
     mask_threshold: int = 0,
     workers: int | None = None,
+    require_foreground: bool = False,
+    allow_empty_mask: bool = False,
+    max_decoded_pixels: int = MAX_DECODED_PIXELS,
 ) -> Path:
     """Convert ``image`` (and its ``mask`` annotation, if any) to an OME-NGFF zarr at ``out``.
 
@@ -227,11 +255,23 @@ def convert_slide(
     ``labels/mask`` (0/1, or class indices with a palette), so a bad mask
     fails before the image work.  The store appears at ``out`` only once it
     is complete.
+
+    ``require_foreground`` (train/val slides): an annotation without any
+    foreground is a :class:`MaskError` naming the file and what it holds,
+    raised before the image is converted (when reading the file tells:
+    RLE, polygons, mask folders; else right after rasterising it), or a
+    warning with ``allow_empty_mask``.  PNG/JPEG images and masks (decoded
+    whole) whose header declares more than ``max_decoded_pixels`` pixels
+    are refused before decoding.  NaN/infinite float pixels become 0 and
+    are counted in a warning.
     """
     out = Path(out)
     check_output(out, "convert", (image, mask), folder=True)
     slide_id = slide_id or Path(image).stem
-    inputs = open_inputs(image, mask, slide_id, uint16, percentiles, channels, palette, mask_threshold, workers)
+    inputs = open_inputs(
+        image, mask, slide_id, uint16, percentiles, channels, palette, mask_threshold, workers,
+        require_foreground=require_foreground, allow_empty_mask=allow_empty_mask, max_decoded_pixels=max_decoded_pixels,
+    )
     with inputs as (source, annotation):
         height, width = source.shape
         codec = compressor(compression, level, shuffle)
@@ -242,7 +282,14 @@ def convert_slide(
             if annotation is not None:
                 share = write_labels(root, annotation, levels, chunk, codec, workers or default_workers())
                 log.info("convert %s: mask from %s, %.2f%% labelled", slide_id, mask, 100 * share)
+                if share == 0 and require_foreground and not annotation.empty:  # (known-empty ones were checked on opening)
+                    check_foreground(mask, slide_id, annotation.found, allow_empty_mask)
             write_image(root, source, levels, chunk, codec, slide_id, workers or default_workers())
+            if source.intensity.nonfinite:
+                log.warning(
+                    "%s: %d pixel(s) with NaN or infinite values mapped to 0 (intensity %r)",
+                    image, source.intensity.nonfinite, source.intensity,
+                )
             root.attrs.update(
                 {
                     "multiscales": multiscales(slide_id, levels, "mean"),
@@ -259,18 +306,27 @@ def convert_slide(
     return out
 
 
-def convert_many(items: Sequence[tuple[str, str | Path, str | Path | None]], out_dir: str | Path, **options) -> list[Path]:
+def convert_many(
+    items: Sequence[tuple[str, str | Path, str | Path | None]],
+    out_dir: str | Path,
+    foreground_slides: Collection[str] = (),
+    **options,
+) -> list[Path]:
     """Convert ``(slide_id, image, mask)`` items to ``out_dir/{slide_id}.zarr`` with :func:`convert_slide` ``options``.
 
     Every image and mask is opened and checked first, so a bad file stops
-    the group before any conversion; for datasets of many small images."""
+    the group before any conversion; for datasets of many small images.
+    The slides in ``foreground_slides`` (train/val) get ``require_foreground``."""
     checks = {k: v for k, v in options.items() if k in signature(open_inputs).parameters}
+    needs = set(foreground_slides)
     for slide_id, image, mask in items:
-        with open_inputs(image, mask, slide_id, **checks):
+        with open_inputs(image, mask or None, slide_id, require_foreground=slide_id in needs, **checks):
             pass
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     return [
-        convert_slide(image, out_dir / f"{slide_id}.zarr", mask=mask or None, slide_id=slide_id, **options)
+        convert_slide(
+            image, out_dir / f"{slide_id}.zarr", mask=mask or None, slide_id=slide_id, require_foreground=slide_id in needs, **options
+        )
         for slide_id, image, mask in tqdm(items, desc="convert", unit="slide", mininterval=10)
     ]

@@ -402,10 +402,19 @@ class ImageMask:
     collected over the whole mask and reported together.
     """
 
-    def __init__(self, path: Path, shape: tuple[int, int], palette: dict[int, int] | None = None, threshold: int = 0):
+    def __init__(
+        self,
+        path: Path,
+        shape: tuple[int, int],
+        palette: dict[int, int] | None = None,
+        threshold: int = 0,
+        max_decoded_pixels: int | None = None,
+    ):
         self.path, self.shape, self.palette, self.threshold = path, shape, palette, threshold
+        self.empty = None  # known only once read
+        self.found = "every pixel is class 0 (black or unlisted)" if palette else f"no pixel above mask_threshold {threshold}"
         try:
-            self.reader, self._tif = open_reader(path)
+            self.reader, self._tif = open_reader(path, max_decoded_pixels=max_decoded_pixels)
         except SlideError as err:
             raise MaskError(str(err)) from None
         if tuple(self.reader.shape) != tuple(shape):
@@ -477,6 +486,8 @@ class InstanceFolderMask:
                 raise MaskError(f"{file}: mask shape {image.shape[:2]} differs from image shape {tuple(shape)}")
             inside = image > threshold
             self.labels[inside.any(axis=2) if inside.ndim == 3 else inside] = i
+        self.empty = not self.labels.any()
+        self.found = f"{len(files)} mask image(s), none with a pixel above mask_threshold {threshold}"
 
     def _tiles(self, chunk: int, binary: bool) -> Iterator[Block]:
         height, width = self.shape
@@ -497,7 +508,12 @@ MASK_IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")
 
 
 def open_mask(
-    path: str | Path, slide_id: str, shape: tuple[int, int], palette=None, threshold: int = 0
+    path: str | Path,
+    slide_id: str,
+    shape: tuple[int, int],
+    palette=None,
+    threshold: int = 0,
+    max_decoded_pixels: int | None = None,
 ) -> MaskSource:
     """Open and validate the annotation at ``path`` for slide ``slide_id`` of ``shape``.
 
@@ -505,7 +521,8 @@ def open_mask(
     ``.geojson``, Aperio ``.xml``), a mask image or a folder of per-object
     mask images.  ``palette`` (see :func:`parse_palette`) applies to mask
     images; ``threshold`` is the value a mask pixel must exceed to be
-    foreground (mask images and folders without a palette).
+    foreground (mask images and folders without a palette);
+    ``max_decoded_pixels`` limits PNG/JPEG mask images (decoded whole).
     """
     path = Path(path)
     if path.is_dir():
@@ -517,4 +534,5 @@ def open_mask(
         return RLETableMask(path, slide_id, shape)
     if suffix in POLYGON_READERS:
         return PolygonMask(path, shape)
-    return ImageMask(path, shape, parse_palette(palette, f"{path} palette") if palette else None, threshold)
+    palette = parse_palette(palette, f"{path} palette") if palette else None
+    return ImageMask(path, shape, palette, threshold, max_decoded_pixels)
