@@ -21,6 +21,7 @@ import torch
 import yaml
 
 from wsiseg.cli import main
+from conftest import SNAKEFILE, write_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -231,8 +232,8 @@ def dry_run(folder: Path, slides: Path, overlay: dict) -> subprocess.CompletedPr
     rows = [f"{n},{n}.tif,masks.csv,{s}" for n, s in zip("abc", splits)]
     write(str(folder / "sheet.csv"), "slide_id,image,mask,split\n" + "\n".join(rows) + "\n")
     config = {k: {**BASE.get(k, {}), **v} if isinstance(v, dict) else v for k, v in {**BASE, **overlay}.items()}
-    (folder / "config.yaml").write_text(yaml.safe_dump(config))
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(folder), "-n", "--cores", "1"]
+    write_config(folder, config)
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(folder), "-n", "--cores", "1"]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=folder, timeout=120)
 
 

@@ -19,6 +19,7 @@ import yaml
 
 from slurm_cluster import PARTITION, PID_FILES, SlurmCluster, alive, install
 from test_workflow import ROOT, TINY_CONFIG, scheduled
+from conftest import SNAKEFILE, write_config
 
 PROFILE = ROOT / "workflow" / "profiles" / "slurm"
 PLACEHOLDERS = {"slurm_partition": PARTITION, "slurm_account": "wsiseg_test"}
@@ -81,7 +82,7 @@ def test_tiny_demo_runs_through_slurm(cluster, tmp_path):
     layer = tmp_path / "test-profile"
     workdir.mkdir()
     layer.mkdir()
-    (workdir / "config.yaml").write_text(yaml.safe_dump(TINY_CONFIG))
+    write_config(workdir, TINY_CONFIG)
     # Only the placeholders change; every other default resource comes from the real profile.
     resources = real_profile()["default-resources"]
     assert set(PLACEHOLDERS) <= set(resources)
@@ -93,7 +94,7 @@ def test_tiny_demo_runs_through_slurm(cluster, tmp_path):
         "max-threads": cluster.cpus,  # train asks for 4 threads; the node has 2 CPUs
     }
     (layer / "config.yaml").write_text(yaml.safe_dump(test_profile))
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE)]
     cmd += ["--directory", str(workdir), "--profile", str(PROFILE), "--profile", str(layer), "--verbose"]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir, timeout=600)
     log = result.stdout + result.stderr

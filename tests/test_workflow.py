@@ -15,6 +15,7 @@ import yaml
 import zarr
 
 from wsiseg import rle
+from conftest import SNAKEFILE, write_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = {
@@ -34,8 +35,8 @@ pytestmark = pytest.mark.slow
 
 def snakemake(workdir: Path, config: dict, *args: str) -> subprocess.CompletedProcess:
     """Run snakemake on this repository's Snakefile in ``workdir`` with ``config``."""
-    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir), "--cores", "2", *args]
+    write_config(workdir, config)
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(workdir), "--cores", "2", *args]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
 
 
@@ -170,8 +171,8 @@ def test_misspelled_config_key_stops_at_parse_time(finished):
 def test_reordered_config_reruns_nothing(finished):
     """The same values with every section's keys in another order schedule no job."""
     reordered = {k: dict(reversed(list(v.items()))) if isinstance(v, dict) else v for k, v in reversed(list(TINY_CONFIG.items()))}
-    (finished / "config.yaml").write_text(yaml.dump(reordered, sort_keys=False))
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(finished), "--cores", "2", "-n"]
+    write_config(finished, yaml.dump(reordered, sort_keys=False))
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(finished), "--cores", "2", "-n"]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=finished)
     assert result.returncode == 0 and scheduled(result) == {}, result.stdout[-2000:]
 
@@ -182,8 +183,8 @@ def test_killed_run_recovers_with_the_default_profile(tmp_path):
     import signal
     import time
 
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(TINY_CONFIG))
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--cores", "2"]
+    write_config(tmp_path, TINY_CONFIG)
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(tmp_path), "--cores", "2"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     train_log = tmp_path / "out" / "logs" / "train" / "tiny.log"
     deadline = time.time() + 300

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import SNAKEFILE, write_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = sorted((ROOT / "workflow" / "rules").glob("*.smk"))
@@ -102,7 +103,7 @@ def test_conda_env_covers_every_import_of_the_rule_script(rule):
     assert not missing, f"{env_file.name} lacks {missing} needed by {script.name}"
 
 
-@pytest.mark.parametrize("env_file", sorted((ROOT / "envs").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("env_file", sorted((ROOT / "workflow" / "envs").glob("*.yaml")), ids=lambda p: p.name)
 def test_envs_are_pinned_major_minor_and_match_pyproject(env_file):
     packages = _env_packages(yaml.safe_load(env_file.read_text()))
     for name, version in packages.items():
@@ -119,15 +120,15 @@ def test_envs_are_pinned_major_minor_and_match_pyproject(env_file):
 
 def test_every_pyproject_dependency_is_in_some_env():
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    in_envs = set().union(*(_env_packages(yaml.safe_load(p.read_text())) for p in (ROOT / "envs").glob("*.yaml")))
+    in_envs = set().union(*(_env_packages(yaml.safe_load(p.read_text())) for p in (ROOT / "workflow" / "envs").glob("*.yaml")))
     names = {PIP_TO_CONDA.get(n, n) for n in (re.match(r"[A-Za-z0-9_.-]+", d)[0] for d in deps)}
     assert names - {"snakemake"} <= in_envs, sorted(names - in_envs - {"snakemake"})
 
 
 def test_snakemake_lint_is_clean(tmp_path):
-    (tmp_path / "config.yaml").write_text((ROOT / "config.yaml").read_text())
+    write_config(tmp_path, (ROOT / "config" / "config.yaml").read_text())
     result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--lint", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--cores", "1"],
+        [sys.executable, "-m", "snakemake", "--lint", "--snakefile", str(SNAKEFILE), "--directory", str(tmp_path), "--cores", "1"],
         capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -136,6 +137,6 @@ def test_snakemake_lint_is_clean(tmp_path):
 
 def test_snakefmt_check_passes():
     result = subprocess.run(
-        [sys.executable, "-m", "snakefmt", "--check", "Snakefile", "workflow/"], capture_output=True, text=True, cwd=ROOT
+        [sys.executable, "-m", "snakefmt", "--check", "workflow/"], capture_output=True, text=True, cwd=ROOT
     )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -4,9 +4,11 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
+# This file's folder (workflow/rules/), also when the workflow is used as a module.
+RULES_DIR = Path(str(workflow.current_basedir))
 # The wsiseg library lives in src/; scripts import it through the link
 # workflow/scripts/wsiseg, so the workflow runs without `pip install -e .`.
-sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+sys.path.insert(0, str(RULES_DIR.parents[1] / "src"))
 
 from wsiseg.checks import (
     ConfigError,
@@ -16,7 +18,7 @@ from wsiseg.checks import (
     plan_problems,
 )
 
-CONFIG_SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
+CONFIG_SCHEMA = RULES_DIR.parent / "schemas" / "config.schema.yaml"
 # config files from lowest to highest precedence (--configfile overrides the Snakefile's)
 CONFIG_FILES = [
     f for f in workflow.configfiles if f not in workflow.overwrite_configfiles

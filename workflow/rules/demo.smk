@@ -12,7 +12,7 @@ if DEMO:
         benchmark:
             f"{RESULTS}/benchmarks/demo.tsv"
         conda:
-            "../../envs/convert.yaml"
+            "../envs/convert.yaml"
         threads: 1
         resources:
             mem_mb=4000,

@@ -11,7 +11,7 @@ rule patches:
     benchmark:
         f"{RESULTS}/benchmarks/patches/{{slide}}.tsv"
     conda:
-        "../../envs/convert.yaml"
+        "../envs/convert.yaml"
     threads: 1
     resources:
         mem_mb=2000,
@@ -36,7 +36,7 @@ rule patches_batch:
     benchmark:
         f"{RESULTS}/benchmarks/patches/{SLIDE_GROUPS}/{{batch}}.tsv"
     conda:
-        "../../envs/convert.yaml"
+        "../envs/convert.yaml"
     threads: 1
     resources:
         mem_mb=2000,

@@ -10,7 +10,7 @@ rule predict:
     benchmark:
         f"{RESULTS}/benchmarks/predict/{{slide}}.tsv"
     conda:
-        "../../envs/torch.yaml"
+        "../envs/torch.yaml"
     threads: 2
     resources:
         mem_mb=config["resources"]["predict_mem_mb"],
@@ -36,7 +36,7 @@ rule predict_batch:
     benchmark:
         f"{RESULTS}/benchmarks/predict/{SLIDE_GROUPS}/{{batch}}.tsv"
     conda:
-        "../../envs/torch.yaml"
+        "../envs/torch.yaml"
     threads: 2
     resources:
         mem_mb=config["resources"]["predict_mem_mb"],

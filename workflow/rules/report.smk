@@ -26,7 +26,7 @@ rule report:
     benchmark:
         f"{RESULTS}/benchmarks/report.tsv"
     conda:
-        "../../envs/convert.yaml"
+        "../envs/convert.yaml"
     threads: 1
     resources:
         mem_mb=2000,

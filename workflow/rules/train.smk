@@ -21,7 +21,7 @@ rule train:
     wildcard_constraints:
         fold=r"\d+",
     conda:
-        "../../envs/torch.yaml"
+        "../envs/torch.yaml"
     threads: 4
     resources:
         mem_mb=config["resources"]["train_mem_mb"],
@@ -59,7 +59,7 @@ if FOLDS:
         benchmark:
             f"{RESULTS}/benchmarks/train/{{model}}.folds.tsv"
         conda:
-            "../../envs/torch.yaml"
+            "../envs/torch.yaml"
         threads: 1
         resources:
             mem_mb=1000,
