@@ -9,13 +9,15 @@ rule convert:
     benchmark:
         f"{RESULTS}/benchmarks/convert/{{slide}}.tsv"
     conda:
-        "../envs/convert.yaml"
+        "../../envs/convert.yaml"
     threads: 2
     resources:
         mem_mb=2000,
         runtime=120,
     params:
         convert=config["convert"],
+        # train/val annotations must hold foreground (convert.allow_empty_mask turns the error into a warning)
+        require_foreground=lambda wildcards: SAMPLES.loc[wildcards.slide, "split"] in ("train", "val"),
     message:
         "Converting slide {wildcards.slide} to OME-Zarr"
     script:
@@ -33,7 +35,7 @@ rule convert_batch:
     benchmark:
         f"{RESULTS}/benchmarks/convert/{SLIDE_GROUPS}/{{batch}}.tsv"
     conda:
-        "../envs/convert.yaml"
+        "../../envs/convert.yaml"
     threads: 2
     resources:
         mem_mb=2000,
@@ -41,6 +43,9 @@ rule convert_batch:
     params:
         convert=config["convert"],
         slides=convert_items,
+        foreground=lambda wildcards: [
+            s for s in BATCHES["zarr"][wildcards.batch] if SAMPLES.loc[s, "split"] in ("train", "val")
+        ],
     message:
         "Converting slide group {wildcards.batch} to OME-Zarr"
     script:

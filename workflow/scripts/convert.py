@@ -10,5 +10,6 @@ with log_to(snakemake.log[0]):
         mask=snakemake.input.get("mask"),
         slide_id=snakemake.wildcards.slide,
         workers=snakemake.threads,
+        require_foreground=snakemake.params.require_foreground,
         **snakemake.params.convert,
     )

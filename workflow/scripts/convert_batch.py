@@ -4,4 +4,10 @@ from wsiseg.convert import convert_many
 from wsiseg.logs import log_to
 
 with log_to(snakemake.log[0]):
-    convert_many(snakemake.params.slides, snakemake.output[0], workers=snakemake.threads, **snakemake.params.convert)
+    convert_many(
+        snakemake.params.slides,
+        snakemake.output[0],
+        foreground_slides=snakemake.params.foreground,
+        workers=snakemake.threads,
+        **snakemake.params.convert,
+    )
