@@ -9,7 +9,7 @@ rule convert:
     benchmark:
         f"{RESULTS}/benchmarks/convert/{{slide}}.tsv"
     conda:
-        "../../envs/convert.yaml"
+        "../envs/convert.yaml"
     threads: 2
     resources:
         mem_mb=2000,
@@ -35,7 +35,7 @@ rule convert_batch:
     benchmark:
         f"{RESULTS}/benchmarks/convert/{SLIDE_GROUPS}/{{batch}}.tsv"
     conda:
-        "../../envs/convert.yaml"
+        "../envs/convert.yaml"
     threads: 2
     resources:
         mem_mb=2000,
