@@ -50,7 +50,13 @@ def example(fmt: str, **overrides) -> dict:
 def test_example_config_plans_the_run_on_its_layout(tmp_path, fmt):
     """`snakemake -n --configfile config/examples/{fmt}.yaml` over the default config.yaml, as the README says."""
     work = dataset_workdir(tmp_path, fmt)
-    result = snakemake(work, yaml.safe_load((ROOT / "config" / "config.yaml").read_text()), "-n", "--configfile", str(ROOT / "config" / "examples" / f"{fmt}.yaml"))
+    example_file = str(ROOT / "config" / "examples" / f"{fmt}.yaml")
+    base = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    result = snakemake(work, base, "-n", "--configfile", example_file)
+    # the fixtures are 96-192 px images: the example's real-size patches stop the dry run, in one line
+    assert result.returncode == 1 and "larger than every train/val slide" in result.stdout + result.stderr
+    (work / "tiny.yaml").write_text(yaml.safe_dump({"patches": {"size": 64, "downscale": 1}}))
+    result = snakemake(work, base, "-n", "--configfile", example_file, str(work / "tiny.yaml"))
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     jobs = scheduled(result)
     sheet = pd.read_csv(work / "samples.csv")
