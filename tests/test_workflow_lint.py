@@ -68,11 +68,54 @@ def _imports(path: Path, seen: set[Path]) -> set[str]:
 
 
 def _env_packages(env: dict) -> dict[str, str]:
+    """Conda packages of an env file and their pinned versions (pip itself and its section left out)."""
     packages = {}
     for dep in env["dependencies"]:
+        if isinstance(dep, dict) or dep.strip() == "pip":
+            continue
         name, _, version = dep.partition("=")
         packages[name.strip()] = version.strip("= ")
     return packages
+
+
+ENV_FILES = sorted((ROOT / "workflow" / "envs").glob("*.yaml"))
+# conda-forge package -> the pip distribution whose installed version the tests run
+CONDA_TO_PIP = {"pytorch": "torch", "py-opencv": "opencv-python-headless", "matplotlib-base": "matplotlib"}
+
+
+@pytest.mark.parametrize("env_file", ENV_FILES, ids=lambda p: p.name)
+def test_env_pins_are_the_versions_the_tests_run(env_file):
+    """One stack: each pin is the installed major.minor, and pyproject's requirement admits it."""
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+
+    wanted = {Requirement(d).name.lower(): Requirement(d) for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
+    for name, pin in _env_packages(yaml.safe_load(env_file.read_text())).items():
+        if name == "python":
+            assert pin == f"{sys.version_info.major}.{sys.version_info.minor}", f"{env_file.name}: python {pin}"
+            continue
+        dist = CONDA_TO_PIP.get(name, name)
+        installed = version(dist)
+        assert ".".join(installed.split(".")[:2]) == pin, f"{env_file.name}: {name} ={pin} but the tests run {dist} {installed}"
+        if dist.lower() in wanted:
+            assert wanted[dist.lower()].specifier.contains(installed, prereleases=True), f"pyproject's {wanted[dist.lower()]} excludes {installed}"
+
+
+@pytest.mark.parametrize("env_file", ENV_FILES, ids=lambda p: p.name)
+def test_env_installs_wsiseg_from_this_repository(env_file, tmp_path, monkeypatch):
+    """The pip section installs this repository editable; pip expands WSISEG_ROOT, which common.smk sets."""
+    from pip._internal.network.session import PipSession
+    from pip._internal.req.req_file import parse_requirements
+
+    env = yaml.safe_load(env_file.read_text())
+    assert "pip" in env["dependencies"]
+    (section,) = [d["pip"] for d in env["dependencies"] if isinstance(d, dict)]
+    (tmp_path / "requirements.txt").write_text("\n".join(section) + "\n")  # what conda hands to pip
+    monkeypatch.setenv("WSISEG_ROOT", str(ROOT))
+    (requirement,) = parse_requirements(str(tmp_path / "requirements.txt"), session=PipSession())
+    assert requirement.is_editable and Path(requirement.requirement) == ROOT
+    assert "os.environ.update(WSISEG_ROOT=" in (ROOT / "workflow" / "rules" / "common.smk").read_text()
 
 
 @pytest.mark.parametrize("rule", sorted(_rule_blocks()))
@@ -103,7 +146,7 @@ def test_conda_env_covers_every_import_of_the_rule_script(rule):
     assert not missing, f"{env_file.name} lacks {missing} needed by {script.name}"
 
 
-@pytest.mark.parametrize("env_file", sorted((ROOT / "workflow" / "envs").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("env_file", ENV_FILES, ids=lambda p: p.name)
 def test_envs_are_pinned_major_minor_and_match_pyproject(env_file):
     packages = _env_packages(yaml.safe_load(env_file.read_text()))
     for name, version in packages.items():

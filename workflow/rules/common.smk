@@ -1,3 +1,4 @@
+import os
 import re
 import sys
 from pathlib import Path
@@ -9,6 +10,9 @@ RULES_DIR = Path(str(workflow.current_basedir))
 # The wsiseg library lives in src/; scripts import it through the link
 # workflow/scripts/wsiseg, so the workflow runs without `pip install -e .`.
 sys.path.insert(0, str(RULES_DIR.parents[1] / "src"))
+# workflow/envs/*.yaml install wsiseg from here (pip expands ${WSISEG_ROOT}) with --use-conda;
+# set here, not asked of the user (so no `envvars:`)
+os.environ.update(WSISEG_ROOT=str(RULES_DIR.parents[1]))
 
 from wsiseg.checks import (
     ConfigError,
