@@ -108,11 +108,15 @@ def test_polygons_all_outside_the_image_and_an_empty_rle_row(slide, tmp_path, mo
     assert no_store_left(tmp_path)
 
 
-def test_empty_mask_image_is_refused_once_rasterised_and_leaves_no_store(slide, tmp_path):
+def test_empty_mask_image_or_pixel_free_polygon_is_refused_once_rasterised_and_leaves_no_store(slide, tmp_path):
     mask = tmp_path / "blank.png"
     mask.write_bytes(imagecodecs.png_encode(np.zeros((H, W), np.uint8)))
-    with pytest.raises(MaskError, match=r"blank.png: .*empty \(no pixel above mask_threshold 0\)"):
+    with pytest.raises(MaskError, match=r"blank.png: .*empty \(mask image read with mask_threshold 0: 0 foreground pixels"):
         convert_slide(slide, tmp_path / "x.zarr", mask=mask, require_foreground=True)
+    tiny = write_geojson(tmp_path / "tiny.json", [square(10.2, 10.2, 10.8, 10.8)])  # inside, but between pixel centres
+    with pytest.raises(MaskError, match=r"tiny.json: .*empty \(1 feature: 1 Polygon, 1 polygon inside the 260x200 image: "
+                                        r"0 foreground pixels once rasterised\)"):
+        convert_slide(slide, tmp_path / "x.zarr", mask=tiny, require_foreground=True)
     assert no_store_left(tmp_path)
 
 

@@ -18,6 +18,7 @@ from .io import atomic_path, check_output
 from .masks import MaskError, MaskSource, open_mask
 from .slide import MAX_DECODED_PIXELS, SourceSlide, default_workers
 from .store import (
+    LABEL_AXES,
     NGFF_VERSION,
     PyramidWriter,
     build_pyramid,
@@ -144,7 +145,7 @@ def write_labels(root: zarr.Group, annotation: MaskSource, levels: int, chunk: i
     names = ["mask", "instances"] if small and hasattr(annotation, "instance_blocks") else ["mask"]
     labels.attrs["labels"] = names
     group = labels.create_group("mask")
-    label0 = create_level(group, "0", (1, height, width), chunk, codec)
+    label0 = create_level(group, "0", (height, width), chunk, codec)  # (y, x): a 2-D labels layer in napari
     foreground = 0
     with chunk_writers(workers) as executor:
         for y0, x0, block in annotation.blocks(chunk):
@@ -152,17 +153,20 @@ def write_labels(root: zarr.Group, annotation: MaskSource, levels: int, chunk: i
             foreground += int(np.count_nonzero(block))
         if "instances" in names:
             objects = labels.create_group("instances")
-            ids = create_level(objects, "0", (1, height, width), chunk, codec, dtype="uint32")
+            ids = create_level(objects, "0", (height, width), chunk, codec, dtype="uint32")
             for y0, x0, block in annotation.instance_blocks(chunk):
                 write_block(ids, y0, x0, block[:, :, None], executor)
             objects.attrs.update(
-                {"multiscales": multiscales("instances", 1, "max"), "image-label": {"version": NGFF_VERSION, "source": {"image": "../../"}}}
+                {
+                    "multiscales": multiscales("instances", 1, "max", LABEL_AXES),
+                    "image-label": {"version": NGFF_VERSION, "source": {"image": "../../"}},
+                }
             )
     build_pyramid(group, levels, chunk, codec, "max")
     colors = [{"label-value": value, "rgba": [*rgb, 160]} for value, rgb in sorted(annotation.classes.items())]
     group.attrs.update(
         {
-            "multiscales": multiscales("mask", levels, "max"),
+            "multiscales": multiscales("mask", levels, "max", LABEL_AXES),
             "image-label": {"version": NGFF_VERSION, "colors": colors, "source": {"image": "../../"}},
         }
     )
@@ -283,7 +287,7 @@ def convert_slide(
                 share = write_labels(root, annotation, levels, chunk, codec, workers or default_workers())
                 log.info("convert %s: mask from %s, %.2f%% labelled", slide_id, mask, 100 * share)
                 if share == 0 and require_foreground and not annotation.empty:  # (known-empty ones were checked on opening)
-                    check_foreground(mask, slide_id, annotation.found, allow_empty_mask)
+                    check_foreground(mask, slide_id, f"{annotation.found}: 0 foreground pixels once rasterised", allow_empty_mask)
             write_image(root, source, levels, chunk, codec, slide_id, workers or default_workers())
             if source.intensity.nonfinite:
                 log.warning(

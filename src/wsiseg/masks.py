@@ -425,7 +425,7 @@ class ImageMask:
     ):
         self.path, self.shape, self.palette, self.threshold = path, shape, palette, threshold
         self.empty = None  # known only once read
-        self.found = "every pixel is class 0 (black or unlisted)" if palette else f"no pixel above mask_threshold {threshold}"
+        self.found = "mask image read with a palette" if palette else f"mask image read with mask_threshold {threshold}"
         try:
             self.reader, self._tif = open_reader(path, max_decoded_pixels=max_decoded_pixels)
         except SlideError as err:
