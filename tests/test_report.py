@@ -75,7 +75,7 @@ def test_geojson_export_traces_objects_with_holes(tmp_path):
     assert data["type"] == "FeatureCollection"
     shapes = sorted((shapely.geometry.shape(f["geometry"]) for f in data["features"]), key=lambda g: -g.area)
     assert len(shapes[0].interiors) == 1 and shapes[0].is_valid
-    assert abs(shapes[0].area - (29 * 29 - 11 * 11)) < 60  # contours run through pixel centres
+    assert shapes[0].area == 30 * 30 - 10 * 10  # outlines run on pixel edges: area = pixel count
     assert data["features"][0]["properties"]["classification"]["name"] == "glomerulus"
 
 

@@ -13,13 +13,12 @@ import logging
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
-import cv2
 import numpy as np
 import pandas as pd
 import zarr
 from skimage.measure import label
 
-from . import rle
+from . import rle, vector, views
 from .io import atomic_path
 from .store import SlideStore
 
@@ -176,48 +175,44 @@ def object_scores(prediction: str | Path, slide: str | Path, iou: float = 0.5, m
     return {"object_f1": f1, "objects_true": n_true, "objects_pred": n_pred, "objects_matched": matched}
 
 
-def overlay(prediction: str | Path, slide: str | Path, out: str | Path, max_side: int = 1024) -> None:
-    """Low-resolution PNG: the slide with prediction (red) and ground-truth outline (green)."""
+def overlay(
+    prediction: str | Path, slide: str | Path, out: str | Path, max_side: int = 1024,
+    slide_id: str | None = None, dice: float | None = None,
+) -> None:
+    """Low-resolution PNG of the slide with the prediction (cyan) and ground-truth (yellow) outlines,
+    a legend, and ``slide_id — Dice`` as title (see :func:`wsiseg.views.draw_overlay`)."""
     store, pred = SlideStore(slide), Prediction(prediction)
     k = min(pred.level_for(max_side), len(store.levels) - 1)
-    image = np.asarray(store.levels[k][:]).transpose(1, 2, 0).copy()
+    image = np.asarray(store.levels[k][:]).transpose(1, 2, 0)
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
     h, w = image.shape[:2]
     mask = np.asarray(pred.mask_levels[k][0])[:h, :w] > 0
-    image[mask] = (0.5 * image[mask] + 0.5 * np.array([230, 30, 30])).astype(np.uint8)
-    if store.has_mask:
-        truth = (np.asarray(store.mask_levels[k][0]) > 0).astype(np.uint8)
-        contours, _ = cv2.findContours(truth, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-        cv2.drawContours(image, contours, -1, (20, 200, 20), thickness=max(1, max(h, w) // 500))
-    ok, png = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    with atomic_path(out) as tmp:
-        tmp.write_bytes(png.tobytes())
-
-
-def mask_polygons(mask: np.ndarray, scale: float = 1.0) -> list[dict]:
-    """GeoJSON Polygon geometries (with holes) of a binary mask, coordinates x ``scale``."""
-    contours, hierarchy = cv2.findContours((mask > 0).astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
-    geometries = []
-    if hierarchy is None:
-        return geometries
-
-    def ring(contour: np.ndarray) -> list[list[float]]:
-        points = (contour[:, 0, :].astype(float) * scale).round(2).tolist()
-        return points + points[:1]
-
-    for i, contour in enumerate(contours):
-        if hierarchy[0][i][3] != -1 or len(contour) < 3:
-            continue  # holes are attached to their parent below
-        rings = [ring(contour)]
-        child = hierarchy[0][i][2]
-        while child != -1:
-            if len(contours[child]) >= 3:
-                rings.append(ring(contours[child]))
-            child = hierarchy[0][child][0]
-        geometries.append({"type": "Polygon", "coordinates": rings})
-    return geometries
+    truth = np.asarray(store.mask_levels[k][0])[:h, :w] > 0 if store.has_mask else None
+    title = views.overlay_title(slide_id or Path(slide).stem, dice if truth is not None else None)
+    views.draw_overlay(image, mask, truth, title, out)
 
 
 CLASS_COLOURS = [(230, 30, 30), (30, 160, 30), (30, 80, 230), (230, 180, 0), (180, 30, 180), (0, 180, 180)]
+
+
+def _probability_level(pred: Prediction, k: int) -> np.ndarray | None:
+    """Probabilities (0..1, shape (C, H, W)) of pyramid level ``k`` of a prediction store, or None without them.
+
+    Uses the store's probability pyramid: ``Prediction.prob_levels`` where the
+    reader provides it, else the ``prob`` group's (older layout) or the root's
+    NGFF multiscales."""
+    levels = getattr(pred, "prob_levels", None)
+    if levels is None:
+        root = zarr.open_group(pred.path, mode="r")
+        group = root["prob"] if "prob" in root else root
+        multiscales = group.attrs.get("multiscales")
+        if not multiscales:
+            return None
+        levels = [group[d["path"]] for d in multiscales[0]["datasets"]]
+    if k >= len(levels):
+        return None
+    return np.asarray(levels[k][:], np.float32) / 255.0
 
 
 def export_geojson(
@@ -226,30 +221,36 @@ def export_geojson(
     class_name: str = "foreground",
     max_side: int = 8192,
     class_names: Sequence[str] | None = None,
+    object_type: str = "annotation",
 ) -> int:
-    """Write the predicted objects as a GeoJSON FeatureCollection (QuPath-compatible); return their number.
+    """Write the predicted objects as a QuPath GeoJSON FeatureCollection; return their number.
 
-    Polygons are traced on the finest pyramid level of at most ``max_side``
-    px and scaled to level-0 pixel coordinates.  Binary predictions are
-    classified ``class_name``; multi-class ones per class, named by
-    ``class_names`` (see :func:`class_label`)."""
+    Objects are the 8-connected components of the mask (as the object F1
+    counts them), traced on pixel edges of the finest pyramid level of at most
+    ``max_side`` px and scaled to level-0 pixel coordinates: valid Polygons or
+    MultiPolygons, RFC 7946 ring orientation, single pixels kept.  Each
+    feature has a UUID ``id`` and QuPath ``properties``: ``objectType``
+    (``object_type``), ``classification {name, color}`` and ``measurements``
+    (``Area px^2`` in level-0 pixels, ``Area µm^2`` when the store records an
+    ``mpp`` attribute, ``Mean probability`` of the object's class).  Binary
+    predictions are classified ``class_name``; multi-class ones per class,
+    named by ``class_names`` (see :func:`class_label`)."""
     pred = Prediction(prediction)
     k = pred.level_for(max_side)
     labels = np.asarray(pred.mask_levels[k][0])
+    probability = _probability_level(pred, k)
     classes = int(pred.attrs.get("classes", 1))
     layers = [(class_name, labels > 0, 1)] if classes == 1 else [(class_label(c, class_names), labels == c, c) for c in range(1, classes)]
+    slide_id = str(pred.attrs.get("slide_id", pred.path.stem))
     features = []
     for name, mask, c in layers:
-        colour = list(CLASS_COLOURS[(c - 1) % len(CLASS_COLOURS)])
-        for geometry in mask_polygons(mask, scale=2.0**k):
-            features.append(
-                {
-                    "type": "Feature",
-                    "id": f"{pred.attrs.get('slide_id', 'object')}-{len(features)}",
-                    "geometry": geometry,
-                    "properties": {"objectType": "annotation", "classification": {"name": name, "color": colour}},
-                }
-            )
+        colour = CLASS_COLOURS[(c - 1) % len(CLASS_COLOURS)]
+        p = None
+        if probability is not None:
+            p = probability[0 if classes == 1 else c][: mask.shape[0], : mask.shape[1]]
+        features += vector.qupath_features(
+            mask, name, colour, slide_id, p, scale=2.0**k, mpp=pred.attrs.get("mpp"), object_type=object_type
+        )
     with atomic_path(out) as tmp:
         tmp.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
     return len(features)
@@ -344,6 +345,8 @@ def make_report(
     class_name: str = "foreground",
     class_names: Sequence[str] | None = None,
     groups: Mapping[str, str] | None = None,
+    object_type: str = "annotation",
+    scores_html: str | Path | None = None,
 ) -> pd.DataFrame:
     """Write the submission (test slides), per-slide metrics (slides with masks), overlays and GeoJSON.
 
@@ -355,6 +358,10 @@ def make_report(
     ``class_names`` (index = class).  Each slide's tissue detection (method,
     tiles skipped of all, whether it fell back to every tile) is added from its
     prediction store, with a warning where it fell back or skipped every tile.
+    Overlays carry each slide's Dice in their title; GeoJSON objects are
+    QuPath ``object_type`` objects (see :func:`export_geojson`).
+    ``scores_html`` (optional) gets the scores as an HTML table for the
+    report's landing page (:func:`wsiseg.views.scores_html`).
     Returns the metrics table.
     """
     columns = METRIC_COLUMNS[:2] + (["group"] if groups else []) + METRIC_COLUMNS[2:] + TISSUE_COLUMNS
@@ -362,20 +369,27 @@ def make_report(
     for slide_id in sorted(predictions):
         tissue = tissue_info(predictions[slide_id])
         warn_tissue(slide_id, tissue)
-        if overlay_dir is not None:
-            overlay(predictions[slide_id], slides[slide_id], Path(overlay_dir) / f"{slide_id}.png")
         if geojson_dir is not None:
-            export_geojson(predictions[slide_id], Path(geojson_dir) / f"{slide_id}.geojson", class_name, class_names=class_names)
+            export_geojson(
+                predictions[slide_id], Path(geojson_dir) / f"{slide_id}.geojson", class_name,
+                class_names=class_names, object_type=object_type,
+            )
+        dice = None
         if SlideStore(slides[slide_id]).has_mask:
             values = slide_metrics(predictions[slide_id], slides[slide_id], object_iou, class_names)
             rows.append({"slide_id": slide_id, "split": splits[slide_id], **({"group": groups[slide_id]} if groups else {}), **values, **tissue})
             log.info("report %s: dice %.4f, object F1 %.4f", slide_id, rows[-1]["dice"], rows[-1]["object_f1"])
+            dice = rows[-1]["dice"]
+        if overlay_dir is not None:
+            overlay(predictions[slide_id], slides[slide_id], Path(overlay_dir) / f"{slide_id}.png", slide_id=slide_id, dice=dice)
     per_class = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in columns]
     table = pd.DataFrame(rows, columns=columns + per_class)
     if len(table):
         table = pd.concat([table, pd.DataFrame(summary_rows(table, per_class), columns=table.columns)], ignore_index=True)
     with atomic_path(metrics) as tmp:
         table.to_csv(tmp, index=False, float_format="%.6f")
+    if scores_html is not None:
+        views.write_scores_html(table, scores_html)
     test_ids = [s for s in sorted(predictions) if splits[s] == "test"]
     with atomic_path(submission) as tmp:
         submission_table(predictions, test_ids, sample_submission).to_csv(tmp, index=False)
