@@ -17,8 +17,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import shapely
-from affine import Affine
 from rasterio.features import shapes
+from rasterio.transform import Affine
 from shapely.geometry import MultiPolygon, Polygon, mapping, shape
 from shapely.geometry.polygon import orient
 from skimage.measure import label

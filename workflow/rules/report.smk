@@ -15,6 +15,11 @@ rule report:
             caption="../report/metrics.rst",
             category="Results",
         ),
+        scores=report(
+            f"{RESULTS}/scores.html",
+            caption="../report/scores.rst",
+            category="Results",
+        ),
         overlays=report(
             expand(f"{RESULTS}/overlays/{{slide}}.png", slide=predicted_slides()),
             caption="../report/overlay.rst",

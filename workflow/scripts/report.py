@@ -15,5 +15,6 @@ with log_to(snakemake.log[0]):
         Path(snakemake.output.overlays[0]).parent,
         Path(snakemake.output.geojson[0]).parent,
         groups=snakemake.params.groups or None,
+        scores_html=snakemake.output.scores,
         **snakemake.params.report,
     )
