@@ -71,9 +71,9 @@ def test_scores_table_rows_means_and_escaping():
         }
     )
     html = scores_html(table)
-    assert html.startswith('<table id="wsiseg-scores"') and "a&lt;b" in html and "<b" not in html.replace("<body", "")
+    assert '<table id="wsiseg-scores">' in html and "a&lt;b" in html and "<b" not in html.replace("<body", "")
     assert "0.912" in html and "3 of 3" in html and "0 of 2" in html and "–" in html
-    assert "kidney (mean)" in html and "all slides (mean)" in html and html.count("font-weight:bold") == 2
+    assert "kidney (mean)" in html and "all slides (mean)" in html and html.count("<tr class=\"mean\">") == 2
     assert "No slide with ground truth" in scores_html(table.iloc[:0])
 
 
@@ -101,7 +101,9 @@ def test_curves_have_integer_epoch_ticks(tmp_path, figures):
     metrics = pd.DataFrame({"epoch": [0, 1, 2], "train_loss": [1.0, 0.7, 0.5], "val_loss": [0.9, 0.8, 0.6],
                             "val_dice": [0.3, 0.5, 0.6], "val_iou": [0.2, 0.35, 0.45]})
     plot_curves(metrics, tmp_path / "curves.png")
-    (fig,) = figures
-    for ax in fig.axes:
-        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
-        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    plot_curves(metrics.iloc[:1], tmp_path / "one.png")  # a single epoch: no -0.04 .. 0.04 ticks either
+    for fig in figures:
+        for ax in fig.axes:
+            ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+            assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    assert len(figures) == 2

@@ -117,7 +117,7 @@ def plot_curves(metrics: pd.DataFrame, out: str | Path) -> None:
     ax2.set(xlabel="epoch", ylim=(0, 1), title="Validation")
     ax2.legend()
     for ax in (ax1, ax2):
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # epochs are whole numbers
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True, min_n_ticks=1))  # whole epochs, one run too
     fig.tight_layout()
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", dpi=100)

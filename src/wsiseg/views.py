@@ -69,8 +69,17 @@ def _cell(value: object, digits: int = 3) -> str:
     return html.escape(str(value))
 
 
-TABLE_STYLE = "border-collapse:collapse;font-size:13px;margin:0.5em 0;width:auto"
-CELL_STYLE = "border:1px solid #bbb;padding:3px 8px"
+SCORES_STYLE = """<style>
+#wsiseg-scores { border-collapse: collapse; font-size: 13px; margin: 0.5em 0; width: auto; }
+#wsiseg-scores th, #wsiseg-scores td { border: 1px solid #bbb; padding: 3px 8px; text-align: right; }
+#wsiseg-scores th { background: #eee; }
+#wsiseg-scores .name { text-align: left; }
+#wsiseg-scores tr.mean td { font-weight: bold; background: #f6f6f6; }
+</style>
+"""
+
+
+NAME, MEAN = ' class="name"', ' class="mean"'  # text columns; mean rows
 
 
 def scores_html(table: pd.DataFrame) -> str:
@@ -80,34 +89,25 @@ def scores_html(table: pd.DataFrame) -> str:
     Mean rows (``mean:{group}`` and ``mean``, the Kaggle score) are bold and come last."""
     if not len(table):
         return '<p id="wsiseg-scores">No slide with ground truth: nothing to score.</p>\n'
-    columns = [("slide", "slide_id"), ("split", "split")]
-    if "group" in table:
-        columns.append(("group", "group"))
+    names = ["slide_id", "split"] + (["group"] if "group" in table else [])
+    columns = [("slide", "slide_id"), ("split", "split")] + ([("group", "group")] if "group" in table else [])
     columns += [("Dice", "dice"), ("IoU", "iou"), ("object F1", "object_f1")]
-    per_class = [c for c in table.columns if c.startswith("dice_")]
-    columns += [(f"Dice {c[5:]}", c) for c in per_class]
-    head = "".join(f'<th style="{CELL_STYLE};background:#eee;text-align:left">{html.escape(name)}</th>' for name, _ in columns)
-    head += f'<th style="{CELL_STYLE};background:#eee;text-align:left">objects found</th>'
+    columns += [(f"Dice {c[5:]}", c) for c in table.columns if c.startswith("dice_")]
+    head = "".join(f'<th{NAME if key in names else ""}>{html.escape(name)}</th>' for name, key in columns)
+    head += "<th>objects found</th>"
     body = []
     for row in table.to_dict("records"):
         label = str(row["slide_id"])
         summary = label == "mean" or label.startswith("mean:")
         if summary:
             row = {**row, "slide_id": "all slides (mean)" if label == "mean" else f"{label[5:]} (mean)", "split": ""}
-        cells = "".join(
-            f'<td style="{CELL_STYLE};text-align:{"right" if key not in ("slide_id", "split", "group") else "left"}">'
-            f"{_cell(row.get(key))}</td>"
-            for _, key in columns
-        )
+        cells = "".join(f'<td{NAME if key in names else ""}>{_cell(row.get(key))}</td>' for _, key in columns)
         found = row.get("objects_matched"), row.get("objects_true")
-        found_text = "–" if any(v is None or pd.isna(v) for v in found) else f"{int(found[0])} of {int(found[1])}"
-        cells += f'<td style="{CELL_STYLE};text-align:right">{found_text}</td>'
-        weight = ";font-weight:bold;background:#f6f6f6" if summary else ""
-        body.append(f'<tr style="{weight.lstrip(";")}">{cells}</tr>')
+        cells += "<td>–</td>" if any(v is None or pd.isna(v) for v in found) else f"<td>{int(found[0])} of {int(found[1])}</td>"
+        body.append(f'<tr{MEAN if summary else ""}>{cells}</tr>')
     return (
-        f'<table id="wsiseg-scores" style="{TABLE_STYLE}">\n<thead><tr>{head}</tr></thead>\n<tbody>\n'
-        + "\n".join(body)
-        + "\n</tbody>\n</table>\n"
+        SCORES_STYLE + f'<table id="wsiseg-scores">\n<thead><tr>{head}</tr></thead>\n<tbody>\n'
+        + "\n".join(body) + "\n</tbody>\n</table>\n"
     )
 
 
