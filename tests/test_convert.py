@@ -36,7 +36,7 @@ def test_demo_slide_with_rle_mask(tiny_demo, tmp_path):
     table = pd.read_csv(tiny_demo / "train.csv").set_index("id")
     truth = rle.decode(table.loc["demo_0", "encoding"], (384, 512))
     assert truth.sum() > 0
-    np.testing.assert_array_equal(store.mask_levels[0][0], truth)
+    np.testing.assert_array_equal(store.mask_plane(0), truth)
     labels = zarr.open_group(out, mode="r")["labels"]
     assert labels.attrs["labels"] == ["mask"]
     assert "image-label" in labels["mask"].attrs
@@ -52,7 +52,7 @@ def test_geojson_polygons_with_holes_and_multipolygons(rgb_tiff, tmp_path):
         {"type": "Feature", "geometry": {"type": "MultiPolygon", "coordinates": far}},
     ]
     (tmp_path / "a.json").write_text(json.dumps({"type": "FeatureCollection", "features": features}))
-    mask = SlideStore(convert_slide(path, tmp_path / "p.zarr", mask=tmp_path / "a.json")).mask_levels[0][0]
+    mask = SlideStore(convert_slide(path, tmp_path / "p.zarr", mask=tmp_path / "a.json")).mask_plane(0)
     assert mask[30, 20] == 1 and mask[110, 100] == 1  # inside the square (row, col)
     assert mask[70, 60] == 0  # inside the hole
     assert mask[220, 320] == 1  # the MultiPolygon
@@ -79,7 +79,7 @@ def test_mask_image_label_values_become_foreground(rgb_tiff, tmp_path):
     labels[10:20, 10:20] = 1
     labels[50:60, 50:60] = 300  # instance ids beyond uint8
     tifffile.imwrite(tmp_path / "m.tif", labels)
-    mask = SlideStore(convert_slide(path, tmp_path / "m.zarr", mask=tmp_path / "m.tif")).mask_levels[0][0]
+    mask = SlideStore(convert_slide(path, tmp_path / "m.zarr", mask=tmp_path / "m.tif")).mask_plane(0)
     assert mask.sum() == 200 and mask[15, 15] == 1 and mask[55, 55] == 1
 
 

@@ -89,8 +89,8 @@ def test_dsb2018_mask_folder_is_the_union_with_instance_ids(tmp_path):
     row = sheet.loc[sorted(counts)[0]]
     store = converted(row, tmp_path)
     masks = [np.asarray(Image.open(p)) > 0 for p in sorted(Path(row["mask"]).glob("*.png"))]
-    np.testing.assert_array_equal(store.mask_levels[0][0] > 0, np.any(masks, axis=0))
-    ids = np.asarray(store.instances[0])
+    np.testing.assert_array_equal(store.mask_plane(0) > 0, np.any(masks, axis=0))
+    ids = store.instance_plane()
     assert len(np.unique(ids[ids > 0])) == counts[row["slide_id"]]
     assert store.levels[0].shape[0] == 3  # the RGBA PNG lost its alpha channel
 
@@ -105,7 +105,7 @@ def test_touching_nuclei_stay_separate_objects_with_instance_ids(tmp_path):
         Image.fromarray(mask).save(folder / f"{k}.png")
     Image.fromarray(np.full((24, 24, 3), 20, np.uint8)).save(tmp_path / "img.png")
     store = converted({"slide_id": "x", "image": tmp_path / "img.png", "mask": str(folder)}, tmp_path)
-    union, ids = np.asarray(store.mask_levels[0][0]), np.asarray(store.instances[0])
+    union, ids = np.asarray(store.mask_plane(0)), store.instance_plane()
     assert match_objects(union, union) == (1, 1, 1)  # connected components merge them
     assert match_objects(union, ids, truth_instances=True)[0] == 2  # the instance ids keep both
 
@@ -116,7 +116,7 @@ def test_hubmap_hpa_sheet_groups_by_organ_and_decodes_the_rle_column(tmp_path):
     assert sheet["group"].to_dict() == {"1000": "kidney", "1037": "lung", "1074": "spleen", "1111": "kidney", "1148": "lung"}
     assert set(sheet["split"]) == {"train", "val"} and sheet["mask"].str.endswith("train.csv").all()
     store = converted(sheet.loc["1074"], tmp_path)
-    np.testing.assert_array_equal(store.mask_levels[0][0], truth["1074"])
+    np.testing.assert_array_equal(store.mask_plane(0), truth["1074"])
     (tmp_path / "hpa" / "test_images").mkdir()
     shutil.copy(tmp_path / "hpa" / "train_images" / "1000.tiff", tmp_path / "hpa" / "test_images" / "10078.tiff")
     pd.DataFrame({"id": ["10078"], "organ": ["prostate"]}).to_csv(tmp_path / "hpa" / "test.csv", index=False)
@@ -145,9 +145,9 @@ def test_monuseg_aperio_xml_is_rasterised_per_region(tmp_path):
     store = converted(sheet.loc[image_id], tmp_path)
     expected = np.zeros((96, 160), np.uint8)
     cv2.fillPoly(expected, [p.round().astype(np.int32) for p in truth[image_id]], 1)
-    mask = np.asarray(store.mask_levels[0][0])
+    mask = np.asarray(store.mask_plane(0))
     assert (mask & expected).sum() / (mask | expected).sum() > 0.9
-    ids = np.asarray(store.instances[0])
+    ids = store.instance_plane()
     assert len(np.unique(ids[ids > 0])) == len(truth[image_id]) == 10
 
 
@@ -157,7 +157,7 @@ def test_colormap_sheet_suggests_the_palette_and_masks_map_to_classes(tmp_path, 
         sheet = dataset_samples("colormap", tmp_path / "tiles").set_index("slide_id", drop=False)
     assert '"#00ff00": 1, "#ff0000": 2' in caplog.text
     store = converted(sheet.loc["tile_01"], tmp_path, palette=PALETTE)
-    np.testing.assert_array_equal(store.mask_levels[0][0], truth["tile_01"])
+    np.testing.assert_array_equal(store.mask_plane(0), truth["tile_01"])
 
 
 def test_pairs_split_table_fixes_listed_ids(tmp_path):

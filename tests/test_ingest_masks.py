@@ -27,7 +27,7 @@ def image(tmp_path):
 
 def labels_of(image, mask, tmp_path, **options) -> np.ndarray:
     out = convert_slide(image, tmp_path / "m.zarr", mask=mask, chunk=64, **options)
-    return SlideStore(out).mask_levels[0][0]
+    return SlideStore(out).mask_plane(0)
 
 
 def square(x0, y0, x1, y1):

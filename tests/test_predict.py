@@ -27,7 +27,7 @@ def test_tiled_prediction_matches_whole_image_forward(tiny_trained, tmp_path):
     slides, ckpt = tiny_trained
     params = PredictParams(tile=128, overlap=64, min_tissue=0, chunk=128)
     out = predict_slide(slides["demo_2"], ckpt, tmp_path / "p.zarr", params)
-    tiled = zarr.open_group(out, mode="r")["prob/1"][0] / 255.0  # level 1 = the model's resolution (downscale 2)
+    tiled = zarr.open_group(out, mode="r")["1"][0] / 255.0  # level 1 = the model's resolution (downscale 2)
     whole = _whole_image_probability(slides["demo_2"], ckpt)
     diff = np.abs(tiled[: whole.shape[0], : whole.shape[1]] - whole)
     assert diff.mean() < 0.01 and np.percentile(diff, 99) < 0.05, (diff.mean(), diff.max())
@@ -36,7 +36,7 @@ def test_tiled_prediction_matches_whole_image_forward(tiny_trained, tmp_path):
 def test_no_seams_between_tiles(tiny_trained, tmp_path):
     slides, ckpt = tiny_trained
     out = predict_slide(slides["demo_2"], ckpt, tmp_path / "p.zarr", PredictParams(tile=64, overlap=32, min_tissue=0))
-    prob = zarr.open_group(out, mode="r")["prob/0"][0].astype(float)
+    prob = zarr.open_group(out, mode="r")["0"][0].astype(float)
     steps = np.abs(np.diff(prob, axis=1)).mean(axis=0)  # mean jump between neighbouring columns
     seams = steps[[63, 127, 191, 255, 319]]  # level-0 columns at tile borders (stride 32 x downscale 2)
     assert seams.max() < 3 * np.median(steps) + 1
@@ -57,7 +57,7 @@ def test_ensemble_of_one_model_twice_equals_the_model(tiny_trained, tmp_path):
     params = PredictParams(tile=64, overlap=16)
     one = predict_slide(slides["demo_2"], ckpt, tmp_path / "one.zarr", params)
     two = predict_slide(slides["demo_2"], [ckpt, ckpt], tmp_path / "two.zarr", params)
-    a, b = (zarr.open_group(p, mode="r")["prob/0"][0].astype(int) for p in (one, two))
+    a, b = (zarr.open_group(p, mode="r")["0"][0].astype(int) for p in (one, two))
     assert np.abs(a - b).max() <= 1
 
 
@@ -66,7 +66,7 @@ def test_non_tissue_tiles_are_skipped(tiny_trained, tmp_path):
     out = predict_slide(slides["demo_2"], ckpt, tmp_path / "p.zarr", PredictParams(tile=64, overlap=16, min_tissue=0.5, chunk=128))
     root = zarr.open_group(out, mode="r")
     assert root.attrs["tiles_skipped"] > 0
-    assert root["mask/0"].shape == (1, 384, 512) and len(root["mask"].attrs["multiscales"][0]["datasets"]) >= 2
+    assert root["labels/mask/0"].shape == (384, 512) and len(root["labels/mask"].attrs["multiscales"][0]["datasets"]) >= 2
 
 
 def test_blend_windows():
@@ -96,10 +96,10 @@ def test_band_processing_gives_the_same_result_as_whole_mask():
     rng = np.random.default_rng(0)
     mask = (rng.random((200, 60)) < 0.45).astype(np.uint8)
     whole = clean_mask(mask, min_area=6, max_hole=5, open_top=False, open_bottom=False)
-    store = zarr.create_array(store={}, shape=(1, 200, 60), chunks=(1, 32, 32), dtype="uint8")
-    store[0] = mask
+    store = zarr.create_array(store={}, shape=(200, 60), chunks=(32, 32), dtype="uint8")
+    store[:] = mask
     postprocess_mask(store, min_area=6, max_hole=5, band=17, margin=40)
-    np.testing.assert_array_equal(store[0], whole)
+    np.testing.assert_array_equal(store[:], whole)
 
 
 def test_multiclass_model_writes_class_probabilities_and_argmax(tiny_trained, tmp_path):
@@ -109,7 +109,7 @@ def test_multiclass_model_writes_class_probabilities_and_argmax(tiny_trained, tm
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, tmp_path / "mc.ckpt")
     out = predict_slide(slides["demo_2"], tmp_path / "mc.ckpt", tmp_path / "p.zarr", PredictParams(tile=64, overlap=16, min_tissue=0))
     root = zarr.open_group(out, mode="r")
-    prob, mask = root["prob/0"][:].astype(int), root["mask/0"][0]
+    prob, mask = root["0"][:].astype(int), root["labels/mask/0"][:]
     assert prob.shape == (3, 384, 512) and root.attrs["classes"] == 3
     assert np.abs(prob.sum(axis=0) - 255).max() <= 3  # softmax over classes
     chosen = np.take_along_axis(prob, mask[None].astype(int), axis=0)[0]
@@ -121,7 +121,7 @@ def test_prediction_store_matches_slide_and_threshold(tiny_trained, tmp_path):
     slides, ckpt = tiny_trained
     out = predict_slide(slides["demo_2"], ckpt, tmp_path / "p.zarr", PredictParams(tile=64, overlap=16, threshold=0.4, min_tissue=0))
     root = zarr.open_group(out, mode="r")
-    prob, mask = root["prob/0"][0], root["mask/0"][0]
+    prob, mask = root["0"][0], root["labels/mask/0"][:]
     assert prob.shape == mask.shape == (384, 512)
     assert set(np.unique(mask)) <= {0, 1}
     # the mask is the thresholded probability (up to uint8 rounding of the stored probability)

@@ -43,11 +43,11 @@ def clean_mask(window: np.ndarray, min_area: int, max_hole: int, open_top: bool,
 
 
 def postprocess_mask(mask: zarr.Array, min_area: int, max_hole: int, band: int = 2048, margin: int = 256) -> None:
-    """Apply :func:`clean_mask` in place to a (1, H, W) zarr mask, band by band."""
-    _, height, _ = mask.shape
+    """Apply :func:`clean_mask` in place to a (H, W) zarr mask (or (1, H, W)), band by band."""
+    height = mask.shape[-2]
     for y0 in range(0, height, band):
         y1 = min(height, y0 + band)
         top, bottom = max(0, y0 - margin), min(height, y1 + margin)
-        window = np.asarray(mask[0, top:bottom])
+        window = np.asarray(mask[..., top:bottom, :]).reshape(bottom - top, -1)
         cleaned = clean_mask(window, min_area, max_hole, open_top=top > 0, open_bottom=bottom < height)
-        mask[0, y0:y1] = cleaned[y0 - top : y1 - top]
+        mask[..., y0:y1, :] = cleaned[y0 - top : y1 - top].reshape(*mask.shape[:-2], y1 - y0, mask.shape[-1])

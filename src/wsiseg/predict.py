@@ -8,12 +8,16 @@ linear-ramp window, so there are no seams.  Tile rows are processed top to
 bottom; finished rows are upsampled to level 0 and written straight away:
 memory holds one band of tiles, never the slide.
 
-Output store ``{slide}.zarr``::
+Output store ``{slide}.zarr``, OME-NGFF v0.4 (see :mod:`wsiseg.predstore`)::
 
-    prob/0, 1, ...   probability x 255 (uint8), axes (c, y, x): c = 1 (foreground)
-                     for binary models, one channel per class for multi-class ones
-    mask/0, 1, ...   binary: prob > threshold (then post-processed), uint8 0/1;
-                     multi-class: the arg-max class index
+    0, 1, ...              probability x 255 (uint8), axes (c, y, x): the multiscale image at
+                           the root; c = 1 (foreground) for binary models, one channel per
+                           class for multi-class ones, named by ``class_names``
+    labels/mask/0, 1, ...  image-label, axes (y, x): binary prob > threshold (then
+                           post-processed), uint8 0/1; multi-class the arg-max class index
+
+The root attribute ``provenance`` records the model (each checkpoint's
+sha256, the model cards), the config hash and the wsiseg version.
 
 Tiles without tissue are skipped (probability 0); the root attribute ``tissue``
 records the detection used (``method``, ``requested``, ``share``,
@@ -41,9 +45,11 @@ from tqdm import tqdm
 from .data import to_tensor
 from .io import atomic_path, check_output
 from .model import load_model
+from .modelcard import ModelSpec, label_names, resolve_model
 from .patches import grid_positions
 from .postprocess import postprocess_mask
-from .store import SlideStore, build_pyramid, compressor, create_level, level_count, multiscales
+from .predstore import image_attrs, label_attrs
+from .store import SlideStore, build_pyramid, compressor, create_level, level_count
 from .tissue import METHODS as TISSUE_METHODS
 from .tissue import TissueMap
 
@@ -249,9 +255,9 @@ class _BandWriter:
         up = up.reshape(up.shape[0], up.shape[1], -1)[first : first + bottom - top, : self.width]
         self.prob[:, top:bottom, :] = cv2.convertScaleAbs(up, alpha=255).reshape(up.shape).transpose(2, 0, 1)
         if up.shape[2] == 1:
-            self.mask[0, top:bottom, :] = (up[:, :, 0] > self.threshold).view(np.uint8)
+            self.mask[top:bottom, :] = (up[:, :, 0] > self.threshold).view(np.uint8)
         else:  # multi-class: the most probable class index
-            self.mask[0, top:bottom, :] = up.argmax(axis=2).astype(np.uint8)
+            self.mask[top:bottom, :] = up.argmax(axis=2).astype(np.uint8)
 
 
 def _blend_rows(plan: _Plan, models, device: torch.device, writer: _BandWriter, executor: ThreadPoolExecutor) -> None:
@@ -285,20 +291,30 @@ def _blend_rows(plan: _Plan, models, device: torch.device, writer: _BandWriter, 
 
 def predict_slide(
     slide: str | Path,
-    checkpoints: str | Path | Sequence[str | Path],
+    checkpoints: str | Path | Sequence[str | Path] | ModelSpec,
     out: str | Path,
     params: PredictParams = PredictParams(),
     models: Sequence[torch.nn.Module] | None = None,
+    class_names: Sequence[str] | None = None,
+    class_name: str = "foreground",
+    config_hash: str | None = None,
 ) -> Path:
-    """Predict ``slide`` with the model(s) in ``checkpoints``; write ``prob`` and ``mask`` pyramids to ``out``.
+    """Predict ``slide`` with the model(s) in ``checkpoints``; write the prediction store ``out``.
 
-    Several checkpoints (e.g. cross-validation folds) and TTA views are
-    averaged in probability space.  The mask is ``prob > threshold``, then
-    objects below ``min_area`` are removed and holes below ``max_hole`` filled.
-    ``models`` (the loaded ``checkpoints``) saves loading them again."""
-    if isinstance(checkpoints, (str, Path)):
-        checkpoints = [checkpoints]
+    ``checkpoints``: checkpoint files and/or model folders written by
+    training (their ``model.json`` lists the checkpoints and their sha256,
+    checked here).  Several checkpoints (e.g. cross-validation folds) and TTA
+    views are averaged in probability space.  The mask is ``prob > threshold``,
+    then objects below ``min_area`` are removed and holes below ``max_hole``
+    filled.  The store is OME-NGFF (see :mod:`wsiseg.predstore`): probability
+    channels and label values are named by ``class_names`` (index = class;
+    else the model card's, else ``class_name`` for binary models); the root
+    attribute ``provenance`` records each checkpoint's sha256, the model
+    cards, ``config_hash`` and the wsiseg version.  ``models`` (the loaded
+    ``checkpoints``) saves loading them again."""
     _check_params(params)
+    spec = checkpoints if isinstance(checkpoints, ModelSpec) else resolve_model(checkpoints, key="checkpoints")
+    checkpoints = spec.checkpoints
     check_output(out, "predict", (slide, *checkpoints), folder=True)
     store = SlideStore(slide)
     device = resolve_device(params.device)
@@ -315,23 +331,30 @@ def predict_slide(
         store.slide_id, plan.tissue.method, " (auto)" if params.tissue_method == "auto" else "", 100 * plan.tissue.share,
         plan.skipped, plan.total, params.min_tissue,
     )
+    provenance = {**spec.provenance(), "config_hash": config_hash}
+    names = label_names(classes, class_names or spec.class_names, class_name)
     codec = compressor("zstd", 1)  # fast: outputs are written while the model computes
     levels = level_count(store.height, store.width, params.chunk)
     with atomic_path(out, stage="predict", inputs=(slide, *checkpoints), folder=True) as tmp:
         root = zarr.open_group(tmp, mode="w", zarr_format=2)
-        groups = {name: root.create_group(name) for name in ("prob", "mask")}
-        channels = {"prob": classes, "mask": 1}
-        arrays = [create_level(g, "0", (channels[n], store.height, store.width), params.chunk, codec) for n, g in groups.items()]
+        labels = root.create_group("labels")
+        mask_group = labels.create_group("mask")
+        prob = create_level(root, "0", (classes, store.height, store.width), params.chunk, codec)
+        mask = create_level(mask_group, "0", (store.height, store.width), params.chunk, codec)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsiseg-writer") as executor:
-            _blend_rows(plan, models, device, _BandWriter(*arrays, ds, params.threshold), executor)
+            _blend_rows(plan, models, device, _BandWriter(prob, mask, ds, params.threshold), executor)
         if (params.min_area or params.max_hole) and classes == 1:
-            postprocess_mask(arrays[1], params.min_area, params.max_hole)
-        for name, how in (("prob", "mean"), ("mask", "max")):
-            build_pyramid(groups[name], levels, params.chunk, codec, how)
-            groups[name].attrs["multiscales"] = multiscales(name, levels, how)
+            postprocess_mask(mask, params.min_area, params.max_hole)
+        build_pyramid(root, levels, params.chunk, codec, "mean")
+        build_pyramid(mask_group, levels, params.chunk, codec, "max")
+        labels.attrs["labels"] = ["mask"]
+        mask_group.attrs.update(label_attrs(levels, names))
         root.attrs.update(
             {
+                **image_attrs(f"{store.slide_id} probability", levels, names[1:] if classes == 1 else names),
                 "slide_id": store.slide_id,
+                "class_names": names,
+                "provenance": provenance,
                 "checkpoints": [str(c) for c in checkpoints],
                 "downscale": ds,
                 "tile": plan.T,
@@ -360,16 +383,23 @@ def _check_params(params: PredictParams) -> None:
 
 
 def predict_many(
-    slides: Sequence[str | Path], checkpoints: Sequence[str | Path], out_dir: str | Path, params: PredictParams = PredictParams()
+    slides: Sequence[str | Path],
+    checkpoints: str | Path | Sequence[str | Path],
+    out_dir: str | Path,
+    params: PredictParams = PredictParams(),
+    class_names: Sequence[str] | None = None,
+    class_name: str = "foreground",
+    config_hash: str | None = None,
 ) -> list[Path]:
     """:func:`predict_slide` for each slide store, models loaded once: ``out_dir/{slide store name}`` each.
 
     For datasets of many small images (one Snakemake job per group of slides)."""
     _check_params(params)
-    models = load_ensemble(checkpoints, resolve_device(params.device))
+    spec = resolve_model(checkpoints, key="checkpoints")
+    models = load_ensemble(spec.checkpoints, resolve_device(params.device))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     return [
-        predict_slide(slide, checkpoints, out_dir / Path(slide).name, params, models)
+        predict_slide(slide, spec, out_dir / Path(slide).name, params, models, class_names, class_name, config_hash)
         for slide in tqdm(slides, desc="predict", unit="slide", mininterval=10)
     ]

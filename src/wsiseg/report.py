@@ -20,6 +20,7 @@ from skimage.measure import label
 
 from . import rle, vector, views
 from .io import atomic_path
+from .predstore import Prediction, write_provenance
 from .store import SlideStore
 
 log = logging.getLogger(__name__)
@@ -30,41 +31,15 @@ METRIC_COLUMNS = [
 ]
 
 
-class Prediction:
-    """Read access to a prediction store written by :func:`wsiseg.predict.predict_slide`."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        try:
-            root = zarr.open_group(self.path, mode="r")
-            self.mask_levels = [root["mask"][d["path"]] for d in root["mask"].attrs["multiscales"][0]["datasets"]]
-        except Exception as err:
-            raise ValueError(f"{self.path}: not a wsiseg prediction store ({err})") from None
-        self.attrs = dict(root.attrs)
-        _, self.height, self.width = self.mask_levels[0].shape
-
-    @property
-    def mask(self) -> zarr.Array:
-        """Level-0 mask, shape (1, H, W)."""
-        return self.mask_levels[0]
-
-    def level_for(self, max_side: int) -> int:
-        """Finest pyramid level whose longer side is at most ``max_side``."""
-        k = 0
-        while k + 1 < len(self.mask_levels) and max(self.mask_levels[k].shape[1:]) > max_side:
-            k += 1
-        return k
-
-
-def _column_bands(mask: zarr.Array, width: int) -> Iterator[tuple[int, np.ndarray]]:
-    for x0 in range(0, mask.shape[2], width):
-        yield x0, np.asarray(mask[0, :, x0 : x0 + width])
+def _column_bands(pred: Prediction, width: int) -> Iterator[tuple[int, np.ndarray]]:
+    for x0 in range(0, pred.width, width):
+        yield x0, pred.mask_plane(0, slice(None), slice(x0, x0 + width))
 
 
 def encode_store(prediction: str | Path, band: int = 512) -> str:
     """Column-major RLE of a prediction's level-0 mask, computed band by band."""
-    mask = Prediction(prediction).mask
-    return rle.encode_bands(_column_bands(mask, band), mask.shape[1])
+    pred = Prediction(prediction)
+    return rle.encode_bands(_column_bands(pred, band), pred.height)
 
 
 def scores(tp: float, fp: float, fn: float) -> dict[str, float]:
@@ -82,9 +57,9 @@ def scores(tp: float, fp: float, fn: float) -> dict[str, float]:
 def _truth(slide: str | Path, prediction: Prediction) -> SlideStore:
     """The slide store whose ground truth ``prediction`` is scored against, after checking their shapes agree."""
     store = SlideStore(slide)
-    truth = store.mask_levels
-    if truth[0].shape[1:] != prediction.mask.shape[1:]:
-        raise ValueError(f"{prediction.path}: prediction shape {prediction.mask.shape[1:]} differs from {slide} mask {truth[0].shape[1:]}")
+    truth = tuple(store.mask_levels[0].shape[-2:])
+    if truth != prediction.shape:
+        raise ValueError(f"{prediction.path}: prediction shape {prediction.shape} differs from {slide} mask {truth}")
     return store
 
 
@@ -93,12 +68,12 @@ def confusion_matrix(prediction: str | Path, slide: str | Path, band: int = 512)
 
     Binary predictions compare foreground (any label > 0) with background (2 x 2)."""
     pred = Prediction(prediction)
-    truth = _truth(slide, pred).mask_levels[0]
+    truth = _truth(slide, pred)
     classes = max(2, int(pred.attrs.get("classes", 1)))
     matrix = np.zeros((classes, classes), np.int64)
     for y0 in range(0, pred.height, band):
-        p = np.asarray(pred.mask[0, y0 : y0 + band]).astype(np.int64)
-        t = np.asarray(truth[0, y0 : y0 + band]).astype(np.int64)
+        p = pred.mask_plane(0, slice(y0, y0 + band)).astype(np.int64)
+        t = truth.mask_plane(0, slice(y0, y0 + band)).astype(np.int64)
         if classes == 2:
             p, t = p > 0, t > 0
         t = np.minimum(t, classes - 1)
@@ -168,9 +143,9 @@ def object_scores(prediction: str | Path, slide: str | Path, iou: float = 0.5, m
     store = _truth(slide, pred)
     truth = store.mask_levels
     k = min(pred.level_for(max_side), len(truth) - 1)
-    instances = store.instances if k == 0 else None
-    reference = np.asarray((instances if instances is not None else truth[k])[0])
-    n_true, n_pred, matched = match_objects(np.asarray(pred.mask_levels[k][0]), reference, iou, instances is not None)
+    instances = store.instance_plane() if k == 0 else None
+    reference = instances if instances is not None else store.mask_plane(k)
+    n_true, n_pred, matched = match_objects(pred.mask_plane(k), reference, iou, instances is not None)
     f1 = 1.0 if n_true + n_pred == 0 else 2 * matched / (n_true + n_pred)
     return {"object_f1": f1, "objects_true": n_true, "objects_pred": n_pred, "objects_matched": matched}
 
@@ -187,8 +162,8 @@ def overlay(
     if image.shape[2] == 1:
         image = np.repeat(image, 3, axis=2)
     h, w = image.shape[:2]
-    mask = np.asarray(pred.mask_levels[k][0])[:h, :w] > 0
-    truth = np.asarray(store.mask_levels[k][0])[:h, :w] > 0 if store.has_mask else None
+    mask = pred.mask_plane(k)[:h, :w] > 0
+    truth = store.mask_plane(k)[:h, :w] > 0 if store.has_mask else None
     title = views.overlay_title(slide_id or Path(slide).stem, dice if truth is not None else None)
     views.draw_overlay(image, mask, truth, title, out)
 
@@ -237,7 +212,7 @@ def export_geojson(
     named by ``class_names`` (see :func:`class_label`)."""
     pred = Prediction(prediction)
     k = pred.level_for(max_side)
-    labels = np.asarray(pred.mask_levels[k][0])
+    labels = pred.mask_plane(k)
     probability = _probability_level(pred, k)
     classes = int(pred.attrs.get("classes", 1))
     layers = [(class_name, labels > 0, 1)] if classes == 1 else [(class_label(c, class_names), labels == c, c) for c in range(1, classes)]

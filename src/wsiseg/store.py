@@ -3,7 +3,10 @@
 Layout of ``{slide}.zarr`` (zarr format 2, Blosc-zstd chunks)::
 
     0, 1, 2, ...          image pyramid, axes (c, y, x), uint8 RGB
-    labels/mask/0, 1, ... label pyramid, axes (c, y, x) with c = 1, uint8 0/1
+    labels/mask/0, 1, ... label pyramid, axes (y, x), uint8 0/1 (or class indices):
+                          an NGFF image-label, so viewers (napari) overlay it as a 2-D
+                          labels layer on the image (stores written before this kept a
+                          c = 1 axis, (c, y, x); readers accept both, see :func:`read_plane`)
 
 Every level is written and read chunk by chunk, so memory stays bounded
 whatever the slide size.
@@ -31,6 +34,7 @@ AXES = [
     {"name": "y", "type": "space", "unit": "micrometer"},
     {"name": "x", "type": "space", "unit": "micrometer"},
 ]
+LABEL_AXES = AXES[1:]  # label images: (y, x), no channel axis (a 2-D labels layer in napari)
 
 
 class StoreError(ValueError):
@@ -50,22 +54,29 @@ def level_count(height: int, width: int, chunk: int) -> int:
     return 1 + max(0, math.ceil(math.log2(max(height, width) / chunk))) if max(height, width) > chunk else 1
 
 
-def multiscales(name: str, levels: int, method: str) -> list[dict]:
-    """NGFF v0.4 ``multiscales`` metadata for a 2x pyramid of ``levels`` levels."""
+def multiscales(name: str, levels: int, method: str, axes: list[dict] = AXES) -> list[dict]:
+    """NGFF v0.4 ``multiscales`` metadata for a 2x pyramid of ``levels`` levels with ``axes``
+    (:data:`AXES` for images, :data:`LABEL_AXES` for label images)."""
+    lead = [1.0] * (len(axes) - 2)
     datasets = [
-        {"path": str(k), "coordinateTransformations": [{"type": "scale", "scale": [1.0, 2.0**k, 2.0**k]}]}
+        {"path": str(k), "coordinateTransformations": [{"type": "scale", "scale": [*lead, 2.0**k, 2.0**k]}]}
         for k in range(levels)
     ]
-    return [{"version": NGFF_VERSION, "name": name, "axes": AXES, "datasets": datasets, "type": method}]
+    return [{"version": NGFF_VERSION, "name": name, "axes": axes, "datasets": datasets, "type": method}]
 
 
 def create_level(
-    group: zarr.Group, path: str, shape: tuple[int, int, int], chunk: int, codec, dtype: str = "uint8"
+    group: zarr.Group, path: str, shape: tuple[int, ...], chunk: int, codec, dtype: str = "uint8"
 ) -> zarr.Array:
-    """Create one chunked (c, y, x) level array (uint8 unless ``dtype`` says otherwise)."""
-    return group.create_array(
-        path, shape=shape, chunks=(shape[0], chunk, chunk), dtype=dtype, compressors=codec, fill_value=0
-    )
+    """Create one chunked level array, (c, y, x) or (y, x) for label images (uint8 unless ``dtype`` says otherwise)."""
+    chunks = (shape[0], chunk, chunk) if len(shape) == 3 else (chunk, chunk)
+    return group.create_array(path, shape=shape, chunks=chunks, dtype=dtype, compressors=codec, fill_value=0)
+
+
+def read_plane(array: zarr.Array, rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray:
+    """``rows, cols`` of a single-plane array as (h, w): a (y, x) label image, or the first
+    channel of a (c, y, x) array (label images of stores written before labels dropped c = 1)."""
+    return np.asarray(array[rows, cols] if array.ndim == 2 else array[0, rows, cols])
 
 
 def _pool(block: np.ndarray, how: str) -> np.ndarray:
@@ -103,12 +114,13 @@ def build_pyramid(group: zarr.Group, levels: int, chunk: int, codec, how: str, s
     """
     for k in range(start, levels):
         src = group[str(k - 1)]
-        c, h, w = src.shape
-        dst = create_level(group, str(k), (c, (h + 1) // 2, (w + 1) // 2), chunk, codec)
-        for y0 in range(0, dst.shape[1], chunk):
-            for x0 in range(0, dst.shape[2], chunk):
-                block = src[:, 2 * y0 : 2 * (y0 + chunk), 2 * x0 : 2 * (x0 + chunk)]
-                dst[:, y0 : y0 + chunk, x0 : x0 + chunk] = _pool(np.asarray(block), how)
+        *c, h, w = src.shape  # (c, y, x) images, (y, x) label images
+        dst = create_level(group, str(k), (*c, (h + 1) // 2, (w + 1) // 2), chunk, codec, dtype=src.dtype)
+        for y0 in range(0, dst.shape[-2], chunk):
+            for x0 in range(0, dst.shape[-1], chunk):
+                block = np.asarray(src[..., 2 * y0 : 2 * (y0 + chunk), 2 * x0 : 2 * (x0 + chunk)])
+                pooled = _pool(block if c else block[None], how)
+                dst[..., y0 : y0 + chunk, x0 : x0 + chunk] = pooled if c else pooled[0]
 
 
 def _direct_path(array: zarr.Array) -> Path | None:
@@ -200,9 +212,14 @@ def write_file(path: Path, data: bytes) -> None:
 
 
 def planar(block: np.ndarray, array: zarr.Array) -> np.ndarray:
-    """Channel-last ``block`` (h, w, c) laid out as one (c, y, x) chunk of ``array``, padded with its fill value."""
+    """Channel-last ``block`` (h, w, c) laid out as one (c, y, x) chunk of ``array`` (a (y, x) chunk of a
+    label image, c = 1), padded with its fill value."""
     shape = array.metadata.chunks
     h, w, channels = block.shape
+    if len(shape) == 2:
+        chunk = np.full(shape, array.metadata.fill_value, block.dtype)
+        chunk[:h, :w] = block[:, :, 0]
+        return chunk
     if (channels, h, w) == shape and channels in (3, 4) and block.dtype == np.uint8:
         chunk = np.empty(shape, block.dtype)  # OpenCV's channel split: ~2x numpy's strided copies
         cv2.split(np.ascontiguousarray(block), list(chunk))
@@ -222,11 +239,11 @@ def chunk_writers(workers: int) -> ThreadPoolExecutor:
 def write_block(
     array: zarr.Array, y0: int, x0: int, block: np.ndarray, executor: ThreadPoolExecutor | None = None, wait: bool = True
 ) -> list[Future]:
-    """Write channel-last ``block`` (h, w, c) at (``y0``, ``x0``) of a (c, y, x) array.
+    """Write channel-last ``block`` (h, w, c) at (``y0``, ``x0``) of a (c, y, x) array (or (h, w, 1) of a (y, x) one).
 
     (y0, x0) is a chunk corner and the block ends on chunk boundaries or at
     the array's edge (see :func:`write_grid`)."""
-    _, cy, cx = array.metadata.chunks
+    cy, cx = array.metadata.chunks[-2:]
     grid = [[block[y : y + cy, x : x + cx] for x in range(0, block.shape[1], cx)] for y in range(0, block.shape[0], cy)]
     return write_grid(array, y0, x0, grid, executor, wait)
 
@@ -247,16 +264,18 @@ def write_grid(
     times faster than zarr's own write path); otherwise through zarr.
     With ``wait=False`` the pending writes are returned instead of awaited
     (the pieces must stay unchanged until they are done)."""
-    _, cy, cx = array.metadata.chunks
+    cy, cx = array.metadata.chunks[-2:]
+    lead = (0,) * (array.ndim - 2)  # the channel chunk of (c, y, x) arrays; none for (y, x) label images
     folder = _direct_path(array)
     if folder is None or executor is None:
         for i, row in enumerate(grid):
             for j, piece in enumerate(row):
                 y, x = y0 + i * cy, x0 + j * cx
-                array[:, y : y + piece.shape[0], x : x + piece.shape[1]] = piece.transpose(2, 0, 1)
+                data = piece.transpose(2, 0, 1) if lead else piece[:, :, 0]
+                array[..., y : y + piece.shape[0], x : x + piece.shape[1]] = data
         return []
     jobs = [
-        executor.submit(_write_chunk, array, folder, (0, y0 // cy + i, x0 // cx + j), piece)
+        executor.submit(_write_chunk, array, folder, (*lead, y0 // cy + i, x0 // cx + j), piece)
         for i, row in enumerate(grid)
         for j, piece in enumerate(row)
     ]
@@ -377,12 +396,14 @@ class PyramidWriter:
 
 
 def read_padded(array: zarr.Array, y0: int, y1: int, x0: int, x1: int, fill: int) -> np.ndarray:
-    """Read ``array[:, y0:y1, x0:x1]`` of a (c, y, x) array, padding with ``fill`` outside it."""
-    c, h, w = array.shape
-    out = np.full((c, y1 - y0, x1 - x0), fill, dtype=np.uint8)
+    """Read ``array[:, y0:y1, x0:x1]`` of a (c, y, x) array, padding with ``fill`` outside it.
+
+    A (y, x) label image reads as c = 1."""
+    *c, h, w = array.shape
+    out = np.full((*(c or [1]), y1 - y0, x1 - x0), fill, dtype=np.uint8)
     ry0, ry1, rx0, rx1 = max(0, y0), min(h, y1), max(0, x0), min(w, x1)
     if ry1 > ry0 and rx1 > rx0:
-        out[:, ry0 - y0 : ry1 - y0, rx0 - x0 : rx1 - x0] = array[:, ry0:ry1, rx0:rx1]
+        out[:, ry0 - y0 : ry1 - y0, rx0 - x0 : rx1 - x0] = array[..., ry0:ry1, rx0:rx1]
     return out
 
 
@@ -411,6 +432,14 @@ class SlideStore:
     def has_mask(self) -> bool:
         """Whether the store holds a ground-truth label image."""
         return bool(self.mask_levels)
+
+    def mask_plane(self, k: int = 0, rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray:
+        """(h, w) labels of ``rows, cols`` of pyramid level ``k`` of the ground truth (see :func:`read_plane`)."""
+        return read_plane(self.mask_levels[k], rows, cols)
+
+    def instance_plane(self) -> np.ndarray | None:
+        """Level-0 object ids (h, w) when the annotation had objects, else None."""
+        return None if self.instances is None else read_plane(self.instances)
 
     def level_for(self, downscale: float) -> int:
         """Coarsest pyramid level whose scale does not exceed ``downscale``."""
