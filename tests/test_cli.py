@@ -37,3 +37,55 @@ def test_unknown_subcommand_exits_nonzero():
     with pytest.raises(SystemExit) as exc:
         main(["bogus"])
     assert exc.value.code == 2
+
+
+SECTIONS = {"convert": "convert", "patches": "patches", "train": "train", "predict": "predict"}
+
+
+def _effective_config() -> dict:
+    """config/config.yaml with the schema's defaults filled in (what a workflow run uses)."""
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    schema = yaml.safe_load((root / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    config = yaml.safe_load((root / "config" / "config.yaml").read_text())
+    return {
+        section: {k: config.get(section, {}).get(k, spec.get("default")) for k, spec in schema["properties"][section]["properties"].items()}
+        for section in SECTIONS.values()
+    }
+
+
+def _actions(stage: str):
+    from wsiseg.cli import build_parser
+
+    parser = build_parser(stage)
+    sub = next(a for a in parser._actions if a.dest == "command")
+    return [a for a in sub.choices[stage]._actions if a.option_strings and a.dest != "help"]
+
+
+@pytest.mark.parametrize("stage", list(SECTIONS))
+def test_cli_defaults_equal_the_default_config(stage):
+    """`wsiseg STAGE` without options does what the workflow does with config/config.yaml."""
+    config = _effective_config()[SECTIONS[stage]]
+    compared = 0
+    for action in _actions(stage):
+        if action.dest not in config:
+            continue
+        default = list(action.default) if isinstance(action.default, tuple) else action.default
+        expected = config[action.dest]
+        if isinstance(expected, dict) and default is None:  # NAME=VALUE flags: None = the dataclass default
+            continue
+        assert default == expected, f"wsiseg {stage} --{action.dest}: CLI default {default!r}, config {expected!r}"
+        compared += 1
+    assert compared >= 5
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_option_explains_itself(stage):
+    for action in _actions(stage):
+        if action.dest == "version":
+            continue
+        text = (action.help or "").split("(default:")[0].strip()
+        assert text, f"wsiseg {stage} {action.option_strings[0]} has no help text"

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from . import __version__
-from .params import add_arguments, from_args
+from .params import add_arguments, add_schema_arguments, from_args
 
 
 def _demo(args) -> None:
@@ -21,12 +21,13 @@ def _demo(args) -> None:
 def _convert(args) -> None:
     from .convert import convert_slide
     from .masks import load_palette
+    from .params import schema_section
 
+    options = {k: getattr(args, k) for k in schema_section("convert") if k != "palette" and hasattr(args, k)}
     palette = load_palette(args.palette) if args.palette else None
     convert_slide(
-        args.image, args.out, mask=args.mask, slide_id=args.slide_id, chunk=args.chunk, compression=args.compression,
-        level=args.level, shuffle=args.shuffle, uint16=args.uint16, percentiles=args.percentiles, channels=args.channels, palette=palette,
-        mask_threshold=args.mask_threshold, workers=args.workers,
+        args.image, args.out, mask=args.mask, slide_id=args.slide_id, palette=palette,
+        require_foreground=args.require_foreground, workers=args.workers, **options,
     )
 
 
@@ -107,22 +108,16 @@ def _samples_args(p: argparse.ArgumentParser) -> None:
 
 
 def _convert_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("image")
+    p.add_argument("image", help="slide image: TIFF/BigTIFF/OME-TIFF/SVS, PNG or JPEG")
     p.add_argument("out", help="output .zarr directory")
     p.add_argument("--mask", help="RLE table (.csv), GeoJSON (.json/.geojson) or Aperio (.xml) polygons, "
                    "mask image, or a folder of one mask image per object")
     p.add_argument("--slide-id", help="id of the slide (row id in an RLE table); default: image file stem")
-    p.add_argument("--chunk", type=int, default=512)
-    p.add_argument("--compression", default="lz4", choices=["zstd", "lz4", "zlib", "blosclz"], help="Blosc codec")
-    p.add_argument("--level", type=int, default=5, help="compression level")
-    p.add_argument("--shuffle", default="bit", choices=["bit", "byte", "none"], help="Blosc pre-filter")
-    p.add_argument("--uint16", default="scale", choices=["scale", "percentile"],
-                   help="non-8-bit pixels to uint8: divide by 257, or stretch --percentiles of a low-res sample")
-    p.add_argument("--percentiles", type=float, nargs=2, default=[0.5, 99.5], metavar=("LOW", "HIGH"))
-    p.add_argument("--channels", type=int, nargs=3, metavar=("R", "G", "B"), help="channel indices to use as RGB")
+    # every key of config `convert:`, with its schema type, default and description
+    add_schema_arguments(p, "convert", skip=("palette",))
     p.add_argument("--palette", help='RGB mask colours -> classes: JSON (\'{"#ff0000": 1}\' or [[r,g,b], ...]) or a .json file')
-    p.add_argument("--mask-threshold", type=int, default=0,
-                   help="mask images: a pixel is foreground when a channel exceeds this value (e.g. 127 for JPEG masks)")
+    p.add_argument("--require-foreground", action="store_true",
+                   help="the annotation must mark some foreground (the workflow sets this for train/val slides)")
     p.add_argument("--workers", type=int, help="decode/compress threads (default: all available CPUs)")
 
 
@@ -133,7 +128,7 @@ def _patches_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("out_zarr", help="output patch store (.zarr)")
     p.add_argument("out_csv", help="output patch index table (.csv)")
     p.add_argument("--out-tissue", help="write the low-resolution tissue mask to this PNG")
-    add_arguments(p, PatchParams)
+    add_arguments(p, PatchParams, section="patches")
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
@@ -143,7 +138,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val", nargs="+", required=True, help="validation patch stores")
     p.add_argument("--out-dir", required=True, help="writes model.ckpt, metrics.csv, curves.png")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
-    add_arguments(p, TrainParams, skip=("extra",))
+    add_arguments(p, TrainParams, skip=("extra",), section="train")
 
 
 def _predict_args(p: argparse.ArgumentParser) -> None:
@@ -152,14 +147,14 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("slide", help="converted slide .zarr")
     p.add_argument("out", help="output prediction .zarr")
     p.add_argument("checkpoints", nargs="+", help="model.ckpt from train (several: ensemble mean)")
-    add_arguments(p, PredictParams)
+    add_arguments(p, PredictParams, section="predict")
 
 
 def _report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", required=True, help="sample sheet CSV")
     p.add_argument("--slides", default="results/zarr", help="folder of converted slide stores")
     p.add_argument("--predictions", default="results/predictions", help="folder of prediction stores")
-    p.add_argument("--out-dir", default="results")
+    p.add_argument("--out-dir", default="results", help="writes submission.csv, metrics.csv, overlays/ and geojson/ here (default: results)")
     p.add_argument("--sample-submission", help="Kaggle sample submission CSV: fixes the ids and row order")
     p.add_argument("--object-iou", type=float, default=0.5, help="IoU above which predicted and true objects match")
     p.add_argument("--class-name", default="foreground", help="class name of the exported GeoJSON objects")

@@ -4,12 +4,67 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import json
 import typing
+from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
 import yaml
 
 P = TypeVar("P")
+
+SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+@functools.lru_cache(maxsize=None)
+def schema_section(section: str) -> dict[str, dict]:
+    """The config schema's properties of ``section`` (e.g. ``predict``): the one place where
+    each option's meaning, type and default are written ({} when the schema is not installed)."""
+    if not SCHEMA.is_file():
+        return {}
+    return yaml.safe_load(SCHEMA.read_text())["properties"].get(section, {}).get("properties", {})
+
+
+@functools.lru_cache(maxsize=None)
+def _top_level() -> dict[str, dict]:
+    """Top-level keys of the config schema (e.g. ``seed``)."""
+    return yaml.safe_load(SCHEMA.read_text())["properties"] if SCHEMA.is_file() else {}
+
+
+def _help(section: str | None, name: str, default: Any) -> str:
+    """Help text of option ``name``: the schema's description and the default."""
+    spec = (schema_section(section).get(name) or _top_level().get(name, {})) if section else {}
+    text = " ".join(str(spec.get("description", "")).split())
+    shown = json.dumps(default) if isinstance(default, (dict, list, tuple)) else default
+    return f"{text} (default: {shown})".replace("%", "%%").strip()
+
+
+def add_schema_arguments(parser: argparse.ArgumentParser, section: str, skip: tuple[str, ...] = ()) -> list[str]:
+    """Add one ``--flag`` per key of config section ``section`` with the schema's type, choices,
+    default and description; returns the keys added."""
+    added = []
+    for name, spec in schema_section(section).items():
+        if name in skip:
+            continue
+        kinds = spec.get("type") if isinstance(spec.get("type"), list) else [spec.get("type")]
+        flag, default = "--" + name.replace("_", "-"), spec.get("default")
+        kind = {"integer": int, "number": float, "string": str}.get(next((k for k in kinds if k != "null"), "string"), str)
+        options: dict[str, Any] = {"default": default, "help": _help(section, name, default)}
+        if "boolean" in kinds:
+            options["action"] = argparse.BooleanOptionalAction
+        elif "array" in kinds:
+            items = spec.get("items", {})
+            options["type"] = {"integer": int, "number": float}.get(items.get("type"), str)
+            count = spec.get("minItems")
+            options["nargs"] = count if count and count == spec.get("maxItems") else "+"
+        else:
+            options["type"] = kind
+            if spec.get("enum"):
+                options["choices"] = spec["enum"]
+        parser.add_argument(flag, **options)
+        added.append(name)
+    return added
 
 
 def from_mapping(cls: type[P], mapping: Mapping[str, Any], section: str) -> P:
@@ -54,8 +109,9 @@ def _scalar(hint) -> tuple[type, bool]:
     return str, False  # unions such as int | str: keep the text
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
-    """Add one ``--flag`` per field of dataclass ``cls`` (defaults and types from the class).
+def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = (), section: str | None = None) -> None:
+    """Add one ``--flag`` per field of dataclass ``cls`` (defaults and types from the class,
+    help from config section ``section`` of the schema).
 
     Mapping fields take ``name=value`` words (``--loss dice=1 bce=0.5``)."""
     hints = typing.get_type_hints(cls)
@@ -65,12 +121,13 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
         kind, many = _scalar(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
         default = _default(f)
+        text = _help(section, f.name, default)
         if _is_mapping(hints[f.name]):
-            parser.add_argument(flag, nargs="+", default=None, metavar="NAME=VALUE", help=f"(default: {default})")
+            parser.add_argument(flag, nargs="+", default=None, metavar="NAME=VALUE", help=text)
         elif kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
         else:
-            parser.add_argument(flag, type=kind, nargs="+" if many else None, default=default, metavar=kind.__name__.upper(), help=f"(default: {default})")
+            parser.add_argument(flag, type=kind, nargs="+" if many else None, default=default, metavar=kind.__name__.upper(), help=text)
 
 
 def from_args(cls: type[P], args: argparse.Namespace, skip: tuple[str, ...] = ()) -> P:

@@ -28,9 +28,9 @@ REASONS = ("positive", "negative", "random")
 class PatchParams:
     """How patches are cut and which are kept."""
 
-    size: int = 256
+    size: int = 128
     downscale: float = 2.0
-    stride: int | None = None  # in patch pixels; default: size (no overlap)
+    stride: int | None = None  # in patch pixels; default: size // 2 (half-overlapping patches)
     min_coverage: float = 0.1
     max_coverage: float = 0.9
     negative_ratio: float = 0.5  # tissue-only negatives kept per positive patch
@@ -134,7 +134,7 @@ def extract_patches(
         raise StoreError(f"{slide}: patches need a ground-truth mask (training/validation slides)")
     size, ds = params.size, params.downscale
     classes = params.classes or label_classes(store)
-    stride = params.stride or size
+    stride = params.stride or max(1, size // 2)
     dh, dw = store.dims(ds)
     rows, cols = grid_positions(dh, size, stride), grid_positions(dw, size, stride)
     span = int(round(size * ds))

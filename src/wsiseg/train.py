@@ -35,8 +35,8 @@ class TrainParams:
     arch: str = "Unet"
     encoder: str = "resnet18"
     encoder_weights: str | None = None
-    encoder_depth: int = 5
-    decoder_channels: tuple[int, ...] | None = None
+    encoder_depth: int = 4
+    decoder_channels: tuple[int, ...] | None = (128, 64, 32, 16)
     epochs: int = 10
     batch_size: int = 16
     lr: float = 1e-3
