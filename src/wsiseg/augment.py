@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import albumentations as A
 import cv2
+import numpy as np
 
 Factory = Callable[..., A.BasicTransform]
 
@@ -98,14 +99,32 @@ def _make(name: str, options: Mapping[str, Any]) -> A.BasicTransform:
     return transform
 
 
+def reseed(pipeline: A.Compose, *key: int) -> None:
+    """Seed ``pipeline`` and each of its transforms with independent streams derived from the integers ``key``.
+
+    The random draws that follow are a pure function of ``key`` (e.g. seed,
+    epoch, sample index).  albumentations' own ``set_random_seed`` gives every
+    transform the *same* seed, so e.g. ``hflip`` and ``vflip`` of equal
+    probability would always fire together; here each gets its own stream."""
+    states = np.random.SeedSequence([int(k) & 0xFFFFFFFFFFFFFFFF for k in key]).generate_state(len(pipeline.transforms) + 1)
+    pipeline.set_random_seed(int(states[0]))
+    for transform, state in zip(pipeline.transforms, states[1:]):
+        transform.set_random_seed(int(state))
+
+
 def build_augmentation(spec: Mapping[str, Any] | Sequence[str] | None, seed: int) -> A.Compose | None:
     """A seeded albumentations pipeline from config ``augment`` (None when empty).
 
     Transforms with probability 0 are left out; a bad keyword argument is an
-    error naming the transform."""
+    error naming the transform.  Each transform draws from its own stream
+    (see :func:`reseed`)."""
     transforms = []
     for name, options in normalise(spec).items():
         if float(options["p"]) == 0:
             continue
         transforms.append(_make(name, options))
-    return A.Compose(transforms, seed=seed) if transforms else None
+    if not transforms:
+        return None
+    pipeline = A.Compose(transforms, seed=seed)
+    reseed(pipeline, seed)
+    return pipeline

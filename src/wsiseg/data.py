@@ -1,18 +1,25 @@
-"""Training data: patch zarr stores as a PyTorch dataset and a LightningDataModule."""
+"""Training data: patch zarr stores as a PyTorch dataset and a LightningDataModule.
+
+Every random draw of the training data (patch order, augmentation, any global
+RNG use inside loader workers) is a pure function of ``(seed, epoch)``, so a
+run resumed from an epoch's checkpoint sees exactly the batches an
+uninterrupted run would, with any ``num_workers``.
+"""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import albumentations as A
 import numpy as np
 import pytorch_lightning as pl
 import torch
 import zarr
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .augment import build_augmentation
+from .augment import build_augmentation, reseed
 
 # ImageNet statistics: what smp encoders (and their pretrained weights) expect
 MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
@@ -32,17 +39,66 @@ def to_target(mask: np.ndarray, classes: int = 1) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64))
 
 
-class PatchDataset(Dataset):
-    """All patches of several patch stores; stores are opened lazily in each worker."""
+# stream tags: keys (seed, epoch, tag, n) of different streams never coincide
+AUGMENT, ORDER, MAIN, WORKER = range(4)
 
-    def __init__(self, stores: Sequence[str | Path], augment: A.Compose | None = None, classes: int = 1):
+
+def derive_seed(*key: int) -> int:
+    """A 32-bit seed that is a pure function of the integers ``key``, e.g. (seed, epoch, stream tag, n)."""
+    return int(np.random.SeedSequence([int(k) & 0xFFFFFFFFFFFFFFFF for k in key]).generate_state(1)[0])
+
+
+def seed_globals(seed: int) -> None:
+    """Seed the global torch (CPU and CUDA), numpy and python RNGs."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """Patch order for one epoch as ``(index, epoch)`` keys, a pure function of ``(seed, epoch)``.
+
+    Lightning calls :meth:`set_epoch` before each training epoch (also the
+    first one after a resume).  The epoch travels with every key, so loader
+    workers (persistent or not) know which epoch a sample belongs to."""
+
+    def __init__(self, size: int, seed: int = 0, shuffle: bool = True):
+        self.size, self.seed, self.shuffle, self.epoch = size, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the order of epoch ``epoch`` next."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, ORDER, 0))
+            order = torch.randperm(self.size, generator=generator).tolist()
+        else:
+            order = list(range(self.size))
+        return iter([(k, self.epoch) for k in order])
+
+
+class PatchDataset(Dataset):
+    """All patches of several patch stores; stores are opened lazily in each worker.
+
+    Items are addressed by a plain index or, for training, by an
+    ``(index, epoch)`` key from :class:`EpochSampler`: the augmentation of such
+    an item is then seeded from ``(seed, epoch, index)``, and a loader worker
+    reseeds its global RNGs from ``(seed, epoch, worker id)`` when a new epoch
+    starts, so nothing depends on how many epochs, workers or samples came before."""
+
+    def __init__(self, stores: Sequence[str | Path], augment: A.Compose | None = None, classes: int = 1, seed: int = 0):
         self.paths = [str(p) for p in stores]
-        self.augment, self.classes = augment, classes
+        self.augment, self.classes, self.seed = augment, classes, seed
         self.index: list[tuple[int, int]] = []
         for s, path in enumerate(self.paths):
             count = zarr.open_group(path, mode="r")["images"].shape[0]
             self.index.extend((s, i) for i in range(count))
         self._groups: dict[int, zarr.Group] = {}
+        self._worker_epoch: int | None = None
 
     def __len__(self) -> int:
         return len(self.index)
@@ -57,10 +113,22 @@ class PatchDataset(Dataset):
         state["_groups"] = {}  # each worker opens its own handles
         return state
 
-    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _enter_epoch(self, epoch: int) -> None:
+        """In a loader worker, reseed the global RNGs from (seed, epoch, worker id) at an epoch's first item."""
+        info = torch.utils.data.get_worker_info()
+        if info is not None and self._worker_epoch != epoch:
+            self._worker_epoch = epoch
+            seed_globals(derive_seed(self.seed, epoch, WORKER, info.id))
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        k, epoch = (key, None) if isinstance(key, (int, np.integer)) else key
         s, i = self.index[k]
         group = self._group(s)
         image, mask = np.asarray(group["images"][i]), np.asarray(group["masks"][i])
+        if epoch is not None:
+            self._enter_epoch(epoch)
+            if self.augment is not None:
+                reseed(self.augment, self.seed, epoch, AUGMENT, k)
         if self.augment is not None:
             out = self.augment(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
@@ -70,8 +138,8 @@ class PatchDataset(Dataset):
 def _seed_worker(worker_id: int) -> None:
     info = torch.utils.data.get_worker_info()
     augment = getattr(info.dataset, "augment", None)
-    if augment is not None:
-        augment.set_random_seed(int(torch.initial_seed() % 2**31))
+    if augment is not None:  # streams for plain-index access; (index, epoch) keys reseed per item
+        reseed(augment, torch.initial_seed())
 
 
 class PatchDataModule(pl.LightningDataModule):
@@ -93,26 +161,32 @@ class PatchDataModule(pl.LightningDataModule):
         self.augment_spec, self.seed, self.classes = augment, seed, classes
 
     def setup(self, stage: str | None = None) -> None:
-        self.train_set = PatchDataset(self.train_stores, build_augmentation(self.augment_spec, self.seed), self.classes)
-        self.val_set = PatchDataset(self.val_stores, classes=self.classes)
+        self.train_set = PatchDataset(self.train_stores, build_augmentation(self.augment_spec, self.seed), self.classes, self.seed)
+        self.val_set = PatchDataset(self.val_stores, classes=self.classes, seed=self.seed)
         if not len(self.train_set):
             raise ValueError(f"no training patches in {self.train_stores}: loosen patches.min_coverage/max_coverage")
         if not len(self.val_set):
             raise ValueError(f"no validation patches in {self.val_stores}")
 
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, sampler: Sampler | None = None) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             worker_init_fn=_seed_worker,
-            generator=torch.Generator().manual_seed(self.seed),
+            generator=torch.Generator().manual_seed(self.seed),  # worker base seeds: never the global RNG
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        """Shuffled, augmented batches; order and augmentation are a pure function of (seed, epoch)."""
+        sampler = EpochSampler(len(self.train_set), self.seed)
+        if self.trainer is not None:
+            # Lightning creates the first iterator (and loader workers prefetch from it) before it calls
+            # set_epoch; a resumed run's first epoch is not 0, so start the sampler at the restored epoch
+            sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)
+        return self._loader(self.train_set, sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+        return self._loader(self.val_set)

@@ -18,7 +18,7 @@ import zarr
 from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
-from .data import PatchDataModule
+from .data import MAIN, PatchDataModule, derive_seed, seed_globals
 from .io import atomic_path
 from .model import DEFAULT_LOSS, SegmentationModule
 
@@ -98,6 +98,21 @@ def _mark_complete(work: Path) -> None:
     state_file.write_text(json.dumps({**json.loads(state_file.read_text()), "complete": True}))
 
 
+class EpochSeed(Callback):
+    """Reseeds the global torch/numpy/python RNGs from ``(seed, epoch)`` when each training epoch starts.
+
+    Whatever draws from them while training (dropout, stochastic depth, a
+    random loss term) then continues exactly as in an uninterrupted run when a
+    run resumes from an epoch's checkpoint (the data streams are seeded per
+    epoch by :class:`~wsiseg.data.EpochSampler`)."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        seed_globals(derive_seed(self.seed, trainer.current_epoch, MAIN, 0))
+
+
 def plot_curves(metrics: pd.DataFrame, out: str | Path) -> None:
     """Loss and validation Dice/IoU per epoch as a PNG."""
     import matplotlib
@@ -124,6 +139,12 @@ def plot_curves(metrics: pd.DataFrame, out: str | Path) -> None:
     plt.close(fig)
 
 
+def _metric_columns(raw: pd.DataFrame) -> list[str]:
+    """The metrics.csv columns present in ``raw``, in order (per-class Dice by class)."""
+    per_class = sorted((c for c in raw if re.fullmatch(r"val_dice_\d+", c)), key=lambda c: int(c.rsplit("_", 1)[1]))
+    return [c for c in ("train_loss", "val_loss", "val_dice", "val_iou") if c in raw] + per_class
+
+
 def epoch_table(log_root: Path) -> pd.DataFrame:
     """Per-epoch metrics from every attempt's CSV log under ``log_root`` (``version_N/metrics.csv``).
 
@@ -134,9 +155,48 @@ def epoch_table(log_root: Path) -> pd.DataFrame:
         parts.append(part.assign(attempt=len(parts)))
     raw = pd.concat(parts, ignore_index=True)
     raw = raw[raw["attempt"] == raw.groupby("epoch")["attempt"].transform("max")]
-    per_class = sorted((c for c in raw if re.fullmatch(r"val_dice_\d+", c)), key=lambda c: int(c.rsplit("_", 1)[1]))
-    keep = [c for c in ("train_loss", "val_loss", "val_dice", "val_iou") if c in raw] + per_class
-    return raw.groupby("epoch")[keep].mean().reset_index()
+    return raw.groupby("epoch")[_metric_columns(raw)].mean().reset_index()
+
+
+class EpochHistory(Callback):
+    """Each finished epoch's metrics, kept in the checkpoint (Lightning saves callback state with it).
+
+    Lightning logs an epoch's training metrics only after that epoch's
+    checkpoint is written, and the CSV log is flushed every 100 steps, so a
+    run killed right after ``last.ckpt`` would lose them.  Here epoch N's row
+    is part of epoch N's checkpoint, and a resumed run's table is complete."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, float]] = []
+        self._val: dict[str, float] = {}
+
+    def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:  # the values sent to the logger (callbacks may alter callback_metrics)
+            self._val = {k: float(v) for k, v in trainer.logged_metrics.items() if k in ("val_loss", "val_dice", "val_iou") or re.fullmatch(r"val_dice_\d+", k)}
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        """Record the epoch (runs before ModelCheckpoint saves it: non-monitoring callbacks go first)."""
+        row: dict[str, float] = {"epoch": trainer.current_epoch}
+        if "train_loss" in trainer.callback_metrics:  # the epoch mean by now
+            row["train_loss"] = float(trainer.callback_metrics["train_loss"])
+        row.update(self._val)
+        self._val = {}
+        self.rows = [r for r in self.rows if r["epoch"] != row["epoch"]] + [row]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": [dict(r) for r in self.rows]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rows = [dict(r) for r in state_dict.get("rows", [])]
+
+    def table(self, log_root: Path) -> pd.DataFrame:
+        """The per-epoch table; epochs missing from the history (a checkpoint of an older version) come from the CSV logs."""
+        frames = [pd.DataFrame(self.rows)] if self.rows else []
+        if any(log_root.glob("version_*/metrics.csv")):
+            logged = epoch_table(log_root)
+            frames.insert(0, logged[~logged["epoch"].isin([r["epoch"] for r in self.rows])])
+        raw = pd.concat(frames, ignore_index=True).sort_values("epoch", kind="stable")
+        return raw[["epoch", *_metric_columns(raw)]].astype({"epoch": int}).reset_index(drop=True)
 
 
 def summarise_folds(fold_metrics: Sequence[str | Path], out_csv: str | Path, out_png: str | Path) -> pd.DataFrame:
@@ -204,6 +264,9 @@ def train_model(
     params: TrainParams = TrainParams(),
     threads: int | None = None,
     callbacks: Sequence[Callback] = (),
+    config: dict | None = None,
+    class_names: Sequence[str] | None = None,
+    class_name: str = "foreground",
 ) -> pd.DataFrame:
     """Train on ``train_patches`` stores, validate on ``val_patches`` (split by slide).
 
@@ -212,7 +275,10 @@ def train_model(
     ``curves.png`` to ``out_dir``.  Lightning's working files live in
     ``out_dir/lightning``; when a run with the same settings and patches was
     interrupted, it continues from ``lightning/checkpoints/last.ckpt``.
-    Extra Lightning ``callbacks`` may be given.  Returns the per-epoch table.
+    Extra Lightning ``callbacks`` may be given.  Also writes the model card
+    ``model.json`` (:func:`wsiseg.modelcard.write_model_card`: the workflow's
+    ``config``, None from the CLI; ``class_names``/``class_name`` name the
+    classes).  Returns the per-epoch table.
     """
     out_dir = Path(out_dir)
     if not train_patches or not val_patches:
@@ -228,17 +294,21 @@ def train_model(
     resume_from = resume_checkpoint(work, fingerprint(params, stores), params.resume)
     checkpoint = ModelCheckpoint(dirpath=work / "checkpoints", monitor="val_dice", mode="max", save_top_k=1, save_last=True, filename="best")
     stopping = [EarlyStopping("val_dice", mode="max", patience=params.early_stopping_patience)] if params.early_stopping_patience else []
-    trainer = _trainer(params, work, [*callbacks, *stopping, checkpoint])
+    history = EpochHistory()
+    trainer = _trainer(params, work, [EpochSeed(params.seed), history, *callbacks, *stopping, checkpoint])
     log.info("train: %d train / %d val patch stores, %d class(es), %s", len(train_patches), len(val_patches), classes, asdict(params))
     if resume_from:
         log.info("train: resuming the interrupted run from %s (epoch %d)", resume_from, torch.load(resume_from, weights_only=True)["epoch"] + 1)
     trainer.fit(module, datamodule=data, ckpt_path=resume_from)
-    metrics = epoch_table(work / "logs")
+    metrics = history.table(work / "logs")
     with atomic_path(out_dir / "metrics.csv") as tmp:
         metrics.to_csv(tmp, index=False, float_format="%.5f")
     plot_curves(metrics, out_dir / "curves.png")
     with atomic_path(out_dir / "model.ckpt") as tmp:
         shutil.copyfile(checkpoint.best_model_path, tmp)
+    from .modelcard import write_model_card
+
+    write_model_card(out_dir, dict(module.hparams), train_patches, val_patches, metrics, config, class_names, class_name)
     _mark_complete(work)
     log.info("train: best val_dice %.4f -> %s", float(checkpoint.best_model_score), out_dir / "model.ckpt")
     return metrics
