@@ -12,9 +12,9 @@ from typing import Collection, Iterator, Sequence, TypeVar
 
 import numpy as np
 import zarr
-from tqdm import tqdm
 
 from .io import atomic_path, check_output
+from .logs import progress
 from .masks import MaskError, MaskSource, open_mask
 from .slide import MAX_DECODED_PIXELS, SourceSlide, default_workers
 from .store import (
@@ -111,7 +111,7 @@ def write_blocks(
     corners = [(y, x, min(height, y + side), min(width, x + side)) for y in range(0, height, side) for x in range(0, width, side)]
     blocks = prefetch((y, x, chunk_grid(source.read_pieces(y, y1, x, x1), y, y1, x, x1, chunk)) for y, x, y1, x1 in corners)
     with closing(blocks), chunk_writers(workers) as executor:
-        for y, x, grid in tqdm(blocks, total=len(corners), desc=f"convert {slide_id}", unit="block", mininterval=10):
+        for y, x, grid in progress(blocks, total=len(corners), desc=f"convert {slide_id}", unit="block", mininterval=10):
             # chunks are encoded and written while the levels above are pooled; decoded tiles the size of a chunk as they are
             pending = write_grid(arrays[0], y, x, grid, executor, wait=False)
             block = halve_grid(grid, "mean") if inner else None
@@ -129,7 +129,7 @@ def write_bands(root: zarr.Group, source: SourceSlide, levels: int, chunk: int, 
     height, width = source.shape
     bands = prefetch(band for _, band in source.bands(chunk))
     with closing(bands), PyramidWriter(root, (3, height, width), levels, chunk, codec, "mean", workers) as pyramid:
-        for band in tqdm(bands, total=-(-height // chunk), desc=f"convert {slide_id}", unit="band", mininterval=10):
+        for band in progress(bands, total=-(-height // chunk), desc=f"convert {slide_id}", unit="band", mininterval=10):
             pyramid.add(band)
 
 
@@ -332,5 +332,5 @@ def convert_many(
         convert_slide(
             image, out_dir / f"{slide_id}.zarr", mask=mask or None, slide_id=slide_id, require_foreground=slide_id in needs, **options
         )
-        for slide_id, image, mask in tqdm(items, desc="convert", unit="slide", mininterval=10)
+        for slide_id, image, mask in progress(items, desc="convert", unit="slide", mininterval=10)
     ]

@@ -6,8 +6,9 @@ import contextlib
 import logging
 import os
 import sys
+import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -47,3 +48,58 @@ def log_to(path: str | Path | None) -> Iterator[None]:
             os.dup2(saved[1], 2)
             os.close(saved[0])
             os.close(saved[1])
+
+
+class PlainProgress:
+    """Progress as plain log lines (no carriage returns or terminal escape codes), for log files:
+    one line at most every ``interval`` seconds and one at the end."""
+
+    def __init__(self, iterable: Iterable | None = None, total: int | None = None, desc: str = "", unit: str = "it", interval: float = 30.0):
+        self.iterable, self.desc, self.unit, self.interval = iterable, desc, unit, interval
+        self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
+        self.n, self.start = 0, time.monotonic()
+        self.last = self.start
+        self.closed = False
+
+    def __iter__(self) -> Iterator:
+        for item in self.iterable:
+            yield item
+            self.update()
+        self.close()
+
+    def _line(self) -> str:
+        elapsed = time.monotonic() - self.start
+        rate = self.n / elapsed if elapsed > 0 else 0.0
+        done = f"{self.n}/{self.total}" if self.total else str(self.n)
+        share = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
+        return f"{self.desc}: {done} {self.unit}{share}, {rate:.2f} {self.unit}/s, {elapsed:.0f} s"
+
+    def update(self, n: int = 1) -> None:
+        """Count ``n`` more units; log a line when ``interval`` seconds have passed."""
+        self.n += n
+        now = time.monotonic()
+        if now - self.last >= self.interval and not (self.total and self.n >= self.total):
+            self.last = now
+            logging.getLogger("wsiseg.progress").info(self._line())
+
+    def close(self) -> None:
+        """Log the final line (once)."""
+        if not self.closed:
+            self.closed = True
+            logging.getLogger("wsiseg.progress").info(self._line() + " done" if self.total is None or self.n >= self.total else self._line())
+
+    def __enter__(self) -> "PlainProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def progress(iterable: Iterable | None = None, total: int | None = None, desc: str = "", unit: str = "it", mininterval: float = 10.0):
+    """A tqdm bar on a terminal; :class:`PlainProgress` log lines when stderr is a file (logs under
+    results/logs/ then hold readable periodic lines instead of carriage returns and escape codes)."""
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        return tqdm(iterable, total=total, desc=desc, unit=unit, mininterval=mininterval)
+    return PlainProgress(iterable, total=total, desc=desc, unit=unit, interval=max(30.0, mininterval))

@@ -12,9 +12,9 @@ import cv2
 import numpy as np
 import pandas as pd
 import zarr
-from tqdm import tqdm
 
 from .io import atomic_path, check_output
+from .logs import progress
 from .store import SlideStore, StoreError, read_padded, compressor
 from .tissue import TissueMap
 
@@ -162,7 +162,7 @@ def extract_patches(
         root = zarr.open_group(tmp, mode="w", zarr_format=2)
         images = root.create_array("images", shape=(len(kept), size, size, 3), chunks=(1, size, size, 3), dtype="uint8", compressors=codec)
         masks = root.create_array("masks", shape=(len(kept), size, size), chunks=(1, size, size), dtype="uint8", compressors=codec)
-        for n, (i, j) in enumerate(tqdm(kept, desc=f"patches {store.slide_id}", unit="patch", mininterval=5)):
+        for n, (i, j) in enumerate(progress(kept, desc=f"patches {store.slide_id}", unit="patch", mininterval=5)):
             y, x = int(round(rows[i] * ds)), int(round(cols[j] * ds))
             images[n] = store.read_image(y, x, (size, size), ds)
             masks[n] = read_labels(store, y, x, size, ds, classes)
@@ -182,7 +182,7 @@ def extract_patches_many(slides: Sequence[str | Path], out_dir: str | Path, para
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tables = []
-    for slide in tqdm(slides, desc="patches", unit="slide", mininterval=10):
+    for slide in progress(slides, desc="patches", unit="slide", mininterval=10):
         stem = Path(slide).stem
         tables.append(extract_patches(slide, out_dir / f"{stem}.zarr", out_dir / f"{stem}.csv", params, out_dir / f"{stem}.tissue.png"))
     return pd.concat(tables, ignore_index=True)

@@ -40,10 +40,10 @@ import cv2
 import numpy as np
 import torch
 import zarr
-from tqdm import tqdm
 
 from .data import to_tensor
 from .io import atomic_path, check_output
+from .logs import progress
 from .model import load_model
 from .modelcard import ModelSpec, label_names, resolve_model
 from .patches import grid_positions
@@ -265,7 +265,7 @@ def _blend_rows(plan: _Plan, models, device: torch.device, writer: _BandWriter, 
     window = blend_window(T, plan.params.blend, plan.params.overlap)
     acc = np.zeros((writer.prob.shape[0], T, max(dw, T)), np.float32)
     weight = np.zeros((T, max(dw, T)), np.float32)
-    progress = tqdm(total=len(plan.ys), desc=f"predict {plan.store.slide_id}", unit="tile row", mininterval=5)
+    bar = progress(total=len(plan.ys), desc=f"predict {plan.store.slide_id}", unit="tile row", mininterval=5)
     pending = []
     for r, xs, tiles in _prefetch(plan.batches(), plan.params.prefetch):
         if tiles is not None:
@@ -283,8 +283,8 @@ def _blend_rows(plan: _Plan, models, device: torch.device, writer: _BandWriter, 
         weight = np.roll(weight, -final, axis=0)
         acc[:, T - final :] = 0
         weight[T - final :] = 0
-        progress.update(1)
-    progress.close()
+        bar.update(1)
+    bar.close()
     for future in pending:
         future.result()
 
@@ -401,5 +401,5 @@ def predict_many(
     out_dir.mkdir(parents=True, exist_ok=True)
     return [
         predict_slide(slide, spec, out_dir / Path(slide).name, params, models, class_names, class_name, config_hash)
-        for slide in tqdm(slides, desc="predict", unit="slide", mininterval=10)
+        for slide in progress(slides, desc="predict", unit="slide", mininterval=10)
     ]
