@@ -322,6 +322,8 @@ def make_report(
     groups: Mapping[str, str] | None = None,
     object_type: str = "annotation",
     scores_html: str | Path | None = None,
+    provenance: str | Path | None = None,
+    config_hash: str | None = None,
 ) -> pd.DataFrame:
     """Write the submission (test slides), per-slide metrics (slides with masks), overlays and GeoJSON.
 
@@ -337,6 +339,10 @@ def make_report(
     QuPath ``object_type`` objects (see :func:`export_geojson`).
     ``scores_html`` (optional) gets the scores as an HTML table for the
     report's landing page (:func:`wsiseg.views.scores_html`).
+    ``provenance`` (default ``provenance.json`` next to ``metrics``) records
+    the models (sha256), config hashes and wsiseg versions that made the
+    predictions, and this report's ``config_hash`` and version
+    (:func:`wsiseg.predstore.write_provenance`).
     Returns the metrics table.
     """
     columns = METRIC_COLUMNS[:2] + (["group"] if groups else []) + METRIC_COLUMNS[2:] + TISSUE_COLUMNS
@@ -365,6 +371,7 @@ def make_report(
         table.to_csv(tmp, index=False, float_format="%.6f")
     if scores_html is not None:
         views.write_scores_html(table, scores_html)
+    write_provenance(predictions, provenance or Path(metrics).with_name("provenance.json"), config_hash)
     test_ids = [s for s in sorted(predictions) if splits[s] == "test"]
     with atomic_path(submission) as tmp:
         submission_table(predictions, test_ids, sample_submission).to_csv(tmp, index=False)

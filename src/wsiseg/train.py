@@ -199,11 +199,15 @@ class EpochHistory(Callback):
         return raw[["epoch", *_metric_columns(raw)]].astype({"epoch": int}).reset_index(drop=True)
 
 
-def summarise_folds(fold_metrics: Sequence[str | Path], out_csv: str | Path, out_png: str | Path) -> pd.DataFrame:
+def summarise_folds(
+    fold_metrics: Sequence[str | Path], out_csv: str | Path, out_png: str | Path, card: str | Path | None = None
+) -> pd.DataFrame:
     """Cross-validation summary of per-fold ``metrics.csv`` files (in fold order).
 
     Writes ``out_csv`` (all folds' epoch rows with a ``fold`` column) and
-    ``out_png`` (curves of the mean over folds); returns the table."""
+    ``out_png`` (curves of the mean over folds); with ``card`` (a
+    ``model.json`` path) the ensemble's model card listing every fold's
+    checkpoint (:func:`wsiseg.modelcard.write_folds_card`).  Returns the table."""
     table = pd.concat([pd.read_csv(path).assign(fold=k) for k, path in enumerate(fold_metrics)], ignore_index=True)
     table = table[["fold", *[c for c in table if c != "fold"]]]
     with atomic_path(out_csv) as tmp:
@@ -211,6 +215,10 @@ def summarise_folds(fold_metrics: Sequence[str | Path], out_csv: str | Path, out
     plot_curves(table.drop(columns="fold").groupby("epoch").mean().reset_index(), out_png)
     best = table.groupby("fold")["val_dice"].max()
     log.info("train: %d folds, best val_dice per fold %s, mean %.4f", len(best), best.round(4).tolist(), best.mean())
+    if card is not None:
+        from .modelcard import write_folds_card
+
+        write_folds_card([Path(m).parent for m in fold_metrics], Path(card).parent)
     return table
 
 
@@ -306,6 +314,9 @@ def train_model(
     plot_curves(metrics, out_dir / "curves.png")
     with atomic_path(out_dir / "model.ckpt") as tmp:
         shutil.copyfile(checkpoint.best_model_path, tmp)
+    from .modelcard import write_model_card
+
+    write_model_card(out_dir, dict(module.hparams), train_patches, val_patches, metrics, config, class_names, class_name)
     from .modelcard import write_model_card
 
     write_model_card(out_dir, dict(module.hparams), train_patches, val_patches, metrics, config, class_names, class_name)

@@ -62,6 +62,26 @@ def _demo_shape(image):
     return config["demo"]["height"], config["demo"]["width"]
 
 
+from wsiseg.modelcard import NOT_RESULTS, ModelError, config_hash, resolve_model
+
+# predict.model: predict with a trained model (folder with model.json, checkpoint, or a list)
+# instead of training one; no patch or train job then
+PREDICT_MODEL = config["predict"].get("model")
+TRAINING = not PREDICT_MODEL
+if PREDICT_MODEL:
+    try:
+        MODEL_SPEC = resolve_model(PREDICT_MODEL, key="predict.model")
+    except ModelError as err:
+        _where = ", ".join(map(str, reversed(CONFIG_FILES))) or "config"
+        sys.exit(f"wsiseg: config error ({_where}): {err}")
+# class names: the config's, else (predict.model) the model card's
+CLASS_NAMES = config["report"]["class_names"] or (
+    None if TRAINING else MODEL_SPEC.class_names
+)
+# provenance: hashes of the config keys that decide predictions (and the report)
+PREDICT_CONFIG_HASH = config_hash(config, NOT_RESULTS + ("report",))
+REPORT_CONFIG_HASH = config_hash(config)
+
 # mistakes that would otherwise surface only after conversion or training: here,
 # in seconds, before any job (also in `snakemake -n`)
 _problems = plan_problems(
@@ -69,6 +89,7 @@ _problems = plan_problems(
     SAMPLES["split"].to_dict(),
     _demo_shape if DEMO else image_shape,
     SAMPLES["image"].to_dict(),
+    training=TRAINING,
 )
 if _problems:
     _where = ", ".join(map(str, reversed(CONFIG_FILES))) or "config"
@@ -94,8 +115,8 @@ def slide_groups(ids):
 
 
 def predicted_slides():
-    """Slides that get predictions: validation and test."""
-    return slides("val", "test")
+    """Slides that get predictions: validation and test; every slide with `predict.model`."""
+    return slides("val", "test") if TRAINING else list(SAMPLES.index)
 
 
 PER_JOB = config["slides_per_job"]
@@ -217,7 +238,10 @@ def fold_outputs(name):
 
 
 def model_checkpoints():
-    """Checkpoint(s) that predict uses (several are averaged as an ensemble): one per fold with k-fold."""
+    """Checkpoint(s) that predict uses (several are averaged as an ensemble): one per fold with k-fold;
+    those of `predict.model` when set."""
+    if not TRAINING:
+        return [str(c) for c in MODEL_SPEC.checkpoints]
     return (
         fold_outputs("model.ckpt")
         if FOLDS
@@ -225,12 +249,37 @@ def model_checkpoints():
     )
 
 
+def predict_settings():
+    """Config `predict` minus the keys the workflow itself handles (model)."""
+    return {k: v for k, v in config["predict"].items() if k != "model"}
+
+
+def prediction_names():
+    """Plain values naming the prediction stores' classes and recording their provenance."""
+    return {
+        "class_names": CLASS_NAMES,
+        "class_name": config["report"]["class_name"],
+        "config_hash": PREDICT_CONFIG_HASH,
+    }
+
+
+def card_settings():
+    """What the model card records from the workflow: the config keys that decide the model
+    (plain values; changing them retrains anyway) and the class names."""
+    return {
+        "config": {k: config[k] for k in ("seed", "convert", "patches", "train")},
+        "class_names": config["report"]["class_names"],
+        "class_name": config["report"]["class_name"],
+    }
+
+
 def final_outputs():
     """The targets of `rule all`."""
+    trained = [f"{RESULTS}/models/{MODEL}/{name}" for name in ("curves.png", "model.json")]
     return [
         f"{RESULTS}/submission.csv",
         f"{RESULTS}/metrics.csv",
-        f"{RESULTS}/models/{MODEL}/curves.png",
+        *(trained if TRAINING else []),
         *expand(f"{RESULTS}/overlays/{{slide}}.png", slide=predicted_slides()),
         *expand(f"{RESULTS}/geojson/{{slide}}.geojson", slide=predicted_slides()),
     ]

@@ -17,7 +17,9 @@ rule predict:
         runtime=config["resources"]["predict_runtime"],
         gpu=config["resources"]["gpu"],
     params:
-        predict=config["predict"],
+        predict=predict_settings(),
+        model=PREDICT_MODEL,
+        names=prediction_names(),
     message:
         "Predicting slide {wildcards.slide}"
     script:
@@ -43,7 +45,9 @@ rule predict_batch:
         runtime=config["resources"]["predict_runtime"],
         gpu=config["resources"]["gpu"],
     params:
-        predict=config["predict"],
+        predict=predict_settings(),
+        model=PREDICT_MODEL,
+        names=prediction_names(),
         slides=slide_stores("predictions"),
     message:
         "Predicting slide group {wildcards.batch}"

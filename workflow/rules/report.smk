@@ -26,6 +26,7 @@ rule report:
             category="Overlays",
         ),
         geojson=expand(f"{RESULTS}/geojson/{{slide}}.geojson", slide=predicted_slides()),
+        provenance=f"{RESULTS}/provenance.json",
     log:
         f"{RESULTS}/logs/report.log",
     benchmark:
@@ -37,7 +38,8 @@ rule report:
         mem_mb=2000,
         runtime=60,
     params:
-        report=config["report"],
+        report={**config["report"], "class_names": CLASS_NAMES},
+        config_hash=REPORT_CONFIG_HASH,
         predictions={s: store("predictions", s) for s in predicted_slides()},
         slides={s: store("zarr", s) for s in predicted_slides()},
         splits={s: SAMPLES.loc[s, "split"] for s in predicted_slides()},

@@ -4,6 +4,7 @@ rule train:
         unpack(train_patches),
     output:
         checkpoint=f"{RESULTS}/models/{TRAIN_RUN}/model.ckpt",
+        card=f"{RESULTS}/models/{TRAIN_RUN}/model.json",
         metrics=report(
             f"{RESULTS}/models/{TRAIN_RUN}/metrics.csv",
             caption="../report/metrics_train.rst",
@@ -31,6 +32,7 @@ rule train:
         train=train_settings(),
         seed=config["seed"],
         stores=train_stores,
+        card=card_settings(),
     message:
         f"Training model {TRAIN_LABEL}"
     script:
@@ -42,7 +44,8 @@ if FOLDS:
     rule train_folds:
         """Cross-validation summary: per-fold epoch metrics in one table, mean curves over folds."""
         input:
-            fold_outputs("metrics.csv"),
+            metrics=fold_outputs("metrics.csv"),
+            cards=fold_outputs("model.json"),
         output:
             metrics=report(
                 f"{RESULTS}/models/{{model}}/metrics.csv",
@@ -54,6 +57,7 @@ if FOLDS:
                 caption="../report/curves.rst",
                 category="Training",
             ),
+            card=f"{RESULTS}/models/{{model}}/model.json",
         log:
             f"{RESULTS}/logs/train/{{model}}.folds.log",
         benchmark:

@@ -9,4 +9,5 @@ from wsiseg.predict import PredictParams, predict_many
 with log_to(snakemake.log[0]):
     torch.set_num_threads(snakemake.threads)
     params = from_mapping(PredictParams, snakemake.params.predict, "predict")
-    predict_many(snakemake.params.slides, list(snakemake.input.checkpoints), snakemake.output[0], params)
+    model = snakemake.params.model or list(snakemake.input.checkpoints)  # predict.model: folders keep their model cards
+    predict_many(snakemake.params.slides, model, snakemake.output[0], params, **snakemake.params.names)

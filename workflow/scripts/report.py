@@ -16,5 +16,7 @@ with log_to(snakemake.log[0]):
         Path(snakemake.output.geojson[0]).parent,
         groups=snakemake.params.groups or None,
         scores_html=snakemake.output.scores,
+        provenance=snakemake.output.provenance,
+        config_hash=snakemake.params.config_hash,
         **snakemake.params.report,
     )

@@ -14,4 +14,5 @@ with log_to(snakemake.log[0]):
         Path(snakemake.output.checkpoint).parent,
         params,
         threads=snakemake.threads,
+        **snakemake.params.card,
     )

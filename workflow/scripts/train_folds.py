@@ -4,4 +4,4 @@ from wsiseg.logs import log_to
 from wsiseg.train import summarise_folds
 
 with log_to(snakemake.log[0]):
-    summarise_folds(snakemake.input, snakemake.output.metrics, snakemake.output.curves)
+    summarise_folds(snakemake.input.metrics, snakemake.output.metrics, snakemake.output.curves, snakemake.output.card)
