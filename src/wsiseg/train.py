@@ -317,9 +317,6 @@ def train_model(
     from .modelcard import write_model_card
 
     write_model_card(out_dir, dict(module.hparams), train_patches, val_patches, metrics, config, class_names, class_name)
-    from .modelcard import write_model_card
-
-    write_model_card(out_dir, dict(module.hparams), train_patches, val_patches, metrics, config, class_names, class_name)
     _mark_complete(work)
     log.info("train: best val_dice %.4f -> %s", float(checkpoint.best_model_score), out_dir / "model.ckpt")
     return metrics
