@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -92,6 +94,67 @@ def test_html_report_bundles_curves_metrics_and_overlays(finished):
     html = (finished / "report.html").read_text()
     for name in ("curves.png", "metrics.csv", "submission.csv", "demo_1.png", "demo_2.png", "Overlays", "Training"):
         assert name in html
+
+
+# Appended to a copy of the report: once the app has rendered, records where the scores table is and
+# whether it is what a person sees at its centre (not hidden, not covered by the loading screen).
+VISIBILITY_PROBE = """<script>
+let waited = 0;
+const measure = () => {
+  const table = document.getElementById("wsiseg-scores");
+  if (!table && (waited += 250) < 10000) return setTimeout(measure, 250);  // the app renders after load
+  const probe = {found: !!table, waited};
+  if (table) {
+    const r = table.getBoundingClientRect(), style = getComputedStyle(table);
+    const hit = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
+    Object.assign(probe, {left: r.left, top: r.top, width: r.width, height: r.height,
+      viewport: [innerWidth, innerHeight], visibility: style.visibility, display: style.display,
+      onTop: !!hit && table.contains(hit),
+      rows: [...table.querySelectorAll("tbody tr")].map(tr => [...tr.cells].map(td => td.innerText.trim()))});
+  }
+  document.documentElement.setAttribute("data-probe", JSON.stringify(probe));
+};
+window.addEventListener("load", () => setTimeout(measure, 250));
+</script>"""
+
+
+def chromium(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Headless Chromium (Debian's ``chromium``) with ``args``; a private profile per call."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--hide-scrollbars",
+             f"--user-data-dir={cwd / 'chromium-profile'}", "--window-size=1400,900", "--virtual-time-budget=15000"]
+    return subprocess.run([browser, *flags, *args], capture_output=True, text=True, cwd=cwd, timeout=180)
+
+
+@pytest.mark.skipif(
+    not any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")),
+    reason="headless Chromium is not installed (Debian: apt-get install -y chromium)",
+)
+def test_report_landing_page_shows_the_scores_table_in_chromium(finished, tmp_path):
+    """The HTML report renders in a browser and its landing page shows the scores as a table a person sees."""
+    result = snakemake(finished, TINY_CONFIG, "--report", "landing.html")
+    assert result.returncode == 0, result.stderr[-3000:]
+    page = (finished / "landing.html").read_text(encoding="utf-8")
+    probed = tmp_path / "probed.html"
+    head, _, tail = page.rpartition("</body>")  # the last one: embedded scripts may hold the string too
+    probed.write_text(head + VISIBILITY_PROBE + "</body>" + tail, encoding="utf-8")
+    dom = chromium("--dump-dom", probed.as_uri(), cwd=tmp_path)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    found = re.search(r'data-probe="([^"]*)"', dom.stdout)
+    assert found, "the report did not render (no probe result in the DOM)"
+    probe = json.loads(html.unescape(found[1]))
+    assert probe["found"], "no scores table on the landing page"
+    assert probe["width"] > 200 and probe["height"] > 40 and probe["visibility"] == "visible" and probe["display"] == "table"
+    assert 0 <= probe["left"] < probe["viewport"][0] and 0 <= probe["top"] < probe["viewport"][1], probe  # on screen
+    assert probe["onTop"], "the scores table is covered by something else"
+    metrics = pd.read_csv(finished / "out" / "metrics.csv").set_index("slide_id")
+    rows = {r[0]: r for r in probe["rows"]}
+    assert set(rows) == {"demo_1", "demo_2", "all slides (mean)"}
+    for slide, label in (("demo_1", "demo_1"), ("demo_2", "demo_2"), ("mean", "all slides (mean)")):
+        assert rows[label][2] == f"{metrics.loc[slide, 'dice']:.3f}" and rows[label][3] == f"{metrics.loc[slide, 'iou']:.3f}"
+    # a screenshot of the landing page for a person to look at (kept next to the run's outputs)
+    shot = chromium(f"--screenshot={finished / 'report-landing.png'}", (finished / "landing.html").as_uri(), cwd=tmp_path)
+    assert shot.returncode == 0 and (finished / "report-landing.png").stat().st_size > 10_000, shot.stderr[-2000:]
 
 
 def test_second_run_has_nothing_to_do(finished):
