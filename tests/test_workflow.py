@@ -94,6 +94,7 @@ def test_html_report_bundles_curves_metrics_and_overlays(finished):
     html = (finished / "report.html").read_text()
     for name in ("curves.png", "metrics.csv", "submission.csv", "demo_1.png", "demo_2.png", "Overlays", "Training"):
         assert name in html
+    assert html.count('id=\\"wsiseg-scores\\"') == 1  # the scores table, embedded in the landing page's description
 
 
 # Appended to a copy of the report: once the app has rendered, records where the scores table is and
