@@ -228,7 +228,7 @@ def test_kfold_workflow_trains_every_fold_and_predicts_with_all(tmp_path):
     predict_jobs = [job for job in result.stdout.split("Job ")[1:] if "Missing output files: out/predictions/" in job]
     assert len(predict_jobs) == 2 and all(f"out/models/tiny/fold{k}/model.ckpt" in job for job in predict_jobs for k in range(2))
     too_many = snakemake(tmp_path, {**config, "train": {**config["train"], "folds": 3}}, "-n")
-    assert too_many.returncode != 0 and "train.folds = 3 needs at least 3 train/val slides" in too_many.stdout + too_many.stderr
+    assert too_many.returncode != 0 and "`train.folds` = 3 needs at least 3 train/val slides" in too_many.stdout + too_many.stderr
 
 
 def test_cli_flags_give_the_same_params_as_config():

@@ -7,6 +7,8 @@ import json
 import logging
 import re
 import shutil
+import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -244,8 +246,34 @@ def _module(params: TrainParams, downscale: float, patch_size: int, classes: int
     )
 
 
+class EpochLog(Callback):
+    """Training progress as plain log lines (for log files, where Lightning's bars would write
+    escape codes): every ``interval`` seconds within an epoch, and each epoch's metrics."""
+
+    def __init__(self, interval: float = 30.0):
+        self.interval = interval
+        self.start = self.last = time.monotonic()
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self.start = self.last = time.monotonic()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
+        if time.monotonic() - self.last >= self.interval:
+            self.last = time.monotonic()
+            log.info("train: epoch %d/%d, batch %d/%d", trainer.current_epoch + 1, trainer.max_epochs, batch_idx + 1, trainer.num_training_batches)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k in ("train_loss", "val_loss", "val_dice", "val_iou")}
+        text = ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
+        log.info("train: epoch %d/%d done in %.0f s: %s", trainer.current_epoch + 1, trainer.max_epochs, time.monotonic() - self.start, text)
+
+
 def _trainer(params: TrainParams, work: Path, callbacks: list[Callback]) -> pl.Trainer:
-    """A Lightning Trainer for ``params`` logging to ``work/logs/version_N``."""
+    """A Lightning Trainer for ``params`` logging to ``work/logs/version_N``; progress bars on a
+    terminal, plain :class:`EpochLog` lines in log files."""
+    bars = sys.stderr.isatty()
     on_gpu = torch.cuda.is_available() and params.accelerator in ("auto", "gpu", "cuda")
     precision = ("16-mixed" if on_gpu else "32") if params.precision == "auto" else params.precision
     devices = int(params.devices) if str(params.devices).isdigit() else params.devices
@@ -256,7 +284,8 @@ def _trainer(params: TrainParams, work: Path, callbacks: list[Callback]) -> pl.T
         precision=precision,
         deterministic=not on_gpu,
         accumulate_grad_batches=params.accumulate_grad_batches,
-        callbacks=callbacks,
+        callbacks=[*callbacks, *([] if bars else [EpochLog()])],
+        enable_progress_bar=bars,
         logger=CSVLogger(work, name="logs"),
         log_every_n_steps=1,
         num_sanity_val_steps=0,
