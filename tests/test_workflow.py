@@ -64,7 +64,7 @@ def test_every_artifact_is_written(finished):
     for slide in ("demo_0", "demo_1", "demo_2"):
         root = zarr.open_group(out / "zarr" / f"{slide}.zarr", mode="r")
         assert root.attrs["multiscales"][0]["version"] == "0.4"
-        assert root["labels/mask/0"].shape == (1, 384, 512)
+        assert root["labels/mask/0"].shape == (384, 512)  # (y, x) image-label
         assert (out / "logs" / "convert" / f"{slide}.log").exists()
         assert (out / "benchmarks" / "convert" / f"{slide}.tsv").exists()
     for slide in ("demo_0", "demo_1"):  # train and val slides
@@ -73,14 +73,18 @@ def test_every_artifact_is_written(finished):
     model = out / "models" / "tiny"
     assert (model / "model.ckpt").stat().st_size > 0 and (model / "curves.png").exists()
     assert pd.read_csv(model / "metrics.csv")["val_dice"].between(0, 1).all()
+    card = json.loads((model / "model.json").read_text())
+    assert card["config"]["train"]["epochs"] == 1 and len(card["config_hash"]) == 64
+    assert card["slides"] == {"train": ["demo_0"], "val": ["demo_1"]}
     for slide in ("demo_1", "demo_2"):  # val and test slides are predicted
         root = zarr.open_group(out / "predictions" / f"{slide}.zarr", mode="r")
-        assert root["mask/0"].shape == root["prob/0"].shape == (1, 384, 512)
+        assert root["labels/mask/0"].shape == (384, 512) and root["0"].shape == (1, 384, 512)
+        assert root.attrs["provenance"]["checkpoints"][0]["sha256"] == card["checkpoints"][0]["sha256"]
         assert (out / "overlays" / f"{slide}.png").exists()
         assert json.loads((out / "geojson" / f"{slide}.geojson").read_text())["type"] == "FeatureCollection"
     submission = pd.read_csv(out / "submission.csv", keep_default_na=False)
     assert submission["id"].tolist() == ["demo_2"]
-    predicted = zarr.open_group(out / "predictions" / "demo_2.zarr", mode="r")["mask/0"][0]
+    predicted = zarr.open_group(out / "predictions" / "demo_2.zarr", mode="r")["labels/mask/0"][:]
     np.testing.assert_array_equal(rle.decode(submission.loc[0, "predicted"], (384, 512)), predicted)
     metrics = pd.read_csv(out / "metrics.csv")
     assert metrics["slide_id"].tolist() == ["demo_1", "demo_2", "mean"]
@@ -239,6 +243,32 @@ def test_reordered_config_reruns_nothing(finished):
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(finished), "--cores", "2", "-n"]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=finished)
     assert result.returncode == 0 and scheduled(result) == {}, result.stdout[-2000:]
+
+
+def test_trained_model_folder_predicts_a_new_cohort(finished):
+    """predict.model: a second results folder with a sheet of only the test slide and the first run's
+    model folder schedules no patches/train job and reports the first run's metrics."""
+    demo = finished / "out" / "demo"
+    rows = pd.read_csv(demo / "samples.csv", keep_default_na=False)
+    rows[rows["split"] == "test"].to_csv(finished / "cohort.csv", index=False)
+    config = {
+        **TINY_CONFIG, "results": "cohort", "demo": {"enabled": False}, "samples": "cohort.csv",
+        "predict": {**TINY_CONFIG["predict"], "model": "out/models/tiny"},
+    }
+    assert scheduled(snakemake(finished, config, "-n")) == {"convert": 1, "predict": 1, "report": 1, "all": 1}
+    result = snakemake(finished, config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    first, second = (pd.read_csv(finished / r / "metrics.csv").set_index("slide_id") for r in ("out", "cohort"))
+    columns = ["dice", "iou", "precision", "recall", "object_f1", "tp", "fp", "fn"]
+    pd.testing.assert_series_equal(second.loc["demo_2", columns], first.loc["demo_2", columns])
+    assert not (finished / "cohort" / "patches").exists() and not (finished / "cohort" / "models").exists()
+    card = json.loads((finished / "out" / "models" / "tiny" / "model.json").read_text())
+    made = json.loads((finished / "cohort" / "provenance.json").read_text())
+    assert [m["sha256"] for m in made["models"]] == [card["checkpoints"][0]["sha256"]]
+    assert len(made["config_hash"]) == 64 and made["wsiseg_version"]
+    missing = {**config, "predict": {**config["predict"], "model": "out/models/none"}}
+    result = snakemake(finished, missing, "-n")
+    assert result.returncode != 0 and "`predict.model`: out/models/none does not exist" in result.stdout + result.stderr
 
 
 def test_killed_run_recovers_with_the_default_profile(tmp_path):

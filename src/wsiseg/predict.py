@@ -308,7 +308,7 @@ def predict_slide(
     then objects below ``min_area`` are removed and holes below ``max_hole``
     filled.  The store is OME-NGFF (see :mod:`wsiseg.predstore`): probability
     channels and label values are named by ``class_names`` (index = class;
-    else the model card's, else ``class_name`` for binary models); the root
+    else ``class_name`` for binary models, else the model card's); the root
     attribute ``provenance`` records each checkpoint's sha256, the model
     cards, ``config_hash`` and the wsiseg version.  ``models`` (the loaded
     ``checkpoints``) saves loading them again."""
@@ -332,7 +332,8 @@ def predict_slide(
         plan.skipped, plan.total, params.min_tissue,
     )
     provenance = {**spec.provenance(), "config_hash": config_hash}
-    names = label_names(classes, class_names or spec.class_names, class_name)
+    card_names = spec.class_names if classes > 1 or class_name == "foreground" else None  # a given class_name wins
+    names = label_names(classes, class_names or card_names, class_name)
     codec = compressor("zstd", 1)  # fast: outputs are written while the model computes
     levels = level_count(store.height, store.width, params.chunk)
     with atomic_path(out, stage="predict", inputs=(slide, *checkpoints), folder=True) as tmp:
