@@ -1,5 +1,6 @@
 """What a person reads: overlays with contrasting outlines, legend and Dice; the scores table; integer epochs."""
 
+import json
 import math
 
 import cv2
@@ -107,3 +108,23 @@ def test_curves_have_integer_epoch_ticks(tmp_path, figures):
             ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
             assert ticks and all(float(t).is_integer() for t in ticks), ticks
     assert len(figures) == 2
+
+
+def test_cli_report_writes_scores_and_detections(tmp_path):
+    from wsiseg.cli import main
+
+    image = np.full((48, 48, 3), (230, 150, 200), np.uint8)
+    truth = np.zeros((48, 48), np.uint8)
+    truth[8:20, 8:20] = 1
+    truth[30:40, 30:44] = 1
+    tifffile.imwrite(tmp_path / "img.tif", image, photometric="rgb")
+    tifffile.imwrite(tmp_path / "truth.tif", truth)
+    convert_slide(tmp_path / "img.tif", tmp_path / "zarr" / "s1.zarr", mask=tmp_path / "truth.tif")
+    write_prediction(tmp_path / "pred" / "s1.zarr", truth)
+    pd.DataFrame({"slide_id": ["s1"], "image": ["img.tif"], "mask": ["truth.tif"], "split": ["val"]}).to_csv(tmp_path / "s.csv", index=False)
+    main(["report", "--samples", str(tmp_path / "s.csv"), "--slides", str(tmp_path / "zarr"), "--predictions", str(tmp_path / "pred"),
+          "--out-dir", str(tmp_path / "out"), "--object-type", "detection", "--class-name", "glomerulus"])
+    features = json.loads((tmp_path / "out" / "geojson" / "s1.geojson").read_text())["features"]
+    assert len(features) == 2 and {f["properties"]["objectType"] for f in features} == {"detection"}
+    assert sorted(f["properties"]["measurements"]["Area px^2"] for f in features) == [140, 144]
+    assert "<td>1.000</td>" in (tmp_path / "out" / "scores.html").read_text()

@@ -77,6 +77,8 @@ def _report(args) -> None:
         class_name=args.class_name,
         class_names=args.class_names,
         groups=samples["group"].to_dict() if "group" in samples else None,
+        object_type=args.object_type,
+        scores_html=Path(args.out_dir) / "scores.html",
     )
     print(table.to_string(index=False))
 
@@ -154,11 +156,13 @@ def _report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", required=True, help="sample sheet CSV")
     p.add_argument("--slides", default="results/zarr", help="folder of converted slide stores")
     p.add_argument("--predictions", default="results/predictions", help="folder of prediction stores")
-    p.add_argument("--out-dir", default="results", help="writes submission.csv, metrics.csv, overlays/ and geojson/ here (default: results)")
+    p.add_argument("--out-dir", default="results", help="writes submission.csv, metrics.csv, scores.html, overlays/ and geojson/ here (default: results)")
     p.add_argument("--sample-submission", help="Kaggle sample submission CSV: fixes the ids and row order")
     p.add_argument("--object-iou", type=float, default=0.5, help="IoU above which predicted and true objects match")
     p.add_argument("--class-name", default="foreground", help="class name of the exported GeoJSON objects")
     p.add_argument("--class-names", nargs="+", metavar="NAME", help="multi-class: name of class 0 (background), 1, 2, ...")
+    p.add_argument("--object-type", choices=["annotation", "detection"], default="annotation",
+                   help="QuPath object type of the GeoJSON objects: annotation (editable) or detection (many nuclei/cells)")
 
 
 # stage: (one-line help, description, argument builder, runner). A stage's
