@@ -117,7 +117,7 @@ def test_colormap_multiclass_runs_end_to_end_with_class_names(tmp_path):
     assert metrics.loc["mean", ["dice_tumour", "dice_stroma"]].between(0, 1).all()
     slide = metrics.index[0]
     prediction = zarr.open_group(out / "predictions" / f"{slide}.zarr", mode="r")
-    assert prediction["prob/0"].shape[0] == 3 and set(np.unique(prediction["mask/0"][:])) <= {0, 1, 2}
+    assert prediction["0"].shape[0] == 3 and set(np.unique(prediction["labels/mask/0"][:])) <= {0, 1, 2}
     stored = zarr.open_group(out / "zarr" / f"{slide}.zarr", mode="r")
     assert set(np.unique(stored["labels/mask/0"][:])) == {0, 1, 2}
     features = json.loads((out / "geojson" / f"{slide}.geojson").read_text())["features"]

@@ -48,7 +48,7 @@ def _train(args) -> None:
 def _predict(args) -> None:
     from .predict import PredictParams, predict_slide
 
-    predict_slide(args.slide, args.checkpoints, args.out, from_args(PredictParams, args))
+    predict_slide(args.slide, args.checkpoints, args.out, from_args(PredictParams, args), class_names=args.class_names, class_name=args.class_name)
 
 
 def _report(args) -> None:
@@ -148,7 +148,9 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("slide", help="converted slide .zarr")
     p.add_argument("out", help="output prediction .zarr")
-    p.add_argument("checkpoints", nargs="+", help="model.ckpt from train (several: ensemble mean)")
+    p.add_argument("checkpoints", nargs="+", help="model folder from train (with model.json) or model.ckpt (several: ensemble mean)")
+    p.add_argument("--class-names", nargs="+", default=None, help="a name per class index (0 = background) for the probability channels and mask labels")
+    p.add_argument("--class-name", default="foreground", help="name of the foreground class of a binary model")
     add_arguments(p, PredictParams, section="predict")
 
 
