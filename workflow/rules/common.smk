@@ -275,7 +275,9 @@ def card_settings():
 
 def final_outputs():
     """The targets of `rule all`."""
-    trained = [f"{RESULTS}/models/{MODEL}/{name}" for name in ("curves.png", "model.json")]
+    trained = [
+        f"{RESULTS}/models/{MODEL}/{name}" for name in ("curves.png", "model.json")
+    ]
     return [
         f"{RESULTS}/submission.csv",
         f"{RESULTS}/metrics.csv",
