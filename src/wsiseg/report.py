@@ -15,7 +15,6 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-import zarr
 from skimage.measure import label
 
 from . import rle, vector, views
@@ -172,22 +171,10 @@ CLASS_COLOURS = [(230, 30, 30), (30, 160, 30), (30, 80, 230), (230, 180, 0), (18
 
 
 def _probability_level(pred: Prediction, k: int) -> np.ndarray | None:
-    """Probabilities (0..1, shape (C, H, W)) of pyramid level ``k`` of a prediction store, or None without them.
-
-    Uses the store's probability pyramid: ``Prediction.prob_levels`` where the
-    reader provides it, else the ``prob`` group's (older layout) or the root's
-    NGFF multiscales."""
-    levels = getattr(pred, "prob_levels", None)
-    if levels is None:
-        root = zarr.open_group(pred.path, mode="r")
-        group = root["prob"] if "prob" in root else root
-        multiscales = group.attrs.get("multiscales")
-        if not multiscales:
-            return None
-        levels = [group[d["path"]] for d in multiscales[0]["datasets"]]
-    if k >= len(levels):
+    """Probabilities (0..1, shape (C, H, W)) of pyramid level ``k`` of a prediction, or None past its pyramid."""
+    if k >= len(pred.prob_levels):
         return None
-    return np.asarray(levels[k][:], np.float32) / 255.0
+    return np.asarray(pred.prob_levels[k][:], np.float32) / 255.0
 
 
 def export_geojson(
