@@ -114,6 +114,7 @@ def test_multiclass_metrics_per_class(tmp_path):
     assert export_geojson(store, tmp_path / "p.geojson", class_names=["background", "tumour", "stroma"]) == 3
     features = json.loads((tmp_path / "p.geojson").read_text())["features"]  # class 2 is split in two by class 1
     assert sorted(f["properties"]["classification"]["name"] for f in features) == ["stroma", "stroma", "tumour"]
+    assert {f["properties"]["measurements"]["Mean probability"] for f in features} == {1.0}  # each its own class's channel
 
 
 def test_group_means_give_per_organ_scores(tmp_path):
