@@ -110,7 +110,6 @@ def test_augmentation_streams_are_independent_per_transform():
     import numpy as np
 
     from wsiseg.augment import build_augmentation
-    from wsiseg.data import PatchDataset  # noqa: F401  (the key-based reseeding lives there)
 
     image = np.stack([np.arange(16, dtype=np.uint8).reshape(4, 4)] * 3, -1)
     aug = build_augmentation({"hflip": 0.5, "vflip": 0.5}, seed=3)
@@ -123,6 +122,10 @@ def test_default_profile_resumes_an_incomplete_run(stores, tmp_path):
     assert profile["rerun-incomplete"] is True  # a killed job's outputs are deleted and the rule reruns ...
     params = TrainParams(encoder_depth=3, decoder_channels=(32, 16, 8), epochs=3)
     assert params.resume is True  # ... and train continues from lightning/checkpoints/last.ckpt (not an output)
+    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    assert schema["properties"]["train"]["properties"]["resume"]["default"] is True
+    assert (yaml.safe_load((ROOT / "config" / "config.yaml").read_text()).get("train") or {}).get("resume", True) is True
+    assert "shadow:" not in (ROOT / "workflow" / "rules" / "train.smk").read_text()  # lightning/ lives in the real folder
     key, work = fingerprint(params, stores), tmp_path / "lightning"
     assert resume_checkpoint(work, key) is None  # first attempt: fresh
     (work / "checkpoints").mkdir()
