@@ -84,6 +84,33 @@ def predicted(path: str) -> str:
     return str(Path(write(f"{path}/{MARKER}", json.dumps({"stage": "predict", "complete": True}))).parent)
 
 
+def nan_tiff(path: str) -> str:
+    tifffile.imwrite(path, np.full((64, 80), np.nan, np.float32), tile=(32, 32))
+    return path
+
+
+def bomb(path: str) -> str:
+    from test_ingest_safety import png_declaring
+
+    return write(path, png_declaring(100_000, 100_000))
+
+
+def overdeclared(path: str) -> str:
+    """A tiled TIFF whose header declares 1000x900 px but lists only the tiles of 200x260."""
+    import struct
+
+    source = tiff("small.tif")
+    with tifffile.TiffFile(source) as tif:
+        tags = tif.pages[0].tags
+        at = {name: tags[name].valueoffset for name in ("ImageWidth", "ImageLength")}
+        fmt = "<H" if tags["ImageWidth"].dtype == 3 else "<I"
+    data = bytearray(Path(source).read_bytes())
+    for name, value in (("ImageWidth", 1000), ("ImageLength", 900)):
+        data[at[name] : at[name] + struct.calcsize(fmt)] = struct.pack(fmt, value)
+    os.remove(source)
+    return write(path, bytes(data))
+
+
 def square(x0, y0, x1, y1):
     return {"type": "Polygon", "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]]}
 
@@ -110,6 +137,9 @@ CLI_CASES: dict[str, Callable[[], tuple[list[str], list[str]]]] = {
     "image-not-tiff": lambda: (["convert", write("doc.tif", b"%PDF-1.4 nope"), "o.zarr"], ["doc.tif", "cannot read as TIFF"]),
     "image-truncated": lambda: (["convert", write("cut.tif", Path(tiff("full.tif")).read_bytes()[:3000]), "o.zarr"], ["cut.tif"]),
     "image-bad-png": lambda: (["convert", write("x.png", b"\x89PNG\r\n\x1a\n broken"), "o.zarr"], ["x.png"]),
+    "image-all-nan": lambda: (["convert", nan_tiff("nan.tif"), "o.zarr", "--uint16", "percentile"], ["nan.tif", "no finite pixel"]),
+    "image-png-bomb": lambda: (["convert", bomb("bomb.png"), "o.zarr"], ["bomb.png", "100000", "max-decoded-pixels"]),
+    "image-header-overdeclared": lambda: (["convert", overdeclared("big.tif"), "o.zarr"], ["big.tif", "declares 1000x900"]),
     "image-too-many-channels": lambda: (["convert", tiff("c5.tif", (5, 64, 64), planarconfig="separate"), "o.zarr"], ["c5.tif", "channels"]),
     "image-channel-out-of-range": lambda: (
         ["convert", tiff("c5.tif", (5, 64, 64), planarconfig="separate"), "o.zarr", "--channels", "0", "1", "9"], ["c5.tif", "9"]),
@@ -120,6 +150,16 @@ CLI_CASES: dict[str, Callable[[], tuple[list[str], list[str]]]] = {
     "rle-no-row": lambda: (["convert", tiff(), "o.zarr", "--mask", rle_table("t.csv", "1 5", slide="other")], ["t.csv", "s"]),
     "rle-missing-column": lambda: (["convert", tiff(), "o.zarr", "--mask", write("t.csv", "name,mask\ns,1 5\n")], ["t.csv"]),
     "rle-odd-numbers": lambda: (["convert", tiff(), "o.zarr", "--mask", rle_table("t.csv", "1 5 9")], ["t.csv"]),
+    "rle-huge-value": lambda: (["convert", tiff(), "o.zarr", "--mask", rle_table("t.csv", "1 10000000000000000000000")], ["t.csv", "too large"]),
+    "geojson-nan-coordinate": lambda: (
+        ["convert", tiff(), "o.zarr", "--mask", geojson("a.geojson", [{"type": "Polygon", "coordinates": [[[0, 0], [float("nan"), 5], [9, 9], [0, 0]]]}])],
+        ["a.geojson", "non-finite coordinate"]),
+    "geojson-points-only-train": lambda: (
+        ["convert", tiff(), "o.zarr", "--require-foreground", "--mask", geojson("a.geojson", [{"type": "Point", "coordinates": [5, 5]}])],
+        ["a.geojson", "Point"]),
+    "geojson-outside-image-train": lambda: (
+        ["convert", tiff(), "o.zarr", "--require-foreground", "--mask", geojson("a.geojson", [square(5000, 5000, 5100, 5100)])],
+        ["a.geojson"]),
     "geojson-not-json": lambda: (["convert", tiff(), "o.zarr", "--mask", write("a.geojson", "{not json")], ["a.geojson"]),
     "geojson-not-geometry": lambda: (["convert", tiff(), "o.zarr", "--mask", write("a.geojson", '{"type": "Banana"}')], ["a.geojson"]),
     "palette-unknown-colour": lambda: (
@@ -130,7 +170,7 @@ CLI_CASES: dict[str, Callable[[], tuple[list[str], list[str]]]] = {
     "checkpoint-text": lambda: (["predict", store(), "p.zarr", write("m.ckpt", "hello")], ["m.ckpt", "not a PyTorch checkpoint"]),
     "checkpoint-malicious": lambda: (["predict", store(), "p.zarr", checkpoint("m.ckpt", {"x": Evil()})], ["m.ckpt", "could run code"]),
     "checkpoint-foreign": lambda: (["predict", store(), "p.zarr", checkpoint("m.ckpt", {"w": torch.zeros(2)})], ["m.ckpt", "not a wsiseg checkpoint"]),
-    "checkpoint-missing": lambda: (["predict", store(), "p.zarr", "nope.ckpt"], ["nope.ckpt", "not found"]),
+    "checkpoint-missing": lambda: (["predict", store(), "p.zarr", "nope.ckpt"], ["nope.ckpt", "does not exist"]),
     "checkpoint-is-folder": lambda: (["predict", store(), "p.zarr", victim("models")], ["models", "folder"]),
     # stores and stage options
     "predict-on-tiff": lambda: (["predict", tiff(), "p.zarr", write("m.ckpt", b"PK")], ["s.tif"]),
