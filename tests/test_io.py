@@ -116,3 +116,25 @@ def test_a_killed_conversion_leaves_a_temporary_that_the_next_run_removes(tmp_pa
     subprocess.run(cmd, cwd=tmp_path, check=True, capture_output=True)
     assert not list(tmp_path.glob(".big.zarr.tmp-*"))
     assert output_stage(tmp_path / "big.zarr") == "convert" and (tmp_path / "big.zarr" / MARKER).exists()
+
+
+def test_training_never_empties_a_folder_it_did_not_write(tmp_path):
+    from wsiseg.train import resume_checkpoint
+
+    work = tmp_path / "model" / "lightning"
+    work.mkdir(parents=True)
+    (work / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="lightning: exists and was not written by wsiseg train"):
+        resume_checkpoint(work, "key")
+    assert (work / "notes.txt").read_text() == "mine"
+    (work / "notes.txt").unlink()
+    assert resume_checkpoint(work, "key") is None and (work / "run.json").exists()  # empty: ours now
+
+
+def test_training_output_folder_may_not_overlap_the_patch_stores(tmp_path):
+    from wsiseg.train import TrainParams, train_model
+
+    store = tmp_path / "p.zarr"
+    store.mkdir()
+    with pytest.raises(OutputError, match="lies inside the input"):
+        train_model([store], [store], store / "model", TrainParams(epochs=1))

@@ -84,20 +84,7 @@ def check_output(
     Returns ``target`` as an absolute path. ``inputs`` are the files the stage
     reads; ``stage`` names the stage whose earlier output may be replaced;
     ``folder`` says whether the stage writes a folder (True) or a file (False)."""
-    path = Path(os.path.abspath(Path(target).expanduser()))
-    if path.parent == path:
-        raise OutputError(f"{target}: cannot write an output at the file-system root")
-    for given in inputs:
-        if given is None or str(given) == "":
-            continue
-        source = Path(os.path.abspath(Path(given).expanduser())).resolve()
-        resolved = path.resolve()
-        if resolved == source:
-            raise OutputError(f"{target}: the output is the input {given}; choose another output path")
-        if _contains(resolved, source):
-            raise OutputError(f"{target}: the output would contain the input {given}; choose another output path")
-        if _contains(source, resolved):
-            raise OutputError(f"{target}: the output lies inside the input {given}; choose another output path")
+    path = check_disjoint(target, inputs)
     if path.is_symlink() or not path.exists():
         return path
     if path.is_dir():
@@ -112,6 +99,26 @@ def check_output(
         raise OutputError(f"{target}: exists and is not a regular file; refusing to replace it")
     elif folder:
         raise OutputError(f"{target}: is an existing file, not a wsiseg {stage or 'store'} folder; refusing to replace it")
+    return path
+
+
+def check_disjoint(target: str | Path, inputs: Iterable[str | Path | None] = ()) -> Path:
+    """Raise :class:`OutputError` when ``target`` is, lies inside or contains one of ``inputs``;
+    returns ``target`` as an absolute path."""
+    path = Path(os.path.abspath(Path(target).expanduser()))
+    if path.parent == path:
+        raise OutputError(f"{target}: cannot write an output at the file-system root")
+    for given in inputs:
+        if given is None or str(given) == "":
+            continue
+        source = Path(os.path.abspath(Path(given).expanduser())).resolve()
+        resolved = path.resolve()
+        if resolved == source:
+            raise OutputError(f"{target}: the output is the input {given}; choose another output path")
+        if _contains(resolved, source):
+            raise OutputError(f"{target}: the output would contain the input {given}; choose another output path")
+        if _contains(source, resolved):
+            raise OutputError(f"{target}: the output lies inside the input {given}; choose another output path")
     return path
 
 

@@ -21,7 +21,7 @@ from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
 from .data import MAIN, PatchDataModule, derive_seed, seed_globals
-from .io import atomic_path
+from .io import OutputError, atomic_path, check_disjoint
 from .model import DEFAULT_LOSS, SegmentationModule
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,8 @@ def resume_checkpoint(work: Path, key: str, resume: bool = True) -> Path | None:
     state = json.loads(state_file.read_text()) if state_file.exists() else {}
     usable = resume and last.exists() and state.get("fingerprint") == key and not state.get("complete")
     if not usable:
+        if work.exists() and any(work.iterdir()) and not state_file.exists():
+            raise OutputError(f"{work}: exists and was not written by wsiseg train (no run.json); refusing to empty it")
         if work.exists():
             log.info("train: starting fresh in %s", work)
         shutil.rmtree(work, ignore_errors=True)
@@ -321,6 +323,7 @@ def train_model(
     if not train_patches or not val_patches:
         raise ValueError("training needs at least one 'train' and one 'val' slide with masks in the sample sheet")
     stores = list(train_patches) + list(val_patches)
+    check_disjoint(out_dir, stores)
     if threads:
         torch.set_num_threads(threads)
     pl.seed_everything(params.seed, workers=True, verbose=False)
