@@ -17,7 +17,8 @@ rule convert:
     params:
         convert=config["convert"],
         # train/val annotations must hold foreground (convert.allow_empty_mask turns the error into a warning)
-        require_foreground=lambda wildcards: SAMPLES.loc[wildcards.slide, "split"] in ("train", "val"),
+        require_foreground=lambda wildcards: SAMPLES.loc[wildcards.slide, "split"]
+        in ("train", "val"),
     message:
         "Converting slide {wildcards.slide} to OME-Zarr"
     script:
@@ -44,7 +45,9 @@ rule convert_batch:
         convert=config["convert"],
         slides=convert_items,
         foreground=lambda wildcards: [
-            s for s in BATCHES["zarr"][wildcards.batch] if SAMPLES.loc[s, "split"] in ("train", "val")
+            s
+            for s in BATCHES["zarr"][wildcards.batch]
+            if SAMPLES.loc[s, "split"] in ("train", "val")
         ],
     message:
         "Converting slide group {wildcards.batch} to OME-Zarr"
