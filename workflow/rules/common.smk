@@ -176,6 +176,20 @@ def convert_batch_input(wildcards):
     return {"images": list(rows["image"]), "masks": masks}
 
 
+def needs_foreground(wildcards):
+    """Whether slide {slide} trains or validates, so its annotation must mark some foreground."""
+    return SAMPLES.loc[wildcards.slide, "split"] in ("train", "val")
+
+
+def foreground_slides(wildcards):
+    """The train/val slides of convert group {batch} (their annotations must mark foreground)."""
+    return [
+        s
+        for s in BATCHES["zarr"][wildcards.batch]
+        if SAMPLES.loc[s, "split"] in ("train", "val")
+    ]
+
+
 def convert_items(wildcards):
     """[slide_id, image, mask] of each slide in group {batch}."""
     rows = SAMPLES.loc[BATCHES["zarr"][wildcards.batch]]

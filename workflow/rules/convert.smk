@@ -17,8 +17,7 @@ rule convert:
     params:
         convert=config["convert"],
         # train/val annotations must hold foreground (convert.allow_empty_mask turns the error into a warning)
-        require_foreground=lambda wildcards: SAMPLES.loc[wildcards.slide, "split"]
-        in ("train", "val"),
+        require_foreground=needs_foreground,
     message:
         "Converting slide {wildcards.slide} to OME-Zarr"
     script:
@@ -44,11 +43,7 @@ rule convert_batch:
     params:
         convert=config["convert"],
         slides=convert_items,
-        foreground=lambda wildcards: [
-            s
-            for s in BATCHES["zarr"][wildcards.batch]
-            if SAMPLES.loc[s, "split"] in ("train", "val")
-        ],
+        foreground=foreground_slides,
     message:
         "Converting slide group {wildcards.batch} to OME-Zarr"
     script:
