@@ -134,7 +134,7 @@ def _patches_args(p: argparse.ArgumentParser) -> None:
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
-    from .train import TrainParams
+    from .settings import TrainParams
 
     p.add_argument("--train", nargs="+", required=True, help="training patch stores")
     p.add_argument("--val", nargs="+", required=True, help="validation patch stores")
@@ -144,7 +144,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 
 def _predict_args(p: argparse.ArgumentParser) -> None:
-    from .predict import PredictParams
+    from .settings import PredictParams
 
     p.add_argument("slide", help="converted slide .zarr")
     p.add_argument("out", help="output prediction .zarr")

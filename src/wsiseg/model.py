@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .losses import build_loss
+from .settings import DEFAULT_LOSS
 
 
 def build_network(
@@ -35,7 +36,6 @@ def build_network(
         raise ValueError(f"cannot build smp model arch={arch!r} encoder={encoder!r}: {err}") from None
 
 
-DEFAULT_LOSS = {"dice": 1.0, "bce": 1.0}
 SCHEDULERS = ("cosine", "onecycle", "none")
 
 

@@ -32,7 +32,6 @@ import math
 import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -48,6 +47,7 @@ from .model import load_model
 from .modelcard import ModelSpec, label_names, resolve_model
 from .patches import grid_positions
 from .postprocess import postprocess_mask
+from .settings import PredictParams
 from .predstore import image_attrs, label_attrs
 from .store import SlideStore, build_pyramid, compressor, create_level, level_count
 from .tissue import METHODS as TISSUE_METHODS
@@ -56,27 +56,6 @@ from .tissue import TissueMap
 log = logging.getLogger(__name__)
 
 TTA_OPS = ("hflip", "vflip", "rot90")
-
-
-@dataclass(frozen=True)
-class PredictParams:
-    """Tiling, blending, test-time augmentation and thresholding (config ``predict``)."""
-
-    tile: int = 512  # tile side at training resolution
-    overlap: int = 128  # pixels shared by neighbouring tiles
-    batch_size: int = 8
-    threshold: float = 0.5
-    blend: str = "gaussian"  # gaussian | ramp | constant
-    tta: tuple[str, ...] = ()  # any of hflip, vflip, rot90 (averaged with the plain prediction)
-    min_tissue: float = 0.02  # tiles with less tissue are skipped (probability 0)
-    tissue_saturation: float = 0.08  # saturation threshold; floor of the Otsu-based methods
-    tissue_method: str = "auto"  # auto | saturation | otsu | otsu_gray | fluorescence (see wsiseg.tissue)
-    tissue_fallback: float = 0.01  # fewer tiles on tissue than this share: predict every tile, warn (0 = never)
-    min_area: int = 0  # level-0 px: smaller predicted objects are removed
-    max_hole: int = 0  # level-0 px: smaller holes in objects are filled
-    chunk: int = 512
-    prefetch: int = 4  # batches read ahead by the background reader
-    device: str = "auto"
 
 
 def blend_window(size: int, mode: str = "gaussian", overlap: int = 0) -> np.ndarray:

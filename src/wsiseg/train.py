@@ -9,7 +9,7 @@ import re
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,42 +22,13 @@ from pytorch_lightning.loggers import CSVLogger
 
 from .data import MAIN, PatchDataModule, derive_seed, seed_globals
 from .io import OutputError, atomic_path, check_disjoint
-from .model import DEFAULT_LOSS, SegmentationModule
+from .model import SegmentationModule
+from .settings import TrainParams
 
 log = logging.getLogger(__name__)
 
 
 RUNTIME_KEYS = ("num_workers", "devices", "resume")  # do not change what is learnt: a run may resume across them
-
-
-@dataclass(frozen=True)
-class TrainParams:
-    """Model and optimisation settings (all plain values, as in config ``train``)."""
-
-    arch: str = "Unet"
-    encoder: str = "resnet18"
-    encoder_weights: str | None = None
-    encoder_depth: int = 4
-    decoder_channels: tuple[int, ...] | None = (128, 64, 32, 16)
-    epochs: int = 10
-    batch_size: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    loss: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LOSS))
-    class_weights: tuple[float, ...] | None = None  # cross-entropy weight per class (multi-class)
-    augment: dict[str, Any] = field(default_factory=lambda: {"hflip": 0.5, "vflip": 0.5, "rot90": 0.5})
-    scheduler: str = "cosine"  # cosine | onecycle | none
-    accumulate_grad_batches: int = 1
-    early_stopping_patience: int = 0  # epochs without a better val_dice before stopping; 0 = off
-    channels_last: bool = False
-    compile: bool = False
-    num_workers: int = 0
-    accelerator: str = "auto"
-    devices: int | str = "auto"
-    precision: str = "auto"  # auto: 16-mixed on a GPU, 32 on CPU
-    resume: bool = True  # continue an interrupted run from lightning/checkpoints/last.ckpt
-    seed: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 def _patch_meta(stores: Sequence[str | Path]) -> tuple[float, int, int]:

@@ -1,0 +1,65 @@
+"""The parameter sets of the torch stages (config ``train`` and ``predict``) as plain dataclasses.
+
+Kept apart from the stage code so that the CLI (``wsiseg train --help``), the
+config checks and anything else that only needs the settings never import torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_LOSS = {"dice": 1.0, "bce": 1.0}
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """Model and optimisation settings (all plain values, as in config ``train``)."""
+
+    arch: str = "Unet"
+    encoder: str = "resnet18"
+    encoder_weights: str | None = None
+    encoder_depth: int = 4
+    decoder_channels: tuple[int, ...] | None = (128, 64, 32, 16)
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    loss: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LOSS))
+    class_weights: tuple[float, ...] | None = None  # cross-entropy weight per class (multi-class)
+    augment: dict[str, Any] = field(default_factory=lambda: {"hflip": 0.5, "vflip": 0.5, "rot90": 0.5})
+    scheduler: str = "cosine"  # cosine | onecycle | none
+    accumulate_grad_batches: int = 1
+    early_stopping_patience: int = 0  # epochs without a better val_dice before stopping; 0 = off
+    channels_last: bool = False
+    compile: bool = False
+    num_workers: int = 0
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    precision: str = "auto"  # auto: 16-mixed on a GPU, 32 on CPU
+    resume: bool = True  # continue an interrupted run from lightning/checkpoints/last.ckpt
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+
+@dataclass(frozen=True)
+class PredictParams:
+    """Tiling, blending, test-time augmentation and thresholding (config ``predict``)."""
+
+    tile: int = 512  # tile side at training resolution
+    overlap: int = 128  # pixels shared by neighbouring tiles
+    batch_size: int = 8
+    threshold: float = 0.5
+    blend: str = "gaussian"  # gaussian | ramp | constant
+    tta: tuple[str, ...] = ()  # any of hflip, vflip, rot90 (averaged with the plain prediction)
+    min_tissue: float = 0.02  # tiles with less tissue are skipped (probability 0)
+    tissue_saturation: float = 0.08  # saturation threshold; floor of the Otsu-based methods
+    tissue_method: str = "auto"  # auto | saturation | otsu | otsu_gray | fluorescence (see wsiseg.tissue)
+    tissue_fallback: float = 0.01  # fewer tiles on tissue than this share: predict every tile, warn (0 = never)
+    min_area: int = 0  # level-0 px: smaller predicted objects are removed
+    max_hole: int = 0  # level-0 px: smaller holes in objects are filled
+    chunk: int = 512
+    prefetch: int = 4  # batches read ahead by the background reader
+    device: str = "auto"
+
