@@ -89,7 +89,13 @@ def test_every_artifact_is_written(finished):
     metrics = pd.read_csv(out / "metrics.csv")
     assert metrics["slide_id"].tolist() == ["demo_1", "demo_2", "mean"]
     assert set(metrics.columns) >= {"dice", "iou", "precision", "recall"}
-    assert (out / "logs" / "train" / "tiny.log").read_text().count("best val_dice") == 1
+    train_log = (out / "logs" / "train" / "tiny.log").read_text()
+    assert train_log.count("best val_dice") == 1
+    # logs hold plain lines: no carriage-return bars, no terminal escape codes
+    for log in (out / "logs").rglob("*.log"):
+        text = log.read_text()
+        assert "\r" not in text and "\x1b" not in text, log
+    assert "train: epoch 1/1 done in" in train_log
 
 
 def test_html_report_bundles_curves_metrics_and_overlays(finished):
@@ -272,24 +278,29 @@ def test_trained_model_folder_predicts_a_new_cohort(finished):
 
 
 def test_killed_run_recovers_with_the_default_profile(tmp_path):
-    """Kill Snakemake while training, then rerun through workflow/profiles/default (rerun-incomplete)."""
+    """SIGKILL Snakemake's process group right after training's first epoch checkpoint, rerun through
+    workflow/profiles/default (rerun-incomplete): the model is bit for bit the one an uninterrupted
+    run of the same training makes, and finished conversions are kept."""
     import os
     import signal
     import time
 
-    write_config(tmp_path, TINY_CONFIG)
+    import torch
+
+    config = {**TINY_CONFIG, "train": {**TINY_CONFIG["train"], "epochs": 2}}
+    write_config(tmp_path, config)
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(tmp_path), "--cores", "2"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    train_log = tmp_path / "out" / "logs" / "train" / "tiny.log"
+    last = tmp_path / "out" / "models" / "tiny" / "lightning" / "checkpoints" / "last.ckpt"
     deadline = time.time() + 300
-    while not train_log.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.5)
-    assert proc.poll() is None, "the run ended before training started"
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before the first epoch's checkpoint"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    assert torch.load(last, weights_only=True)["epoch"] == 0, "killed too late: the second epoch had finished"
     converted = sorted(p.stem for p in (tmp_path / "out" / "zarr").glob("*.zarr"))
-    assert converted, "no slide was converted before training started"
-    assert not (tmp_path / "out" / "submission.csv").exists()
+    assert converted and not (tmp_path / "out" / "submission.csv").exists()
     # what a user does after a crash: remove the stale lock, rerun (the profile adds --rerun-incomplete)
     subprocess.run(cmd + ["--unlock"], check=True, capture_output=True)
     rerun = subprocess.run(
@@ -301,3 +312,22 @@ def test_killed_run_recovers_with_the_default_profile(tmp_path):
     assert (tmp_path / "out" / "submission.csv").exists() and (tmp_path / "out" / "metrics.csv").exists()
     for slide in converted:  # conversions finished before the kill are kept
         assert f"Converting slide {slide} " not in jobs
+    assert "resuming the interrupted run" in (tmp_path / "out" / "logs" / "train" / "tiny.log").read_text()
+    # the same training, uninterrupted, on the same patch stores
+    patches = tmp_path / "out" / "patches"
+    train = config["train"]
+    subprocess.run(
+        [sys.executable, "-m", "wsiseg.cli", "train", "--train", str(patches / "demo_0.zarr"), "--val", str(patches / "demo_1.zarr"),
+         "--out-dir", str(tmp_path / "uninterrupted"), "--encoder-depth", str(train["encoder_depth"]),
+         "--decoder-channels", *map(str, train["decoder_channels"]), "--epochs", "2", "--batch-size", str(train["batch_size"]),
+         "--accelerator", "cpu", "--seed", str(config["seed"]), "--threads", "2"],
+        check=True, capture_output=True,
+    )
+    resumed = torch.load(tmp_path / "out" / "models" / "tiny" / "model.ckpt", weights_only=True)["state_dict"]
+    reference = torch.load(tmp_path / "uninterrupted" / "model.ckpt", weights_only=True)["state_dict"]
+    assert resumed.keys() == reference.keys()
+    differ = [k for k in reference if not torch.equal(resumed[k], reference[k])]
+    assert not differ, f"{len(differ)} of {len(reference)} tensors differ"
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "out" / "models" / "tiny" / "metrics.csv"), pd.read_csv(tmp_path / "uninterrupted" / "metrics.csv")
+    )

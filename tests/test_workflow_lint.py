@@ -183,3 +183,27 @@ def test_snakefmt_check_passes():
         [sys.executable, "-m", "snakefmt", "--check", "workflow/"], capture_output=True, text=True, cwd=ROOT
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_catalog_files_are_in_place():
+    """What the Snakemake workflow catalog and snakedeploy look for."""
+    assert (ROOT / "workflow" / "Snakefile").is_file() and not (ROOT / "Snakefile").exists()
+    assert (ROOT / "config" / "config.yaml").is_file() and (ROOT / "config" / "README.md").is_file()
+    catalog = yaml.safe_load((ROOT / ".snakemake-workflow-catalog.yml").read_text())
+    assert set(catalog["usage"]) >= {"mandatory-flags", "software-stack-deployment", "report"}
+    assert catalog["usage"]["software-stack-deployment"]["conda"] is True
+    license_text = (ROOT / "LICENSE").read_text()
+    assert license_text.startswith("MIT License") and tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["license"] == "MIT"
+    assert "## Unreleased" in (ROOT / "CHANGELOG.md").read_text()
+
+
+def test_github_actions_lint_and_test_the_workflow():
+    """.github/workflows/main.yml is valid YAML with lint (snakemake --lint, snakefmt) and test jobs."""
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "main.yml").read_text())
+    trigger = workflow.get("on", workflow.get(True))  # YAML 1.1 reads the key `on` as True
+    assert trigger["push"]["branches"] == ["main"] and "pull_request" in trigger
+    commands = {name: " ".join(step.get("run", "") for step in job["steps"]) for name, job in workflow["jobs"].items()}
+    assert "snakemake --lint" in commands["linting"] and "snakefmt --check workflow/" in commands["linting"]
+    assert "python -m pytest" in commands["run-workflow"] and "snakemake --cores" in commands["run-workflow"]
+    for job in workflow["jobs"].values():
+        assert job["runs-on"] == "ubuntu-latest" and job["steps"][0]["uses"].startswith("actions/checkout@")
