@@ -43,7 +43,7 @@ def test_grid_positions_cover_the_axis():
 
 
 def test_coverage_filter_keeps_exactly_the_expected_patches(known_slide, tmp_path):
-    params = PatchParams(size=CELL, downscale=1, min_coverage=0.1, max_coverage=0.9, negative_ratio=0.0, min_tissue=0.5)
+    params = PatchParams(size=CELL, stride=CELL, downscale=1, min_coverage=0.1, max_coverage=0.9, negative_ratio=0.0, min_tissue=0.5)
     table = extract_patches(known_slide, tmp_path / "p.zarr", tmp_path / "p.csv", params)
     kept = set(zip(table["row"], table["col"]))
     expected = {divmod(k, 4) for k, c in enumerate(COVERAGE.ravel()) if 0.1 <= c <= 0.9}
@@ -59,7 +59,7 @@ def test_coverage_filter_keeps_exactly_the_expected_patches(known_slide, tmp_pat
 
 
 def test_negatives_are_tissue_only_and_seeded(known_slide, tmp_path):
-    params = PatchParams(size=CELL, downscale=1, negative_ratio=0.6, min_tissue=0.5, seed=3)
+    params = PatchParams(size=CELL, stride=CELL, downscale=1, negative_ratio=0.6, min_tissue=0.5, seed=3)
     a = extract_patches(known_slide, tmp_path / "a.zarr", tmp_path / "a.csv", params)
     b = extract_patches(known_slide, tmp_path / "b.zarr", tmp_path / "b.csv", params)
     negatives = a[a["reason"] == "negative"]
@@ -70,7 +70,7 @@ def test_negatives_are_tissue_only_and_seeded(known_slide, tmp_path):
 
 
 def test_downscale_halves_patch_resolution(known_slide, tmp_path):
-    params = PatchParams(size=CELL, downscale=2, min_coverage=0.0, max_coverage=1.0, negative_ratio=0)
+    params = PatchParams(size=CELL, stride=CELL, downscale=2, min_coverage=0.0, max_coverage=1.0, negative_ratio=0)
     table = extract_patches(known_slide, tmp_path / "d.zarr", tmp_path / "d.csv", params)
     assert len(table) == 4  # 128 px slide at downscale 2 = 2x2 grid of 32 px patches
     assert set(table["x"]) == {0, 64}
@@ -84,7 +84,7 @@ def test_select_patches_drops_out_of_range_cells():
 
 
 def test_absolute_negatives_and_random_cells_are_recorded(known_slide, tmp_path):
-    params = PatchParams(size=CELL, downscale=1, negatives=2, random=3, min_tissue=0.5, seed=1)
+    params = PatchParams(size=CELL, stride=CELL, downscale=1, negatives=2, random=3, min_tissue=0.5, seed=1)
     table = extract_patches(known_slide, tmp_path / "r.zarr", tmp_path / "r.csv", params, out_tissue=tmp_path / "t.png")
     assert table["reason"].value_counts().to_dict() == {"positive": 5, "random": 3, "negative": 2}
     assert (table.loc[table["reason"] == "negative", "coverage"] == 0).all()
@@ -96,7 +96,7 @@ def test_absolute_negatives_and_random_cells_are_recorded(known_slide, tmp_path)
 
 @pytest.mark.parametrize("method", ["saturation", "otsu", "otsu_gray"])
 def test_tissue_artifact_marks_the_white_row_as_background(known_slide, tmp_path, method):
-    params = PatchParams(size=CELL, downscale=1, tissue_method=method, negative_ratio=0, random=16)  # keeps every cell
+    params = PatchParams(size=CELL, stride=CELL, downscale=1, tissue_method=method, negative_ratio=0, random=16)  # keeps every cell
     table = extract_patches(known_slide, tmp_path / "p.zarr", tmp_path / "p.csv", params, out_tissue=tmp_path / "t.png")
     tissue = cv2.imread(str(tmp_path / "t.png"), cv2.IMREAD_GRAYSCALE)
     assert tissue.shape == (4 * CELL, 4 * CELL)
@@ -127,7 +127,7 @@ def palette_slide(tmp_path):
 
 
 def test_multiclass_masks_give_per_class_coverage(palette_slide, tmp_path):
-    params = PatchParams(size=32, downscale=2, min_coverage=0.05, max_coverage=1, negative_ratio=0)
+    params = PatchParams(size=32, stride=32, downscale=2, min_coverage=0.05, max_coverage=1, negative_ratio=0)
     table = extract_patches(palette_slide, tmp_path / "p.zarr", tmp_path / "p.csv", params)
     assert list(table.columns[9:12]) == ["coverage", "coverage_1", "coverage_2"]
     cells = table.set_index(["row", "col"])
@@ -152,10 +152,22 @@ def test_slide_smaller_than_a_patch_gives_one_padded_patch(tmp_path):
     tifffile.imwrite(tmp_path / "small.tif", image, photometric="rgb")
     tifffile.imwrite(tmp_path / "small_mask.tif", mask)
     slide = convert_slide(tmp_path / "small.tif", tmp_path / "small.zarr", mask=tmp_path / "small_mask.tif")
-    params = PatchParams(size=64, downscale=1, min_coverage=0.01, max_coverage=1.0, min_tissue=0.0)
+    params = PatchParams(size=64, stride=64, downscale=1, min_coverage=0.01, max_coverage=1.0, min_tissue=0.0)
     table = extract_patches(slide, tmp_path / "p.zarr", tmp_path / "p.csv", params)
     assert len(table) == 1 and table.loc[0, "coverage"] == pytest.approx(400 / 64**2)
     patch = zarr.open_group(tmp_path / "p.zarr", mode="r")
     np.testing.assert_array_equal(patch["images"][0][:40, :50], image)
     assert (patch["images"][0][40:] == 255).all() and (patch["images"][0][:, 50:] == 255).all()
     assert patch["masks"][0].sum() == 400 and patch["masks"][0][40:].sum() == 0
+
+
+def test_default_grid_is_half_overlapping(tmp_path):
+    """Without `stride`, patches start every size/2 pixels (config/config.yaml's default)."""
+    image = np.full((128, 160, 3), 200, np.uint8)
+    mask = np.ones((128, 160), np.uint8)
+    tifffile.imwrite(tmp_path / "s.tif", image, photometric="rgb")
+    tifffile.imwrite(tmp_path / "m.tif", mask)
+    slide = convert_slide(tmp_path / "s.tif", tmp_path / "s.zarr", mask=tmp_path / "m.tif")
+    params = PatchParams(size=64, downscale=1, min_coverage=0.0, max_coverage=1.0, min_tissue=0.0)
+    table = extract_patches(slide, tmp_path / "p.zarr", tmp_path / "p.csv", params)
+    assert sorted(set(table["x"])) == [0, 32, 64, 96] and sorted(set(table["y"])) == [0, 32, 64]
