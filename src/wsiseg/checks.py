@@ -119,15 +119,20 @@ def check_schema(config: Mapping, schema_file: str | Path, configfiles: Sequence
         raise ConfigError(problem)
 
 
-def canonical(value: Any) -> Any:
-    """``value`` with every mapping's keys in sorted order (lists keep theirs).
+ORDERED = frozenset({"train.augment"})  # mappings whose order means something: the augmentation pipeline's
+
+
+def canonical(value: Any, path: str = "") -> Any:
+    """``value`` with every mapping's keys in sorted order (lists keep theirs), except the
+    mappings at :data:`ORDERED` paths, whose order is part of their meaning.
 
     Snakemake compares ``params`` as text, so the same settings listed in
     another order would otherwise rerun jobs."""
     if isinstance(value, Mapping):
-        return {k: canonical(value[k]) for k in sorted(value, key=str)}
+        keys = list(value) if path in ORDERED else sorted(value, key=str)
+        return {k: canonical(value[k], f"{path}.{k}" if path else str(k)) for k in keys}
     if isinstance(value, list):
-        return [canonical(v) for v in value]
+        return [canonical(v, path) for v in value]
     return value
 
 

@@ -67,7 +67,8 @@ def build_loss(weights: Mapping[str, float], classes: int = 1, class_weights: Se
 
     ``classes == 1`` is binary (``bce`` allowed, ``ce`` not); ``classes >= 2``
     is multi-class (``ce`` allowed with ``class_weights``, ``bce`` not).
-    A weight of None counts as 1; terms with weight 0 are left out; at least one must remain."""
+    A weight of None counts as 1; terms with weight 0 are left out; at least one must remain.
+    Terms are summed in name order, so the order they are listed in never changes the result."""
     unknown = sorted(set(weights) - set(LOSSES))
     if unknown:
         raise ValueError(f"train.loss: unknown loss(es) {unknown}; choose from {sorted(LOSSES)}")
@@ -76,7 +77,7 @@ def build_loss(weights: Mapping[str, float], classes: int = 1, class_weights: Se
     if wrong:
         hint = "use 'bce' for a binary model" if binary else "use 'ce' for a multi-class model"
         raise ValueError(f"train.loss: {wrong} does not apply to a {'binary' if binary else 'multi-class'} model; {hint}")
-    active = {name: 1.0 if w is None else float(w) for name, w in weights.items() if w is None or float(w) != 0}
+    active = {name: 1.0 if w is None else float(w) for name, w in sorted(weights.items()) if w is None or float(w) != 0}
     if not active:
         raise ValueError("train.loss: needs at least one loss with a non-zero weight")
     mode = smp.losses.BINARY_MODE if binary else smp.losses.MULTICLASS_MODE

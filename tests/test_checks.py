@@ -1,0 +1,40 @@
+"""Config checks and canonical params: order never matters, except where it means something."""
+
+from __future__ import annotations
+
+import torch
+
+from wsiseg.checks import canonical, plan_problems, schema_problem
+from wsiseg.losses import build_loss
+
+
+def test_canonical_sorts_keys_but_keeps_the_augmentation_pipeline_order():
+    config = {"train": {"lr": 0.1, "augment": {"vflip": 0.5, "blur": 0.1, "hflip": 0.5}, "loss": {"dice": 1, "bce": 1}}, "seed": 0}
+    result = canonical(config)
+    assert list(result) == ["seed", "train"] and list(result["train"]) == ["augment", "loss", "lr"]
+    assert list(result["train"]["loss"]) == ["bce", "dice"]
+    assert list(result["train"]["augment"]) == ["vflip", "blur", "hflip"]  # the order transforms run in
+
+
+def test_loss_order_does_not_change_the_loss():
+    torch.manual_seed(0)
+    logits, target = torch.randn(2, 1, 16, 16), (torch.rand(2, 1, 16, 16) > 0.5).float()
+    a = build_loss({"dice": 1.0, "bce": 0.5, "focal": 0.3})(logits, target)
+    b = build_loss({"focal": 0.3, "bce": 0.5, "dice": 1.0})(logits, target)
+    assert torch.equal(a, b)
+
+
+def test_schema_problem_names_the_file_that_sets_the_key(tmp_path):
+    base, overlay = tmp_path / "config.yaml", tmp_path / "overlay.yaml"
+    base.write_text("train:\n  epochs: 3\n")
+    overlay.write_text("train:\n  epoch: 5\n")
+    schema = {"type": "object", "additionalProperties": False, "properties": {
+        "train": {"type": "object", "additionalProperties": False, "properties": {"epochs": {"type": "integer"}}}}}
+    line = schema_problem({"train": {"epochs": 3, "epoch": 5}}, schema, [base, overlay])
+    assert line == f"{overlay}: unknown key `train.epoch` (did you mean `epochs`?)"
+
+
+def test_plan_problems_on_a_sound_config_is_empty():
+    config = {"train": {"arch": "unetplusplus", "encoder": "tu-resnet10t"}, "predict": {"tile": 256, "overlap": 64},
+              "patches": {"size": 64, "downscale": 2, "min_coverage": 0.1, "max_coverage": 0.9}}
+    assert plan_problems(config, {"a": "train", "b": "val"}, lambda path: (300, 300), {"a": "a.tif", "b": "b.tif"}) == []
