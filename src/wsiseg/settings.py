@@ -21,7 +21,7 @@ class TrainParams:
     encoder_weights: str | None = None
     encoder_depth: int = 4
     decoder_channels: tuple[int, ...] | None = (128, 64, 32, 16)
-    epochs: int = 10
+    epochs: int = 5
     batch_size: int = 16
     lr: float = 1e-3
     weight_decay: float = 1e-4
