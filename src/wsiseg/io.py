@@ -39,6 +39,22 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def check_input_file(
+    path: str | Path, kind: str, error: type[Exception] = ValueError, missing: type[Exception] | None = None, empty_note: str = ""
+) -> Path:
+    """``path`` as a Path once it is an existing, non-empty regular file; otherwise one line naming it:
+    a directory or an empty file (``empty_note`` appended) raise ``error``, a missing ``kind`` ``missing``
+    (default: ``error``)."""
+    path = Path(path)
+    if path.is_dir():
+        raise error(f"{path}: is a directory, expected {'an' if kind[0] in 'aeiou' else 'a'} {kind}")
+    if not path.is_file():
+        raise (missing or error)(f"{path}: {kind} not found")
+    if path.stat().st_size == 0:
+        raise error(f"{path}: empty file{empty_note}")
+    return path
+
+
 def _zarr_attrs(folder: Path) -> dict:
     """Root attributes of a zarr v2 or v3 store at ``folder`` ({} if it is none)."""
     for name, key in ((".zattrs", None), ("zarr.json", "attributes")):
@@ -108,11 +124,11 @@ def check_disjoint(target: str | Path, inputs: Iterable[str | Path | None] = ())
     path = Path(os.path.abspath(Path(target).expanduser()))
     if path.parent == path:
         raise OutputError(f"{target}: cannot write an output at the file-system root")
+    resolved = path.resolve()
     for given in inputs:
         if given is None or str(given) == "":
             continue
         source = Path(os.path.abspath(Path(given).expanduser())).resolve()
-        resolved = path.resolve()
         if resolved == source:
             raise OutputError(f"{target}: the output is the input {given}; choose another output path")
         if _contains(resolved, source):
@@ -123,6 +139,11 @@ def check_disjoint(target: str | Path, inputs: Iterable[str | Path | None] = ())
 
 
 _TMP = re.compile(r"\.tmp-(?:(?P<host>[^-]+)-(?P<pid>\d+)-)?[0-9a-f]{8}$")
+
+
+def _host() -> str:
+    """This machine's short host name as it appears in temporary names (no ``-``, the field separator)."""
+    return socket.gethostname().split(".")[0].replace("-", "_")
 
 
 def _alive(pid: int) -> bool:
@@ -141,7 +162,7 @@ def remove_leftovers(target: str | Path) -> list[Path]:
     Only ``.{name}.tmp-*`` of this very target, and not those of a process on
     this host that is still running. Returns the removed paths."""
     target = Path(target)
-    host = socket.gethostname().split(".")[0]
+    host = _host()
     removed = []
     if not target.parent.is_dir():
         return removed
@@ -152,7 +173,7 @@ def remove_leftovers(target: str | Path) -> list[Path]:
         match = _TMP.fullmatch(path.name[len(prefix):])
         if match is None:
             continue
-        if match["host"] == host.replace("-", "_") and _alive(int(match["pid"])):
+        if match["host"] == host and _alive(int(match["pid"])):
             continue
         _remove(path)
         removed.append(path)
@@ -160,8 +181,7 @@ def remove_leftovers(target: str | Path) -> list[Path]:
 
 
 def _tmp_name(target: Path) -> Path:
-    host = socket.gethostname().split(".")[0].replace("-", "_")
-    return target.with_name(f".{target.name}.tmp-{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    return target.with_name(f".{target.name}.tmp-{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
 @contextlib.contextmanager

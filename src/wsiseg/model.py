@@ -11,6 +11,7 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
+from .io import check_input_file
 from .losses import build_loss
 from .settings import DEFAULT_LOSS
 
@@ -165,13 +166,7 @@ def load_model(checkpoint: str | Path, map_location: str | torch.device = "cpu")
     """Rebuild a trained :class:`SegmentationModule` from a checkpoint, loading tensors only.
 
     Uses ``torch.load(weights_only=True)``: a checkpoint cannot run code."""
-    path = Path(checkpoint)
-    if path.is_dir():
-        raise ValueError(f"{checkpoint}: is a folder, expected a model.ckpt file")
-    if not path.is_file():
-        raise FileNotFoundError(f"{checkpoint}: checkpoint not found")
-    if path.stat().st_size == 0:
-        raise ValueError(f"{checkpoint}: empty file, not a checkpoint (an interrupted copy?)")
+    path = check_input_file(checkpoint, "checkpoint", missing=FileNotFoundError, empty_note=", not a checkpoint (an interrupted copy?)")
     with open(path, "rb") as handle:
         head = handle.read(4)
     if head != b"PK\x03\x04":  # torch.save writes a zip archive

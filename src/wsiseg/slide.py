@@ -47,6 +47,8 @@ import numpy as np
 import tifffile
 import zarr
 
+from .io import check_input_file
+
 RASTER_SUFFIXES = {".png", ".jpg", ".jpeg"}
 UINT16_RULES = ("scale", "percentile")
 STREAM_SEGMENT_BYTES = 64 * 2**20  # larger deflate/uncompressed strips are decoded row by row
@@ -559,13 +561,7 @@ def open_reader(
     :data:`MAX_SEGMENT_BYTES`) are rejected.  PNG/JPEG images declaring more
     than ``max_decoded_pixels`` (default :data:`MAX_DECODED_PIXELS`) are
     refused before decoding; TIFFs are streamed and not limited."""
-    path = Path(path)
-    if path.is_dir():
-        raise SlideError(f"{path}: is a directory, expected an image file")
-    if not path.is_file():
-        raise SlideError(f"{path}: image file not found")
-    if path.stat().st_size == 0:
-        raise SlideError(f"{path}: empty file")
+    path = check_input_file(path, "image file", SlideError)
     if path.suffix.lower() in RASTER_SUFFIXES:
         return open_raster(path, max_decoded_pixels or MAX_DECODED_PIXELS), None
     return open_tiff(path, workers or default_workers(), max_segment_bytes or MAX_SEGMENT_BYTES)
