@@ -38,3 +38,20 @@ def test_plan_problems_on_a_sound_config_is_empty():
     config = {"train": {"arch": "unetplusplus", "encoder": "tu-resnet10t"}, "predict": {"tile": 256, "overlap": 64},
               "patches": {"size": 64, "downscale": 2, "min_coverage": 0.1, "max_coverage": 0.9}}
     assert plan_problems(config, {"a": "train", "b": "val"}, lambda path: (300, 300), {"a": "a.tif", "b": "b.tif"}) == []
+
+
+def test_image_shape_reads_headers_only(tmp_path):
+    import cv2
+    import numpy as np
+    import tifffile
+
+    from wsiseg.checks import image_shape
+    from test_ingest_safety import png_declaring
+
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((30, 50, 3), np.uint8))
+    cv2.imwrite(str(tmp_path / "a.jpg"), np.zeros((31, 51, 3), np.uint8))
+    tifffile.imwrite(tmp_path / "a.tif", np.zeros((32, 52, 3), np.uint8), photometric="rgb")
+    (tmp_path / "bomb.png").write_bytes(png_declaring(100_000, 90_000))  # never decoded
+    assert [image_shape(tmp_path / f"a.{e}") for e in ("png", "jpg", "tif")] == [(30, 50), (31, 51), (32, 52)]
+    assert image_shape(tmp_path / "bomb.png") == (90_000, 100_000)
+    assert image_shape(tmp_path / "missing.png") is None

@@ -101,11 +101,6 @@ def schema_problem(config: Mapping, schema: Mapping, configfiles: Sequence[str |
     if error.validator == "enum":
         where = source_of(path, configfiles)
         return f"{where}: `{_dotted(path)}` is {error.instance!r}, expected one of {', '.join(map(str, error.validator_value))}{_suggest(error.instance, error.validator_value)}"
-    if error.validator == "propertyNames":
-        choices = error.validator_value.get("enum", [])
-        bad = sorted(k for k in error.instance if k not in choices)
-        name = bad[0] if bad else "?"
-        return f"{source_of(path, configfiles)}: unknown name `{name}` in `{_dotted(path)}`, expected one of {', '.join(choices)}{_suggest(name, choices)}"
     if error.validator == "required":
         return f"{source_of(path, configfiles)}: {error.message} in `{_dotted(path)}`"
     return f"{source_of(path, configfiles)}: `{_dotted(path)}`: {error.message}"
@@ -182,21 +177,20 @@ def plan_problems(
 
 def image_shape(path: str | Path) -> tuple[int, int] | None:
     """(height, width) of an image from its header only (TIFF: level 0 of the first series;
-    PNG/JPEG via Pillow's lazy open); None when the file cannot be read that way."""
+    PNG/JPEG: :func:`wsiseg.slide.declared_size`); None when the file cannot be read that way."""
+    from .slide import RASTER_SUFFIXES, declared_size
+
     path = Path(path)
     if not path.is_file():
         return None
     try:
-        if path.suffix.lower() in (".tif", ".tiff", ".svs", ".btf", ".tf8", ".ome"):
-            import tifffile
+        if path.suffix.lower() in RASTER_SUFFIXES:
+            _, width, height = declared_size(path)
+            return height, width
+        import tifffile
 
-            with tifffile.TiffFile(path) as tif:
-                axes, shape = tif.series[0].axes, tif.series[0].shape
-                return int(shape[axes.index("Y")]), int(shape[axes.index("X")])
-        from PIL import Image
-
-        Image.MAX_IMAGE_PIXELS = None  # only the header is read here
-        with Image.open(path) as image:
-            return int(image.height), int(image.width)
+        with tifffile.TiffFile(path) as tif:
+            axes, shape = tif.series[0].axes, tif.series[0].shape
+            return int(shape[axes.index("Y")]), int(shape[axes.index("X")])
     except Exception:  # unreadable files get their own clear error from convert
         return None

@@ -16,7 +16,7 @@ from typing import Any, Iterator, Mapping
 
 import yaml
 
-SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+from .params import SCHEMA
 
 INTRO = """\
 # Configuring wsiseg

@@ -18,18 +18,15 @@ SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.
 
 
 @functools.lru_cache(maxsize=None)
+def _top_level() -> dict[str, dict]:
+    """Top-level keys of the config schema, read once ({} when the schema is not installed)."""
+    return yaml.safe_load(SCHEMA.read_text())["properties"] if SCHEMA.is_file() else {}
+
+
 def schema_section(section: str) -> dict[str, dict]:
     """The config schema's properties of ``section`` (e.g. ``predict``): the one place where
-    each option's meaning, type and default are written ({} when the schema is not installed)."""
-    if not SCHEMA.is_file():
-        return {}
-    return yaml.safe_load(SCHEMA.read_text())["properties"].get(section, {}).get("properties", {})
-
-
-@functools.lru_cache(maxsize=None)
-def _top_level() -> dict[str, dict]:
-    """Top-level keys of the config schema (e.g. ``seed``)."""
-    return yaml.safe_load(SCHEMA.read_text())["properties"] if SCHEMA.is_file() else {}
+    each option's meaning, type and default are written."""
+    return _top_level().get(section, {}).get("properties", {})
 
 
 def _help(section: str | None, name: str, default: Any) -> str:
