@@ -99,6 +99,11 @@ def _make(name: str, options: Mapping[str, Any]) -> A.BasicTransform:
     return transform
 
 
+def seed_states(key: Sequence[int], count: int) -> list[int]:
+    """``count`` independent 32-bit seeds that are a pure function of the integers ``key``."""
+    return [int(s) for s in np.random.SeedSequence([int(k) & 0xFFFFFFFFFFFFFFFF for k in key]).generate_state(count)]
+
+
 def reseed(pipeline: A.Compose, *key: int) -> None:
     """Seed ``pipeline`` and each of its transforms with independent streams derived from the integers ``key``.
 
@@ -106,10 +111,10 @@ def reseed(pipeline: A.Compose, *key: int) -> None:
     epoch, sample index).  albumentations' own ``set_random_seed`` gives every
     transform the *same* seed, so e.g. ``hflip`` and ``vflip`` of equal
     probability would always fire together; here each gets its own stream."""
-    states = np.random.SeedSequence([int(k) & 0xFFFFFFFFFFFFFFFF for k in key]).generate_state(len(pipeline.transforms) + 1)
-    pipeline.set_random_seed(int(states[0]))
+    states = seed_states(key, len(pipeline.transforms) + 1)
+    pipeline.set_random_seed(states[0])
     for transform, state in zip(pipeline.transforms, states[1:]):
-        transform.set_random_seed(int(state))
+        transform.set_random_seed(state)
 
 
 def build_augmentation(spec: Mapping[str, Any] | Sequence[str] | None, seed: int) -> A.Compose | None:

@@ -19,7 +19,7 @@ import torch
 import zarr
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .augment import build_augmentation, reseed
+from .augment import build_augmentation, reseed, seed_states
 
 # ImageNet statistics: what smp encoders (and their pretrained weights) expect
 MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
@@ -45,7 +45,7 @@ AUGMENT, ORDER, MAIN, WORKER = range(4)
 
 def derive_seed(*key: int) -> int:
     """A 32-bit seed that is a pure function of the integers ``key``, e.g. (seed, epoch, stream tag, n)."""
-    return int(np.random.SeedSequence([int(k) & 0xFFFFFFFFFFFFFFFF for k in key]).generate_state(1)[0])
+    return seed_states(key, 1)[0]
 
 
 def seed_globals(seed: int) -> None:

@@ -110,7 +110,9 @@ class ModelSpec:
         a checkpoint whose sha256 differs from its model card's is a :class:`ModelError`."""
         entries = []
         for checkpoint in self.checkpoints:
-            digest = self._sums.setdefault(str(checkpoint), file_sha256(checkpoint)) if str(checkpoint) not in self._sums else self._sums[str(checkpoint)]
+            if str(checkpoint) not in self._sums:
+                self._sums[str(checkpoint)] = file_sha256(checkpoint)
+            digest = self._sums[str(checkpoint)]
             expected = self.expected.get(str(checkpoint))
             if verify and expected and expected != digest:
                 raise ModelError(f"{checkpoint}: sha256 {digest[:12]}… differs from its model card's {expected[:12]}… (file changed or replaced)")

@@ -42,7 +42,6 @@ class TrainParams:
     extra: dict = field(default_factory=dict)
 
 
-
 @dataclass(frozen=True)
 class PredictParams:
     """Tiling, blending, test-time augmentation and thresholding (config ``predict``)."""

@@ -28,6 +28,7 @@ from .settings import TrainParams
 log = logging.getLogger(__name__)
 
 
+EPOCH_METRICS = ("train_loss", "val_loss", "val_dice", "val_iou")  # metrics.csv's columns, in order (then val_dice_{c})
 RUNTIME_KEYS = ("num_workers", "devices", "resume")  # do not change what is learnt: a run may resume across them
 
 
@@ -117,7 +118,7 @@ def plot_curves(metrics: pd.DataFrame, out: str | Path) -> None:
 def _metric_columns(raw: pd.DataFrame) -> list[str]:
     """The metrics.csv columns present in ``raw``, in order (per-class Dice by class)."""
     per_class = sorted((c for c in raw if re.fullmatch(r"val_dice_\d+", c)), key=lambda c: int(c.rsplit("_", 1)[1]))
-    return [c for c in ("train_loss", "val_loss", "val_dice", "val_iou") if c in raw] + per_class
+    return [c for c in EPOCH_METRICS if c in raw] + per_class
 
 
 def epoch_table(log_root: Path) -> pd.DataFrame:
@@ -147,7 +148,7 @@ class EpochHistory(Callback):
 
     def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:  # the values sent to the logger (callbacks may alter callback_metrics)
-            self._val = {k: float(v) for k, v in trainer.logged_metrics.items() if k in ("val_loss", "val_dice", "val_iou") or re.fullmatch(r"val_dice_\d+", k)}
+            self._val = {k: float(v) for k, v in trainer.logged_metrics.items() if (k in EPOCH_METRICS and k.startswith("val_")) or re.fullmatch(r"val_dice_\d+", k)}
 
     def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         """Record the epoch (runs before ModelCheckpoint saves it: non-monitoring callbacks go first)."""
@@ -238,7 +239,7 @@ class EpochLog(Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k in ("train_loss", "val_loss", "val_dice", "val_iou")}
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k in EPOCH_METRICS}
         text = ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
         log.info("train: epoch %d/%d done in %.0f s: %s", trainer.current_epoch + 1, trainer.max_epochs, time.monotonic() - self.start, text)
 

@@ -27,12 +27,24 @@ CONFIG_SCHEMA = RULES_DIR.parent / "schemas" / "config.schema.yaml"
 CONFIG_FILES = [
     f for f in workflow.configfiles if f not in workflow.overwrite_configfiles
 ] + list(workflow.overwrite_configfiles)
+
+
+def stop(problem, name_files=True):
+    """End parsing with one line: the config problem, after the config files (highest precedence first)."""
+    where = ", ".join(map(str, reversed(CONFIG_FILES))) or "config"
+    sys.exit(
+        f"wsiseg: config error ({where}): {problem}"
+        if name_files
+        else f"wsiseg: config error: {problem}"
+    )
+
+
 # one line naming the config file and the key (closest valid key suggested),
 # instead of the schema dump a failed `validate` prints
 try:
     check_schema(config, CONFIG_SCHEMA, CONFIG_FILES)
 except ConfigError as err:
-    sys.exit(f"wsiseg: config error: {err}")
+    stop(err, name_files=False)  # the line names its file itself
 validate(config, schema="../schemas/config.schema.yaml")
 # params are compared as text: the same settings in another key order must not rerun jobs
 for _key, _value in canonical(dict(config)).items():
@@ -72,8 +84,7 @@ if PREDICT_MODEL:
     try:
         MODEL_SPEC = resolve_model(PREDICT_MODEL, key="predict.model")
     except ModelError as err:
-        _where = ", ".join(map(str, reversed(CONFIG_FILES))) or "config"
-        sys.exit(f"wsiseg: config error ({_where}): {err}")
+        stop(err)
 # class names: the config's, else (predict.model) the model card's
 CLASS_NAMES = config["report"]["class_names"] or (
     None if TRAINING else MODEL_SPEC.class_names
@@ -92,8 +103,7 @@ _problems = plan_problems(
     training=TRAINING,
 )
 if _problems:
-    _where = ", ".join(map(str, reversed(CONFIG_FILES))) or "config"
-    sys.exit(f"wsiseg: config error ({_where}): " + "; ".join(_problems))
+    stop("; ".join(_problems))
 
 
 wildcard_constraints:
