@@ -48,6 +48,7 @@ import tifffile
 import zarr
 
 from .io import check_input_file
+from .resolution import UNKNOWN, PixelSize
 
 RASTER_SUFFIXES = {".png", ".jpg", ".jpeg"}
 UINT16_RULES = ("scale", "percentile")
@@ -80,7 +81,13 @@ def default_workers() -> int:
 
 
 class Reader(ABC):
-    """Base of the readers: ``region`` (h, w, channels) in the file's dtype, and ``pieces`` built on it."""
+    """Base of the readers: ``region`` (h, w, channels) in the file's dtype, and ``pieces`` built on it.
+
+    ``pixel_size`` is level 0's physical pixel size as the file states it
+    (:data:`~wsiseg.resolution.UNKNOWN` when it states none); each backend
+    sets it from its own metadata."""
+
+    pixel_size: PixelSize = UNKNOWN
 
     @abstractmethod
     def region(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
