@@ -27,8 +27,18 @@ def _convert(args) -> None:
     palette = load_palette(args.palette) if args.palette else None
     convert_slide(
         args.image, args.out, mask=args.mask, slide_id=args.slide_id, palette=palette,
-        require_foreground=args.require_foreground, workers=args.workers, **options,
+        require_foreground=args.require_foreground, workers=args.workers, mpp=args.mpp, **options,
     )
+
+
+def _info(args) -> None:
+    import json
+
+    from .info import describe, format_info
+
+    for path in args.paths:
+        info = describe(path)
+        print(json.dumps(info) if args.json else format_info(info))
 
 
 def _patches(args) -> None:
@@ -121,6 +131,13 @@ def _convert_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--require-foreground", action="store_true",
                    help="the annotation must mark some foreground (the workflow sets this for train/val slides)")
     p.add_argument("--workers", type=int, help="decode/compress threads (default: all available CPUs)")
+    p.add_argument("--mpp", type=float, help="pixel size in micrometres per pixel: overrides the slide's metadata "
+                   "(the sample sheet's `mpp` column in the workflow)")
+
+
+def _info_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="+", metavar="PATH", help="slide image (TIFF, SVS, OME-TIFF, PNG, ...) or wsiseg .zarr store")
+    p.add_argument("--json", action="store_true", help="one JSON object per path instead of text")
 
 
 def _patches_args(p: argparse.ArgumentParser) -> None:
@@ -180,6 +197,14 @@ STAGES: dict[str, tuple[str, str | None, Callable[[argparse.ArgumentParser], Non
         "  snakemake --cores all --configfile config/examples/dsb2018.yaml",
         _samples_args,
         _samples,
+    ),
+    "info": (
+        "show a slide's or store's size, levels and pixel size (mpp) with its source",
+        "Show what a slide file or a wsiseg store says about itself: size, pyramid levels and the pixel size\n"
+        "(micrometres per pixel) with where it was read (OME-XML, Aperio MPP, TIFF resolution tags, ...), e.g.\n"
+        "  wsiseg info slides/a.svs results/zarr/a.zarr",
+        _info_args,
+        _info,
     ),
     "convert": ("TIFF/PNG slide (+ mask) -> OME-NGFF zarr pyramid", None, _convert_args, _convert),
     "patches": ("extract training patches filtered by mask coverage", None, _patches_args, _patches),

@@ -16,6 +16,7 @@ import zarr
 from .io import atomic_path, check_output
 from .logs import progress
 from .masks import MaskError, MaskSource, open_mask
+from .resolution import choose
 from .slide import MAX_DECODED_PIXELS, SourceSlide, default_workers
 from .store import (
     LABEL_AXES,
@@ -133,12 +134,14 @@ def write_bands(root: zarr.Group, source: SourceSlide, levels: int, chunk: int, 
             pyramid.add(band)
 
 
-def write_labels(root: zarr.Group, annotation: MaskSource, levels: int, chunk: int, codec, workers: int) -> float:
+def write_labels(
+    root: zarr.Group, annotation: MaskSource, levels: int, chunk: int, codec, workers: int, mpp: float | None = None
+) -> float:
     """Rasterise ``annotation`` into the NGFF label image ``labels/mask``; return the foreground share.
 
     Sources that know their objects also get ``labels/instances`` (uint32
     object ids, level 0 only) on slides up to :data:`INSTANCE_MAX_SIDE` px,
-    where the object metrics work at level 0."""
+    where the object metrics work at level 0.  ``mpp``: level 0's pixel size for the NGFF scales."""
     height, width = annotation.shape
     labels = root.create_group("labels")
     small = max(height, width) <= INSTANCE_MAX_SIDE
@@ -158,7 +161,7 @@ def write_labels(root: zarr.Group, annotation: MaskSource, levels: int, chunk: i
                 write_block(ids, y0, x0, block[:, :, None], executor)
             objects.attrs.update(
                 {
-                    "multiscales": multiscales("instances", 1, "max", LABEL_AXES),
+                    "multiscales": multiscales("instances", 1, "max", LABEL_AXES, mpp),
                     "image-label": {"version": NGFF_VERSION, "source": {"image": "../../"}},
                 }
             )
@@ -166,7 +169,7 @@ def write_labels(root: zarr.Group, annotation: MaskSource, levels: int, chunk: i
     colors = [{"label-value": value, "rgba": [*rgb, 160]} for value, rgb in sorted(annotation.classes.items())]
     group.attrs.update(
         {
-            "multiscales": multiscales("mask", levels, "max", LABEL_AXES),
+            "multiscales": multiscales("mask", levels, "max", LABEL_AXES, mpp),
             "image-label": {"version": NGFF_VERSION, "colors": colors, "source": {"image": "../../"}},
         }
     )
@@ -241,6 +244,8 @@ def convert_slide(
     require_foreground: bool = False,
     allow_empty_mask: bool = False,
     max_decoded_pixels: int = MAX_DECODED_PIXELS,
+    mpp: float | None = None,
+    default_mpp: float | None = None,
 ) -> Path:
     """Convert ``image`` (and its ``mask`` annotation, if any) to an OME-NGFF zarr at ``out``.
 
@@ -268,6 +273,11 @@ def convert_slide(
     whole) whose header declares more than ``max_decoded_pixels`` pixels
     are refused before decoding.  NaN/infinite float pixels become 0 and
     are counted in a warning.
+
+    The pixel size (micrometres per pixel) is ``mpp`` (the sample sheet's
+    column) when given, else what the slide's metadata states, else
+    ``default_mpp``; it goes into the NGFF scales and the ``wsiseg``
+    attributes (``mpp``, ``mpp_source``; None/"unknown" when nothing says).
     """
     out = Path(out)
     check_output(out, "convert", (image, mask), folder=True)
@@ -280,11 +290,15 @@ def convert_slide(
         height, width = source.shape
         codec = compressor(compression, level, shuffle)
         levels = level_count(height, width, chunk)
-        log.info("convert %s: %dx%d px %s, %d levels, chunk %d -> %s", slide_id, width, height, source.dtype, levels, chunk, out)
+        pixel = choose(source.pixel_size, mpp, default_mpp)
+        log.info(
+            "convert %s: %dx%d px %s, pixel size %s, %d levels, chunk %d -> %s",
+            slide_id, width, height, source.dtype, pixel, levels, chunk, out,
+        )
         with atomic_path(out, stage="convert", inputs=(image, mask), folder=True) as tmp:
             root = zarr.open_group(tmp, mode="w", zarr_format=2)
             if annotation is not None:
-                share = write_labels(root, annotation, levels, chunk, codec, workers or default_workers())
+                share = write_labels(root, annotation, levels, chunk, codec, workers or default_workers(), pixel.mpp)
                 log.info("convert %s: mask from %s, %.2f%% labelled", slide_id, mask, 100 * share)
                 if share == 0 and require_foreground and not annotation.empty:  # (known-empty ones were checked on opening)
                     check_foreground(mask, slide_id, f"{annotation.found}: 0 foreground pixels once rasterised", allow_empty_mask)
@@ -296,7 +310,7 @@ def convert_slide(
                 )
             root.attrs.update(
                 {
-                    "multiscales": multiscales(slide_id, levels, "mean"),
+                    "multiscales": multiscales(slide_id, levels, "mean", mpp=pixel.mpp),
                     "omero": {"version": NGFF_VERSION, "name": slide_id, "channels": OMERO_CHANNELS},
                     "wsiseg": {
                         "slide_id": slide_id,
@@ -304,6 +318,7 @@ def convert_slide(
                         "mask": str(mask) if mask else None,
                         "intensity": repr(source.intensity),
                         "classes": sorted(annotation.classes) if annotation is not None else None,
+                        **pixel.as_dict(),
                     },
                 }
             )
@@ -311,26 +326,28 @@ def convert_slide(
 
 
 def convert_many(
-    items: Sequence[tuple[str, str | Path, str | Path | None]],
+    items: Sequence[Sequence],
     out_dir: str | Path,
     foreground_slides: Collection[str] = (),
     **options,
 ) -> list[Path]:
-    """Convert ``(slide_id, image, mask)`` items to ``out_dir/{slide_id}.zarr`` with :func:`convert_slide` ``options``.
+    """Convert ``(slide_id, image, mask[, mpp])`` items to ``out_dir/{slide_id}.zarr`` with :func:`convert_slide` ``options``
+    (``mpp``: the sample sheet's pixel size, None or absent = the image's metadata or ``default_mpp``).
 
     Every image and mask is opened and checked first, so a bad file stops
     the group before any conversion; for datasets of many small images.
     The slides in ``foreground_slides`` (train/val) get ``require_foreground``."""
     checks = {k: v for k, v in options.items() if k in signature(open_inputs).parameters}
     needs = set(foreground_slides)
-    for slide_id, image, mask in items:
+    for slide_id, image, mask, *_ in items:
         with open_inputs(image, mask or None, slide_id, require_foreground=slide_id in needs, **checks):
             pass
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     return [
         convert_slide(
-            image, out_dir / f"{slide_id}.zarr", mask=mask or None, slide_id=slide_id, require_foreground=slide_id in needs, **options
+            image, out_dir / f"{slide_id}.zarr", mask=mask or None, slide_id=slide_id, require_foreground=slide_id in needs,
+            mpp=mpp[0] if mpp else None, **options,
         )
-        for slide_id, image, mask in progress(items, desc="convert", unit="slide", mininterval=10)
+        for slide_id, image, mask, *mpp in progress(items, desc="convert", unit="slide", mininterval=10)
     ]

@@ -8,7 +8,7 @@ Formats (``ROOT`` is the dataset folder as downloaded):
 - ``hubmap-hpa`` (Kaggle HuBMAP + HPA 2022): ``train.csv`` (``id,organ,...,
   img_height,img_width,...,rle``) and ``train_images/{id}.tiff``; optional
   ``test.csv`` + ``test_images/``.  The organ becomes the sheet's ``group``
-  (per-organ metrics).
+  (per-organ metrics); its ``pixel_size`` column becomes the sheet's ``mpp``.
 - ``dsb2018`` (Data Science Bowl 2018 nuclei): ``stage1_train/{id}/images/{id}.png``
   and ``stage1_train/{id}/masks/*.png`` (one PNG per nucleus: the mask is the
   folder); optional ``stage1_test/{id}/images/{id}.png``.
@@ -115,7 +115,8 @@ def _image_shape(path: Path) -> tuple[int, int]:
 
 
 def hubmap_hpa(root: Path, val_fraction: float = 0.2, seed: int = 0) -> pd.DataFrame:
-    """Sheet for HuBMAP + HPA 2022: ``train.csv`` RLE rows, ``train_images/{id}.tiff``, organ as ``group``.
+    """Sheet for HuBMAP + HPA 2022: ``train.csv`` RLE rows, ``train_images/{id}.tiff``, organ as ``group``,
+    the table's ``pixel_size`` (um/px; it differs between organs and sources) as ``mpp``.
 
     Each image's size is checked against ``img_height``/``img_width``."""
     table_path = root / "train.csv"
@@ -131,15 +132,15 @@ def hubmap_hpa(root: Path, val_fraction: float = 0.2, seed: int = 0) -> pd.DataF
         shape, listed = _image_shape(images[r.id]), (int(r.img_height), int(r.img_width))
         if shape != listed:
             raise DatasetLayoutError(f"{images[r.id]}: image is {shape[0]}x{shape[1]} (HxW) but {table_path} lists {listed[0]}x{listed[1]}")
-        rows.append([r.id, str(images[r.id]), str(table_path), "", r.organ])
+        rows.append([r.id, str(images[r.id]), str(table_path), "", r.organ, getattr(r, "pixel_size", "")])
     test_table = root / "test.csv"
     if test_table.is_file():
         tests = _images(root / "test_images")
         for r in _read_table(test_table, ["id", "organ"]).itertuples(index=False):
             if r.id not in tests:
                 raise DatasetLayoutError(f"{test_table}: id {r.id}: no image in {root / 'test_images'}")
-            rows.append([r.id, str(tests[r.id]), "", "test", r.organ])
-    return _sheet(rows, val_fraction, seed, COLUMNS + ["group"])
+            rows.append([r.id, str(tests[r.id]), "", "test", r.organ, getattr(r, "pixel_size", "")])
+    return _sheet(rows, val_fraction, seed, COLUMNS + ["group", "mpp"])
 
 
 def _dsb_image(folder: Path) -> Path:

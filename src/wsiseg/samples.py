@@ -1,7 +1,8 @@
-"""The sample sheet: ``slide_id,image,mask,split`` (CSV), optionally ``group``.
+"""The sample sheet: ``slide_id,image,mask,split`` (CSV), optionally ``group`` and ``mpp``.
 
 ``group`` (e.g. the organ in HuBMAP-HPA) is reported: ``metrics.csv`` gets a
-mean row per group.  ``mask`` may name a file or, for datasets with one mask
+mean row per group.  ``mpp`` (micrometres per pixel of the image's level 0)
+overrides what the slide's metadata says; empty = use the metadata.  ``mask`` may name a file or, for datasets with one mask
 image per object (DSB2018), a folder."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 COLUMNS = ["slide_id", "image", "mask", "split"]
-OPTIONAL = ["group"]
+OPTIONAL = ["group", "mpp"]
 SPLITS = ("train", "val", "test")
 
 
@@ -39,6 +40,8 @@ def validate_samples(table: pd.DataFrame, source: str | Path, check_files: bool 
             raise SampleSheetError(f"{source}: row {i}: slide_id {row.slide_id!r} may only hold letters, digits, '-', '_', '.'")
         if row.split not in SPLITS:
             raise SampleSheetError(f"{source}: row {i} ({row.slide_id}): unknown split {row.split!r}; use one of {list(SPLITS)}")
+        if getattr(row, "mpp", ""):
+            _check_mpp(row.mpp, f"{source}: row {i} ({row.slide_id})")
         if row.split in ("train", "val") and not row.mask:
             raise SampleSheetError(f"{source}: row {i} ({row.slide_id}): a {row.split} slide needs a mask")
         if check_files:
@@ -50,6 +53,21 @@ def validate_samples(table: pd.DataFrame, source: str | Path, check_files: bool 
     if dup:
         raise SampleSheetError(f"{source}: duplicate slide_id(s) {dup}")
     return table.set_index("slide_id", drop=False)
+
+
+def _check_mpp(value: str, where: str) -> None:
+    try:
+        mpp = float(value)
+    except ValueError:
+        raise SampleSheetError(f"{where}: mpp {value!r} is not a number (micrometres per pixel, e.g. 0.25)") from None
+    if not 0 < mpp < 1000:
+        raise SampleSheetError(f"{where}: mpp {value!r} must be a positive number of micrometres per pixel, e.g. 0.25")
+
+
+def sheet_mpp(samples: pd.DataFrame, slide_id: str) -> float | None:
+    """The ``mpp`` the sample sheet gives slide ``slide_id`` (None when the column is absent or empty)."""
+    value = samples.loc[slide_id, "mpp"] if "mpp" in samples.columns else ""
+    return float(value) if value else None
 
 
 def read_samples(path: str | Path, check_files: bool = True) -> pd.DataFrame:

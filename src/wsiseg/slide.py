@@ -48,7 +48,7 @@ import tifffile
 import zarr
 
 from .io import check_input_file
-from .resolution import UNKNOWN, PixelSize
+from .resolution import UNKNOWN, PixelSize, tiff_pixel_size
 
 RASTER_SUFFIXES = {".png", ".jpg", ".jpeg"}
 UINT16_RULES = ("scale", "percentile")
@@ -680,6 +680,8 @@ class SourceSlide:
     use as R, G, B (required for images with more than 3 channels, RGBA
     aside).  ``workers``: decoder threads (default: all CPUs available).
     ``max_decoded_pixels``: the largest PNG/JPEG (decoded whole) accepted.
+    ``pixel_size``: level 0's physical pixel size as the file states it
+    (:mod:`wsiseg.resolution`; unknown for PNG/JPEG and bare TIFFs).
     """
 
     def __init__(
@@ -702,6 +704,9 @@ class SourceSlide:
             self.channels = self.reader.channels
             self._keep = channel_plan(self.path, self.channels, channels, rgba)
             self.intensity = intensity_map(self.path, np.dtype(self.reader.dtype), uint16, percentiles, self._sample)
+            self.pixel_size: PixelSize = self.reader.pixel_size
+            if not self.pixel_size.known and self._tif is not None:
+                self.pixel_size = tiff_pixel_size(self._tif, str(self.path))
         except Exception:
             self.close()
             raise

@@ -28,6 +28,8 @@ import numpy as np
 import zarr
 from zarr.storage import LocalStore
 
+from .resolution import UNKNOWN, PixelSize
+
 NGFF_VERSION = "0.4"
 AXES = [
     {"name": "c", "type": "channel"},
@@ -54,12 +56,18 @@ def level_count(height: int, width: int, chunk: int) -> int:
     return 1 + max(0, math.ceil(math.log2(max(height, width) / chunk))) if max(height, width) > chunk else 1
 
 
-def multiscales(name: str, levels: int, method: str, axes: list[dict] = AXES) -> list[dict]:
+def multiscales(name: str, levels: int, method: str, axes: list[dict] = AXES, mpp: float | None = None) -> list[dict]:
     """NGFF v0.4 ``multiscales`` metadata for a 2x pyramid of ``levels`` levels with ``axes``
-    (:data:`AXES` for images, :data:`LABEL_AXES` for label images)."""
+    (:data:`AXES` for images, :data:`LABEL_AXES` for label images).
+
+    With ``mpp`` (level 0's micrometres per pixel) each level's scale is its pixel size in micrometres;
+    without it the spatial axes carry no unit and the scale counts level-0 pixels."""
     lead = [1.0] * (len(axes) - 2)
+    step = float(mpp) if mpp else 1.0
+    if not mpp:
+        axes = [{k: v for k, v in axis.items() if k != "unit"} for axis in axes]
     datasets = [
-        {"path": str(k), "coordinateTransformations": [{"type": "scale", "scale": [*lead, 2.0**k, 2.0**k]}]}
+        {"path": str(k), "coordinateTransformations": [{"type": "scale", "scale": [*lead, step * 2.0**k, step * 2.0**k]}]}
         for k in range(levels)
     ]
     return [{"version": NGFF_VERSION, "name": name, "axes": axes, "datasets": datasets, "type": method}]
@@ -425,7 +433,9 @@ class SlideStore:
         self.instances: zarr.Array | None = None  # object ids (uint32, level 0) when the annotation had objects
         if "labels" in self.root and "instances" in self.root["labels"]:
             self.instances = self.root["labels/instances/0"]
-        self.slide_id = self.root.attrs.get("wsiseg", {}).get("slide_id", self.path.stem)
+        info = self.root.attrs.get("wsiseg", {})
+        self.slide_id = info.get("slide_id", self.path.stem)
+        self.pixel_size = PixelSize(info.get("mpp"), info.get("mpp_source", "unknown")) if info.get("mpp") else UNKNOWN
         _, self.height, self.width = self.levels[0].shape
 
     @property

@@ -52,7 +52,7 @@ for _key, _value in canonical(dict(config)).items():
 
 from wsiseg.demo import demo_samples
 from wsiseg.folds import fold_split
-from wsiseg.samples import read_samples, validate_samples
+from wsiseg.samples import read_samples, sheet_mpp, validate_samples
 from wsiseg.layout import SLIDE_GROUPS
 
 RESULTS = config["results"].rstrip("/")
@@ -201,9 +201,17 @@ def foreground_slides(wildcards):
 
 
 def convert_items(wildcards):
-    """[slide_id, image, mask] of each slide in group {batch}."""
+    """[slide_id, image, mask, mpp] of each slide in group {batch} (mpp: the sheet's, or None)."""
     rows = SAMPLES.loc[BATCHES["zarr"][wildcards.batch]]
-    return [[s, rows.loc[s, "image"], rows.loc[s, "mask"]] for s in rows.index]
+    return [
+        [s, rows.loc[s, "image"], rows.loc[s, "mask"], sheet_mpp(SAMPLES, s)]
+        for s in rows.index
+    ]
+
+
+def slide_mpp(wildcards):
+    """The sample sheet's mpp of slide {slide}; None: the slide's metadata or convert.default_mpp."""
+    return sheet_mpp(SAMPLES, wildcards.slide)
 
 
 def slide_stores(stage):

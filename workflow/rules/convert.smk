@@ -18,6 +18,8 @@ rule convert:
         convert=config["convert"],
         # train/val annotations must hold foreground (convert.allow_empty_mask turns the error into a warning)
         require_foreground=needs_foreground,
+        # the sample sheet's pixel size (um/px) overrides the slide's metadata
+        mpp=slide_mpp,
     message:
         "Converting slide {wildcards.slide} to OME-Zarr"
     script:

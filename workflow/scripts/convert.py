@@ -11,5 +11,6 @@ with log_to(snakemake.log[0]):
         slide_id=snakemake.wildcards.slide,
         workers=snakemake.threads,
         require_foreground=snakemake.params.require_foreground,
+        mpp=snakemake.params.mpp,
         **snakemake.params.convert,
     )

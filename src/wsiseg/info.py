@@ -1,0 +1,80 @@
+"""``wsiseg info``: what a slide file or a wsiseg store says about itself (size, levels, pixel size and its source)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .resolution import UNKNOWN, PixelSize
+from .slide import SlideError, SourceSlide
+
+
+def source_info(path: str | Path) -> dict:
+    """Size, pyramid levels, pixel type and pixel size (with where it was read) of a slide image file."""
+    with SourceSlide(path) as slide:
+        tif = slide._tif
+        levels = [list(level.shape) for level in tif.series[0].levels] if tif is not None else [list(slide.reader.shape)]
+        return {
+            "path": str(path),
+            "kind": "slide image",
+            "width": slide.width,
+            "height": slide.height,
+            "channels": slide.channels,
+            "dtype": str(slide.dtype),
+            "levels": levels,
+            **slide.pixel_size.as_dict(),
+        }
+
+
+def store_info(path: str | Path) -> dict:
+    """A wsiseg zarr store's kind, size, NGFF scales and recorded pixel size."""
+    import zarr
+
+    try:
+        root = zarr.open_group(Path(path), mode="r")
+    except Exception as err:
+        raise SlideError(f"{path}: not a zarr store ({type(err).__name__}: {err})") from None
+    attrs = root.attrs.asdict()
+    info: dict = {"path": str(path)}
+    if "multiscales" in attrs:
+        meta = attrs["multiscales"][0]
+        wsiseg = attrs.get("wsiseg", attrs)  # slide stores keep theirs under "wsiseg", predictions at the root
+        pixel = PixelSize(wsiseg["mpp"], wsiseg.get("mpp_source", "unknown")) if wsiseg.get("mpp") else UNKNOWN
+        info.update(
+            kind="prediction store" if "provenance" in attrs else "slide store",
+            levels=[list(root[d["path"]].shape) for d in meta["datasets"]],
+            axes=[{k: a[k] for k in ("name", "unit") if k in a} for a in meta["axes"]],
+            scales=[d["coordinateTransformations"][0]["scale"] for d in meta["datasets"]],
+            labels=list(root["labels"].attrs.get("labels", [])) if "labels" in root else [],
+            **pixel.as_dict(),
+        )
+        info["height"], info["width"] = info["levels"][0][-2:]
+    elif "size" in attrs and "images" in root:
+        info.update(kind="patch store", patches=int(root["images"].shape[0]), **attrs)
+    else:
+        raise SlideError(f"{path}: not a wsiseg store (no OME-NGFF multiscales and no patch images)")
+    return info
+
+
+def describe(path: str | Path) -> dict:
+    """:func:`store_info` for a zarr store (a folder), else :func:`source_info`."""
+    path = Path(path)
+    return store_info(path) if path.is_dir() else source_info(path)
+
+
+def format_info(info: dict) -> str:
+    """Human-readable lines of :func:`describe`'s result."""
+    lines = [f"{info['path']}: {info['kind']}"]
+    if "width" in info:
+        lines.append(f"  size       {info['width']} x {info['height']} px (width x height)")
+    pixel = PixelSize(info.get("mpp"), info.get("mpp_source", "unknown"))
+    if "mpp" in info:
+        lines.append(f"  pixel size {pixel}")
+        if not pixel.known:
+            lines.append("             set it with a sample-sheet `mpp` column or `convert.default_mpp`")
+        else:
+            lines.append(f"  extent     {info['width'] * pixel.mpp / 1000:.2f} x {info['height'] * pixel.mpp / 1000:.2f} mm")
+    for key in ("channels", "dtype", "levels", "axes", "scales", "labels", "patches", "size", "downscale", "patch_mpp"):
+        if key in info:
+            lines.append(f"  {key:<10} {json.dumps(info[key])}")
+    return "\n".join(lines)
