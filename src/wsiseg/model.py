@@ -70,7 +70,9 @@ class SegmentationModule(pl.LightningModule):
     is multi-class (softmax over ``classes`` channels, class 0 = background).
     Hyper-parameters (all plain values) are stored in the checkpoint, so
     :func:`load_model` rebuilds the model, and inference knows the training
-    resolution (``downscale``, ``patch_size``) and ``classes``, from the
+    resolution (``mpp``: um per model pixel, when the slides' pixel size was
+    known; ``downscale``: level-0 pixels per model pixel, None when it
+    differed between slides; ``patch_size``) and ``classes``, from the
     checkpoint alone."""
 
     def __init__(
@@ -87,10 +89,11 @@ class SegmentationModule(pl.LightningModule):
         weight_decay: float = 1e-4,
         scheduler: str = "cosine",
         epochs: int = 10,
-        downscale: float = 1.0,
+        downscale: float | None = 1.0,
         patch_size: int = 256,
         channels_last: bool = False,
         compile: bool = False,
+        mpp: float | None = None,
     ):
         super().__init__()
         if scheduler not in SCHEDULERS:

@@ -105,6 +105,15 @@ class ModelSpec:
                 return list(card["class_names"])
         return None
 
+    @property
+    def resolution(self) -> dict:
+        """The (first) model card's training resolution: ``mpp`` (um per model pixel) and ``downscale``
+        (either may be None); empty without a card (bare checkpoints tell it once loaded)."""
+        for card in self.cards.values():
+            if card.get("resolution"):
+                return dict(card["resolution"])
+        return {}
+
     def provenance(self, verify: bool = True) -> dict:
         """``{"checkpoints": [{path, sha256}], "model_cards": [...], "wsiseg_version": ...}``; with ``verify``
         a checkpoint whose sha256 differs from its model card's is a :class:`ModelError`."""
@@ -162,17 +171,11 @@ def _final_metrics(metrics: pd.DataFrame) -> dict:
     return out
 
 
-def _slides(stores: Sequence[str | Path]) -> tuple[list[str], float | None]:
-    """Slide ids of patch stores and the slides' pixel size (mpp) when the stores record one."""
+def _slides(stores: Sequence[str | Path]) -> list[str]:
+    """Slide ids of patch stores."""
     import zarr
 
-    ids, mpps = [], set()
-    for store in stores:
-        attrs = zarr.open_group(store, mode="r").attrs
-        ids.append(str(attrs.get("slide_id", Path(store).stem)))
-        if attrs.get("mpp") is not None:
-            mpps.add(float(attrs["mpp"]))
-    return ids, (mpps.pop() if len(mpps) == 1 else None)
+    return [str(zarr.open_group(s, mode="r").attrs.get("slide_id", Path(s).stem)) for s in stores]
 
 
 def write_model_card(
@@ -190,7 +193,9 @@ def write_model_card(
 
     Records architecture and encoder, classes with names (``class_names``
     by label value, else from ``class_name``) and colours, training
-    resolution (downscale; with a pixel size in the patch stores, um/px),
+    resolution (``mpp``: um per model pixel when the slides' pixel size is
+    known; ``downscale``: level-0 pixels per model pixel when the same for
+    every slide; the patch side in um),
     patch size, training and validation slide ids, the best epoch's
     validation metrics, the wsiseg version, ``config`` (None from the CLI)
     and its hash, and the sha256 of each of ``checkpoints`` (relative to
@@ -198,9 +203,7 @@ def write_model_card(
     out_dir = Path(out_dir)
     classes = int(hparams.get("classes", 1))
     names = label_names(classes, class_names, class_name)
-    train_ids, mpp = _slides(train_patches)
-    val_ids, _ = _slides(val_patches)
-    downscale = float(hparams["downscale"])
+    mpp, downscale, size = hparams.get("mpp"), hparams.get("downscale"), int(hparams["patch_size"])
     card = {
         "format": CARD_FORMAT,
         "name": out_dir.name,
@@ -211,9 +214,13 @@ def write_model_card(
         "classes": classes,
         "class_names": names,
         "class_colours": [None] + ["#%02x%02x%02x" % label_colour(v) for v in range(1, len(names))],
-        "resolution": {"downscale": downscale, "mpp": mpp, "um_per_px": mpp * downscale if mpp else None},
-        "patch_size": int(hparams["patch_size"]),
-        "slides": {"train": train_ids, "val": val_ids},
+        "resolution": {
+            "mpp": mpp,
+            "downscale": float(downscale) if downscale is not None else None,
+            "patch_size_um": round(size * mpp, 3) if mpp else None,
+        },
+        "patch_size": size,
+        "slides": {"train": _slides(train_patches), "val": _slides(val_patches)},
         "metrics": _final_metrics(metrics),
         "wsiseg_version": wsiseg_version(),
         "config": dict(config) if config is not None else None,

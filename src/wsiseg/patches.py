@@ -15,12 +15,13 @@ import zarr
 
 from .io import atomic_path, check_output
 from .logs import progress
+from .resolution import slide_downscale
 from .store import SlideStore, StoreError, read_padded, compressor
 from .tissue import TissueMap
 
 log = logging.getLogger(__name__)
 
-INDEX_COLUMNS = ["slide_id", "index", "row", "col", "x", "y", "level", "downscale", "size", "coverage", "tissue", "reason"]
+INDEX_COLUMNS = ["slide_id", "index", "row", "col", "x", "y", "level", "downscale", "size", "coverage", "tissue", "reason", "mpp"]
 REASONS = ("positive", "negative", "random")
 
 
@@ -29,7 +30,8 @@ class PatchParams:
     """How patches are cut and which are kept."""
 
     size: int = 128
-    downscale: float = 2.0
+    downscale: float = 2.0  # level-0 pixels per patch pixel, for slides read by pixels (``mpp`` None)
+    mpp: float | None = None  # micrometres per patch pixel: each slide's downscale is mpp / its own pixel size
     stride: int | None = None  # in patch pixels; default: size // 2 (half-overlapping patches)
     min_coverage: float = 0.1
     max_coverage: float = 0.9
@@ -126,13 +128,23 @@ def extract_patches(
     level-0 position, pyramid level read, coverage (per class too when
     multi-class), tissue share and the reason it was kept.  ``out_tissue``
     (optional) receives the low-resolution tissue mask as a PNG.  Returns that table.
+
+    With ``params.mpp`` the slide is read at that physical pixel size (its
+    downscale is ``params.mpp`` over the slide's own pixel size; a slide
+    without one is an error), else at ``params.downscale``.  The store's
+    attributes and the table record the downscale and the patches' um/px
+    (``mpp``; empty when the slide's pixel size is unknown).
     """
     check_output(out_zarr, "patches", (slide,), folder=True)
     check_output(out_csv, "patches", (slide, out_zarr), folder=False)
     store = SlideStore(slide)
     if not store.has_mask:
         raise StoreError(f"{slide}: patches need a ground-truth mask (training/validation slides)")
-    size, ds = params.size, params.downscale
+    size = params.size
+    ds = slide_downscale(store.pixel_size, params.mpp, None if params.mpp else params.downscale, str(slide), "`patches.mpp`")
+    patch_mpp = round(store.pixel_size.mpp * ds, 6) if store.pixel_size.known else None
+    if params.mpp and ds < 1:
+        log.warning("patches %s: %s is coarser than patches.mpp %g: patches are upsampled %.2fx", store.slide_id, store.pixel_size, params.mpp, 1 / ds)
     classes = params.classes or label_classes(store)
     stride = params.stride or max(1, size // 2)
     dh, dw = store.dims(ds)
@@ -167,8 +179,13 @@ def extract_patches(
             images[n] = store.read_image(y, x, (size, size), ds)
             masks[n] = read_labels(store, y, x, size, ds, classes)
             per_class = list(shares[i, j, 1:]) if classes > 1 else []
-            records.append((store.slide_id, n, i, j, x, y, level, ds, size, coverage[i, j], *per_class, tissue[i, j], reasons[i, j]))
-        root.attrs.update({"slide_id": store.slide_id, "size": size, "downscale": ds, "classes": classes, "tissue_share": tissue_map.share})
+            records.append((store.slide_id, n, i, j, x, y, level, ds, size, coverage[i, j], *per_class, tissue[i, j], reasons[i, j], patch_mpp))
+        root.attrs.update(
+            {
+                "slide_id": store.slide_id, "size": size, "downscale": ds, "classes": classes, "tissue_share": tissue_map.share,
+                "mpp": store.pixel_size.mpp, "mpp_source": store.pixel_size.source, "patch_mpp": patch_mpp,
+            }
+        )
     table = pd.DataFrame(records, columns=_index_columns(classes))
     with atomic_path(out_csv, stage="patches", inputs=(slide, out_zarr), folder=False) as tmp:
         table.to_csv(tmp, index=False, float_format="%.5f")

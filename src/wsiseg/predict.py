@@ -1,7 +1,9 @@
 """Stage ``predict``: tiled, blended inference over a slide store, streamed to zarr.
 
-The slide is read in tiles at the model's training resolution (``downscale``
-from the checkpoint).  A background thread reads and decodes the next tiles
+The slide is read in tiles at the model's training resolution: a model that
+records its pixel size (``mpp``, um per model pixel) reads each slide at the
+downscale ``mpp / slide mpp`` (a cohort of mixed scanners needs nothing else),
+else at the checkpoint's ``downscale``.  A background thread reads and decodes the next tiles
 while the model computes (the GPU does not wait on I/O) and a second thread
 writes finished rows.  Tiles overlap and are blended with a Gaussian or
 linear-ramp window, so there are no seams.  Tile rows are processed top to
@@ -16,7 +18,8 @@ Output store ``{slide}.zarr``, OME-NGFF v0.4 (see :mod:`wsiseg.predstore`)::
     labels/mask/0, 1, ...  image-label, axes (y, x): binary prob > threshold (then
                            post-processed), uint8 0/1; multi-class the arg-max class index
 
-The root attribute ``provenance`` records the model (each checkpoint's
+The root attributes ``mpp``/``mpp_source`` (the slide's level-0 pixel size)
+and ``model_mpp`` say the scale; ``downscale`` the one used.  The root attribute ``provenance`` records the model (each checkpoint's
 sha256, the model cards), the config hash and the wsiseg version.
 
 Tiles without tissue are skipped (probability 0); the root attribute ``tissue``
@@ -49,6 +52,7 @@ from .patches import grid_positions
 from .postprocess import postprocess_mask
 from .settings import PredictParams
 from .predstore import image_attrs, label_attrs
+from .resolution import PixelSize, ResolutionError, slide_downscale, unknown_scale_message
 from .store import SlideStore, build_pyramid, compressor, create_level, level_count
 from .tissue import METHODS as TISSUE_METHODS
 from .tissue import TissueMap
@@ -85,12 +89,32 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_ensemble(checkpoints: Sequence[str | Path], device: torch.device) -> list[torch.nn.Module]:
-    """Load one or more checkpoints; they must share the training resolution."""
+    """Load one or more checkpoints; they must share the training resolution (um/px and downscale)."""
     models = [load_model(c, map_location=device).to(device) for c in checkpoints]
-    scales = {float(m.hparams.downscale) for m in models}
+    scales = {training_resolution(m) for m in models}
     if len(scales) != 1:
-        raise ValueError(f"checkpoints {list(map(str, checkpoints))} were trained at different downscales {sorted(scales)}")
+        raise ValueError(f"checkpoints {list(map(str, checkpoints))} were trained at different resolutions (um/px, downscale) {sorted(scales, key=str)}")
     return models
+
+
+def training_resolution(model: torch.nn.Module) -> tuple[float | None, float | None]:
+    """(um per model pixel, level-0 pixels per model pixel) a model was trained at; either may be None
+    (checkpoints from before pixel sizes were recorded have no um/px)."""
+    mpp, downscale = model.hparams.get("mpp"), model.hparams.get("downscale")
+    return (float(mpp) if mpp else None), (float(downscale) if downscale is not None else None)
+
+
+def object_limits(params: PredictParams, pixel: PixelSize, where: str) -> tuple[int, int]:
+    """(min_area, max_hole) in level-0 pixels: the ``_um2`` settings converted with the slide's pixel size, else the pixel ones."""
+    limits = []
+    for px, um2, key in ((params.min_area, params.min_area_um2, "min_area_um2"), (params.max_hole, params.max_hole_um2, "max_hole_um2")):
+        if um2 is None:
+            limits.append(int(px))
+        elif not pixel.known:
+            raise ResolutionError(unknown_scale_message(where, f"`predict.{key}`"))
+        else:
+            limits.append(int(round(um2 / pixel.mpp**2)))
+    return limits[0], limits[1]
 
 
 def _tta_pairs(ops: Sequence[str]):
@@ -298,12 +322,22 @@ def predict_slide(
     store = SlideStore(slide)
     device = resolve_device(params.device)
     models = models or load_ensemble(checkpoints, device)
-    ds = float(models[0].hparams.downscale)
+    model_mpp, model_ds = training_resolution(models[0])
+    pixel = store.pixel_size
+    purpose = f"the model (trained at {model_mpp:g} um/px)" if model_mpp else "the model"
+    ds = slide_downscale(pixel, model_mpp, model_ds, str(slide), purpose)
+    if model_mpp and not pixel.known:
+        log.warning(
+            "predict %s: the slide states no pixel size; reading it at the model's training downscale %g. If its pixel size "
+            "differs from the training slides', set its `mpp` column in the sample sheet or `convert.default_mpp`", store.slide_id, ds,
+        )
+    min_area, max_hole = object_limits(params, pixel, str(slide))
     classes = int(models[0].hparams.get("classes", 1))
     plan = _Plan(store, ds, params)
     log.info(
-        "predict %s: %dx%d at downscale %g, %d tiles of %d px, %d model(s) x %d TTA view(s) on %s",
-        store.slide_id, plan.dw, plan.dh, ds, plan.total, plan.T, len(models), 1 + len(params.tta), device,
+        "predict %s: %dx%d at downscale %g (slide %s, model %s), %d tiles of %d px, %d model(s) x %d TTA view(s) on %s",
+        store.slide_id, plan.dw, plan.dh, ds, pixel, f"{model_mpp:g} um/px" if model_mpp else "pixel scale",
+        plan.total, plan.T, len(models), 1 + len(params.tta), device,
     )
     log.info(
         "predict %s: tissue method %s%s, tissue %.1f%% of the slide, %d of %d tiles skipped (min_tissue %g)",
@@ -323,20 +357,24 @@ def predict_slide(
         mask = create_level(mask_group, "0", (store.height, store.width), params.chunk, codec)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsiseg-writer") as executor:
             _blend_rows(plan, models, device, _BandWriter(prob, mask, ds, params.threshold), executor)
-        if (params.min_area or params.max_hole) and classes == 1:
-            postprocess_mask(mask, params.min_area, params.max_hole)
+        if (min_area or max_hole) and classes == 1:
+            postprocess_mask(mask, min_area, max_hole)
         build_pyramid(root, levels, params.chunk, codec, "mean")
         build_pyramid(mask_group, levels, params.chunk, codec, "max")
         labels.attrs["labels"] = ["mask"]
-        mask_group.attrs.update(label_attrs(levels, names))
+        mask_group.attrs.update(label_attrs(levels, names, pixel.mpp))
         root.attrs.update(
             {
-                **image_attrs(f"{store.slide_id} probability", levels, names[1:] if classes == 1 else names),
+                **image_attrs(f"{store.slide_id} probability", levels, names[1:] if classes == 1 else names, pixel.mpp),
                 "slide_id": store.slide_id,
                 "class_names": names,
                 "provenance": provenance,
                 "checkpoints": [str(c) for c in checkpoints],
                 "downscale": ds,
+                **pixel.as_dict(),
+                "model_mpp": model_mpp,
+                "min_area": min_area,
+                "max_hole": max_hole,
                 "tile": plan.T,
                 "overlap": params.overlap,
                 "threshold": params.threshold,

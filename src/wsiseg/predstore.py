@@ -32,8 +32,9 @@ from .modelcard import label_colour, wsiseg_version
 from .store import LABEL_AXES, NGFF_VERSION, multiscales, read_plane
 
 
-def image_attrs(name: str, levels: int, channels: Sequence[str]) -> dict:
-    """NGFF ``multiscales`` and ``omero`` attributes of the probability image (uint8, one channel per name)."""
+def image_attrs(name: str, levels: int, channels: Sequence[str], mpp: float | None = None) -> dict:
+    """NGFF ``multiscales`` (micrometre scales with ``mpp``, level 0's pixel size) and ``omero`` attributes of
+    the probability image (uint8, one channel per name)."""
     binary = len(channels) == 1  # one foreground channel; else channel c is class c (0 = background, hidden)
     omero = [
         {
@@ -44,17 +45,17 @@ def image_attrs(name: str, levels: int, channels: Sequence[str]) -> dict:
         }
         for c, channel in enumerate(channels)
     ]
-    return {"multiscales": multiscales(name, levels, "mean"), "omero": {"version": NGFF_VERSION, "name": name, "channels": omero}}
+    return {"multiscales": multiscales(name, levels, "mean", mpp=mpp), "omero": {"version": NGFF_VERSION, "name": name, "channels": omero}}
 
 
-def label_attrs(levels: int, names: Sequence[str]) -> dict:
+def label_attrs(levels: int, names: Sequence[str], mpp: float | None = None) -> dict:
     """NGFF ``multiscales`` and ``image-label`` attributes of the (y, x) mask whose label values are
     0..len(names)-1: ``colors`` (0 transparent) and ``properties`` (``class``: the name)."""
     colors = [{"label-value": 0, "rgba": [0, 0, 0, 0]}]
     colors += [{"label-value": v, "rgba": [*label_colour(v), 200]} for v in range(1, len(names))]
     properties = [{"label-value": v, "class": name} for v, name in enumerate(names)]
     return {
-        "multiscales": multiscales("mask", levels, "max", LABEL_AXES),
+        "multiscales": multiscales("mask", levels, "max", LABEL_AXES, mpp),
         "image-label": {"version": NGFF_VERSION, "colors": colors, "properties": properties, "source": {"image": "../../"}},
     }
 

@@ -191,3 +191,21 @@ def tiff_pixel_size(tif, where: str) -> PixelSize:
         if isinstance(err, ResolutionError):
             raise
         raise ResolutionError(f"{where}: unreadable pixel size metadata ({err})") from None
+
+
+def unknown_scale_message(where: str, purpose: str) -> str:
+    """The one line for a slide without a pixel size where ``purpose`` needs one: names the two ways to set it."""
+    return (
+        f"{where}: the slide states no pixel size, but {purpose} needs one: set its `mpp` column in the sample "
+        "sheet or `convert.default_mpp` in the config (then convert again)"
+    )
+
+
+def slide_downscale(pixel: PixelSize, target_mpp: float | None, downscale: float | None, where: str, purpose: str) -> float:
+    """Level-0 pixels per model pixel for a slide of ``pixel`` size: ``target_mpp / mpp`` at a physical scale,
+    else ``downscale`` (slides without a pixel size); an error naming ``where`` when neither applies."""
+    if target_mpp is not None and pixel.known:
+        return float(target_mpp) / float(pixel.mpp)
+    if downscale is not None:
+        return float(downscale)
+    raise ResolutionError(unknown_scale_message(where, purpose))

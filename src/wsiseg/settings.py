@@ -58,6 +58,8 @@ class PredictParams:
     tissue_fallback: float = 0.01  # fewer tiles on tissue than this share: predict every tile, warn (0 = never)
     min_area: int = 0  # level-0 px: smaller predicted objects are removed
     max_hole: int = 0  # level-0 px: smaller holes in objects are filled
+    min_area_um2: float | None = None  # as min_area, in um^2 (needs the slide's pixel size; overrides min_area)
+    max_hole_um2: float | None = None  # as max_hole, in um^2 (needs the slide's pixel size; overrides max_hole)
     chunk: int = 512
     prefetch: int = 4  # batches read ahead by the background reader
     device: str = "auto"

@@ -23,6 +23,7 @@ from pytorch_lightning.loggers import CSVLogger
 from .data import MAIN, PatchDataModule, derive_seed, seed_globals
 from .io import OutputError, atomic_path, check_disjoint
 from .model import SegmentationModule
+from .resolution import SQUARE_TOLERANCE
 from .settings import TrainParams
 
 log = logging.getLogger(__name__)
@@ -32,13 +33,28 @@ EPOCH_METRICS = ("train_loss", "val_loss", "val_dice", "val_iou")  # metrics.csv
 RUNTIME_KEYS = ("num_workers", "devices", "resume")  # do not change what is learnt: a run may resume across them
 
 
-def _patch_meta(stores: Sequence[str | Path]) -> tuple[float, int, int]:
-    """(downscale, patch size, classes) shared by all patch stores."""
+def _patch_meta(stores: Sequence[str | Path]) -> tuple[float | None, float | None, int, int]:
+    """(downscale, um per patch pixel, patch size, classes) shared by all patch stores.
+
+    Stores cut at one physical pixel size may differ in downscale (slides of
+    several scanners): the downscale is then None.  Without a pixel size in
+    every store they must agree on the downscale (the um/px is then None)."""
     groups = [zarr.open_group(s, mode="r") for s in stores]
-    metas = {(float(g.attrs["downscale"]), int(g.attrs["size"]), int(g.attrs.get("classes", 1))) for g in groups}
-    if len(metas) != 1:
-        raise ValueError(f"patch stores disagree on (downscale, size, classes): {sorted(metas)}")
-    return metas.pop()
+    shapes = {(int(g.attrs["size"]), int(g.attrs.get("classes", 1))) for g in groups}
+    if len(shapes) != 1:
+        raise ValueError(f"patch stores disagree on (patch size, classes): {sorted(shapes)}")
+    downscales = {round(float(g.attrs["downscale"]), 6) for g in groups}
+    mpps = [g.attrs.get("patch_mpp") for g in groups]
+    mpp = None
+    if all(m is not None for m in mpps):
+        if max(mpps) > min(mpps) * (1 + SQUARE_TOLERANCE):
+            named = {str(s): m for s, m in zip(stores, mpps)}
+            raise ValueError(f"patch stores were cut at different pixel sizes (um/px): {named}")
+        mpp = round(sum(mpps) / len(mpps), 6)
+    elif len(downscales) != 1:
+        raise ValueError(f"patch stores disagree on the downscale and not all record a pixel size: {sorted(downscales)}")
+    size, classes = shapes.pop()
+    return (downscales.pop() if len(downscales) == 1 else None), mpp, size, classes
 
 
 def fingerprint(params: TrainParams, stores: Sequence[str | Path]) -> str:
@@ -198,7 +214,7 @@ def summarise_folds(
     return table
 
 
-def _module(params: TrainParams, downscale: float, patch_size: int, classes: int) -> SegmentationModule:
+def _module(params: TrainParams, downscale: float | None, mpp: float | None, patch_size: int, classes: int) -> SegmentationModule:
     """The LightningModule for ``params`` at the patch stores' resolution and class count."""
     return SegmentationModule(
         arch=params.arch,
@@ -214,6 +230,7 @@ def _module(params: TrainParams, downscale: float, patch_size: int, classes: int
         scheduler=params.scheduler,
         epochs=params.epochs,
         downscale=downscale,
+        mpp=mpp,
         patch_size=patch_size,
         channels_last=params.channels_last,
         compile=params.compile,
@@ -299,9 +316,9 @@ def train_model(
     if threads:
         torch.set_num_threads(threads)
     pl.seed_everything(params.seed, workers=True, verbose=False)
-    downscale, patch_size, classes = _patch_meta(stores)
+    downscale, mpp, patch_size, classes = _patch_meta(stores)
     data = PatchDataModule(train_patches, val_patches, params.batch_size, params.num_workers, params.augment, params.seed, classes)
-    module = _module(params, downscale, patch_size, classes)
+    module = _module(params, downscale, mpp, patch_size, classes)
     work = out_dir / "lightning"
     resume_from = resume_checkpoint(work, fingerprint(params, stores), params.resume)
     checkpoint = ModelCheckpoint(dirpath=work / "checkpoints", monitor="val_dice", mode="max", save_top_k=1, save_last=True, filename="best")
