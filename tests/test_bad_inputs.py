@@ -243,6 +243,10 @@ CONFIG_CASES: dict[str, tuple[dict, list[str]]] = {
     "patch-larger-than-every-slide": ({"patches": {"size": 512, "downscale": 1}}, ["`patches.size`", "larger than every"]),
     "no-val-slide": ({"sheet": "noval"}, ["no `val` slide"]),
     "too-few-slides-for-folds": ({"train": {"folds": 5}}, ["`train.folds`", "5"]),
+    # physical scale: two keys for one thing, or a scale no slide states
+    "mpp-and-downscale": ({"patches": {"mpp": 1.0}}, ["config.yaml", "`patches.mpp`", "`patches.downscale`", "keep one"]),
+    "min-area-px-and-um2": ({"predict": {"min_area": 5, "min_area_um2": 40.0}}, ["`predict.min_area_um2`", "`predict.min_area`"]),
+    "um2-without-pixel-size": ({"predict": {"max_hole_um2": 40.0}}, ["b, c", "no pixel size", "`predict.max_hole_um2`", "`mpp` column", "default_mpp"]),
 }
 
 

@@ -107,11 +107,31 @@ def schema_problem(config: Mapping, schema: Mapping, configfiles: Sequence[str |
 
 
 def check_schema(config: Mapping, schema_file: str | Path, configfiles: Sequence[str | Path] = ()) -> None:
-    """Raise :class:`ConfigError` with :func:`schema_problem`'s line when ``config`` breaks the schema."""
+    """Raise :class:`ConfigError` with :func:`schema_problem`'s line when ``config`` breaks the schema,
+    or with :func:`exclusive_problem`'s when it sets two keys that exclude each other."""
     schema = yaml.safe_load(Path(schema_file).read_text())
-    problem = schema_problem(config, schema, configfiles)
+    problem = schema_problem(config, schema, configfiles) or exclusive_problem(config, configfiles)
     if problem:
         raise ConfigError(problem)
+
+
+def exclusive_problem(config: Mapping, configfiles: Sequence[str | Path] = ()) -> str | None:
+    """One line when the config as written (before defaults) sets a physical and a pixel setting of one thing:
+    ``patches.mpp`` and ``patches.downscale``, ``predict.min_area_um2`` and ``min_area`` (> 0), ``max_hole_um2`` and ``max_hole``."""
+    patches, predict = config.get("patches") or {}, config.get("predict") or {}
+    if patches.get("mpp") is not None and "downscale" in patches:
+        return (
+            f"{source_of(['patches', 'downscale'], configfiles)}: `patches.mpp` ({patches['mpp']} um/px) and `patches.downscale` "
+            f"({patches['downscale']}) are both set: keep one (mpp: a physical scale, each slide at its own downscale; "
+            "downscale: the same for every slide), e.g. delete the `downscale` line"
+        )
+    for key in ("min_area", "max_hole"):
+        if predict.get(f"{key}_um2") is not None and predict.get(key):
+            return (
+                f"{source_of(['predict', key], configfiles)}: `predict.{key}_um2` and `predict.{key}` are both set: "
+                f"keep one ({key}_um2 in um^2, {key} in level-0 px)"
+            )
+    return None
 
 
 ORDERED = frozenset({"train.augment"})  # mappings whose order means something: the augmentation pipeline's
@@ -137,13 +157,17 @@ def plan_problems(
     shape_of: Callable[[str], tuple[int, int] | None] | None = None,
     images: Mapping[str, str] | None = None,
     training: bool = True,
+    pixel_size_of: Callable[[str], Any] | None = None,
+    model_resolution: Mapping | None = None,
 ) -> list[str]:
     """Problems of a validated ``config`` (schema defaults filled in) with this sample sheet.
 
     ``splits`` maps slide id to split; ``images`` maps slide id to its image
     path and ``shape_of(path)`` gives an image's (height, width) from its header
     (None when unknown), to check that patches fit the slides; ``training`` says
-    whether the run trains a model."""
+    whether the run trains a model.  ``pixel_size_of(slide_id)`` gives a slide's
+    :class:`~wsiseg.resolution.PixelSize` (sample sheet, header, default) for the
+    settings that need one; ``model_resolution`` is ``predict.model``'s card's."""
     problems = []
     train, predict, patches = config["train"], config["predict"], config["patches"]
     if train["arch"].lower() not in {a.lower() for a in ARCHS}:
@@ -162,17 +186,77 @@ def plan_problems(
                 problems.append(f"the sample sheet has no `{split}` slide: training needs at least one train and one val slide with a mask (or set `train.folds: k` to draw validation folds)")
     if training and train.get("folds") and len(labelled) < train["folds"]:
         problems.append(f"`train.folds` = {train['folds']} needs at least {train['folds']} train/val slides, the sample sheet has {len(labelled)}")
+    scale_problem = _scale_problem(config, splits, pixel_size_of, model_resolution, training)
+    if scale_problem:
+        return [*problems, scale_problem]
     if training and shape_of is not None and images is not None and labelled:
-        span = int(round(patches["size"] * patches["downscale"]))
-        shapes = [shape_of(images[s]) for s in labelled]
-        known = [s for s in shapes if s is not None]
-        if known and len(known) == len(shapes) and all(span > max(h, w) for h, w in known):
-            h, w = max(known, key=lambda hw: hw[0] * hw[1])
+        spans = {s: _patch_span(patches, pixel_size_of(s) if pixel_size_of else None) for s in labelled}
+        shapes = {s: shape_of(images[s]) for s in labelled}
+        if all(shape is not None for shape in shapes.values()) and all(spans[s] > max(shapes[s]) for s in labelled):
+            h, w = max(shapes.values(), key=lambda hw: hw[0] * hw[1])
+            how = "`patches.size` x `patches.mpp` / the slide's pixel size" if patches.get("mpp") else "`patches.size` x `patches.downscale`"
             problems.append(
-                f"`patches.size` x `patches.downscale` = {span} level-0 px is larger than every train/val slide "
-                f"(largest {w}x{h} px): lower `patches.size` or `patches.downscale`"
+                f"{how} = {max(spans.values())} level-0 px is larger than every train/val slide "
+                f"(largest {w}x{h} px): lower `patches.size` or `patches.{'mpp' if patches.get('mpp') else 'downscale'}`"
             )
     return problems
+
+
+def _patch_span(patches: Mapping, pixel: Any) -> int:
+    """Level-0 pixels a patch spans on a slide of ``pixel`` size (a :class:`~wsiseg.resolution.PixelSize` or None)."""
+    if patches.get("mpp") and pixel is not None and pixel.known:
+        return int(round(patches["size"] * patches["mpp"] / pixel.mpp))
+    return int(round(patches["size"] * patches["downscale"]))
+
+
+def _scale_problem(
+    config: Mapping,
+    splits: Mapping[str, str],
+    pixel_size_of: Callable[[str], Any] | None,
+    model_resolution: Mapping | None,
+    training: bool,
+) -> str | None:
+    """One line naming the slides without a pixel size when the run needs one for them: ``patches.mpp``
+    (train/val slides; and the predicted ones, read at the model's um/px), ``predict.*_um2`` (predicted
+    slides), or a ``predict.model`` trained at a physical scale over slides of several downscales."""
+    if pixel_size_of is None:
+        return None
+    predict, patches = config["predict"], config["patches"]
+    predicted = [s for s, split in splits.items() if split in ("val", "test")] if training else list(splits)
+    needs: dict[str, list[str]] = {}
+    if training and patches.get("mpp"):
+        needs["`patches.mpp`"] = [s for s, split in splits.items() if split in ("train", "val")] + predicted
+    for key in ("min_area_um2", "max_hole_um2"):
+        if predict.get(key) is not None:
+            needs[f"`predict.{key}`"] = predicted
+    if model_resolution and model_resolution.get("mpp") and model_resolution.get("downscale") is None:
+        needs[f"`predict.model` (trained at {model_resolution['mpp']:g} um/px on slides of several pixel sizes)"] = predicted
+    for purpose, slide_ids in needs.items():
+        unknown = [s for s in dict.fromkeys(slide_ids) if not pixel_size_of(s).known]
+        if unknown:
+            listed = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+            return (
+                f"slide(s) {listed} state no pixel size, but {purpose} needs one: set their `mpp` column in the sample sheet "
+                "or `convert.default_mpp` (`wsiseg info IMAGE` shows what a slide states)"
+            )
+    return None
+
+
+def image_pixel_size(path: str | Path) -> Any:
+    """Level 0's :class:`~wsiseg.resolution.PixelSize` as a TIFF's header states it (unknown for PNG/JPEG and
+    for files that cannot be read that way: convert reports those)."""
+    from .resolution import UNKNOWN, tiff_pixel_size
+
+    path = Path(path)
+    if not path.is_file() or path.suffix.lower() in (".png", ".jpg", ".jpeg"):
+        return UNKNOWN
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            return tiff_pixel_size(tif, str(path))
+    except Exception:
+        return UNKNOWN
 
 
 def image_shape(path: str | Path) -> tuple[int, int] | None:

@@ -39,6 +39,7 @@ class DemoSpec:
     radius_min: int = 45
     radius_max: int = 100
     seed: int = 0
+    mpp: float = 0.5  # micrometres per pixel, written as TIFF resolution tags (a 20x scan)
 
 
 def _splits(n: int) -> list[str]:
@@ -112,17 +113,21 @@ def synthesize_slide(rng: np.random.Generator, spec: DemoSpec) -> tuple[np.ndarr
     return out, mask, circles
 
 
-def write_pyramid_tiff(path: str | Path, image: np.ndarray, tile: int = 256, min_size: int = 128) -> None:
-    """Write ``image`` as a tiled, JPEG-compressed, pyramidal (SubIFD) TIFF, atomically."""
+def write_pyramid_tiff(path: str | Path, image: np.ndarray, tile: int = 256, min_size: int = 128, mpp: float | None = None) -> None:
+    """Write ``image`` as a tiled, JPEG-compressed, pyramidal (SubIFD) TIFF, atomically; with ``mpp``
+    (micrometres per pixel) every level gets its resolution tags in pixels per centimetre."""
     levels = [image]
     while min(levels[-1].shape[:2]) // 2 >= min_size:
         prev = levels[-1]
         levels.append(cv2.resize(prev, (prev.shape[1] // 2, prev.shape[0] // 2), interpolation=cv2.INTER_AREA))
     options = dict(tile=(tile, tile), compression="jpeg", compressionargs={"level": 90}, photometric="rgb", metadata=None)
+    def resolution(k: int) -> dict:
+        return {"resolution": (1e4 / (mpp * 2**k),) * 2, "resolutionunit": "CENTIMETER"} if mpp else {}
+
     with atomic_path(path) as tmp, tifffile.TiffWriter(tmp) as tif:
-        tif.write(levels[0], subifds=len(levels) - 1, **options)
-        for level in levels[1:]:
-            tif.write(level, subfiletype=1, **options)
+        tif.write(levels[0], subifds=len(levels) - 1, **options, **resolution(0))
+        for k, level in enumerate(levels[1:], start=1):
+            tif.write(level, subfiletype=1, **options, **resolution(k))
 
 
 def circles_to_geojson(circles: list[tuple[int, int, int]], vertices: int = 48) -> list[dict]:
@@ -158,7 +163,7 @@ def generate_demo(outdir: str | Path, spec: DemoSpec = DemoSpec()) -> pd.DataFra
     for row in samples.itertuples():
         log.info("demo: synthesising %s (%dx%d, %s)", row.slide_id, spec.height, spec.width, row.split)
         image, mask, circles = synthesize_slide(rng, spec)
-        write_pyramid_tiff(row.image, image)
+        write_pyramid_tiff(row.image, image, mpp=spec.mpp)
         if row.mask.endswith(".json"):
             with atomic_path(row.mask) as tmp:
                 Path(tmp).write_text(json.dumps(circles_to_geojson(circles), indent=1))

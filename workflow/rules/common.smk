@@ -18,6 +18,7 @@ from wsiseg.checks import (
     ConfigError,
     canonical,
     check_schema,
+    image_pixel_size,
     image_shape,
     plan_problems,
 )
@@ -50,7 +51,8 @@ validate(config, schema="../schemas/config.schema.yaml")
 for _key, _value in canonical(dict(config)).items():
     config[_key] = _value
 
-from wsiseg.demo import demo_samples
+from wsiseg.demo import DemoSpec, demo_samples
+from wsiseg.resolution import PixelSize, choose
 from wsiseg.folds import fold_split
 from wsiseg.samples import read_samples, sheet_mpp, validate_samples
 from wsiseg.layout import SLIDE_GROUPS
@@ -95,12 +97,23 @@ REPORT_CONFIG_HASH = config_hash(config)
 
 # mistakes that would otherwise surface only after conversion or training: here,
 # in seconds, before any job (also in `snakemake -n`)
+def _pixel_size(slide):
+    """A slide's pixel size as convert will record it: sample sheet, image header, convert.default_mpp."""
+    image = SAMPLES.loc[slide, "image"]
+    found = PixelSize(DemoSpec().mpp, "demo") if DEMO else image_pixel_size(image)
+    return choose(
+        found, sheet_mpp(SAMPLES, slide), config["convert"].get("default_mpp")
+    )
+
+
 _problems = plan_problems(
     config,
     SAMPLES["split"].to_dict(),
     _demo_shape if DEMO else image_shape,
     SAMPLES["image"].to_dict(),
     training=TRAINING,
+    pixel_size_of=_pixel_size,
+    model_resolution=None if TRAINING else MODEL_SPEC.resolution,
 )
 if _problems:
     stop("; ".join(_problems))
