@@ -95,6 +95,7 @@ CLASS_NAMES = config["report"]["class_names"] or (
 PREDICT_CONFIG_HASH = config_hash(config, NOT_RESULTS + ("report",))
 REPORT_CONFIG_HASH = config_hash(config)
 
+
 # mistakes that would otherwise surface only after conversion or training: here,
 # in seconds, before any job (also in `snakemake -n`)
 def _pixel_size(slide):
