@@ -107,31 +107,43 @@ def schema_problem(config: Mapping, schema: Mapping, configfiles: Sequence[str |
 
 
 def check_schema(config: Mapping, schema_file: str | Path, configfiles: Sequence[str | Path] = ()) -> None:
-    """Raise :class:`ConfigError` with :func:`schema_problem`'s line when ``config`` breaks the schema,
-    or with :func:`exclusive_problem`'s when it sets two keys that exclude each other."""
+    """Raise :class:`ConfigError` with :func:`schema_problem`'s line when ``config`` breaks the schema."""
     schema = yaml.safe_load(Path(schema_file).read_text())
-    problem = schema_problem(config, schema, configfiles) or exclusive_problem(config, configfiles)
+    problem = schema_problem(config, schema, configfiles)
     if problem:
         raise ConfigError(problem)
 
 
-def exclusive_problem(config: Mapping, configfiles: Sequence[str | Path] = ()) -> str | None:
-    """One line when the config as written (before defaults) sets a physical and a pixel setting of one thing:
-    ``patches.mpp`` and ``patches.downscale``, ``predict.min_area_um2`` and ``min_area`` (> 0), ``max_hole_um2`` and ``max_hole``."""
-    patches, predict = config.get("patches") or {}, config.get("predict") or {}
-    if patches.get("mpp") is not None and "downscale" in patches:
-        return (
-            f"{source_of(['patches', 'downscale'], configfiles)}: `patches.mpp` ({patches['mpp']} um/px) and `patches.downscale` "
-            f"({patches['downscale']}) are both set: keep one (mpp: a physical scale, each slide at its own downscale; "
-            "downscale: the same for every slide), e.g. delete the `downscale` line"
-        )
-    for key in ("min_area", "max_hole"):
-        if predict.get(f"{key}_um2") is not None and predict.get(key):
-            return (
-                f"{source_of(['predict', key], configfiles)}: `predict.{key}_um2` and `predict.{key}` are both set: "
-                f"keep one ({key}_um2 in um^2, {key} in level-0 px)"
+# (section, physical key, pixel key): two ways to set one thing
+EXCLUSIVE = (("patches", "mpp", "downscale"), ("predict", "min_area_um2", "min_area"), ("predict", "max_hole_um2", "max_hole"))
+
+
+def _rank(path: Sequence[str], configfiles: Sequence[str | Path]) -> int:
+    """Precedence of the config file that sets ``path`` to a value (index in ``configfiles``, lowest first;
+    ``len(configfiles)`` for ``--config``)."""
+    where = source_of(path, configfiles)
+    files = [str(f) for f in configfiles]
+    return files.index(where) if where in files else len(files)
+
+
+def resolve_exclusive(config: dict, configfiles: Sequence[str | Path] = ()) -> None:
+    """Settle the keys of :data:`EXCLUSIVE` in the config as written (before defaults): a physical and a
+    pixel setting of one thing in the same file is a :class:`ConfigError`; set in two layered files
+    (``--configfile`` over config.yaml), the later one wins (a winning pixel setting clears the physical one)."""
+    for section, physical, pixel in EXCLUSIVE:
+        values = config.get(section) or {}
+        if values.get(physical) is None or pixel not in values:
+            continue
+        high, low = _rank([section, physical], configfiles), _rank([section, pixel], configfiles)
+        if high == low:
+            where = source_of([section, physical], configfiles)
+            raise ConfigError(
+                f"{where}: `{section}.{physical}` ({values[physical]}) and `{section}.{pixel}` ({values[pixel]}) are both set: "
+                f"keep one ({physical}: a physical size, the same on every scanner; {pixel}: level-0 pixels), "
+                f"e.g. delete the `{pixel}` line"
             )
-    return None
+        if low > high:
+            values[physical] = None
 
 
 ORDERED = frozenset({"train.augment"})  # mappings whose order means something: the augmentation pipeline's

@@ -21,6 +21,7 @@ from wsiseg.checks import (
     image_pixel_size,
     image_shape,
     plan_problems,
+    resolve_exclusive,
 )
 
 CONFIG_SCHEMA = RULES_DIR.parent / "schemas" / "config.schema.yaml"
@@ -44,6 +45,8 @@ def stop(problem, name_files=True):
 # instead of the schema dump a failed `validate` prints
 try:
     check_schema(config, CONFIG_SCHEMA, CONFIG_FILES)
+    # patches.mpp vs patches.downscale (and um^2 vs px areas): the later config file wins
+    resolve_exclusive(config, CONFIG_FILES)
 except ConfigError as err:
     stop(err, name_files=False)  # the line names its file itself
 validate(config, schema="../schemas/config.schema.yaml")
