@@ -271,3 +271,34 @@ def test_physical_scale_without_a_pixel_size_stops_the_dry_run(tmp_path):
     # the second way works: a default pixel size for slides that state none
     write_config(tmp_path, {"results": "out", "samples": "sheet.csv", "patches": {"size": 32, "mpp": 1.0}, "convert": {"default_mpp": 0.5}})
     assert subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path).returncode == 0
+
+
+def test_hubmap_hpa_sheet_takes_each_image_pixel_size_from_the_table(tmp_path):
+    from layouts import make_hpa
+
+    from wsiseg.datasets import dataset_samples
+    from wsiseg.samples import sheet_mpp, validate_samples
+
+    make_hpa(tmp_path / "hpa")
+    table = pd.read_csv(tmp_path / "hpa" / "train.csv")
+    table.loc[1, "pixel_size"] = 0.7562  # HuBMAP lung images are coarser than HPA's 0.4 um/px
+    table.to_csv(tmp_path / "hpa" / "train.csv", index=False)
+    sheet = validate_samples(dataset_samples("hubmap-hpa", tmp_path / "hpa"), "sheet")
+    assert sheet_mpp(sheet, "1000") == 0.4 and sheet_mpp(sheet, "1037") == 0.7562
+
+
+def test_a_later_config_file_overrides_the_scale_of_an_earlier_one(tmp_path):
+    """config.yaml says `downscale: 2`; an example layered over it with `patches.mpp` wins, and a
+    third file with `downscale` wins back, as Snakemake's --configfile order promises."""
+    from wsiseg.checks import resolve_exclusive
+
+    files = [tmp_path / "config.yaml", tmp_path / "example.yaml", tmp_path / "mine.yaml"]
+    files[0].write_text("patches: {downscale: 2}\n")
+    files[1].write_text("patches: {mpp: 1.0}\n")
+    config = {"patches": {"downscale": 2, "mpp": 1.0}}
+    resolve_exclusive(config, files[:2])
+    assert config["patches"]["mpp"] == 1.0
+    files[2].write_text("patches: {downscale: 4}\n")
+    config = {"patches": {"downscale": 4, "mpp": 1.0}}
+    resolve_exclusive(config, files)
+    assert config["patches"]["mpp"] is None
