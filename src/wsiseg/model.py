@@ -71,7 +71,8 @@ class SegmentationModule(pl.LightningModule):
     Hyper-parameters (all plain values) are stored in the checkpoint, so
     :func:`load_model` rebuilds the model, and inference knows the training
     resolution (``downscale``, ``patch_size``) and ``classes``, from the
-    checkpoint alone."""
+    checkpoint alone; ``stain`` is the fitted stain normaliser
+    (:mod:`wsiseg.stain`) that inference applies to its tiles, None when off."""
 
     def __init__(
         self,
@@ -91,6 +92,7 @@ class SegmentationModule(pl.LightningModule):
         patch_size: int = 256,
         channels_last: bool = False,
         compile: bool = False,
+        stain: dict[str, Any] | None = None,
     ):
         super().__init__()
         if scheduler not in SCHEDULERS:

@@ -213,6 +213,7 @@ def write_model_card(
         "class_colours": [None] + ["#%02x%02x%02x" % label_colour(v) for v in range(1, len(names))],
         "resolution": {"downscale": downscale, "mpp": mpp, "um_per_px": mpp * downscale if mpp else None},
         "patch_size": int(hparams["patch_size"]),
+        "stain_normaliser": hparams.get("stain"),
         "slides": {"train": train_ids, "val": val_ids},
         "metrics": _final_metrics(metrics),
         "wsiseg_version": wsiseg_version(),

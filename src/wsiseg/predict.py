@@ -41,6 +41,8 @@ import torch
 import zarr
 
 from .data import to_tensor
+from .instances import METHODS as SPLIT_METHODS
+from .instances import min_distance_px, split_mask
 from .io import atomic_path, check_output
 from .logs import progress
 from .model import load_model
@@ -48,6 +50,7 @@ from .modelcard import ModelSpec, label_names, resolve_model
 from .patches import grid_positions
 from .postprocess import postprocess_mask
 from .settings import PredictParams
+from .stain import normalise_batch
 from .predstore import image_attrs, label_attrs
 from .store import SlideStore, build_pyramid, compressor, create_level, level_count
 from .tissue import METHODS as TISSUE_METHODS
@@ -248,6 +251,7 @@ def _blend_rows(plan: _Plan, models, device: torch.device, writer: _BandWriter, 
     pending = []
     for r, xs, tiles in _prefetch(plan.batches(), plan.params.prefetch):
         if tiles is not None:
+            tiles = normalise_batch(tiles, models[0].hparams.get("stain"))  # the training run's stain normaliser, if any
             batch = torch.stack([to_tensor(t) for t in tiles]).to(device, non_blocking=True)
             for x, p in zip(xs, predict_batch(models, batch, plan.params.tta).cpu().numpy()):
                 acc[:, :, x : x + T] += p * window
@@ -325,6 +329,8 @@ def predict_slide(
             _blend_rows(plan, models, device, _BandWriter(prob, mask, ds, params.threshold), executor)
         if (params.min_area or params.max_hole) and classes == 1:
             postprocess_mask(mask, params.min_area, params.max_hole)
+        if params.split_objects and classes == 1:  # level-0 um/px: SlideStore.mpp once stores record it
+            split_mask(mask, min_distance_px(params.split_min_distance_um, getattr(store, "mpp", None), params.split_min_distance_px))
         build_pyramid(root, levels, params.chunk, codec, "mean")
         build_pyramid(mask_group, levels, params.chunk, codec, "max")
         labels.attrs["labels"] = ["mask"]
@@ -358,6 +364,8 @@ def _check_params(params: PredictParams) -> None:
     if params.overlap >= params.tile:
         raise ValueError(f"predict.overlap ({params.overlap}) must be smaller than predict.tile ({params.tile})")
     _tta_pairs(params.tta)
+    if params.split_objects not in (None, *SPLIT_METHODS):
+        raise ValueError(f"predict.split_objects {params.split_objects!r} is unknown; choose from {list(SPLIT_METHODS)} or null")
     if params.tissue_method not in TISSUE_METHODS:
         raise ValueError(f"predict.tissue_method {params.tissue_method!r} is unknown; choose from {list(TISSUE_METHODS)}")
 
