@@ -13,11 +13,12 @@ A slide's mask is processed by row bands with ``margin`` rows of context
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import zarr
-from scipy import ndimage as ndi
 from skimage.feature import peak_local_max
 from skimage.measure import label
+from skimage.morphology import erosion
 from skimage.segmentation import watershed
 
 METHODS = ("watershed",)
@@ -48,7 +49,8 @@ def watershed_instances(binary: np.ndarray, min_distance: int, row0: int = 0) ->
     components, count = label(binary, return_num=True, connectivity=2)
     if count == 0:
         return components.astype(np.int32)
-    distance = ndi.gaussian_filter(ndi.distance_transform_edt(binary), 1.0) + _tie_breaker(binary.shape, row0)
+    exact = cv2.distanceTransform(binary.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    distance = cv2.GaussianBlur(exact, (0, 0), 1.0).astype(np.float64) + _tie_breaker(binary.shape, row0)
     peaks = peak_local_max(distance, min_distance=min_distance, labels=components, exclude_border=False)
     peaks = peaks[np.lexsort(peaks.T[::-1])]  # ids in raster order: which side of a cut is carved does not depend on the band
     markers = np.zeros(binary.shape, np.int32)
@@ -66,7 +68,8 @@ def carve_boundaries(instances: np.ndarray) -> np.ndarray:
     A pixel is cleared when one of its 8 neighbours has a smaller non-zero id, so
     each boundary costs one pixel on one side."""
     big = np.iinfo(np.int32).max
-    lowest = ndi.minimum_filter(np.where(instances > 0, instances, big).astype(np.int32), size=3, mode="constant", cval=big)
+    padded = np.pad(np.where(instances > 0, instances, big).astype(np.int32), 1, constant_values=big)
+    lowest = erosion(padded, np.ones((3, 3), bool))[1:-1, 1:-1]  # smallest id among the 8 neighbours and the pixel
     return ((instances > 0) & (lowest >= instances)).astype(np.uint8)
 
 
