@@ -171,6 +171,16 @@ def test_pairs_split_table_fixes_listed_ids(tmp_path):
         dataset_samples("pairs", tmp_path / "p")
 
 
+def test_pairs_split_table_may_fix_every_split(tmp_path):
+    make_colormap(tmp_path / "p", count=4)
+    splits = {"tile_00": "train", "tile_01": "train", "tile_02": "val", "tile_03": "test"}
+    pd.DataFrame({"id": list(splits), "split": list(splits.values())}).to_csv(tmp_path / "p" / "splits.csv", index=False)
+    assert dataset_samples("pairs", tmp_path / "p").set_index("slide_id")["split"].to_dict() == splits
+    pd.DataFrame({"id": list(splits), "split": ["train", "train", "train", "test"]}).to_csv(tmp_path / "p" / "splits.csv", index=False)
+    with pytest.raises(DatasetLayoutError, match=r"splits.csv: no labelled image is 'val' \(labelled images by split: \{'train': 3, 'test': 1\}"):
+        dataset_samples("pairs", tmp_path / "p")
+
+
 def test_bad_field_layouts_name_the_path(tmp_path):
     make_dsb2018(tmp_path / "dsb", train=3, test=0)
     victim = sorted((tmp_path / "dsb" / "stage1_train").iterdir())[1]

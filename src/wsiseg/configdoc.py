@@ -48,7 +48,7 @@ def _type(spec: Mapping[str, Any]) -> str:
     text = " or ".join(str(k) for k in kinds)
     choices = spec.get("enum") or (spec.get("items") or {}).get("enum") or (spec.get("propertyNames") or {}).get("enum")
     if choices:
-        text += ": " + ", ".join(f"`{c}`" for c in choices)
+        text += ": " + ", ".join(f"`{json.dumps(c) if c is None else c}`" for c in choices)
     return text
 
 

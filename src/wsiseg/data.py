@@ -20,6 +20,7 @@ import zarr
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .augment import build_augmentation, reseed, seed_states
+from .stain import normalise_image
 
 # ImageNet statistics: what smp encoders (and their pretrained weights) expect
 MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
@@ -88,11 +89,15 @@ class PatchDataset(Dataset):
     ``(index, epoch)`` key from :class:`EpochSampler`: the augmentation of such
     an item is then seeded from ``(seed, epoch, index)``, and a loader worker
     reseeds its global RNGs from ``(seed, epoch, worker id)`` when a new epoch
-    starts, so nothing depends on how many epochs, workers or samples came before."""
+    starts, so nothing depends on how many epochs, workers or samples came before.
+    A ``stain`` normaliser (:mod:`wsiseg.stain`) is applied to each patch as read, before augmentation."""
 
-    def __init__(self, stores: Sequence[str | Path], augment: A.Compose | None = None, classes: int = 1, seed: int = 0):
+    def __init__(
+        self, stores: Sequence[str | Path], augment: A.Compose | None = None, classes: int = 1, seed: int = 0,
+        stain: Mapping[str, Any] | None = None,
+    ):
         self.paths = [str(p) for p in stores]
-        self.augment, self.classes, self.seed = augment, classes, seed
+        self.augment, self.classes, self.seed, self.stain = augment, classes, seed, stain
         self.index: list[tuple[int, int]] = []
         for s, path in enumerate(self.paths):
             count = zarr.open_group(path, mode="r")["images"].shape[0]
@@ -124,7 +129,7 @@ class PatchDataset(Dataset):
         k, epoch = (key, None) if isinstance(key, (int, np.integer)) else key
         s, i = self.index[k]
         group = self._group(s)
-        image, mask = np.asarray(group["images"][i]), np.asarray(group["masks"][i])
+        image, mask = normalise_image(np.asarray(group["images"][i]), self.stain), np.asarray(group["masks"][i])
         if epoch is not None:
             self._enter_epoch(epoch)
             if self.augment is not None:
@@ -154,15 +159,16 @@ class PatchDataModule(pl.LightningDataModule):
         augment: Mapping[str, Any] | Sequence[str] | None = ("hflip", "vflip", "rot90"),
         seed: int = 0,
         classes: int = 1,
+        stain: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         self.train_stores, self.val_stores = list(train), list(val)
         self.batch_size, self.num_workers = batch_size, num_workers
-        self.augment_spec, self.seed, self.classes = augment, seed, classes
+        self.augment_spec, self.seed, self.classes, self.stain = augment, seed, classes, stain
 
     def setup(self, stage: str | None = None) -> None:
-        self.train_set = PatchDataset(self.train_stores, build_augmentation(self.augment_spec, self.seed), self.classes, self.seed)
-        self.val_set = PatchDataset(self.val_stores, classes=self.classes, seed=self.seed)
+        self.train_set = PatchDataset(self.train_stores, build_augmentation(self.augment_spec, self.seed), self.classes, self.seed, self.stain)
+        self.val_set = PatchDataset(self.val_stores, classes=self.classes, seed=self.seed, stain=self.stain)
         if not len(self.train_set):
             raise ValueError(f"no training patches in {self.train_stores}: loosen patches.min_coverage/max_coverage")
         if not len(self.val_set):

@@ -66,9 +66,23 @@ def assign_splits(ids: list[str], val_fraction: float, seed: int) -> dict[str, s
 
 
 def _sheet(rows: list[list[str]], val_fraction: float, seed: int, columns: list[str] = COLUMNS) -> pd.DataFrame:
-    """Sheet from rows ``[slide_id, image, mask, split, ...]`` whose split '' means: draw train/val."""
-    splits = assign_splits([r[0] for r in rows if r[2] and not r[3]], val_fraction, seed)
-    return pd.DataFrame([[r[0], r[1], r[2], r[3] or splits[r[0]], *r[4:]] for r in rows], columns=columns)
+    """Sheet from rows ``[slide_id, image, mask, split, ...]`` whose split '' means: draw train/val.
+
+    Nothing is drawn when every labelled row has its split; the sheet must then
+    still hold at least one ``train`` and one ``val`` image."""
+    pending = [r[0] for r in rows if r[2] and not r[3]]
+    splits = assign_splits(pending, val_fraction, seed) if pending else {}
+    sheet = pd.DataFrame([[r[0], r[1], r[2], r[3] or splits[r[0]], *r[4:]] for r in rows], columns=columns)
+    labelled = sheet[sheet["mask"] != ""]
+    if labelled.empty:
+        raise DatasetLayoutError("no labelled images (none has a mask): training needs at least one train and one val image")
+    for split in ("train", "val"):
+        if not (labelled["split"] == split).any():
+            raise DatasetLayoutError(
+                f"splits.csv: no labelled image is {split!r} (labelled images by split: {labelled['split'].value_counts().to_dict()}); "
+                "training needs at least one train and one val image with a mask"
+            )
+    return sheet
 
 
 def _read_table(path: Path, required: list[str]) -> pd.DataFrame:

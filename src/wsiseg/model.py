@@ -73,7 +73,8 @@ class SegmentationModule(pl.LightningModule):
     resolution (``mpp``: um per model pixel, when the slides' pixel size was
     known; ``downscale``: level-0 pixels per model pixel, None when it
     differed between slides; ``patch_size``) and ``classes``, from the
-    checkpoint alone."""
+    checkpoint alone; ``stain`` is the fitted stain normaliser
+    (:mod:`wsiseg.stain`) that inference applies to its tiles, None when off."""
 
     def __init__(
         self,
@@ -94,6 +95,7 @@ class SegmentationModule(pl.LightningModule):
         channels_last: bool = False,
         compile: bool = False,
         mpp: float | None = None,
+        stain: dict[str, Any] | None = None,
     ):
         super().__init__()
         if scheduler not in SCHEDULERS:

@@ -220,6 +220,7 @@ def write_model_card(
             "patch_size_um": round(size * mpp, 3) if mpp else None,
         },
         "patch_size": size,
+        "stain_normaliser": hparams.get("stain"),
         "slides": {"train": _slides(train_patches), "val": _slides(val_patches)},
         "metrics": _final_metrics(metrics),
         "wsiseg_version": wsiseg_version(),

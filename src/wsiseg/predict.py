@@ -44,6 +44,8 @@ import torch
 import zarr
 
 from .data import to_tensor
+from .instances import METHODS as SPLIT_METHODS
+from .instances import min_distance_px, split_mask
 from .io import atomic_path, check_output
 from .logs import progress
 from .model import load_model
@@ -51,6 +53,7 @@ from .modelcard import ModelSpec, label_names, resolve_model
 from .patches import grid_positions
 from .postprocess import postprocess_mask
 from .settings import PredictParams
+from .stain import normalise_batch
 from .predstore import image_attrs, label_attrs
 from .resolution import PixelSize, ResolutionError, slide_downscale, unknown_scale_message
 from .store import SlideStore, build_pyramid, compressor, create_level, level_count
@@ -272,6 +275,7 @@ def _blend_rows(plan: _Plan, models, device: torch.device, writer: _BandWriter, 
     pending = []
     for r, xs, tiles in _prefetch(plan.batches(), plan.params.prefetch):
         if tiles is not None:
+            tiles = normalise_batch(tiles, models[0].hparams.get("stain"))  # the training run's stain normaliser, if any
             batch = torch.stack([to_tensor(t) for t in tiles]).to(device, non_blocking=True)
             for x, p in zip(xs, predict_batch(models, batch, plan.params.tta).cpu().numpy()):
                 acc[:, :, x : x + T] += p * window
@@ -359,6 +363,8 @@ def predict_slide(
             _blend_rows(plan, models, device, _BandWriter(prob, mask, ds, params.threshold), executor)
         if (min_area or max_hole) and classes == 1:
             postprocess_mask(mask, min_area, max_hole)
+        if params.split_objects and classes == 1:
+            split_mask(mask, min_distance_px(params.split_min_distance_um, pixel.mpp, params.split_min_distance_px))
         build_pyramid(root, levels, params.chunk, codec, "mean")
         build_pyramid(mask_group, levels, params.chunk, codec, "max")
         labels.attrs["labels"] = ["mask"]
@@ -396,6 +402,8 @@ def _check_params(params: PredictParams) -> None:
     if params.overlap >= params.tile:
         raise ValueError(f"predict.overlap ({params.overlap}) must be smaller than predict.tile ({params.tile})")
     _tta_pairs(params.tta)
+    if params.split_objects not in (None, *SPLIT_METHODS):
+        raise ValueError(f"predict.split_objects {params.split_objects!r} is unknown; choose from {list(SPLIT_METHODS)} or null")
     if params.tissue_method not in TISSUE_METHODS:
         raise ValueError(f"predict.tissue_method {params.tissue_method!r} is unknown; choose from {list(TISSUE_METHODS)}")
 

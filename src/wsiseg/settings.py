@@ -28,6 +28,8 @@ class TrainParams:
     loss: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LOSS))
     class_weights: tuple[float, ...] | None = None  # cross-entropy weight per class (multi-class)
     augment: dict[str, Any] = field(default_factory=lambda: {"hflip": 0.5, "vflip": 0.5, "rot90": 0.5})
+    stain_normalise: str | None = None  # macenko | reinhard | None (wsiseg.stain; travels with the model)
+    stain_reference: str | None = None  # image the normaliser is fitted on; None = the training patches
     scheduler: str = "cosine"  # cosine | onecycle | none
     accumulate_grad_batches: int = 1
     early_stopping_patience: int = 0  # epochs without a better val_dice before stopping; 0 = off
@@ -60,6 +62,9 @@ class PredictParams:
     max_hole: int = 0  # level-0 px: smaller holes in objects are filled
     min_area_um2: float | None = None  # as min_area, in um^2 (needs the slide's pixel size; overrides min_area)
     max_hole_um2: float | None = None  # as max_hole, in um^2 (needs the slide's pixel size; overrides max_hole)
+    split_objects: str | None = None  # watershed: separate touching objects (nuclei); None = off (wsiseg.instances)
+    split_min_distance_um: float = 3.0  # closest two object centres may be, in um (level-0 mpp known)
+    split_min_distance_px: int = 12  # the same in level-0 px, used when the slide's pixel size is unknown
     chunk: int = 512
     prefetch: int = 4  # batches read ahead by the background reader
     device: str = "auto"

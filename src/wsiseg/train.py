@@ -25,6 +25,7 @@ from .io import OutputError, atomic_path, check_disjoint
 from .model import SegmentationModule
 from .resolution import SQUARE_TOLERANCE
 from .settings import TrainParams
+from .stain import fit_training_normaliser
 
 log = logging.getLogger(__name__)
 
@@ -214,8 +215,10 @@ def summarise_folds(
     return table
 
 
-def _module(params: TrainParams, downscale: float | None, mpp: float | None, patch_size: int, classes: int) -> SegmentationModule:
-    """The LightningModule for ``params`` at the patch stores' resolution and class count."""
+def _module(
+    params: TrainParams, downscale: float | None, mpp: float | None, patch_size: int, classes: int, stain: dict | None = None
+) -> SegmentationModule:
+    """The LightningModule for ``params`` at the patch stores' resolution and class count (``stain``: the fitted normaliser)."""
     return SegmentationModule(
         arch=params.arch,
         encoder=params.encoder,
@@ -234,6 +237,7 @@ def _module(params: TrainParams, downscale: float | None, mpp: float | None, pat
         patch_size=patch_size,
         channels_last=params.channels_last,
         compile=params.compile,
+        stain=stain,
     )
 
 
@@ -317,8 +321,9 @@ def train_model(
         torch.set_num_threads(threads)
     pl.seed_everything(params.seed, workers=True, verbose=False)
     downscale, mpp, patch_size, classes = _patch_meta(stores)
-    data = PatchDataModule(train_patches, val_patches, params.batch_size, params.num_workers, params.augment, params.seed, classes)
-    module = _module(params, downscale, mpp, patch_size, classes)
+    stain = fit_training_normaliser(params.stain_normalise, params.stain_reference, train_patches)
+    data = PatchDataModule(train_patches, val_patches, params.batch_size, params.num_workers, params.augment, params.seed, classes, stain)
+    module = _module(params, downscale, mpp, patch_size, classes, stain)
     work = out_dir / "lightning"
     resume_from = resume_checkpoint(work, fingerprint(params, stores), params.resume)
     checkpoint = ModelCheckpoint(dirpath=work / "checkpoints", monitor="val_dice", mode="max", save_top_k=1, save_last=True, filename="best")
