@@ -56,7 +56,7 @@ def test_prediction_splits_objects_and_applies_the_models_stain_normaliser(tiny_
     slides, ckpt = tiny_trained
     params = PredictParams(tile=64, overlap=16, min_tissue=0)
     plain = predict_slide(slides["demo_2"], ckpt, tmp_path / "plain.zarr", params)
-    split = predict_slide(slides["demo_2"], ckpt, tmp_path / "split.zarr", PredictParams(**{**params.__dict__, "split_objects": "watershed", "split_min_distance_px": 5}))
+    split = predict_slide(slides["demo_2"], ckpt, tmp_path / "split.zarr", PredictParams(**{**params.__dict__, "split_objects": "watershed", "split_min_distance_um": 2.5}))  # 5 px at the demo's 0.5 um/px
     expected = split_touching(zarr.open_group(plain, mode="r")["labels/mask/0"][:], 5)
     np.testing.assert_array_equal(zarr.open_group(split, mode="r")["labels/mask/0"][:], expected)
     model = load_model(ckpt)

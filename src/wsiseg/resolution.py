@@ -74,7 +74,7 @@ PLACEHOLDER_DPI = (72.0, 96.0)  # what image editors write when they know nothin
 UM_PER_RESUNIT = {2: 25400.0, 3: 10000.0}  # TIFF ResolutionUnit: 2 inch, 3 centimetre (1 = no unit)
 
 
-def _xml(text: str) -> "ElementTree.Element | None":
+def _xml(text: str):  # -> xml.etree.ElementTree.Element | None
     from xml.etree import ElementTree
 
     try:
