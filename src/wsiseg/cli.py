@@ -110,7 +110,8 @@ def _samples_args(p: argparse.ArgumentParser) -> None:
 
 
 def _convert_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("image", help="slide image: TIFF/BigTIFF/OME-TIFF/SVS, PNG or JPEG")
+    p.add_argument("image", help="slide: TIFF/BigTIFF/OME-TIFF/SVS, a vendor format OpenSlide reads (NDPI, MRXS, SCN, BIF, ...), "
+                   "a DICOM WSI (folder of .dcm files or one file), PNG or JPEG")
     p.add_argument("out", help="output .zarr directory")
     p.add_argument("--mask", help="RLE table (.csv), GeoJSON (.json/.geojson) or Aperio (.xml) polygons, "
                    "mask image, or a folder of one mask image per object")
