@@ -73,3 +73,44 @@ def test_unknown_pixel_size_is_one_clear_line(tmp_path):
     with pytest.raises(DicomSegError, match=r"s1.zarr: the slide's pixel size is unknown, and a DICOM Segmentation needs one"):
         write_dicom_seg(store, tmp_path / "s1.dcm")
     assert not (tmp_path / "s1.dcm").exists()
+
+
+def test_cli_writes_the_segmentation(tmp_path, capsys):
+    from wsiseg.cli import main
+
+    store = prediction(tmp_path / "s1.zarr", blobs((300, 400)))
+    assert main(["dicomseg", str(store), str(tmp_path / "s1.dcm"), "--mpp", "0.5", "--class-name", "nucleus"]) == 0
+    seg = hd.seg.segread(tmp_path / "s1.dcm")
+    assert seg.get_segment_description(1).segment_label == "nucleus"
+    np.testing.assert_array_equal(seg.get_total_pixel_matrix(combine_segments=True), Prediction(store).mask_plane(0))
+
+
+def test_workflow_plans_a_segmentation_per_predicted_slide_and_reads_a_dicom_folder(tiny_demo, tmp_path):
+    """A dry run: a DICOM WSI folder listed as a test slide is converted, and report.dicom_seg adds one
+    dicom_seg job per predicted slide (none without it)."""
+    import re
+    import subprocess
+    import sys
+
+    import pandas as pd
+    from conftest import SNAKEFILE, write_config
+
+    folder = write_dicom(write_svs(tmp_path / "scan.svs", tissue_like(300, 400)), tmp_path / "scan")
+    sheet = pd.read_csv(tiny_demo / "samples.csv", dtype=str, keep_default_na=False)
+    for column in ("image", "mask"):
+        sheet[column] = [str(tiny_demo / p) if p else "" for p in sheet[column]]
+    sheet.loc[len(sheet)] = {"slide_id": "dcm", "image": str(folder), "mask": "", "split": "test"}
+    sheet.to_csv(tmp_path / "sheet.csv", index=False)
+
+    def planned(dicom_seg: bool) -> dict[str, int]:
+        write_config(tmp_path, {"samples": "sheet.csv", "report": {"dicom_seg": dicom_seg}})
+        cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(tmp_path), "-n", "--cores", "1"]
+        result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+        assert result.returncode == 0, (result.stdout + result.stderr)[-2000:]
+        table = (result.stdout + result.stderr).split("Job stats:", 1)[1].split("total", 1)[0]
+        return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
+
+    jobs = planned(True)
+    predicted = int((sheet["split"] != "train").sum())
+    assert jobs["convert"] == len(sheet) and jobs["dicom_seg"] == predicted
+    assert "dicom_seg" not in planned(False)

@@ -199,6 +199,6 @@ def write_dicom_seg(
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         seg.save_as(tmp)
-    log.info("dicom-seg %s: %s, %dx%d px, %d segment(s) %s, %d non-empty frame(s) -> %s", slide_id, description,
+    log.info("dicomseg %s: %s, %dx%d px, %d segment(s) %s, %d non-empty frame(s) -> %s", slide_id, description,
              mask.shape[1], mask.shape[0], len(names), names, int(seg.NumberOfFrames), out)
     return out
