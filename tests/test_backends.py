@@ -8,7 +8,7 @@ import pydicom
 import pytest
 import tifffile
 import zarr
-from wsi_formats import SVS_MPP, tissue_like, write_dicom, write_svs
+from wsi_formats import SVS_MPP, tissue_like, write_dicom, write_philips, write_svs
 
 from wsiseg.backends import choose_backend
 from wsiseg.convert import convert_slide
@@ -56,6 +56,17 @@ def test_svs_through_openslide_equals_tifffile_with_mpp_levels_and_label(svs):
         assert "label" in reader.associated and "thumbnail" in reader.associated
         np.testing.assert_array_equal(slide.read(0, 700, 0, 900), pixels)  # same JPEG tiles, same decoder: bit-exact
         np.testing.assert_array_equal(slide.read(250, 530, 260, 790), pixels[250:530, 260:790])
+
+
+def test_a_vendor_format_goes_to_openslide_by_itself(tmp_path):
+    """Philips TIFF, the vendor format that can be made here: auto picks OpenSlide, which applies the
+    vendor's metadata (pixel size, level downsamples); pixels equal tifffile's decoding of the same tiles."""
+    path = write_philips(tmp_path / "scan.tiff", tissue_like(700, 900))
+    assert choose_backend(path) == "openslide"
+    with SourceSlide(path) as slide:
+        assert slide.reader.vendor == "philips" and slide.reader.levels == [(700, 900), (350, 450)]
+        assert slide.reader.pixel_size.mpp == pytest.approx(SVS_MPP)
+        np.testing.assert_array_equal(slide.read(0, 700, 0, 900), tifffile.imread(path))
 
 
 def test_auto_keeps_tifffile_for_tiff_and_svs_and_picks_dicom_for_folders(rgb_tiff, svs, dicom):

@@ -45,3 +45,39 @@ def write_dicom(source: Path, folder: Path, tile: int = 256) -> Path:
         source, folder, tile_size=tile, workers=1, encoding=NumpySettings(), preferred_source=SourceIdentifier.OPENSLIDE
     )
     return folder
+
+
+def _philips_xml(spacings_mm: list[float]) -> str:
+    """The ``DPUfsImport`` XML description of a Philips TIFF: pixel spacing of level 0 and one
+    pixel data representation per level (OpenSlide takes the level downsamples from them)."""
+
+    def attribute(name: str, group: str, element: str, kind: str, value) -> str:
+        return f'<Attribute Name="{name}" Group="{group}" Element="{element}" PMSVR="{kind}">{value}</Attribute>'
+
+    def spacing(mm: float) -> str:
+        return attribute("DICOM_PIXEL_SPACING", "0x0028", "0x0030", "IDoubleArray", f"&quot;{mm}&quot; &quot;{mm}&quot;")
+
+    representations = "".join(
+        f'<DataObject ObjectType="PixelDataRepresentation">{spacing(mm)}'
+        f'{attribute("PIIM_PIXEL_DATA_REPRESENTATION_NUMBER", "0x1001", "0x8B02", "IUInt16", n)}</DataObject>'
+        for n, mm in enumerate(spacings_mm)
+    )
+    image = (
+        '<DataObject ObjectType="DPScannedImage">'
+        + attribute("PIM_DP_IMAGE_TYPE", "0x301D", "0x1004", "IString", "WSI")
+        + spacing(spacings_mm[0])
+        + attribute("PIIM_PIXEL_DATA_REPRESENTATION_SEQUENCE", "0x1001", "0x8B01", "IDataObjectArray", f"<Array>{representations}</Array>")
+        + "</DataObject>"
+    )
+    scanned = attribute("PIM_DP_SCANNED_IMAGES", "0x301D", "0x1003", "IDataObjectArray", f"<Array>{image}</Array>")
+    return f'<?xml version="1.0" encoding="UTF-8" ?>\n<DataObject ObjectType="DPUfsImport">{scanned}</DataObject>\n'
+
+
+def write_philips(path: Path, image: np.ndarray, mpp: float = SVS_MPP) -> Path:
+    """A Philips TIFF (the vendor format OpenSlide's philips driver reads): JPEG tiles, level 0 and a
+    2x-reduced level, ``Philips`` software tag and the ``DPUfsImport`` XML description."""
+    options = {"tile": (256, 256), "compression": "jpeg", "photometric": "rgb", "metadata": None, "software": "Philips DP v1.0"}
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(image, description=_philips_xml([mpp / 1000, mpp / 500]), **options)
+        tw.write(np.ascontiguousarray(image[::2, ::2]), subfiletype=1, **options)
+    return path
