@@ -313,7 +313,7 @@ def convert_slide(
                         "source": str(image),
                         "mask": str(mask) if mask else None,
                         "intensity": repr(source.intensity),
-                        "reader": found["backend"],
+                        "reader": found,  # backend, vendor, levels, associated images
                         "classes": sorted(annotation.classes) if annotation is not None else None,
                     },
                 }
