@@ -5,7 +5,7 @@ import pytest
 
 from wsiseg.cli import main
 
-STAGES = ["demo", "convert", "patches", "train", "predict", "report"]
+STAGES = ["demo", "convert", "patches", "train", "predict", "report", "dicomseg"]
 
 
 def test_help_lists_one_subcommand_per_stage():

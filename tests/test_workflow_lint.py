@@ -24,9 +24,10 @@ CONDA_NAME = {
     "pytorch_lightning": "pytorch-lightning",
     "segmentation_models_pytorch": "segmentation-models-pytorch",
     "matplotlib": "matplotlib-base",
+    "openslide": "openslide-python",
 }
 # pip distribution name -> conda-forge package name, where they differ
-PIP_TO_CONDA = {"torch": "pytorch", "opencv-python-headless": "py-opencv", "matplotlib": "matplotlib-base"}
+PIP_TO_CONDA = {"torch": "pytorch", "opencv-python-headless": "py-opencv", "matplotlib": "matplotlib-base", "openslide-bin": "openslide"}
 STDLIB = set(sys.stdlib_module_names)
 
 
@@ -80,7 +81,7 @@ def _env_packages(env: dict) -> dict[str, str]:
 
 ENV_FILES = sorted((ROOT / "workflow" / "envs").glob("*.yaml"))
 # conda-forge package -> the pip distribution whose installed version the tests run
-CONDA_TO_PIP = {"pytorch": "torch", "py-opencv": "opencv-python-headless", "matplotlib-base": "matplotlib"}
+CONDA_TO_PIP = {"pytorch": "torch", "py-opencv": "opencv-python-headless", "matplotlib-base": "matplotlib", "openslide": "openslide-bin"}
 
 
 @pytest.mark.parametrize("env_file", ENV_FILES, ids=lambda p: p.name)

@@ -254,19 +254,31 @@ def _scale_problem(
     return None
 
 
-def image_pixel_size(path: str | Path) -> Any:
-    """Level 0's :class:`~wsiseg.resolution.PixelSize` as a TIFF's header states it (unknown for PNG/JPEG and
-    for files that cannot be read that way: convert reports those)."""
+def image_pixel_size(path: str | Path, reader: str = "auto") -> Any:
+    """Level 0's :class:`~wsiseg.resolution.PixelSize` as a slide states it, without decoding pixels: a TIFF's
+    header (tifffile), or the OpenSlide/DICOM backend's metadata (``reader``: ``convert.reader``).
+    Unknown for PNG/JPEG and for files that cannot be read that way (convert reports those)."""
     from .resolution import UNKNOWN, tiff_pixel_size
 
     path = Path(path)
-    if not path.is_file() or path.suffix.lower() in (".png", ".jpg", ".jpeg"):
+    if not path.exists() or path.suffix.lower() in (".png", ".jpg", ".jpeg"):
         return UNKNOWN
     try:
-        import tifffile
+        from .backends import choose_backend, open_backend
 
-        with tifffile.TiffFile(path) as tif:
-            return tiff_pixel_size(tif, str(path))
+        backend = choose_backend(path) if reader == "auto" and path.is_file() else reader
+        if backend in ("tifffile", "auto") and path.is_file():
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                return tiff_pixel_size(tif, str(path))
+        opened, tif = open_backend(path, backend, 1, 1, 1)
+        try:
+            return opened.pixel_size
+        finally:
+            opened.close()
+            if tif is not None:
+                tif.close()
     except Exception:
         return UNKNOWN
 

@@ -93,6 +93,16 @@ def _report(args) -> None:
     print(table.to_string(index=False))
 
 
+def _dicom_seg(args) -> None:
+    from .dicomseg import write_dicom_seg
+
+    out = write_dicom_seg(
+        args.prediction, args.out, source=args.source, class_name=args.class_name, class_names=args.class_names,
+        max_side=args.max_side, mpp=args.mpp,
+    )
+    print(f"wrote {out}")
+
+
 def _samples(args) -> None:
     from .datasets import dataset_samples
 
@@ -120,7 +130,8 @@ def _samples_args(p: argparse.ArgumentParser) -> None:
 
 
 def _convert_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("image", help="slide image: TIFF/BigTIFF/OME-TIFF/SVS, PNG or JPEG")
+    p.add_argument("image", help="slide: TIFF/BigTIFF/OME-TIFF/SVS, a vendor format OpenSlide reads (NDPI, MRXS, SCN, BIF, ...), "
+                   "a DICOM WSI (folder of .dcm files or one file), PNG or JPEG")
     p.add_argument("out", help="output .zarr directory")
     p.add_argument("--mask", help="RLE table (.csv), GeoJSON (.json/.geojson) or Aperio (.xml) polygons, "
                    "mask image, or a folder of one mask image per object")
@@ -184,6 +195,20 @@ def _report_args(p: argparse.ArgumentParser) -> None:
                    help="QuPath object type of the GeoJSON objects: annotation (editable) or detection (many nuclei/cells)")
 
 
+def _dicom_seg_args(p: argparse.ArgumentParser) -> None:
+    from .params import schema_section
+
+    p.add_argument("prediction", help="prediction store (.zarr) from `wsiseg predict`")
+    p.add_argument("out", help="output DICOM Segmentation (.dcm)")
+    p.add_argument("--source", help="the slide as the sample sheet lists it: a DICOM WSI (folder or file) is referenced")
+    p.add_argument("--class-name", default="foreground", help="segment label of a binary model's class")
+    p.add_argument("--class-names", nargs="+", metavar="NAME", help="multi-class: name of class 0 (background), 1, 2, ...")
+    spec = schema_section("report")["dicom_seg_max_side"]
+    p.add_argument("--max-side", type=int, default=spec["default"],
+                   help=" ".join(spec["description"].split()) + f" (default: {spec['default']})")
+    p.add_argument("--mpp", type=float, help="level-0 pixel size in um (default: the store's, else the DICOM source's)")
+
+
 # stage: (one-line help, description, argument builder, runner). A stage's
 # arguments (and the modules they need, e.g. torch for train/predict) are only
 # built when that stage is the one on the command line, so `wsiseg --help` and
@@ -206,11 +231,12 @@ STAGES: dict[str, tuple[str, str | None, Callable[[argparse.ArgumentParser], Non
         _info_args,
         _info,
     ),
-    "convert": ("TIFF/PNG slide (+ mask) -> OME-NGFF zarr pyramid", None, _convert_args, _convert),
+    "convert": ("slide (TIFF/SVS, OpenSlide formats, DICOM WSI, PNG) + mask -> OME-NGFF zarr", None, _convert_args, _convert),
     "patches": ("extract training patches filtered by mask coverage", None, _patches_args, _patches),
     "train": ("train a segmentation-models-pytorch model with Lightning", None, _train_args, _train),
     "predict": ("tiled, blended inference over a converted slide", None, _predict_args, _predict),
     "report": ("RLE submission, per-slide metrics, overlays and GeoJSON objects", None, _report_args, _report),
+    "dicomseg": ("a predicted mask as a DICOM Segmentation (.dcm)", None, _dicom_seg_args, _dicom_seg),
 }
 
 

@@ -13,6 +13,7 @@ from typing import Collection, Iterator, Sequence, TypeVar
 import numpy as np
 import zarr
 
+from .backends import describe
 from .io import atomic_path, check_output
 from .logs import progress
 from .masks import MaskError, MaskSource, open_mask
@@ -203,13 +204,15 @@ def open_inputs(
     require_foreground: bool = False,
     allow_empty_mask: bool = False,
     max_decoded_pixels: int = MAX_DECODED_PIXELS,
+    reader: str = "auto",
 ) -> Iterator[tuple[SourceSlide, MaskSource | None]]:
     """The opened image and its annotation (None without ``mask``), validated against each other; closed on exit.
 
     Raises on bad input before anything is written (see :func:`convert_slide` for the options), including
     an annotation known to be empty without rasterising it (RLE, polygons) when ``require_foreground``."""
     with SourceSlide(
-        image, uint16=uint16, percentiles=percentiles, channels=channels, workers=workers, max_decoded_pixels=max_decoded_pixels
+        image, uint16=uint16, percentiles=percentiles, channels=channels, workers=workers,
+        max_decoded_pixels=max_decoded_pixels, reader=reader,
     ) as source:
         annotation = (
             open_mask(mask, slide_id, source.shape, palette=palette, threshold=mask_threshold, max_decoded_pixels=max_decoded_pixels)
@@ -246,6 +249,7 @@ def convert_slide(
     max_decoded_pixels: int = MAX_DECODED_PIXELS,
     mpp: float | None = None,
     default_mpp: float | None = None,
+    reader: str = "auto",
 ) -> Path:
     """Convert ``image`` (and its ``mask`` annotation, if any) to an OME-NGFF zarr at ``out``.
 
@@ -272,7 +276,9 @@ def convert_slide(
     warning with ``allow_empty_mask``.  PNG/JPEG images and masks (decoded
     whole) whose header declares more than ``max_decoded_pixels`` pixels
     are refused before decoding.  NaN/infinite float pixels become 0 and
-    are counted in a warning.
+    are counted in a warning.  ``reader`` picks the library that reads the
+    slide: ``tifffile``, ``openslide``, ``dicom`` or ``auto`` (per file, see
+    :mod:`wsiseg.backends`).
 
     The pixel size (micrometres per pixel) is ``mpp`` (the sample sheet's
     column) when given, else what the slide's metadata states, else
@@ -285,6 +291,7 @@ def convert_slide(
     inputs = open_inputs(
         image, mask, slide_id, uint16, percentiles, channels, palette, mask_threshold, workers,
         require_foreground=require_foreground, allow_empty_mask=allow_empty_mask, max_decoded_pixels=max_decoded_pixels,
+        reader=reader,
     )
     with inputs as (source, annotation):
         height, width = source.shape
@@ -295,6 +302,9 @@ def convert_slide(
             "convert %s: %dx%d px %s, pixel size %s, %d levels, chunk %d -> %s",
             slide_id, width, height, source.dtype, pixel, levels, chunk, out,
         )
+        found = describe(source.reader)
+        log.info("convert %s: read by %s (%s), levels %s, associated images %s", slide_id, found["backend"], found["vendor"],
+                 found["levels"], found["associated"] or "none")
         with atomic_path(out, stage="convert", inputs=(image, mask), folder=True) as tmp:
             root = zarr.open_group(tmp, mode="w", zarr_format=2)
             if annotation is not None:
@@ -317,6 +327,7 @@ def convert_slide(
                         "source": str(image),
                         "mask": str(mask) if mask else None,
                         "intensity": repr(source.intensity),
+                        "reader": found,  # backend, vendor, levels, associated images
                         "classes": sorted(annotation.classes) if annotation is not None else None,
                         **pixel.as_dict(),
                     },

@@ -9,11 +9,12 @@ from .resolution import UNKNOWN, PixelSize
 from .slide import SlideError, SourceSlide
 
 
-def source_info(path: str | Path) -> dict:
-    """Size, pyramid levels, pixel type and pixel size (with where it was read) of a slide image file."""
-    with SourceSlide(path) as slide:
-        tif = slide._tif
-        levels = [list(level.shape) for level in tif.series[0].levels] if tif is not None else [list(slide.reader.shape)]
+def source_info(path: str | Path, reader: str = "auto") -> dict:
+    """Size, pyramid levels, pixel type, the backend that reads it and the pixel size (with where it was
+    read) of a slide image file or DICOM WSI folder."""
+    from .backends import describe as backend_facts
+
+    with SourceSlide(path, reader=reader) as slide:
         return {
             "path": str(path),
             "kind": "slide image",
@@ -21,7 +22,7 @@ def source_info(path: str | Path) -> dict:
             "height": slide.height,
             "channels": slide.channels,
             "dtype": str(slide.dtype),
-            "levels": levels,
+            **backend_facts(slide.reader),
             **slide.pixel_size.as_dict(),
         }
 
@@ -57,9 +58,10 @@ def store_info(path: str | Path) -> dict:
 
 
 def describe(path: str | Path) -> dict:
-    """:func:`store_info` for a zarr store (a folder), else :func:`source_info`."""
+    """:func:`store_info` for a zarr store, else :func:`source_info` (files, DICOM WSI folders)."""
     path = Path(path)
-    return store_info(path) if path.is_dir() else source_info(path)
+    is_zarr = path.is_dir() and any((path / name).exists() for name in (".zgroup", "zarr.json"))
+    return store_info(path) if is_zarr else source_info(path)
 
 
 def format_info(info: dict) -> str:
@@ -74,7 +76,7 @@ def format_info(info: dict) -> str:
             lines.append("             set it with a sample-sheet `mpp` column or `convert.default_mpp`")
         else:
             lines.append(f"  extent     {info['width'] * pixel.mpp / 1000:.2f} x {info['height'] * pixel.mpp / 1000:.2f} mm")
-    for key in ("channels", "dtype", "levels", "axes", "scales", "labels", "patches", "size", "downscale", "patch_mpp"):
+    for key in ("backend", "vendor", "channels", "dtype", "levels", "associated", "axes", "scales", "labels", "patches", "size", "downscale", "patch_mpp"):
         if key in info:
             lines.append(f"  {key:<10} {json.dumps(info[key])}")
     return "\n".join(lines)

@@ -427,7 +427,7 @@ class ImageMask:
         self.empty = None  # known only once read
         self.found = "mask image read with a palette" if palette else f"mask image read with mask_threshold {threshold}"
         try:
-            self.reader, self._tif = open_reader(path, max_decoded_pixels=max_decoded_pixels)
+            self.reader, self._tif = open_reader(path, max_decoded_pixels=max_decoded_pixels, reader="tifffile")  # masks: exact values
         except SlideError as err:
             raise MaskError(str(err)) from None
         if tuple(self.reader.shape) != tuple(shape):

@@ -45,7 +45,7 @@ def validate_samples(table: pd.DataFrame, source: str | Path, check_files: bool 
         if row.split in ("train", "val") and not row.mask:
             raise SampleSheetError(f"{source}: row {i} ({row.slide_id}): a {row.split} slide needs a mask")
         if check_files:
-            if not Path(row.image).is_file():
+            if not Path(row.image).exists():  # a file, or a folder (DICOM WSI, MRXS data folder)
                 raise SampleSheetError(f"{source}: row {i} ({row.slide_id}): image file not found: {row.image}")
             if row.mask and not Path(row.mask).exists():
                 raise SampleSheetError(f"{source}: row {i} ({row.slide_id}): mask file not found: {row.mask}")

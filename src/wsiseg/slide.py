@@ -47,7 +47,6 @@ import numpy as np
 import tifffile
 import zarr
 
-from .io import check_input_file
 from .resolution import UNKNOWN, PixelSize, tiff_pixel_size
 
 RASTER_SUFFIXES = {".png", ".jpg", ".jpeg"}
@@ -560,18 +559,22 @@ def open_reader(
     workers: int | None = None,
     max_segment_bytes: int | None = None,
     max_decoded_pixels: int | None = None,
-) -> tuple[ArrayReader | ZarrReader, tifffile.TiffFile | None]:
-    """A raw-pixel reader for any supported image file, and the TiffFile to close (None for PNG/JPEG).
+    reader: str = "auto",
+) -> tuple[Reader, tifffile.TiffFile | None]:
+    """A raw-pixel reader for any supported slide, and the TiffFile to close (None unless read by tifffile).
 
-    Strips over :data:`STREAM_SEGMENT_BYTES` decoded are streamed when their
+    ``reader`` picks the backend: ``tifffile``, ``openslide``, ``dicom``, or
+    ``auto`` (per file, see :mod:`wsiseg.backends`).  Strips over
+    :data:`STREAM_SEGMENT_BYTES` decoded are streamed when their
     compression allows; other segments over ``max_segment_bytes`` (default
     :data:`MAX_SEGMENT_BYTES`) are rejected.  PNG/JPEG images declaring more
     than ``max_decoded_pixels`` (default :data:`MAX_DECODED_PIXELS`) are
     refused before decoding; TIFFs are streamed and not limited."""
-    path = check_input_file(path, "image file", SlideError)
-    if path.suffix.lower() in RASTER_SUFFIXES:
-        return open_raster(path, max_decoded_pixels or MAX_DECODED_PIXELS), None
-    return open_tiff(path, workers or default_workers(), max_segment_bytes or MAX_SEGMENT_BYTES)
+    from .backends import open_backend
+
+    return open_backend(
+        path, reader, workers or default_workers(), max_segment_bytes or MAX_SEGMENT_BYTES, max_decoded_pixels or MAX_DECODED_PIXELS
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -682,6 +685,7 @@ class SourceSlide:
     ``max_decoded_pixels``: the largest PNG/JPEG (decoded whole) accepted.
     ``pixel_size``: level 0's physical pixel size as the file states it
     (:mod:`wsiseg.resolution`; unknown for PNG/JPEG and bare TIFFs).
+    ``reader``: the backend (``auto``, ``tifffile``, ``openslide``, ``dicom``).
     """
 
     def __init__(
@@ -693,9 +697,10 @@ class SourceSlide:
         workers: int | None = None,
         max_segment_bytes: int | None = None,
         max_decoded_pixels: int | None = None,
+        reader: str = "auto",
     ):
         self.path = Path(path)
-        self.reader, self._tif = open_reader(self.path, workers, max_segment_bytes, max_decoded_pixels)
+        self.reader, self._tif = open_reader(self.path, workers, max_segment_bytes, max_decoded_pixels, reader)
         rgba = self._tif is None or self._tif.series[0].keyframe.photometric == tifffile.PHOTOMETRIC.RGB
         try:
             self.height, self.width = (int(v) for v in self.reader.shape)

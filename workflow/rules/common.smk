@@ -104,7 +104,11 @@ REPORT_CONFIG_HASH = config_hash(config)
 def _pixel_size(slide):
     """A slide's pixel size as convert will record it: sample sheet, image header, convert.default_mpp."""
     image = SAMPLES.loc[slide, "image"]
-    found = PixelSize(DemoSpec().mpp, "demo") if DEMO else image_pixel_size(image)
+    found = (
+        PixelSize(DemoSpec().mpp, "demo")
+        if DEMO
+        else image_pixel_size(image, config["convert"]["reader"])
+    )
     return choose(
         found, sheet_mpp(SAMPLES, slide), config["convert"].get("default_mpp")
     )
@@ -242,6 +246,29 @@ def convert_input(wildcards):
     return {"image": row["image"], **({"mask": row["mask"]} if row["mask"] else {})}
 
 
+def slide_image(wildcards):
+    """The sample sheet's image of slide {slide} (a file, or a DICOM WSI folder)."""
+    return SAMPLES.loc[wildcards.slide, "image"]
+
+
+def slide_prediction(wildcards):
+    """The predict job output holding slide {slide}'s prediction store."""
+    return job_outputs("predictions", [wildcards.slide])
+
+
+def prediction_store(wildcards):
+    """Slide {slide}'s prediction store."""
+    return store("predictions", wildcards.slide)
+
+
+DICOM_SEG_KEYS = ("dicom_seg", "dicom_seg_max_side")
+
+
+def report_settings():
+    """Config `report` minus the keys of the per-slide DICOM Segmentation jobs."""
+    return {k: v for k, v in config["report"].items() if k not in DICOM_SEG_KEYS}
+
+
 def train_settings():
     """Config `train` minus the keys the workflow itself handles (folds)."""
     return {k: v for k, v in config["train"].items() if k != "folds"}
@@ -333,4 +360,9 @@ def final_outputs():
         *(trained if TRAINING else []),
         *expand(f"{RESULTS}/overlays/{{slide}}.png", slide=predicted_slides()),
         *expand(f"{RESULTS}/geojson/{{slide}}.geojson", slide=predicted_slides()),
+        *(
+            expand(f"{RESULTS}/dicom/{{slide}}.dcm", slide=predicted_slides())
+            if config["report"]["dicom_seg"]
+            else []
+        ),
     ]

@@ -38,7 +38,7 @@ rule report:
         mem_mb=2000,
         runtime=60,
     params:
-        report={**config["report"], "class_names": CLASS_NAMES},
+        report={**report_settings(), "class_names": CLASS_NAMES},
         config_hash=REPORT_CONFIG_HASH,
         predictions={s: store("predictions", s) for s in predicted_slides()},
         slides={s: store("zarr", s) for s in predicted_slides()},
@@ -48,3 +48,31 @@ rule report:
         "Writing submission, metrics, overlays and GeoJSON"
     script:
         "../scripts/report.py"
+
+
+rule dicom_seg:
+    """One slide's predicted mask as a DICOM Segmentation (report.dicom_seg: true)."""
+    input:
+        prediction=slide_prediction,
+        source=slide_image,
+    output:
+        f"{RESULTS}/dicom/{{slide}}.dcm",
+    log:
+        f"{RESULTS}/logs/dicom_seg/{{slide}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/dicom_seg/{{slide}}.tsv"
+    conda:
+        "../envs/convert.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    params:
+        prediction=prediction_store,
+        class_name=config["report"]["class_name"],
+        class_names=CLASS_NAMES,
+        max_side=config["report"]["dicom_seg_max_side"],
+    message:
+        "Writing the mask of slide {wildcards.slide} as a DICOM Segmentation"
+    script:
+        "../scripts/dicom_seg.py"
