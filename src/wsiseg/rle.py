@@ -77,11 +77,14 @@ def _band_edges(band: np.ndarray, before: bool) -> np.ndarray:
     return edges
 
 
-def _format(edges: np.ndarray) -> str:
+def _format(edges: np.ndarray, step: int = 1 << 16) -> str:
+    """``start length`` text of run edges (start, end, start, end, ...), formatted in pieces of
+    ``step`` numbers: Python's ints and strings of only one piece exist at a time."""
     pairs = edges.reshape(-1, 2).copy()
     pairs[:, 1] -= pairs[:, 0]  # end -> length
     pairs[:, 0] += 1  # pixels are numbered from 1
-    return " ".join(map(str, pairs.ravel().tolist()))
+    flat = pairs.ravel()
+    return " ".join(" ".join(map(str, flat[i : i + step].tolist())) for i in range(0, len(flat), step))
 
 
 def encode_bands(bands: Iterator[tuple[int, np.ndarray]], height: int) -> str:
