@@ -19,6 +19,7 @@ from .masks import MaskError, MaskSource, open_mask
 from .slide import MAX_DECODED_PIXELS, SourceSlide, default_workers
 from .store import (
     LABEL_AXES,
+    LOSSY,
     NGFF_VERSION,
     PyramidWriter,
     build_pyramid,
@@ -232,6 +233,7 @@ def convert_slide(
     compression: str = "lz4",
     level: int = 5,
     shuffle: str = "bit",
+    jpeg_quality: int = 90,
     uint16: str = "scale",
     percentiles: Sequence[float] = (0.5, 99.5),
     channels: Sequence[int] | None = None,
@@ -250,7 +252,9 @@ def convert_slide(
     tiles or strips are decoded once each (``workers`` threads) and every
     pyramid level is written chunk-aligned on the fly.  Chunks
     are ``chunk``² and Blosc-``compression``ed at ``level`` with ``shuffle``
-    (bit, byte or none).  ``uint16`` (``scale`` or ``percentile``
+    (bit, byte or none); ``compression="jpeg"`` stores the image pyramid as
+    JPEG of quality ``jpeg_quality`` instead (lossy, several times smaller;
+    the label image stays lossless, Blosc-lz4).  ``uint16`` (``scale`` or ``percentile``
     with ``percentiles``) maps non-8-bit pixels to uint8; ``channels`` picks
     three channels of a multi-channel image.  The annotation (RLE table row, GeoJSON or
     Aperio XML polygons, mask image or folder of per-object mask images; RGB masks mapped
@@ -278,13 +282,14 @@ def convert_slide(
     )
     with inputs as (source, annotation):
         height, width = source.shape
-        codec = compressor(compression, level, shuffle)
+        codec = compressor(compression, jpeg_quality if compression in LOSSY else level, shuffle)
+        label_codec = compressor("lz4", 5, "bit") if compression in LOSSY else codec
         levels = level_count(height, width, chunk)
         log.info("convert %s: %dx%d px %s, %d levels, chunk %d -> %s", slide_id, width, height, source.dtype, levels, chunk, out)
         with atomic_path(out, stage="convert", inputs=(image, mask), folder=True) as tmp:
             root = zarr.open_group(tmp, mode="w", zarr_format=2)
             if annotation is not None:
-                share = write_labels(root, annotation, levels, chunk, codec, workers or default_workers())
+                share = write_labels(root, annotation, levels, chunk, label_codec, workers or default_workers())
                 log.info("convert %s: mask from %s, %.2f%% labelled", slide_id, mask, 100 * share)
                 if share == 0 and require_foreground and not annotation.empty:  # (known-empty ones were checked on opening)
                     check_foreground(mask, slide_id, f"{annotation.found}: 0 foreground pixels once rasterised", allow_empty_mask)

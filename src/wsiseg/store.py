@@ -28,6 +28,8 @@ import numpy as np
 import zarr
 from zarr.storage import LocalStore
 
+from .codecs import PlanarJpeg  # registers the wsiseg_jpeg codec for every reader of slide stores
+
 NGFF_VERSION = "0.4"
 AXES = [
     {"name": "c", "type": "channel"},
@@ -44,8 +46,14 @@ class StoreError(ValueError):
 SHUFFLES = {"bit": numcodecs.Blosc.BITSHUFFLE, "byte": numcodecs.Blosc.SHUFFLE, "none": numcodecs.Blosc.NOSHUFFLE}
 
 
-def compressor(name: str = "zstd", level: int = 5, shuffle: str = "bit") -> numcodecs.Blosc:
-    """Blosc compressor (``name``: zstd, lz4, zlib, blosclz) with ``shuffle`` bit, byte or none."""
+LOSSY = ("jpeg",)  # image codecs that are not lossless: label images keep a Blosc codec
+
+
+def compressor(name: str = "zstd", level: int = 5, shuffle: str = "bit"):
+    """Blosc compressor (``name``: zstd, lz4, zlib, blosclz) with ``shuffle`` bit, byte or none; or ``jpeg``:
+    lossy JPEG of quality ``level`` (0-100) for RGB image chunks (:class:`wsiseg.codecs.PlanarJpeg`)."""
+    if name == "jpeg":
+        return PlanarJpeg(level)
     return numcodecs.Blosc(cname=name, clevel=level, shuffle=SHUFFLES[shuffle])
 
 
