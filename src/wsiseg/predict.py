@@ -3,10 +3,12 @@
 The slide is read in tiles at the model's training resolution (``downscale``
 from the checkpoint).  A background thread reads and decodes the next tiles
 while the model computes (the GPU does not wait on I/O) and a second thread
-writes finished rows.  Tiles overlap and are blended with a Gaussian or
-linear-ramp window, so there are no seams.  Tile rows are processed top to
-bottom; finished rows are upsampled to level 0 and written straight away:
-memory holds one band of tiles, never the slide.
+writes finished rows.  Only uint8 tiles travel to the device; normalisation,
+the model (channels_last) and the blending of overlapping tiles (Gaussian or
+linear-ramp window, so there are no seams) run there.  Tile rows are processed
+top to bottom; finished rows are upsampled to level 0, thresholded and written
+once, chunk-aligned, while the upper pyramid levels are pooled from them in
+memory (nothing is read back): memory holds one band of tiles, never the slide.
 
 Output store ``{slide}.zarr``, OME-NGFF v0.4 (see :mod:`wsiseg.predstore`)::
 
