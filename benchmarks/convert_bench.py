@@ -20,8 +20,16 @@ Usage::
 
     python benchmarks/convert_bench.py --sizes 20000 40000 --out benchmarks/results/convert.json
 
+``real`` slides are tiled JPEG (q90) mosaics of real H&E crops (``--real-sizes``, from
+``../shared/data/gbm40``, generated at benchmark time into the temporary folder): real tissue
+compresses and decodes differently from generated texture.  Each row also gives the store's
+size over the TIFF's (``store_to_tiff``) and the PSNR of level 0 against tifffile's decode
+(``psnr_db``; infinite for lossless codecs).  ``--options '{"compression": "jpeg"}'`` measures
+the compact store mode.
+
 Targets (issue 4): convert peak RSS < 1.5 GB at 40k x 40k, flat across sizes;
-convert throughput >= 50% of plain decoding.
+convert throughput >= 50% of plain decoding.  Issue 17 (``compression: jpeg``): store at most
+1.5x the TIFF on real texture, PSNR >= 40 dB, convert >= 0.8x tifffile's 2-thread decode.
 """
 
 from __future__ import annotations
@@ -85,6 +93,27 @@ def tiles(size: int) -> Iterator[np.ndarray]:
             yield slide_tile(bank, y, x, size)
 
 
+GBM40 = Path(__file__).resolve().parents[2] / "shared" / "data" / "gbm40" / "images"
+
+
+def real_tiles(size: int, folder: Path = GBM40) -> Iterator[np.ndarray]:
+    """Tiles of a ``size`` x ``size`` mosaic of real H&E crops (gbm40: 40 crops of 512², each in one of 8
+    flips/rotations, seeded) inside the same tissue outline as :func:`tiles`, background elsewhere."""
+    crops = [tifffile.imread(f) for f in sorted(folder.glob("*.tif"))]
+    if not crops:
+        raise SystemExit(f"no real H&E crops in {folder} (gbm40); run without --real-sizes")
+    background = texture_bank(1)[-1]
+    rng = np.random.default_rng(0)
+    for y in range(0, size, TILE):
+        for x in range(0, size, TILE):
+            if not is_tissue(y, x, size):
+                yield background
+                continue
+            crop = crops[int(rng.integers(len(crops)))]
+            k = int(rng.integers(8))
+            yield np.ascontiguousarray(np.rot90(crop[:, ::-1] if k >= 4 else crop, k % 4))
+
+
 def bands(size: int, rows: int) -> Iterator[np.ndarray]:
     """Full-width bands of ``rows`` rows of the same slide as :func:`tiles`."""
     bank = texture_bank()
@@ -117,8 +146,9 @@ def make_slide(path: Path, size: int, layout: str) -> None:
     """Write a generated RGB slide: ``tiled`` (512² JPEG tiles), ``stripped`` (64-row deflate
     strips) or ``onestrip`` (the whole slide in one deflate strip)."""
     common = dict(shape=(size, size, 3), dtype=np.uint8, photometric="rgb", bigtiff=True)
-    if layout == "tiled":
-        tifffile.imwrite(path, tiles(size), tile=(TILE, TILE), compression="jpeg", compressionargs={"level": 90}, **common)
+    if layout in ("tiled", "real"):
+        source = tiles(size) if layout == "tiled" else real_tiles(size)
+        tifffile.imwrite(path, source, tile=(TILE, TILE), compression="jpeg", compressionargs={"level": 90}, **common)
     elif layout == "stripped":
         tifffile.imwrite(path, strips(size), rowsperstrip=STRIP_ROWS, compression="zlib", **common)
     else:
@@ -169,6 +199,22 @@ print(seconds, re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_
 """
 
 
+def psnr(store: Path, path: Path) -> float:
+    """PSNR (dB) of the store's level 0 against tifffile's decode of the source, read in bands of 512 rows."""
+    import zarr
+
+    from wsiseg.store import SlideStore
+
+    level0, error, count = SlideStore(store).levels[0], 0.0, 0
+    source = zarr.open(tifffile.imread(path, aszarr=True, level=0), mode="r")
+    for y in range(0, level0.shape[1], TILE):
+        a = np.asarray(level0[:, y : y + TILE]).transpose(1, 2, 0).astype(np.float32)
+        b = np.asarray(source[y : y + TILE]).astype(np.float32)
+        error += float(((a - b) ** 2).sum())
+        count += a.size
+    return float("inf") if error == 0 else 10 * np.log10(255**2 / (error / count))
+
+
 def run_convert(path: Path, out: Path, size: int, options: dict) -> dict:
     """Convert in a fresh interpreter (``options``: convert_slide keywords); time it and read its peak RSS (Linux)."""
     command = [sys.executable, "-c", CHILD, str(path), str(out), json.dumps(options)]
@@ -200,6 +246,7 @@ def bench(size: int, layout: str, workdir: Path, options: dict, repeats: int) ->
             decodes.append(plain_decode(path, None))
             converts.append(run_convert(path, store, size, options))
         floor = io_floor(store, workdir)
+        quality = psnr(store, path)
     finally:
         path_mb = path.stat().st_size / 1e6
         path.unlink()
@@ -218,6 +265,8 @@ def bench(size: int, layout: str, workdir: Path, options: dict, repeats: int) ->
         "decode_all_cores": decode_all,
         "convert": convert,
         "write_floor": floor,
+        "store_to_tiff": floor["store_mb"] / path_mb,
+        "psnr_db": quality,
         "throughput_ratio": convert["mb_per_s"] / decode["mb_per_s"],
         "throughput_ratios": [c["mb_per_s"] / d["mb_per_s"] for d, c in zip(decodes, converts)],
         "throughput_ratio_all_cores": convert["mb_per_s"] / decode_all["mb_per_s"],
@@ -228,9 +277,11 @@ def bench(size: int, layout: str, workdir: Path, options: dict, repeats: int) ->
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[20000, 40000], help="tiled slide sides")
+    parser.add_argument("--sizes", type=int, nargs="*", default=[20000, 40000], help="tiled slide sides")
     parser.add_argument("--stripped-sizes", type=int, nargs="*", default=[20000, 40000])
     parser.add_argument("--onestrip-sizes", type=int, nargs="*", default=[20000])
+    parser.add_argument("--real-sizes", type=int, nargs="*", default=[20000, 40000],
+                        help="tiled JPEG mosaics of real H&E crops (../shared/data/gbm40, never copied into the repo)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "convert.json")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
     parser.add_argument("--repeats", type=int, default=3, help="decode/convert pairs per slide (medians reported)")
@@ -238,7 +289,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory(dir=args.workdir, prefix="wsiseg-bench-") as tmp:
-        for layout, sizes in (("tiled", args.sizes), ("stripped", args.stripped_sizes), ("onestrip", args.onestrip_sizes)):
+        layouts = (("tiled", args.sizes), ("real", args.real_sizes), ("stripped", args.stripped_sizes), ("onestrip", args.onestrip_sizes))
+        for layout, sizes in layouts:
             rows += [bench(size, layout, Path(tmp), args.options, args.repeats) for size in sizes]
     result = {
         "machine": {"cpus": len(os.sched_getaffinity(0)), "python": platform.python_version(), "tifffile": tifffile.__version__},

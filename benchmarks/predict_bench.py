@@ -1,6 +1,12 @@
-"""Inference benchmark: overhead vs bare forward, MONAI comparison, peak memory vs slide size.
+"""Inference benchmark: the pipeline alone (null model) vs reading the store, overhead vs the bare forward,
+MONAI comparison, peak memory vs slide size.
 
-Run:  python benchmarks/predict_bench.py [--quick] [--out benchmarks/results/predict.json]
+Run:  python benchmarks/predict_bench.py [--quick] [--modes pipeline overhead monai memory rle] [--repeats 3]
+      [--before OLD/src] [--out benchmarks/results/predict.json]
+
+``--before`` runs an older wsiseg's ``predict_slide`` (its ``src/`` folder, e.g. from
+``git archive REV src | tar -x -C /tmp/old``) side by side with this one.  Compared
+commands alternate ``--repeats`` times; results keep every run and the medians.
 
 Every measurement runs in its own subprocess (``_child``) so peak RSS
 (``ru_maxrss``) belongs to that measurement alone.  Ratios are measured side
@@ -12,8 +18,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -52,6 +60,43 @@ def make_slide(path: Path, size: int, chunk: int = 512) -> Path:
     return path
 
 
+class NullModel(torch.nn.Module):
+    """A model that costs nothing: the first input channel as the logit (the pipeline alone is timed)."""
+
+    def __init__(self, downscale: float):
+        super().__init__()
+        from pytorch_lightning.utilities.parsing import AttributeDict
+
+        self.hparams = AttributeDict(downscale=downscale, classes=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :1]
+
+
+class PointModel(NullModel):
+    """One 1x1 convolution (3 -> 1 channels): a model about as cheap as the pipeline around it."""
+
+    def __init__(self, downscale: float):
+        super().__init__(downscale)
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+LIGHT = {"null": NullModel, "conv1x1": PointModel}
+
+
+def _model(args: dict) -> torch.nn.Module:
+    """The measured model: a light one by name, else the checkpoint."""
+    if args.get("light"):
+        return LIGHT[args["light"]](args["downscale"]).eval()
+    from wsiseg.model import load_model
+
+    return load_model(args["ckpt"])
+
+
 def make_checkpoint(path: Path, downscale: float, net: dict) -> Path:
     """An untrained checkpoint in wsiseg's format (weights do not change the cost)."""
     torch.manual_seed(0)
@@ -61,26 +106,37 @@ def make_checkpoint(path: Path, downscale: float, net: dict) -> Path:
 
 
 def _child(kind: str, args: dict) -> dict:
-    """Run one measurement in this (fresh) process and return time and peak RSS."""
+    """Run one measurement in this (fresh) process and return time, CPU time and peak RSS."""
     torch.set_num_threads(args.get("threads", 2))
-    start = time.perf_counter()
+    model = _model(args) if kind in ("predict", "forward") else None
+    import wsiseg.predict  # noqa: F401  (imports are not timed)
+    import wsiseg.store  # noqa: F401
+
+    start, cpu = time.perf_counter(), time.process_time()
     extra: dict = {}
     if kind == "predict":
         from wsiseg.predict import PredictParams, predict_slide
 
         params = PredictParams(tile=args["tile"], overlap=args["overlap"], batch_size=args["batch"], min_tissue=0.0)
-        predict_slide(args["slide"], args["ckpt"], args["out"], params)
+        models = [model] if args.get("light") else None
+        predict_slide(args["slide"], args["ckpt"], args["out"], params, models=models)
         extra["tiles"] = int(np.prod([len(v) for v in _grid(args)]))
-    elif kind == "forward":
-        from wsiseg.model import load_model
-
-        model = load_model(args["ckpt"])
+    elif kind == "forward":  # the model alone on as many random tiles, in the given memory layout
         n = int(np.prod([len(v) for v in _grid(args)]))
         batch = torch.randn(args["batch"], 3, args["tile"], args["tile"])
+        if args.get("channels_last"):
+            model = model.to(memory_format=torch.channels_last)
+            batch = batch.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             for _ in range(0, n, args["batch"]):
                 torch.sigmoid(model(batch))
         extra["tiles"] = n
+    elif kind == "read":  # the floor: every level-0 chunk of the slide read and decoded, in full-width row bands
+        from wsiseg.store import SlideStore
+
+        store = SlideStore(args["slide"])
+        for y in range(0, store.height, 512):
+            store.read_image(y, 0, (min(512, store.height - y), store.width))
     elif kind == "monai":
         from monai.inferers import sliding_window_inference
 
@@ -97,7 +153,9 @@ def _child(kind: str, args: dict) -> dict:
         mask = (prob[0, 0] > 0.5).numpy()
         extra["foreground"] = float(mask.mean())
     seconds = time.perf_counter() - start
-    return {"seconds": round(seconds, 2), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), **extra}
+    return {"seconds": round(seconds, 2), "cpu_s": round(time.process_time() - cpu, 2),
+            "mpx_s": round(args["size"] ** 2 / seconds / 1e6, 1),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), **extra}
 
 
 def _grid(args: dict) -> tuple[list[int], list[int]]:
@@ -108,65 +166,113 @@ def _grid(args: dict) -> tuple[list[int], list[int]]:
     return g, g
 
 
-def measure(kind: str, **args) -> dict:
-    """Run ``kind`` in a subprocess; return its JSON result."""
+def measure(kind: str, src: str | None = None, label: str = "", **args) -> dict:
+    """Run ``kind`` in a subprocess (with ``src`` first on the path: e.g. an older wsiseg); return its JSON result."""
     code = f"import json,sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import predict_bench as b; print(json.dumps(b._child({kind!r}, json.loads(sys.argv[1]))))"
-    result = subprocess.run([sys.executable, "-c", code, json.dumps(args, default=str)], capture_output=True, text=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)}
+    result = subprocess.run([sys.executable, "-c", code, json.dumps(args, default=str)], capture_output=True, text=True, env=env)
     if result.returncode:
         raise RuntimeError(result.stderr[-3000:])
     out = json.loads(result.stdout.strip().splitlines()[-1])
-    print(f"{kind:8s} {args.get('size')}px: {out}", flush=True)
+    print(f"{label or kind:16s} {args.get('size')}px: {out}", flush=True)
     return out
+
+
+def side_by_side(runs: dict[str, dict], repeats: int) -> dict:
+    """Alternate the measurements ``runs`` (name -> measure() keywords) ``repeats`` times; every run and the medians."""
+    results: dict[str, list[dict]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, kw in runs.items():
+            results[name].append(measure(label=name, **kw))
+    medians = {name: {key: statistics.median(r[key] for r in rs) for key in ("seconds", "cpu_s", "mpx_s", "peak_rss_mb")}
+               for name, rs in results.items()}
+    print(json.dumps(medians), flush=True)
+    return {"median": medians, "runs": results}
+
+
+def pipeline(work: Path, size: int, repeats: int, before: str | None) -> dict:
+    """Null model: the pipeline alone, beside reading the store and the null model's bare forward (downscale 1 and 2)."""
+    slide = make_slide(work / f"null_{size}.zarr", size)
+    ckpt = make_checkpoint(work / "tiny_ds1.ckpt", 1.0, TINY)
+    report = {}
+    for ds in (1.0, 2.0):
+        common = dict(slide=slide, ckpt=ckpt, tile=512, overlap=128, batch=8, size=size, downscale=ds, light="null")
+        runs = {"read": dict(kind="read", **common), "predict": dict(kind="predict", out=work / "null.zarr", **common),
+                "forward": dict(kind="forward", **common)}
+        if before:
+            runs["predict_before"] = dict(kind="predict", out=work / "null_b.zarr", src=before, **common)
+        report[f"downscale_{ds:g}"] = side_by_side(runs, repeats)
+    return report
+
+
+def overhead(work: Path, size: int, light: str | None, net: dict | None, ds: float, repeats: int, before: str | None) -> dict:
+    """predict_slide vs the bare forward of the same model on as many tiles (NCHW and channels_last)."""
+    slide = make_slide(work / f"overhead_{size}.zarr", size)
+    ckpt = make_checkpoint(work / f"demo_ds{ds:g}.ckpt", ds, net or TINY)
+    common = dict(slide=slide, ckpt=ckpt, tile=512, overlap=128, batch=4, size=size, downscale=ds, light=light)
+    runs = {"predict": dict(kind="predict", out=work / "o.zarr", **common), "forward": dict(kind="forward", **common),
+            "forward_cl": dict(kind="forward", channels_last=True, **common)}
+    if before:
+        runs["predict_before"] = dict(kind="predict", out=work / "o_b.zarr", src=before, **common)
+    result = side_by_side(runs, repeats)
+    m = result["median"]
+    result["ratio"] = round(m["predict"]["seconds"] / min(m["forward"]["seconds"], m["forward_cl"]["seconds"]), 3)
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller slides (a smoke run)")
+    parser.add_argument("--modes", nargs="+", default=["pipeline", "overhead", "monai", "memory", "rle"],
+                        choices=["pipeline", "overhead", "monai", "memory", "rle"])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--before", default=None, help="an older wsiseg src/ folder: its predict_slide runs side by side")
     parser.add_argument("--out", default="benchmarks/results/predict.json")
     parser.add_argument("--workdir", default=None, help="where the synthetic slides go (default: a temp dir)")
     opts = parser.parse_args()
     work = Path(opts.workdir or tempfile.mkdtemp(prefix="wsiseg-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    sizes = (4096, 8192) if opts.quick else (20000, 40000)
+    sizes = (4096, 8192) if opts.quick else (8192, 40000)
     report: dict = {"machine": platform.platform(), "cpu_threads": 2, "torch": torch.__version__, "cuda": torch.cuda.is_available()}
+    if Path(opts.out).exists():  # keep the sections not rerun
+        report = {**json.loads(Path(opts.out).read_text()), **report}
 
-    # 1. overhead of the full pipeline vs the bare forward on the same tiles (demo-sized U-Net, downscale 2)
-    side = 3072 if opts.quick else 6144
-    slide = make_slide(work / f"overhead_{side}.zarr", side)
-    ckpt = make_checkpoint(work / "demo_ds2.ckpt", 2.0, DEMO)
-    common = dict(slide=slide, ckpt=ckpt, tile=512, overlap=128, batch=4, size=side, downscale=2.0)
-    full = measure("predict", out=work / "o.zarr", **common)
-    bare = measure("forward", **common)
-    report["overhead"] = {"slide_px": side, "model": "Unet resnet18 depth 4", "tile": 512, "overlap": 128, "predict": full, "forward": bare,
-                          "ratio": round(full["seconds"] / bare["seconds"], 3)}
+    if "pipeline" in opts.modes:  # 0. the pipeline alone (null model) vs reading the store
+        report["pipeline"] = pipeline(work, 4096 if opts.quick else 8192, opts.repeats, opts.before)
 
-    # 2. MONAI sliding_window_inference on an in-memory image vs wsiseg on the same store, tiny model, two sizes
-    tiny = make_checkpoint(work / "tiny_ds1.ckpt", 1.0, TINY)
-    report["monai"] = []
-    for size in ((2048, 4096) if opts.quick else (4096, 8192)):
-        slide = make_slide(work / f"monai_{size}.zarr", size)
-        args = dict(slide=slide, ckpt=tiny, tile=256, overlap=64, batch=8, size=size, downscale=1.0)
-        ours = measure("predict", out=work / f"m{size}.zarr", **args)
-        theirs = measure("monai", **args)
-        report["monai"].append({"size_px": size, "wsiseg": ours, "monai": theirs, "time_ratio": round(theirs["seconds"] / ours["seconds"], 3)})
+    if "overhead" in opts.modes:  # 1. full pipeline vs the bare forward on the same tiles
+        report["overhead"] = {
+            "conv1x1": overhead(work, 4096 if opts.quick else 8192, "conv1x1", None, 1.0, opts.repeats, opts.before),
+            "demo_unet": overhead(work, 2048 if opts.quick else 4096, None, DEMO, 2.0, opts.repeats, opts.before),
+        }
 
-    # 3. peak RSS of predict at two slide sizes (tiny model, downscale 4)
-    tiny4 = make_checkpoint(work / "tiny_ds4.ckpt", 4.0, TINY)
-    report["memory"] = []
-    for size in sizes:
-        slide = make_slide(work / f"mem_{size}.zarr", size)
-        run = measure("predict", slide=slide, ckpt=tiny4, out=work / f"p{size}.zarr", tile=512, overlap=64, batch=4, size=size, downscale=4.0)
-        report["memory"].append({"size_px": size, **run})
+    if "monai" in opts.modes:  # 2. MONAI sliding_window_inference on an in-memory image vs wsiseg on the same store
+        tiny = make_checkpoint(work / "tiny_ds1.ckpt", 1.0, TINY)
+        report["monai"] = []
+        for size in ((2048, 4096) if opts.quick else (4096, 8192)):
+            slide = make_slide(work / f"monai_{size}.zarr", size)
+            args = dict(slide=slide, ckpt=tiny, tile=256, overlap=64, batch=8, size=size, downscale=1.0)
+            ours = measure("predict", out=work / f"m{size}.zarr", **args)
+            theirs = measure("monai", **args)
+            report["monai"].append({"size_px": size, "wsiseg": ours, "monai": theirs, "time_ratio": round(theirs["seconds"] / ours["seconds"], 3)})
 
-    # 4. chunk-wise RLE of the largest prediction
-    from wsiseg.report import encode_store
+    if "memory" in opts.modes:  # 3. peak RSS of predict at two slide sizes (null model, downscale 1: the most level-0 work)
+        tiny4 = make_checkpoint(work / "tiny_ds4.ckpt", 4.0, TINY)
+        report["memory"] = []
+        for size in sizes:
+            slide = make_slide(work / f"mem_{size}.zarr", size)
+            run = measure("predict", slide=slide, ckpt=tiny4, out=work / f"p{size}.zarr", tile=512, overlap=64, batch=8, size=size,
+                          downscale=1.0, light="null")
+            report["memory"].append({"size_px": size, **run})
 
-    start = time.perf_counter()
-    encoded = encode_store(work / f"p{sizes[-1]}.zarr")
-    report["rle"] = {"size_px": sizes[-1], "seconds": round(time.perf_counter() - start, 2), "chars": len(encoded)}
+    if "rle" in opts.modes and (work / f"p{sizes[-1]}.zarr").exists():  # 4. chunk-wise RLE of the largest prediction
+        from wsiseg.report import encode_store
+
+        start = time.perf_counter()
+        encoded = encode_store(work / f"p{sizes[-1]}.zarr")
+        report["rle"] = {"size_px": sizes[-1], "seconds": round(time.perf_counter() - start, 2), "chars": len(encoded)}
     Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
     Path(opts.out).write_text(json.dumps(report, indent=2, default=str))
-    print(json.dumps(report, indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -120,6 +120,7 @@ def main() -> None:
                 row[f"loader_img_s_workers{workers}"] = round(loader_rate(stores, args.batch, workers, args.loader_batches), 1)
             row["train_img_s"] = round(train_rate(stores, args.batch, 0, args.train_batches, work), 2)
             row["loader_over_train"] = round(row["loader_img_s_workers0"] / row["train_img_s"], 1)
+            row["loader2_over_train"] = round(row["loader_img_s_workers2"] / row["train_img_s"], 1)  # target (issue 17): >= 5
             print(json.dumps(row), flush=True)
             results.append(row)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"

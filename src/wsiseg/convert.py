@@ -21,6 +21,7 @@ from .resolution import choose
 from .slide import MAX_DECODED_PIXELS, SourceSlide, default_workers
 from .store import (
     LABEL_AXES,
+    LOSSY,
     NGFF_VERSION,
     PyramidWriter,
     build_pyramid,
@@ -238,6 +239,7 @@ def convert_slide(
     compression: str = "lz4",
     level: int = 5,
     shuffle: str = "bit",
+    jpeg_quality: int = 90,
     uint16: str = "scale",
     percentiles: Sequence[float] = (0.5, 99.5),
     channels: Sequence[int] | None = None,
@@ -259,7 +261,9 @@ def convert_slide(
     tiles or strips are decoded once each (``workers`` threads) and every
     pyramid level is written chunk-aligned on the fly.  Chunks
     are ``chunk``² and Blosc-``compression``ed at ``level`` with ``shuffle``
-    (bit, byte or none).  ``uint16`` (``scale`` or ``percentile``
+    (bit, byte or none); ``compression="jpeg"`` stores the image pyramid as
+    JPEG of quality ``jpeg_quality`` instead (lossy, several times smaller;
+    the label image stays lossless, Blosc-lz4).  ``uint16`` (``scale`` or ``percentile``
     with ``percentiles``) maps non-8-bit pixels to uint8; ``channels`` picks
     three channels of a multi-channel image.  The annotation (RLE table row, GeoJSON or
     Aperio XML polygons, mask image or folder of per-object mask images; RGB masks mapped
@@ -295,7 +299,8 @@ def convert_slide(
     )
     with inputs as (source, annotation):
         height, width = source.shape
-        codec = compressor(compression, level, shuffle)
+        codec = compressor(compression, jpeg_quality if compression in LOSSY else level, shuffle)
+        label_codec = compressor("lz4", 5, "bit") if compression in LOSSY else codec
         levels = level_count(height, width, chunk)
         pixel = choose(source.pixel_size, mpp, default_mpp)
         log.info(
@@ -308,7 +313,7 @@ def convert_slide(
         with atomic_path(out, stage="convert", inputs=(image, mask), folder=True) as tmp:
             root = zarr.open_group(tmp, mode="w", zarr_format=2)
             if annotation is not None:
-                share = write_labels(root, annotation, levels, chunk, codec, workers or default_workers(), pixel.mpp)
+                share = write_labels(root, annotation, levels, chunk, label_codec, workers or default_workers(), pixel.mpp)
                 log.info("convert %s: mask from %s, %.2f%% labelled", slide_id, mask, 100 * share)
                 if share == 0 and require_foreground and not annotation.empty:  # (known-empty ones were checked on opening)
                     check_foreground(mask, slide_id, f"{annotation.found}: 0 foreground pixels once rasterised", allow_empty_mask)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
@@ -31,8 +32,17 @@ METRIC_COLUMNS = [
 
 
 def _column_bands(pred: Prediction, width: int) -> Iterator[tuple[int, np.ndarray]]:
-    for x0 in range(0, pred.width, width):
-        yield x0, pred.mask_plane(0, slice(None), slice(x0, x0 + width))
+    """Full-height level-0 mask bands ``width`` px wide, left to right; the next band is read while
+    the caller works on this one."""
+    starts = range(0, pred.width, width)
+    with ThreadPoolExecutor(1, thread_name_prefix="wsiseg-bands") as reader:
+        read = lambda x0: pred.mask_plane(0, slice(None), slice(x0, x0 + width))  # noqa: E731
+        pending = reader.submit(read, 0)
+        for x0 in starts:
+            band = pending.result()
+            if x0 + width < pred.width:
+                pending = reader.submit(read, x0 + width)
+            yield x0, band
 
 
 def encode_store(prediction: str | Path, band: int = 512) -> str:

@@ -19,48 +19,103 @@ class RLEError(ValueError):
     """A run-length encoding that does not fit the image it describes."""
 
 
-def _runs(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """0-based starts and lengths of the runs of non-zero values in ``flat``."""
-    padded = np.zeros(flat.size + 2, dtype=np.int8)
-    padded[1:-1] = flat != 0
-    edges = np.flatnonzero(padded[1:] != padded[:-1])
-    starts = edges[::2]
-    return starts.astype(np.int64), (edges[1::2] - starts).astype(np.int64)
+ROWS = 1 << 20  # pixels per row chunk scanned at once (about a megabyte: stays in cache)
 
 
-def _format(starts: np.ndarray, lengths: np.ndarray) -> str:
-    pairs = np.empty(2 * len(starts), dtype=np.int64)
-    pairs[0::2] = starts + 1
-    pairs[1::2] = lengths
-    return " ".join(map(str, pairs.tolist()))
+def _row_edges(band: np.ndarray, above: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(y, x) of the pixels of ``band`` (rows, w) whose foreground state differs from the pixel above.
+
+    ``above`` is the row above the band (0 for none).  Rows are compared as
+    64-bit words (8 pixels at a time) in a padded copy of a cache-sized chunk;
+    only words that changed are looked at pixel by pixel, so a mask is read
+    about once and never transposed."""
+    rows, w = band.shape
+    wpad = -(-w // 8) * 8
+    step = max(1, ROWS // wpad)
+    buf = np.zeros((min(step, rows) + 1, wpad), np.uint8)
+    ys: list[np.ndarray] = []
+    xs: list[np.ndarray] = []
+    prev = np.asarray(above) != 0
+    for r0 in range(0, rows, step):
+        chunk = band[r0 : r0 + step]
+        n = chunk.shape[0]
+        view = buf[: n + 1]
+        view[0, :w] = prev
+        if chunk.dtype.itemsize == 1 and chunk.dtype.kind in "biu":
+            view[1:, :w] = chunk.view(np.uint8)  # raw values: words that differ are checked exactly below
+        else:
+            np.not_equal(chunk, 0, out=view[1:, :w].view(bool))
+        words = view.view(np.uint64)
+        changed = np.flatnonzero(words[1:] != words[:-1])
+        if len(changed):
+            flat = words.reshape(-1)
+            cols = words.shape[1]
+            below = flat[changed + cols].view(np.uint8).reshape(-1, 8) != 0
+            upper = flat[changed].view(np.uint8).reshape(-1, 8) != 0
+            k, j = np.nonzero(below != upper)
+            ys.append(changed[k] // cols + r0)
+            xs.append((changed[k] % cols) * 8 + j)
+        prev = view[n, :w] != 0
+    if not ys:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(ys).astype(np.int64), np.concatenate(xs).astype(np.int64)
+
+
+def _band_edges(band: np.ndarray, before: bool) -> np.ndarray:
+    """Sorted 0-based column-major positions, within ``band`` (height, w), where the foreground state changes
+    from the previous pixel in column-major order (``before``: the foreground state of the pixel before the
+    band's first one, the bottom of the previous column)."""
+    height, w = band.shape
+    ys, xs = _row_edges(band[1:], band[0])  # inside columns: pixel (y, x) against (y - 1, x)
+    top = band[0] != 0  # the top pixel of each column against the bottom pixel of the column before
+    bottom = np.empty(w, bool)
+    bottom[0] = before
+    bottom[1:] = band[-1, :-1] != 0
+    heads = np.flatnonzero(top != bottom)
+    edges = np.concatenate([xs * height + ys + 1, heads.astype(np.int64) * height])
+    edges.sort()
+    return edges
+
+
+def _format(edges: np.ndarray, step: int = 1 << 16) -> str:
+    """``start length`` text of run edges (start, end, start, end, ...), formatted in pieces of
+    ``step`` numbers: Python's ints and strings of only one piece exist at a time."""
+    pairs = edges.reshape(-1, 2).copy()
+    pairs[:, 1] -= pairs[:, 0]  # end -> length
+    pairs[:, 0] += 1  # pixels are numbered from 1
+    flat = pairs.ravel()
+    return " ".join(" ".join(map(str, flat[i : i + step].tolist())) for i in range(0, len(flat), step))
 
 
 def encode_bands(bands: Iterator[tuple[int, np.ndarray]], height: int) -> str:
     """Encode a mask given as ``(x0, band)`` column bands of shape (height, w), left to right."""
-    all_starts: list[np.ndarray] = []
-    all_lengths: list[np.ndarray] = []
+    all_edges: list[np.ndarray] = []
+    before, end = False, 0
     for x0, band in bands:
-        starts, lengths = _runs(np.ascontiguousarray(band.T).ravel())
-        if not len(starts):
+        if band.shape[1] == 0:
             continue
-        starts = starts + x0 * height
-        if all_starts and all_starts[-1][-1] + all_lengths[-1][-1] == starts[0]:
-            # a run continues across the band boundary: merge it
-            all_lengths[-1][-1] += lengths[0]
-            starts, lengths = starts[1:], lengths[1:]
-        all_starts.append(starts)
-        all_lengths.append(lengths.copy())
-    if not all_starts:
+        all_edges.append(_band_edges(band, before) + x0 * height)
+        before = bool(band[-1, -1] != 0)
+        end = (x0 + band.shape[1]) * height
+    if before:  # the last run ends with the image
+        all_edges.append(np.array([end], np.int64))
+    if not all_edges:
         return ""
-    return _format(np.concatenate(all_starts), np.concatenate(all_lengths))
+    return _format(np.concatenate(all_edges))
 
 
-def encode(mask: np.ndarray) -> str:
-    """Encode a 2-D mask (non-zero = foreground) as a column-major, 1-indexed RLE string."""
+def encode(mask: np.ndarray, band: int = 4096) -> str:
+    """Encode a 2-D mask (non-zero = foreground) as a column-major, 1-indexed RLE string.
+
+    Read in column bands of ``band`` pixels (views, no copies): memory beyond the
+    mask stays a few megabytes plus the runs, whatever its size."""
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"RLE encodes 2-D masks, got shape {mask.shape}")
-    return encode_bands(iter([(0, mask)]), mask.shape[0])
+    if mask.shape[0] == 0:
+        return ""
+    bands = ((x, mask[:, x : x + band]) for x in range(0, mask.shape[1], band))
+    return encode_bands(bands, mask.shape[0])
 
 
 def _too_big(token: str) -> bool:

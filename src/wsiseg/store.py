@@ -29,6 +29,7 @@ import zarr
 from zarr.storage import LocalStore
 
 from .resolution import UNKNOWN, PixelSize
+from .codecs import PlanarJpeg  # registers the wsiseg_jpeg codec for every reader of slide stores
 
 NGFF_VERSION = "0.4"
 AXES = [
@@ -46,8 +47,14 @@ class StoreError(ValueError):
 SHUFFLES = {"bit": numcodecs.Blosc.BITSHUFFLE, "byte": numcodecs.Blosc.SHUFFLE, "none": numcodecs.Blosc.NOSHUFFLE}
 
 
-def compressor(name: str = "zstd", level: int = 5, shuffle: str = "bit") -> numcodecs.Blosc:
-    """Blosc compressor (``name``: zstd, lz4, zlib, blosclz) with ``shuffle`` bit, byte or none."""
+LOSSY = ("jpeg",)  # image codecs that are not lossless: label images keep a Blosc codec
+
+
+def compressor(name: str = "zstd", level: int = 5, shuffle: str = "bit"):
+    """Blosc compressor (``name``: zstd, lz4, zlib, blosclz) with ``shuffle`` bit, byte or none; or ``jpeg``:
+    lossy JPEG of quality ``level`` (0-100) for RGB image chunks (:class:`wsiseg.codecs.PlanarJpeg`)."""
+    if name == "jpeg":
+        return PlanarJpeg(level)
     return numcodecs.Blosc(cname=name, clevel=level, shuffle=SHUFFLES[shuffle])
 
 
@@ -148,13 +155,19 @@ def _write_chunk(array: zarr.Array, folder: Path, coords: tuple[int, ...], block
 
     The chunk is laid out (c, chunk, chunk) and padded with the fill value,
     as zarr v2 stores edge chunks."""
-    write_file(folder / array.metadata.encode_chunk_key(coords), array.metadata.compressor.encode(planar(block, array)))
+    data = array.metadata.compressor.encode(planar(block, array))
+    path = folder / array.metadata.encode_chunk_key(coords)
+    if len(data) < SMALL:  # background and constant chunks: an O_DIRECT write would wait on the device for each
+        path.write_bytes(data)
+    else:
+        write_file(path, data)
 
 
 ALIGN = 4096  # O_DIRECT needs buffer, offset and length aligned to the device's logical block size (512 or 4096)
 _buffers = threading.local()
 LOCAL_FILE_SYSTEMS = {"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs"}  # local disks: O_DIRECT is fast there
 _direct_folders: dict[str, bool] = {}  # folder -> whether its chunk files are written with O_DIRECT
+SMALL = 1 << 16  # smaller files go through the page cache: a direct write waits on the device for each
 
 
 def file_system(path: str | Path) -> str:
@@ -354,13 +367,13 @@ class PyramidWriter:
     """
 
     def __init__(
-        self, group: zarr.Group, shape: tuple[int, int, int], levels: int, chunk: int, codec, how: str, workers: int = 2
+        self, group: zarr.Group, shape: tuple[int, ...], levels: int, chunk: int, codec, how: str, workers: int = 2
     ):
         self.chunk, self.how = chunk, how
-        c, h, w = shape
+        *c, h, w = shape  # (c, y, x) images, (y, x) label images (bands then have c = 1)
         self.arrays = []
         for k in range(levels):
-            self.arrays.append(create_level(group, str(k), (c, h, w), chunk, codec))
+            self.arrays.append(create_level(group, str(k), (*c, h, w), chunk, codec))
             h, w = (h + 1) // 2, (w + 1) // 2
         self.pending: list[list[np.ndarray]] = [[] for _ in range(levels)]
         self.written = [0] * levels  # rows written per level
