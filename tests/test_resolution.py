@@ -103,6 +103,9 @@ def test_non_square_pixels_are_an_error_naming_the_file(tmp_path):
     with pytest.raises(ResolutionError, match=r"skew.tif.*non-square pixels \(0.5 x 0.25 um"):
         convert_slide(tmp_path / "skew.tif", tmp_path / "o.zarr")
     assert not (tmp_path / "o.zarr").exists()
+    # the sample sheet's mpp overrides what the file states, bad or not
+    store = zarr.open_group(convert_slide(tmp_path / "skew.tif", tmp_path / "o.zarr", mpp=0.5), mode="r")
+    assert store.attrs["wsiseg"]["mpp"] == 0.5 and store.attrs["wsiseg"]["mpp_source"] == "sample sheet"
 
 
 def test_sample_sheet_overrides_the_slide_and_the_default_fills_in():

@@ -15,7 +15,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .resolution import UNKNOWN, PixelSize, square
+from .resolution import UNKNOWN, PixelSize, stated
 from .slide import SAMPLE_SIDE, Band, Reader, SlideError, grid_sample
 
 DICM = b"DICM"  # the magic at byte 128 of a DICOM Part 10 file
@@ -111,4 +111,4 @@ def _pixel_size(dataset, where: str) -> PixelSize:
     if not spacing:
         return UNKNOWN
     row_mm, column_mm = (float(v) for v in spacing)
-    return square(column_mm * 1000, row_mm * 1000, "DICOM PixelSpacing", where)
+    return stated(column_mm * 1000, row_mm * 1000, "DICOM PixelSpacing", where)

@@ -72,6 +72,8 @@ def format_info(info: dict) -> str:
     pixel = PixelSize(info.get("mpp"), info.get("mpp_source", "unknown"))
     if "mpp" in info:
         lines.append(f"  pixel size {pixel}")
+        if info.get("mpp_problem"):
+            lines.append(f"             {info['mpp_problem']}")
         if not pixel.known:
             lines.append("             set it with a sample-sheet `mpp` column or `convert.default_mpp`")
         else:

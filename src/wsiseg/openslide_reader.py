@@ -17,7 +17,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .resolution import UNKNOWN, PixelSize, square
+from .resolution import UNKNOWN, PixelSize, stated
 from .slide import SAMPLE_SIDE, Band, Piece, Reader, SlideError, grid_sample
 
 TILE = 1024  # side of the pieces a region is read in (OpenSlide's own tiles are 240-1024 px)
@@ -133,4 +133,4 @@ class OpenSlideReader(Reader):
 def _pixel_size(props, where: str) -> PixelSize:
     """Level 0's pixel size from OpenSlide's ``openslide.mpp-x``/``mpp-y`` (micrometres); UNKNOWN when absent or 0."""
     x, y = (float(props.get(f"openslide.mpp-{axis}") or 0) for axis in "xy")
-    return square(x, y, "OpenSlide openslide.mpp-x/y", where) if x and y else UNKNOWN
+    return stated(x, y, "OpenSlide openslide.mpp-x/y", where) if x and y else UNKNOWN

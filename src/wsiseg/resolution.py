@@ -9,7 +9,7 @@ slides that say nothing (PNG/JPEG datasets).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 SQUARE_TOLERANCE = 0.01  # relative difference between x and y pixel size still called square
 MIN_MPP, MAX_MPP = 0.01, 1000.0  # plausible range: electron-microscopy-like to macro images
@@ -21,10 +21,14 @@ class ResolutionError(ValueError):
 
 @dataclass(frozen=True)
 class PixelSize:
-    """Micrometres per pixel of level 0 (``mpp``; None when unknown) and where it was read (``source``)."""
+    """Micrometres per pixel of level 0 (``mpp``; None when unknown) and where it was read (``source``).
+
+    ``problem``: why metadata that states a pixel size cannot be used (non-square,
+    implausible); :func:`choose` raises it unless the sample sheet gives the size."""
 
     mpp: float | None
     source: str = "unknown"
+    problem: str | None = field(default=None, compare=False)
 
     @property
     def known(self) -> bool:
@@ -33,7 +37,7 @@ class PixelSize:
 
     def as_dict(self) -> dict:
         """Plain values for JSON attributes: ``{"mpp": float | None, "mpp_source": str}``."""
-        return {"mpp": self.mpp, "mpp_source": self.source}
+        return {"mpp": self.mpp, "mpp_source": self.source, **({"mpp_problem": self.problem} if self.problem else {})}
 
     def __str__(self) -> str:
         return f"{self.mpp:g} um/px ({self.source})" if self.known else "unknown"
@@ -55,10 +59,23 @@ def square(x_um: float, y_um: float, source: str, where: str) -> PixelSize:
     return PixelSize(round((x_um + y_um) / 2, 6), source)
 
 
+def stated(x_um: float, y_um: float, source: str, where: str) -> PixelSize:
+    """:func:`square`, but unusable values come back as an unknown size carrying the ``problem``
+    (a sample-sheet ``mpp`` then still wins over them, see :func:`choose`)."""
+    try:
+        return square(x_um, y_um, source, where)
+    except ResolutionError as err:
+        return PixelSize(None, source, problem=str(err))
+
+
 def choose(found: PixelSize, sheet_mpp: float | None = None, default_mpp: float | None = None) -> PixelSize:
-    """The pixel size to use: the sample sheet's ``mpp``, else what the slide says, else ``default_mpp``, else unknown."""
+    """The pixel size to use: the sample sheet's ``mpp``, else what the slide says, else ``default_mpp``, else unknown.
+
+    Metadata that states an unusable size (``found.problem``) is a :class:`ResolutionError` unless the sheet gives one."""
     if sheet_mpp is not None and not (isinstance(sheet_mpp, float) and math.isnan(sheet_mpp)):
         return PixelSize(float(sheet_mpp), "sample sheet")
+    if found.problem:
+        raise ResolutionError(found.problem)
     if found.known:
         return found
     if default_mpp is not None:
@@ -107,8 +124,8 @@ def aperio_pixel_size(description: str, where: str) -> PixelSize | None:
     """``MPP = 0.2520`` in an Aperio SVS ImageDescription."""
     if not description.startswith("Aperio"):
         return None
-    for field in description.split("|"):
-        key, _, value = field.partition("=")
+    for entry in description.split("|"):
+        key, _, value = entry.partition("=")
         if key.strip() == "MPP" and value.strip():
             mpp = float(value)
             return square(mpp, mpp, "Aperio MPP", where)

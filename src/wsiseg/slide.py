@@ -47,7 +47,7 @@ import numpy as np
 import tifffile
 import zarr
 
-from .resolution import UNKNOWN, PixelSize, tiff_pixel_size
+from .resolution import UNKNOWN, PixelSize, ResolutionError, tiff_pixel_size
 
 RASTER_SUFFIXES = {".png", ".jpg", ".jpeg"}
 UINT16_RULES = ("scale", "percentile")
@@ -711,7 +711,10 @@ class SourceSlide:
             self.intensity = intensity_map(self.path, np.dtype(self.reader.dtype), uint16, percentiles, self._sample)
             self.pixel_size: PixelSize = self.reader.pixel_size
             if not self.pixel_size.known and self._tif is not None:
-                self.pixel_size = tiff_pixel_size(self._tif, str(self.path))
+                try:
+                    self.pixel_size = tiff_pixel_size(self._tif, str(self.path))
+                except ResolutionError as err:  # a sample-sheet mpp may still override it (resolution.choose)
+                    self.pixel_size = PixelSize(None, "TIFF metadata", problem=str(err))
         except Exception:
             self.close()
             raise

@@ -55,7 +55,7 @@ for _key, _value in canonical(dict(config)).items():
     config[_key] = _value
 
 from wsiseg.demo import DemoSpec, demo_samples
-from wsiseg.resolution import PixelSize, choose
+from wsiseg.resolution import PixelSize, ResolutionError, choose
 from wsiseg.folds import fold_split
 from wsiseg.samples import read_samples, sheet_mpp, validate_samples
 from wsiseg.layout import SLIDE_GROUPS
@@ -109,9 +109,12 @@ def _pixel_size(slide):
         if DEMO
         else image_pixel_size(image, config["convert"]["reader"])
     )
-    return choose(
-        found, sheet_mpp(SAMPLES, slide), config["convert"].get("default_mpp")
-    )
+    try:
+        return choose(
+            found, sheet_mpp(SAMPLES, slide), config["convert"].get("default_mpp")
+        )
+    except ResolutionError:  # unusable metadata: convert stops on it, naming the slide
+        return PixelSize(None)
 
 
 _problems = plan_problems(
