@@ -9,7 +9,7 @@ Config form (``train.augment``), name -> probability, or name -> mapping with
       rot90: 0.5
       affine: {p: 0.3, rotate: [-30, 30], scale: [0.85, 1.15]}
       hsv: 0.3
-      hed: {p: 0.5, alpha: 0.05, beta: 0.01}
+      hed: {p: 0.8, alpha: 0.2, beta: 0.02}
       brightness_contrast: 0.3
       blur: 0.1
 
@@ -57,7 +57,7 @@ TRANSFORMS: dict[str, tuple[Factory, float]] = {
     "transpose": (A.Transpose, 0.5),
     "affine": (_affine, 0.3),
     "hsv": (_hsv, 0.3),
-    "hed": (HEDJitter, 0.5),  # H&E stain jitter after colour deconvolution (wsiseg.stain)
+    "hed": (HEDJitter, 0.8),  # H&E stain jitter after colour deconvolution (wsiseg.stain)
     "color_jitter": (A.ColorJitter, 0.3),
     "brightness_contrast": (A.RandomBrightnessContrast, 0.3),
     "blur": (_blur, 0.1),
