@@ -67,3 +67,18 @@ def test_prediction_splits_objects_and_applies_the_models_stain_normaliser(tiny_
     assert np.abs(a - b).mean() > 1
     with pytest.raises(ValueError, match="predict.split_objects 'voronoi' is unknown"):
         predict_slide(slides["demo_2"], ckpt, tmp_path / "bad.zarr", PredictParams(split_objects="voronoi"))
+
+
+def test_an_ensemble_must_share_one_stain_normaliser(tiny_trained, tmp_path):
+    """Every member sees the same normalised tiles: members fitted to different stains are refused."""
+    import torch
+
+    from wsiseg.predict import load_ensemble
+
+    _, ckpt = tiny_trained
+    other = tmp_path / "other.ckpt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state["hyper_parameters"]["stain"] = {"method": "reinhard", "mean": [50.0, 0.0, 0.0], "std": [10.0, 5.0, 5.0]}
+    torch.save(state, other)
+    with pytest.raises(ValueError, match="different stain normalisers"):
+        load_ensemble([ckpt, other], torch.device("cpu"))

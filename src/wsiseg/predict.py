@@ -32,6 +32,7 @@ keeps almost no tile is predicted whole, with a warning (``tissue_fallback``).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import queue
@@ -95,11 +96,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_ensemble(checkpoints: Sequence[str | Path], device: torch.device) -> list[torch.nn.Module]:
-    """Load one or more checkpoints; they must share the training resolution (um/px and downscale)."""
+    """Load one or more checkpoints; they must share the training resolution (um/px and downscale) and stain normaliser."""
     models = [load_model(c, map_location=device).to(device) for c in checkpoints]
     scales = {training_resolution(m) for m in models}
     if len(scales) != 1:
         raise ValueError(f"checkpoints {list(map(str, checkpoints))} were trained at different resolutions (um/px, downscale) {sorted(scales, key=str)}")
+    stains = {json.dumps(m.hparams.get("stain"), sort_keys=True) for m in models}
+    if len(stains) != 1:  # one tile batch feeds every member: they must agree on its colours
+        raise ValueError(f"checkpoints {list(map(str, checkpoints))} were trained with different stain normalisers")
     return models
 
 
