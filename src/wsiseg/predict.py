@@ -230,23 +230,26 @@ class _Blender:
         self.window = torch.from_numpy(window).to(device)
         self.acc = torch.zeros((channels, tile, max(width, tile)), device=device)
         self.weight = torch.zeros((tile, max(width, tile)), device=device)
+        self.spare = (torch.empty_like(self.acc), torch.empty_like(self.weight))  # the shifted band goes here
 
     def add(self, xs: Sequence[int], probs: torch.Tensor) -> None:
         """Add (n, channels, tile, tile) probabilities of the tiles at columns ``xs``."""
-        weighted = probs * self.window
-        for x, p in zip(xs, weighted):
-            self.acc[:, :, x : x + self.T] += p
+        for x, p in zip(xs, probs):
+            self.acc[:, :, x : x + self.T].addcmul_(p, self.window)
             self.weight[:, x : x + self.T] += self.window
 
     def pop(self, rows: int) -> np.ndarray:
         """The blended probabilities (channels, rows, width) of the top ``rows`` rows (0 where no tile was)."""
         w = self.weight[:rows, : self.width]
-        prob = torch.where(w > 0, self.acc[:, :rows, : self.width] / w, 0.0).cpu().numpy()
+        prob = (self.acc[:, :rows, : self.width] / w.clamp(min=1e-30)).cpu().numpy()  # no tile: 0 / tiny = 0
         rest = self.T - rows
-        self.acc[:, :rest] = self.acc[:, rows:].clone()
-        self.weight[:rest] = self.weight[rows:].clone()
-        self.acc[:, rest:] = 0
-        self.weight[rest:] = 0
+        acc, weight = self.spare
+        acc[:, :rest].copy_(self.acc[:, rows:])
+        acc[:, rest:].zero_()
+        weight[:rest].copy_(self.weight[rows:])
+        weight[rest:].zero_()
+        self.spare = (self.acc, self.weight)
+        self.acc, self.weight = acc, weight
         return prob
 
 
