@@ -230,7 +230,6 @@ class _Blender:
         self.window = torch.from_numpy(window).to(device)
         self.acc = torch.zeros((channels, tile, max(width, tile)), device=device)
         self.weight = torch.zeros((tile, max(width, tile)), device=device)
-        self.spare = (torch.empty_like(self.acc), torch.empty_like(self.weight))  # the shifted band goes here
 
     def add(self, xs: Sequence[int], probs: torch.Tensor) -> None:
         """Add (n, channels, tile, tile) probabilities of the tiles at columns ``xs``."""
@@ -242,14 +241,11 @@ class _Blender:
         """The blended probabilities (channels, rows, width) of the top ``rows`` rows (0 where no tile was)."""
         w = self.weight[:rows, : self.width]
         prob = (self.acc[:, :rows, : self.width] / w.clamp(min=1e-30)).cpu().numpy()  # no tile: 0 / tiny = 0
-        rest = self.T - rows
-        acc, weight = self.spare
-        acc[:, :rest].copy_(self.acc[:, rows:])
-        acc[:, rest:].zero_()
-        weight[:rest].copy_(self.weight[rows:])
-        weight[rest:].zero_()
-        self.spare = (self.acc, self.weight)
-        self.acc, self.weight = acc, weight
+        rest = self.T - rows  # the overlap rows move up (copied out first: the ranges overlap)
+        self.acc[:, :rest] = self.acc[:, rows:].clone()
+        self.weight[:rest] = self.weight[rows:].clone()
+        self.acc[:, rest:] = 0
+        self.weight[rest:] = 0
         return prob
 
 
@@ -329,7 +325,7 @@ def _blend_rows(plan: _Plan, models, device: torch.device, writer: _BandWriter, 
         with _elementwise(device):
             band = blender.pop(final)
         pending.append(executor.submit(writer.write, y, band))
-        if len(pending) > 2:  # bound the rows waiting for the writer
+        if len(pending) > 1:  # one band written while the next is blended: memory stays a few bands wide
             pending.pop(0).result()
         bar.update(1)
     bar.close()
