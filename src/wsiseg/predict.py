@@ -264,16 +264,15 @@ class _Blender:
 
     def add(self, xs: Sequence[int], probs: torch.Tensor) -> None:
         """Add (n, channels, tile, tile) probabilities of the tiles at columns ``xs``."""
-        weighted = probs * self.window
-        for x, p in zip(xs, weighted):
-            self.acc[:, :, x : x + self.T] += p
+        for x, p in zip(xs, probs):
+            self.acc[:, :, x : x + self.T].addcmul_(p, self.window)
             self.weight[:, x : x + self.T] += self.window
 
     def pop(self, rows: int) -> np.ndarray:
         """The blended probabilities (channels, rows, width) of the top ``rows`` rows (0 where no tile was)."""
         w = self.weight[:rows, : self.width]
-        prob = torch.where(w > 0, self.acc[:, :rows, : self.width] / w, 0.0).cpu().numpy()
-        rest = self.T - rows
+        prob = (self.acc[:, :rows, : self.width] / w.clamp(min=1e-30)).cpu().numpy()  # no tile: 0 / tiny = 0
+        rest = self.T - rows  # the overlap rows move up (copied out first: the ranges overlap)
         self.acc[:, :rest] = self.acc[:, rows:].clone()
         self.weight[:rest] = self.weight[rows:].clone()
         self.acc[:, rest:] = 0
@@ -358,7 +357,7 @@ def _blend_rows(plan: _Plan, models, device: torch.device, writer: _BandWriter, 
         with _elementwise(device):
             band = blender.pop(final)
         pending.append(executor.submit(writer.write, y, band))
-        if len(pending) > 2:  # bound the rows waiting for the writer
+        if len(pending) > 1:  # one band written while the next is blended: memory stays a few bands wide
             pending.pop(0).result()
         bar.update(1)
     bar.close()
