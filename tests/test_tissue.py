@@ -93,7 +93,7 @@ def fluorescence_slide(tmp_path_factory):
     rgb, blobs = _fluorescence(np.random.default_rng(3))
     tifffile.imwrite(work / "fluo.tif", rgb[:, :, 0], tile=(128, 128), photometric="minisblack")
     tifffile.imwrite(work / "fluo_mask.tif", blobs.astype(np.uint8))
-    slide = convert_slide(work / "fluo.tif", work / "fluo.zarr", mask=work / "fluo_mask.tif", slide_id="fluo", chunk=128)
+    slide = convert_slide(work / "fluo.tif", work / "fluo.zarr", mask=work / "fluo_mask.tif", slide_id="fluo", chunk=128, mpp=0.5)  # the demo model's scanner
     return slide, blobs
 
 
