@@ -8,7 +8,7 @@ CPU, a subset of stain_bench's split: gbm01-12 train, gbm25-28 validate, gbm29-3
 Baseline (:data:`BASE`): U-Net resnet18 depth 3 (stain_bench's model), patches 128 px at
 downscale 2 (0.5 um/px), stride 32 (size/4), batch 8, AdamW lr 3e-3, cosine, BCE + Dice,
 flips/rot90, a fixed number of epochs and seed.  Each condition in :data:`CONDITIONS` changes
-one thing (the geometry conditions keep the physical field of view or the pixel patch size, see
+one thing (a condition may also set its own epochs or seed; the geometry conditions keep the physical field of view or the pixel patch size, see
 their comments).  Per condition: wall time of training, mean over the test crops of pixel Dice
 and object F1 (IoU > 0.5 against the annotated nuclei), without and with
 ``predict.split_objects: watershed`` (seeds 12 px = 3 um at level 0).
@@ -46,6 +46,7 @@ CONDITIONS: dict[str, dict] = {
     "baseline": {},
     "baseline, seed 1": {"seed": 1},  # run-to-run noise
     "stride 64 (size/2)": {"patches": {"stride": 64}},
+    "stride 64, 9 epochs": {"patches": {"stride": 64}, "epochs": 9},  # as many steps as the baseline's 3 epochs
     # downscale 1 at the baseline's physical geometry (64 um field, 16 um stride): 256 px, stride 64
     "downscale 1, 256 px, stride 64": {"patches": {"downscale": 1, "size": 256, "stride": 64}},
     # patch size at downscale 1: 128 px (32 um field), stride 32 (size/4) would be 169 patches a crop; stride 64
@@ -83,7 +84,7 @@ def run_condition(name: str, stores: dict[str, Path], work: Path, epochs: int, s
                 extract_patches(stores[cid], patch[cid], patch_dir / f"{cid}.csv", patches)
             if split == "train":
                 n_patches += sum(1 for _ in open(patch_dir / f"{cid}.csv")) - 1
-    params = TrainParams(**{**BASE, **change.get("train", {})}, epochs=epochs, seed=change.get("seed", seed), resume=False)
+    params = TrainParams(**{**BASE, **change.get("train", {})}, epochs=change.get("epochs", epochs), seed=change.get("seed", seed), resume=False)
     model_dir = work / "models" / name.replace(" ", "_").replace("/", "-").replace(",", "").replace("+", "p")
     start = time.perf_counter()
     metrics = train_model(
@@ -106,7 +107,7 @@ def run_condition(name: str, stores: dict[str, Path], work: Path, epochs: int, s
                 row.update({k: m[k] for k in ("dice", "precision", "recall", "object_f1")})
         rows.append(row)
     return {
-        "patches": patches.__dict__, "train": {k: v for k, v in params.__dict__.items() if k in ("batch_size", "lr", "scheduler", "loss")},
+        "patches": patches.__dict__, "train": {k: v for k, v in params.__dict__.items() if k in ("batch_size", "lr", "scheduler", "loss", "epochs", "seed")},
         "train_patches": n_patches, "train_s": round(train_s, 1), "val_dice": float(metrics["val_dice"].max()),
         "summary": summarise(rows)["A"], "per_crop": rows,
     }
