@@ -11,12 +11,11 @@ to micrometres).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
 from .resolution import UNKNOWN, PixelSize, stated
-from .slide import SAMPLE_SIDE, Band, Reader, SlideError, grid_sample
+from .slide import PyramidReader, SlideError
 
 DICM = b"DICM"  # the magic at byte 128 of a DICOM Part 10 file
 
@@ -38,7 +37,7 @@ def is_dicom(path: Path) -> bool:
     return is_dicom_file(path)
 
 
-class DicomReader(Reader):
+class DicomReader(PyramidReader):
     """Level 0 of a DICOM WSI as (h, w, channels) uint8 (RGB, or 1 channel for MONOCHROME2).
 
     Also reports ``levels`` ((h, w) of each pyramid level), ``associated``
@@ -77,23 +76,6 @@ class DicomReader(Reader):
         """Rows/columns of pyramid level ``level`` (an index into :attr:`levels`; coordinates in its pixels)."""
         image = np.asarray(self.wsi.read_region((x0, y0), self._numbers[level], (x1 - x0, y1 - y0), threads=self.workers))
         return image[:, :, None] if image.ndim == 2 else image[:, :, : self.channels]
-
-    def region(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        """Rows ``y0:y1``, columns ``x0:x1`` as (h, w, channels), decoded by tiles in parallel."""
-        return self._read(y0, y1, x0, x1)
-
-    def bands(self, rows: int) -> Iterator[Band]:
-        """Full-width bands of ``rows`` rows, top to bottom."""
-        height, width = self.shape
-        for y0 in range(0, height, rows):
-            yield y0, self.region(y0, min(height, y0 + rows), 0, width)
-
-    def sample(self) -> np.ndarray:
-        """The smallest pyramid level if small enough, else a sparse grid of level-0 windows."""
-        h, w = self.levels[-1]
-        if len(self.levels) > 1 and max(h, w) <= 4 * SAMPLE_SIDE:
-            return self._read(0, h, 0, w, level=len(self.levels) - 1)
-        return grid_sample(self.region, self.shape)
 
     def close(self) -> None:
         """Close the DICOM files."""

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
 from .resolution import UNKNOWN, PixelSize, stated
-from .slide import SAMPLE_SIDE, Band, Piece, Reader, SlideError, grid_sample
+from .slide import Piece, PyramidReader, SlideError
 
 TILE = 1024  # side of the pieces a region is read in (OpenSlide's own tiles are 240-1024 px)
 
@@ -45,7 +44,7 @@ def flatten(rgba: np.ndarray) -> np.ndarray:
     return ((rgb + 127) // 255).astype(np.uint8)
 
 
-class OpenSlideReader(Reader):
+class OpenSlideReader(PyramidReader):
     """Level 0 of a slide through OpenSlide as uint8 RGB (h, w, 3); see the module docstring.
 
     Also reports ``levels`` ((h, w) of each pyramid level), ``associated``
@@ -103,19 +102,6 @@ class OpenSlideReader(Reader):
         if len(cuts) == 1:
             return [(y0, x0, self._read(y0, y1, x0, x1))]
         return list(self._pool().map(lambda c: (c[0], c[2], self._read(*c)), cuts))
-
-    def bands(self, rows: int) -> Iterator[Band]:
-        """Full-width bands of ``rows`` rows, top to bottom."""
-        height, width = self.shape
-        for y0 in range(0, height, rows):
-            yield y0, self.region(y0, min(height, y0 + rows), 0, width)
-
-    def sample(self) -> np.ndarray:
-        """The smallest pyramid level if small enough, else a sparse grid of level-0 windows."""
-        h, w = self.levels[-1]
-        if len(self.levels) > 1 and max(h, w) <= 4 * SAMPLE_SIDE:
-            return self._read(0, h, 0, w, level=len(self.levels) - 1)
-        return grid_sample(self.region, self.shape)
 
     def _pool(self) -> ThreadPoolExecutor:
         if self._executor is None:

@@ -97,6 +97,34 @@ class Reader(ABC):
         return [(y0, x0, self.region(y0, y1, x0, x1))]
 
 
+class PyramidReader(Reader):
+    """A backend with pyramid levels (OpenSlide, DICOM WSI): ``levels`` [(h, w)] finest first and
+    ``_read(y0, y1, x0, x1, level)`` give the bands and the intensity sample."""
+
+    levels: list[tuple[int, int]]
+
+    @abstractmethod
+    def _read(self, y0: int, y1: int, x0: int, x1: int, level: int = 0) -> np.ndarray:
+        """Rows/columns of pyramid level ``level`` (coordinates in its pixels) as (h, w, channels)."""
+
+    def region(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """Rows ``y0:y1``, columns ``x0:x1`` of level 0 as (h, w, channels)."""
+        return self._read(y0, y1, x0, x1)
+
+    def bands(self, rows: int) -> Iterator[Band]:
+        """Full-width bands of ``rows`` rows, top to bottom."""
+        height, width = self.shape
+        for y0 in range(0, height, rows):
+            yield y0, self.region(y0, min(height, y0 + rows), 0, width)
+
+    def sample(self) -> np.ndarray:
+        """The smallest pyramid level if small enough, else a sparse grid of level-0 windows."""
+        h, w = self.levels[-1]
+        if len(self.levels) > 1 and max(h, w) <= 4 * SAMPLE_SIDE:
+            return self._read(0, h, 0, w, level=len(self.levels) - 1)
+        return grid_sample(self.region, self.shape)
+
+
 class ArrayReader(Reader):
     """An image decoded into memory (PNG/JPEG)."""
 
