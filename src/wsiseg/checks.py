@@ -202,7 +202,8 @@ def plan_problems(
     if scale_problem:
         return [*problems, scale_problem]
     if training and shape_of is not None and images is not None and labelled:
-        spans = {s: _patch_span(patches, pixel_size_of(s) if pixel_size_of else None) for s in labelled}
+        physical = pixel_size_of is not None and patches.get("mpp")  # a slide's pixel size matters only then
+        spans = {s: _patch_span(patches, pixel_size_of(s) if physical else None) for s in labelled}
         shapes = {s: shape_of(images[s]) for s in labelled}
         if all(shape is not None for shape in shapes.values()) and all(spans[s] > max(shapes[s]) for s in labelled):
             h, w = max(shapes.values(), key=lambda hw: hw[0] * hw[1])
@@ -255,32 +256,25 @@ def _scale_problem(
 
 
 def image_pixel_size(path: str | Path, reader: str = "auto") -> Any:
-    """Level 0's :class:`~wsiseg.resolution.PixelSize` as a slide states it, without decoding pixels: a TIFF's
-    header (tifffile), or the OpenSlide/DICOM backend's metadata (``reader``: ``convert.reader``).
-    Unknown for PNG/JPEG and for files that cannot be read that way (convert reports those)."""
-    from .resolution import UNKNOWN, tiff_pixel_size
+    """Level 0's :class:`~wsiseg.resolution.PixelSize` as a slide states it, from the metadata of the backend
+    that convert will use (``reader``: ``convert.reader``), without decoding pixels.  Unknown for PNG/JPEG
+    (they state none and would be decoded whole) and for files that cannot be opened (convert reports those)."""
+    from .resolution import UNKNOWN
+    from .slide import MAX_DECODED_PIXELS, MAX_SEGMENT_BYTES, RASTER_SUFFIXES, open_reader
 
     path = Path(path)
-    if not path.exists() or path.suffix.lower() in (".png", ".jpg", ".jpeg"):
+    if not path.exists() or path.suffix.lower() in RASTER_SUFFIXES:
         return UNKNOWN
     try:
-        from .backends import choose_backend, open_backend
-
-        backend = choose_backend(path) if reader == "auto" and path.is_file() else reader
-        if backend in ("tifffile", "auto") and path.is_file():
-            import tifffile
-
-            with tifffile.TiffFile(path) as tif:
-                return tiff_pixel_size(tif, str(path))
-        opened, tif = open_backend(path, backend, 1, 1, 1)
-        try:
-            return opened.pixel_size
-        finally:
-            opened.close()
-            if tif is not None:
-                tif.close()
+        opened, tif = open_reader(path, 1, MAX_SEGMENT_BYTES, MAX_DECODED_PIXELS, reader)
     except Exception:
         return UNKNOWN
+    try:
+        return opened.pixel_size
+    finally:
+        opened.close()
+        if tif is not None:
+            tif.close()
 
 
 def image_shape(path: str | Path) -> tuple[int, int] | None:

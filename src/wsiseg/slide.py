@@ -172,6 +172,10 @@ class ZarrReader(Reader):
         self.shape = shape[self.axes.index("Y")], shape[self.axes.index("X")]
         self.channels = shape[self.axes.index(self.channel_axis)] if self.channel_axis else 1
         self.dtype = self.array.dtype
+        try:
+            self.pixel_size = tiff_pixel_size(tif, str(path))
+        except ResolutionError as err:  # a sample-sheet mpp may still override it (resolution.choose)
+            self.pixel_size = PixelSize(None, "TIFF metadata", problem=str(err))
 
     def region(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """Rows ``y0:y1``, columns ``x0:x1`` as (h, w, channels)."""
@@ -738,11 +742,6 @@ class SourceSlide:
             self._keep = channel_plan(self.path, self.channels, channels, rgba)
             self.intensity = intensity_map(self.path, np.dtype(self.reader.dtype), uint16, percentiles, self._sample)
             self.pixel_size: PixelSize = self.reader.pixel_size
-            if not self.pixel_size.known and self._tif is not None:
-                try:
-                    self.pixel_size = tiff_pixel_size(self._tif, str(self.path))
-                except ResolutionError as err:  # a sample-sheet mpp may still override it (resolution.choose)
-                    self.pixel_size = PixelSize(None, "TIFF metadata", problem=str(err))
         except Exception:
             self.close()
             raise

@@ -1,3 +1,4 @@
+import functools
 import os
 import re
 import sys
@@ -101,6 +102,7 @@ REPORT_CONFIG_HASH = config_hash(config)
 
 # mistakes that would otherwise surface only after conversion or training: here,
 # in seconds, before any job (also in `snakemake -n`)
+@functools.cache  # each slide's header is read once, whichever checks ask
 def _pixel_size(slide):
     """A slide's pixel size as convert will record it: sample sheet, image header, convert.default_mpp."""
     image = SAMPLES.loc[slide, "image"]
