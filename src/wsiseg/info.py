@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .resolution import UNKNOWN, PixelSize
+from .resolution import PixelSize
 from .slide import SlideError, SourceSlide
 
 
@@ -40,7 +40,7 @@ def store_info(path: str | Path) -> dict:
     if "multiscales" in attrs:
         meta = attrs["multiscales"][0]
         wsiseg = attrs.get("wsiseg", attrs)  # slide stores keep theirs under "wsiseg", predictions at the root
-        pixel = PixelSize(wsiseg["mpp"], wsiseg.get("mpp_source", "unknown")) if wsiseg.get("mpp") else UNKNOWN
+        pixel = PixelSize.from_attrs(wsiseg)
         info.update(
             kind="prediction store" if "provenance" in attrs else "slide store",
             levels=[list(root[d["path"]].shape) for d in meta["datasets"]],
@@ -69,7 +69,7 @@ def format_info(info: dict) -> str:
     lines = [f"{info['path']}: {info['kind']}"]
     if "width" in info:
         lines.append(f"  size       {info['width']} x {info['height']} px (width x height)")
-    pixel = PixelSize(info.get("mpp"), info.get("mpp_source", "unknown"))
+    pixel = PixelSize.from_attrs(info)
     if "mpp" in info:
         lines.append(f"  pixel size {pixel}")
         if info.get("mpp_problem"):

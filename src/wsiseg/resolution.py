@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Mapping
 
 SQUARE_TOLERANCE = 0.01  # relative difference between x and y pixel size still called square
 MIN_MPP, MAX_MPP = 0.01, 1000.0  # plausible range: electron-microscopy-like to macro images
@@ -34,6 +35,11 @@ class PixelSize:
     def known(self) -> bool:
         """Whether a physical pixel size is known."""
         return self.mpp is not None
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping) -> "PixelSize":
+        """The pixel size a store's attributes record (``mpp``, ``mpp_source``: what :meth:`as_dict` wrote)."""
+        return cls(attrs["mpp"], attrs.get("mpp_source", "unknown")) if attrs.get("mpp") else UNKNOWN
 
     def as_dict(self) -> dict:
         """Plain values for JSON attributes: ``{"mpp": float | None, "mpp_source": str}``."""

@@ -28,7 +28,7 @@ import numpy as np
 import zarr
 from zarr.storage import LocalStore
 
-from .resolution import UNKNOWN, PixelSize
+from .resolution import PixelSize
 from .codecs import PlanarJpeg  # registers the wsiseg_jpeg codec for every reader of slide stores
 
 NGFF_VERSION = "0.4"
@@ -448,7 +448,7 @@ class SlideStore:
             self.instances = self.root["labels/instances/0"]
         info = self.root.attrs.get("wsiseg", {})
         self.slide_id = info.get("slide_id", self.path.stem)
-        self.pixel_size = PixelSize(info.get("mpp"), info.get("mpp_source", "unknown")) if info.get("mpp") else UNKNOWN
+        self.pixel_size = PixelSize.from_attrs(info)
         _, self.height, self.width = self.levels[0].shape
 
     @property
