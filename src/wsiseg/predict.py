@@ -343,9 +343,10 @@ def _blend_rows(plan: _Plan, models, device: torch.device, writer: _BandWriter, 
     blender = _Blender(channels, T, dw, blend_window(T, plan.params.blend, plan.params.overlap), device)
     bar = progress(total=len(plan.ys), desc=f"predict {plan.store.slide_id}", unit="tile row", mininterval=5)
     pending = []
-    for r, xs, tiles in _prefetch(plan.batches(), plan.params.prefetch):
+    stain = models[0].hparams.get("stain")  # the training run's stain normaliser, if any: applied in the reader thread
+    batches = ((r, xs, tiles if tiles is None else normalise_batch(tiles, stain)) for r, xs, tiles in plan.batches())
+    for r, xs, tiles in _prefetch(batches, plan.params.prefetch):
         if tiles is not None:
-            tiles = normalise_batch(tiles, models[0].hparams.get("stain"))  # the training run's stain normaliser, if any
             with _elementwise(device):
                 batch = to_batch(tiles, device)
             probs = predict_batch(models, batch, plan.params.tta)
