@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .resolution import MAX_MPP, MIN_MPP
+
 COLUMNS = ["slide_id", "image", "mask", "split"]
 OPTIONAL = ["group", "mpp"]
 SPLITS = ("train", "val", "test")
@@ -60,8 +62,8 @@ def _check_mpp(value: str, where: str) -> None:
         mpp = float(value)
     except ValueError:
         raise SampleSheetError(f"{where}: mpp {value!r} is not a number (micrometres per pixel, e.g. 0.25)") from None
-    if not 0 < mpp < 1000:
-        raise SampleSheetError(f"{where}: mpp {value!r} must be a positive number of micrometres per pixel, e.g. 0.25")
+    if not MIN_MPP <= mpp <= MAX_MPP:  # the plausible range every pixel size is held to
+        raise SampleSheetError(f"{where}: mpp {value!r} must be {MIN_MPP:g}..{MAX_MPP:g} micrometres per pixel, e.g. 0.25")
 
 
 def sheet_mpp(samples: pd.DataFrame, slide_id: str) -> float | None:
