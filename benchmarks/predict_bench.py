@@ -28,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import wsiseg  # noqa: F401  (first: sets wsiseg's OpenMP wait policy before torch loads, as the CLI does)
 import numpy as np
 import torch
 import zarr

@@ -37,6 +37,7 @@ import logging
 import math
 import queue
 import threading
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -157,9 +158,14 @@ def predict_batch(models: Sequence[torch.nn.Module], batch: torch.Tensor, tta: S
     with torch.inference_mode(), torch.autocast(batch.device.type, enabled=autocast):
         for model in models:
             for forward, inverse in pairs:
-                p = inverse(probabilities(model(forward(batch)).float()))
-                total = p if total is None else total.add_(p)
-    return total if len(models) * len(pairs) == 1 else total.div_(len(models) * len(pairs))
+                logits = model(forward(batch))
+                with _elementwise(batch.device):  # the model keeps every thread, the element-wise work one
+                    p = inverse(probabilities(logits.float()))
+                    total = p if total is None else total.add_(p)
+        if len(models) * len(pairs) > 1:
+            with _elementwise(batch.device):
+                total.div_(len(models) * len(pairs))
+    return total
 
 
 def _prefetch(items: Iterator, depth: int) -> Iterator:
@@ -361,7 +367,7 @@ class _BandWriter:
 
 @contextmanager
 def _elementwise(device: torch.device) -> Iterator[None]:
-    """One torch thread on CPU for the element-wise work around the model (normalising, blending).
+    """One torch thread on CPU for the element-wise work around the model (probabilities, blending).
 
     Those kernels touch a few megabytes each and gain nothing from a second
     thread, while splitting them across threads makes each wait for the core
@@ -378,35 +384,47 @@ def _elementwise(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def _blend_rows(plan: _Plan, models, device: torch.device, writer: _BandWriter, executor: ThreadPoolExecutor, channels: int) -> None:
-    T, dw = plan.T, plan.dw
+def _single_thread() -> None:
+    """Thread initializer: torch ops of this thread use one core (the model's thread keeps every core)."""
+    torch.set_num_threads(1)
+
+
+def _blend_rows(plan: _Plan, models, device: torch.device, writer: _BandWriter, channels: int) -> None:
+    """Predict every tile row of ``plan`` and hand the blended rows to ``writer``.
+
+    Three threads, so the model's never waits: the reader reads, cuts and normalises
+    tiles ahead; this thread runs the model; the blender adds its probabilities into
+    the band and, when a tile row is complete, writes the finished rows (its
+    PyramidWriters compress in their own threads).  Queues are a few batches deep:
+    memory holds a few bands, never the slide."""
+    T = plan.T
     for model in models:  # in place, as the input: see TileNormaliser
         model.to(memory_format=torch.channels_last)
-    blender = _Blender(channels, T, dw, blend_window(T, plan.params.blend, plan.params.overlap), device)
+    blender = _Blender(channels, T, plan.dw, blend_window(T, plan.params.blend, plan.params.overlap), device)
     to_batch = TileNormaliser(device)
     bar = progress(total=len(plan.ys), desc=f"predict {plan.store.slide_id}", unit="tile row", mininterval=5)
-    pending = []
-    stain = models[0].hparams.get("stain")  # the training run's stain normaliser, if any: applied in the reader thread
-    batches = ((r, xs, tiles if tiles is None else to_batch.prepare(normalise_batch(tiles, stain))) for r, xs, tiles in plan.batches())
-    for r, xs, tiles in _prefetch(batches, plan.params.prefetch):
-        if tiles is not None:
-            with _elementwise(device):
-                batch = to_batch(tiles)
-            probs = predict_batch(models, batch, plan.params.tta)
-            with _elementwise(device):
-                blender.add(xs, probs)
-            continue
+
+    def finish_row(r: int) -> None:
         y = plan.ys[r]
         final = (plan.ys[r + 1] - y) if r + 1 < len(plan.ys) else min(T, plan.dh - y)
-        with _elementwise(device):
-            band = blender.pop(final)
-        pending.append(executor.submit(writer.write, y, band))
-        if len(pending) > 1:  # one band written while the next is blended: memory stays a few bands wide
-            pending.pop(0).result()
+        writer.write(y, blender.pop(final))
         bar.update(1)
+
+    stain = models[0].hparams.get("stain")  # the training run's stain normaliser, if any: applied in the reader thread
+    batches = ((r, xs, tiles if tiles is None else to_batch.prepare(normalise_batch(tiles, stain))) for r, xs, tiles in plan.batches())
+    init = _single_thread if device.type == "cpu" else None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsiseg-blender", initializer=init) as blend:
+        pending: deque = deque()
+        for r, xs, tiles in _prefetch(batches, plan.params.prefetch):
+            if tiles is None:
+                pending.append(blend.submit(finish_row, r))
+            else:
+                pending.append(blend.submit(blender.add, xs, predict_batch(models, to_batch(tiles), plan.params.tta)))
+            while len(pending) > plan.params.prefetch:  # the blender at most a few batches behind
+                pending.popleft().result()
+        for job in pending:
+            job.result()
     bar.close()
-    for future in pending:
-        future.result()
 
 
 def predict_slide(
@@ -475,9 +493,8 @@ def predict_slide(
         with (
             PyramidWriter(root, (classes, *size), levels, params.chunk, codec, "mean", workers=1) as prob,
             PyramidWriter(mask_group, size, 1 if clean else levels, params.chunk, codec, "max", workers=1) as mask,
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsiseg-writer") as executor,
         ):
-            _blend_rows(plan, models, device, _BandWriter(prob, mask, size, ds, params.threshold), executor, classes)
+            _blend_rows(plan, models, device, _BandWriter(prob, mask, size, ds, params.threshold), classes)
         if clean:
             if min_area or max_hole:
                 postprocess_mask(mask_group["0"], min_area, max_hole)
