@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-import yaml
 
 from wsiseg.cli import main
 from conftest import SNAKEFILE, write_config
