@@ -82,7 +82,7 @@ def test_ome_zarr_reader_returns_an_image_and_a_label_node(prediction):
     images = [n for n in nodes if n.load(reader.Multiscales) and not n.load(reader.Label)]
     labels = [n for n in nodes if n.load(reader.Label)]
     assert len(images) == 1 and len(labels) == 1
-    assert images[0].data[0].shape == (1, 384, 512) and labels[0].data[0].shape == (384, 512)
+    assert images[0].data[0].shape == (1, 192, 256) and labels[0].data[0].shape == (384, 512)  # probabilities: the model's grid
 
 
 def test_napari_overlays_prediction_layers_on_the_slide(prediction):
@@ -91,8 +91,12 @@ def test_napari_overlays_prediction_layers_on_the_slide(prediction):
     layers = napari_layers(out)
     assert [kind for *_, kind in layers] == ["image", "labels"]
     (prob, prob_meta, _), (mask, mask_meta, _) = layers
-    assert spatial(prob, prob_meta) == spatial(mask, mask_meta) == spatial(slide_image, slide_meta) == spatial(truth, truth_meta)
-    assert prob_meta["scale"] == mask_meta["scale"] == slide_meta["scale"] == truth_meta["scale"]
+    assert spatial(mask, mask_meta) == spatial(slide_image, slide_meta) == spatial(truth, truth_meta)
+    assert mask_meta["scale"] == slide_meta["scale"] == truth_meta["scale"]
+    # the probabilities are on the downscale-2 model's grid: twice the pixel size, the same extent on the slide
+    assert list(prob_meta["scale"][-2:]) == [2 * v for v in slide_meta["scale"][-2:]]
+    extent = [s * k for s, k in zip(spatial(prob, prob_meta)[0], prob_meta["scale"][-2:])]
+    assert extent == [s * k for s, k in zip(spatial(slide_image, slide_meta)[0], slide_meta["scale"][-2:])]
     assert mask_meta["properties"]["class"] == ["background", "glomerulus"]
     assert set(np.unique(np.asarray(mask[0]))) <= {0, 1}
 

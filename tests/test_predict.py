@@ -9,6 +9,7 @@ from wsiseg.data import to_tensor
 from wsiseg.model import SegmentationModule, load_model
 from wsiseg.postprocess import clean_mask, postprocess_mask
 from wsiseg.predict import PredictParams, blend_window, predict_batch, predict_slide
+from wsiseg.predstore import Prediction
 from wsiseg.store import SlideStore
 
 
@@ -27,7 +28,9 @@ def test_tiled_prediction_matches_whole_image_forward(tiny_trained, tmp_path):
     slides, ckpt = tiny_trained
     params = PredictParams(tile=128, overlap=64, min_tissue=0, chunk=128)
     out = predict_slide(slides["demo_2"], ckpt, tmp_path / "p.zarr", params)
-    tiled = zarr.open_group(out, mode="r")["1"][0] / 255.0  # level 1 = the model's resolution (downscale 2)
+    root = zarr.open_group(out, mode="r")
+    assert root.attrs["prob_downscale"] == 2  # probabilities stored on the model's grid (downscale 2)
+    tiled = root["0"][0] / 255.0
     whole = _whole_image_probability(slides["demo_2"], ckpt)
     diff = np.abs(tiled[: whole.shape[0], : whole.shape[1]] - whole)
     # measured with the 2-epoch tiny model: mean 0.015, 99th percentile 0.066 (a single padded
@@ -38,9 +41,9 @@ def test_tiled_prediction_matches_whole_image_forward(tiny_trained, tmp_path):
 def test_no_seams_between_tiles(tiny_trained, tmp_path):
     slides, ckpt = tiny_trained
     out = predict_slide(slides["demo_2"], ckpt, tmp_path / "p.zarr", PredictParams(tile=64, overlap=32, min_tissue=0))
-    prob = zarr.open_group(out, mode="r")["0"][0].astype(float)
+    prob = zarr.open_group(out, mode="r")["0"][0].astype(float)  # the model's grid (downscale 2)
     steps = np.abs(np.diff(prob, axis=1)).mean(axis=0)  # mean jump between neighbouring columns
-    seams = steps[[63, 127, 191, 255, 319]]  # level-0 columns at tile borders (stride 32 x downscale 2)
+    seams = steps[[31, 63, 95, 127, 159]]  # columns at tile borders (stride 32)
     assert seams.max() < 3 * np.median(steps) + 1
 
 
@@ -112,10 +115,11 @@ def test_multiclass_model_writes_class_probabilities_and_argmax(tiny_trained, tm
     out = predict_slide(slides["demo_2"], tmp_path / "mc.ckpt", tmp_path / "p.zarr", PredictParams(tile=64, overlap=16, min_tissue=0))
     root = zarr.open_group(out, mode="r")
     prob, mask = root["0"][:].astype(int), root["labels/mask/0"][:]
-    assert prob.shape == (3, 384, 512) and root.attrs["classes"] == 3
+    assert prob.shape == (3, 192, 256) and mask.shape == (384, 512) and root.attrs["classes"] == 3  # probabilities on the model's grid
     assert np.abs(prob.sum(axis=0) - 255).max() <= 3  # softmax over classes
+    prob = Prediction(out).probabilities(0) * 255  # upsampled to level 0 as the mask was made
     chosen = np.take_along_axis(prob, mask[None].astype(int), axis=0)[0]
-    assert (chosen >= prob.max(axis=0) - 1).all()  # the arg-max class (up to uint8 rounding of ties)
+    assert (chosen >= prob.max(axis=0) - 1).all()  # the arg-max class (up to uint8 rounding of ties: 2 x 0.5)
     assert len(np.unique(mask)) > 1
 
 
@@ -123,7 +127,10 @@ def test_prediction_store_matches_slide_and_threshold(tiny_trained, tmp_path):
     slides, ckpt = tiny_trained
     out = predict_slide(slides["demo_2"], ckpt, tmp_path / "p.zarr", PredictParams(tile=64, overlap=16, threshold=0.4, min_tissue=0))
     root = zarr.open_group(out, mode="r")
-    prob, mask = root["0"][0], root["labels/mask/0"][:]
+    assert root["0"].shape == (1, 192, 256)  # the model's grid (downscale 2)
+    scale = root.attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"]
+    assert scale[-2:] == [2 * root.attrs["mpp"]] * 2 and root.attrs["prob_downscale"] == 2  # the NGFF scale says so
+    prob, mask = Prediction(out).probabilities(0)[0] * 255, root["labels/mask/0"][:]
     assert prob.shape == mask.shape == (384, 512)
     assert set(np.unique(mask)) <= {0, 1}
     # the mask is the thresholded probability (up to uint8 rounding of the stored probability)

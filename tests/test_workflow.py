@@ -78,7 +78,7 @@ def test_every_artifact_is_written(finished):
     assert card["slides"] == {"train": ["demo_0"], "val": ["demo_1"]}
     for slide in ("demo_1", "demo_2"):  # val and test slides are predicted
         root = zarr.open_group(out / "predictions" / f"{slide}.zarr", mode="r")
-        assert root["labels/mask/0"].shape == (384, 512) and root["0"].shape == (1, 384, 512)
+        assert root["labels/mask/0"].shape == (384, 512) and root["0"].shape == (1, 192, 256)  # probabilities: the model grid
         assert root.attrs["provenance"]["checkpoints"][0]["sha256"] == card["checkpoints"][0]["sha256"]
         assert (out / "overlays" / f"{slide}.png").exists()
         assert json.loads((out / "geojson" / f"{slide}.geojson").read_text())["type"] == "FeatureCollection"

@@ -8,17 +8,21 @@ while the model computes (the GPU does not wait on I/O) and a second thread
 writes finished rows.  Only uint8 tiles travel to the device; normalisation,
 the model (channels_last) and the blending of overlapping tiles (Gaussian or
 linear-ramp window, so there are no seams) run there.  Tile rows are processed
-top to bottom; finished rows are upsampled to level 0, thresholded and written
-once, chunk-aligned, while the upper pyramid levels are pooled from them in
-memory (nothing is read back): memory holds one band of tiles, never the slide.
+top to bottom; finished rows are written once, chunk-aligned, while the upper
+pyramid levels are pooled from them in memory (nothing is read back): memory
+holds one band of tiles, never the slide.
 
 Output store ``{slide}.zarr``, OME-NGFF v0.4 (see :mod:`wsiseg.predstore`)::
 
     0, 1, ...              probability x 255 (uint8), axes (c, y, x): the multiscale image at
                            the root; c = 1 (foreground) for binary models, one channel per
-                           class for multi-class ones, named by ``class_names``
-    labels/mask/0, 1, ...  image-label, axes (y, x): binary prob > threshold (then
-                           post-processed), uint8 0/1; multi-class the arg-max class index
+                           class for multi-class ones, named by ``class_names``.  Level 0 is
+                           the model's grid when it read the slide at a downscale above 1
+                           (root attribute ``prob_downscale``, and the NGFF scale, say so),
+                           else the slide's level 0
+    labels/mask/0, 1, ...  image-label, axes (y, x), the slide's level 0 and 2x levels: binary
+                           prob (upsampled linearly) > threshold, then post-processed, uint8
+                           0/1; multi-class the arg-max class index
 
 The root attributes ``mpp``/``mpp_source`` (the slide's level-0 pixel size)
 and ``model_mpp`` say the scale; ``downscale`` the one used.  The root attribute ``provenance`` records the model (each checkpoint's
@@ -48,7 +52,7 @@ import numpy as np
 import torch
 import zarr
 
-from .bands import BandReader
+from .bands import BandReader, interleave
 from .data import MEAN, STD
 from .instances import METHODS as SPLIT_METHODS
 from .instances import min_distance_px, split_mask
@@ -329,40 +333,77 @@ class _Blender:
 
 
 class _BandWriter:
-    """Upsamples finished rows of the downscaled probability map to level 0, thresholds them, and hands
-    them to the probability and mask pyramid writers (level 0 written once, upper levels pooled in memory)."""
+    """Hands finished rows of the blended probability map to the probability and mask pyramid writers
+    (level 0 written once, upper levels pooled in memory).
 
-    def __init__(self, prob: PyramidWriter, mask: PyramidWriter, size: tuple[int, int], downscale: float, threshold: float):
-        self.prob, self.mask, self.ds, self.threshold = prob, mask, downscale, threshold
+    The probabilities are written on the model's grid when the model read the slide at a
+    downscale above 1 (``model_grid``), else upsampled to level 0 with the mask.  The mask
+    is always level 0's: the probabilities upsampled (linearly) and thresholded, or their
+    arg-max for multi-class models."""
+
+    def __init__(
+        self, prob: PyramidWriter, mask: PyramidWriter, size: tuple[int, int], downscale: float, threshold: float, model_grid: bool
+    ):
+        self.prob, self.mask, self.ds, self.threshold, self.model_grid = prob, mask, downscale, threshold, model_grid
         self.height, self.width = size
+        self.top = 0  # first model row not yet upsampled
+        self.carry: np.ndarray | None = None  # (channels, ctx + 1, width): the row above self.top (ctx = 1 below the first band), and self.top's
 
-    def write(self, y0: int, band: np.ndarray, rows: int = 256) -> None:
-        """Write a (channels, rows, width) probability band that starts at model-resolution row ``y0``.
+    def write(self, y0: int, band: np.ndarray) -> None:
+        """Write a (channels, rows, width) probability band that starts at model-resolution row ``y0``
+        (bands come in order, each starting where the last ended).
 
-        Upsampled in slices of about ``rows`` level-0 rows (each with one source row
-        of context on both sides, so the slices join exactly as one resize would):
-        memory stays small even for 100k-px-wide slides."""
-        step = max(1, int(rows // self.ds))
-        for a in range(0, band.shape[1], step):
-            b = min(band.shape[1], a + step)
-            lo, hi = max(0, a - 1), min(band.shape[1], b + 1)
-            self._write_slice(y0 + a, band[:, lo:hi], a - lo, b - a)
+        The band's last row waits for the next band: upsampling it needs the row below,
+        so rows join across bands exactly as one resize of the whole map would."""
+        if self.model_grid:
+            self.prob.add(_to_uint8(interleave(band)))
+        rows = band if self.carry is None else np.concatenate([self.carry, band], axis=1)
+        ctx = 0 if self.carry is None else self.carry.shape[1] - 1
+        if y0 != self.top + (rows.shape[1] - ctx - band.shape[1]):
+            raise ValueError(f"probability band at row {y0} out of order (expected {self.top + rows.shape[1] - ctx - band.shape[1]})")
+        self._upsample(rows, ctx, rows.shape[1] - ctx - 1)
+        self.carry = rows[:, -2:] if rows.shape[1] >= 2 else rows
+
+    def flush(self) -> None:
+        """Write the last row (after the last band)."""
+        if self.carry is not None:
+            ctx = self.carry.shape[1] - 1
+            self._upsample(self.carry, ctx, self.carry.shape[1] - ctx)
+            self.carry = None
+
+    def _upsample(self, rows: np.ndarray, ctx: int, count: int, step_rows: int = 256) -> None:
+        """Upsample and write ``count`` model rows of ``rows`` from row ``ctx`` (the rows around them are context).
+
+        In slices of about ``step_rows`` level-0 rows, each with one source row of context on
+        both sides: memory stays small even for 100k-px-wide slides."""
+        step = max(1, int(step_rows // self.ds))
+        for a in range(0, count, step):
+            b = min(count, a + step)
+            lo, hi = max(0, ctx + a - 1), min(rows.shape[1], ctx + b + 1)
+            self._write_slice(self.top + a, rows[:, lo:hi], ctx + a - lo, b - a)
+        self.top += count
 
     def _write_slice(self, y: int, src: np.ndarray, skip: int, count: int) -> None:
         top = int(round(y * self.ds))
         bottom = min(self.height, int(round((y + count) * self.ds)))
         if bottom <= top:
             return
-        hwc = np.ascontiguousarray(src.transpose(1, 2, 0))
+        hwc = interleave(src)
         size = (int(round(src.shape[2] * self.ds)), int(round(src.shape[1] * self.ds)))
         up = hwc if self.ds == 1 else cv2.resize(hwc, size, interpolation=cv2.INTER_LINEAR)
         first = int(round(skip * self.ds))
         up = up.reshape(up.shape[0], up.shape[1], -1)[first : first + bottom - top, : self.width]
-        self.prob.add(cv2.convertScaleAbs(up, alpha=255).reshape(up.shape))
+        if not self.model_grid:
+            self.prob.add(_to_uint8(up))
         if up.shape[2] == 1:
             self.mask.add((up > self.threshold).view(np.uint8))
         else:  # multi-class: the most probable class index
             self.mask.add(up.argmax(axis=2).astype(np.uint8)[:, :, None])
+
+
+def _to_uint8(prob: np.ndarray) -> np.ndarray:
+    """(h, w, c) probabilities 0..1 → uint8 x 255, rounded."""
+    return cv2.convertScaleAbs(prob, alpha=255).reshape(prob.shape)
 
 
 @contextmanager
@@ -424,6 +465,7 @@ def _blend_rows(plan: _Plan, models, device: torch.device, writer: _BandWriter, 
                 pending.popleft().result()
         for job in pending:
             job.result()
+    writer.flush()
     bar.close()
 
 
@@ -486,15 +528,18 @@ def predict_slide(
     levels = level_count(store.height, store.width, params.chunk)
     clean = bool(min_area or max_hole or params.split_objects) and classes == 1  # post-processing: mask pyramid afterwards
     size = (store.height, store.width)
+    model_grid = ds > 1  # probabilities stored on the model's grid (a finer model's are stored at level 0)
+    prob_size, prob_scale = ((plan.dh, plan.dw), ds) if model_grid else (size, 1.0)
+    prob_levels = level_count(*prob_size, params.chunk)
     with atomic_path(out, stage="predict", inputs=(slide, *checkpoints), folder=True) as tmp:
         root = zarr.open_group(tmp, mode="w", zarr_format=2)
         labels = root.create_group("labels")
         mask_group = labels.create_group("mask")
         with (
-            PyramidWriter(root, (classes, *size), levels, params.chunk, codec, "mean", workers=1) as prob,
+            PyramidWriter(root, (classes, *prob_size), prob_levels, params.chunk, codec, "mean", workers=1) as prob,
             PyramidWriter(mask_group, size, 1 if clean else levels, params.chunk, codec, "max", workers=1) as mask,
         ):
-            _blend_rows(plan, models, device, _BandWriter(prob, mask, size, ds, params.threshold), classes)
+            _blend_rows(plan, models, device, _BandWriter(prob, mask, size, ds, params.threshold, model_grid), classes)
         if clean:
             if min_area or max_hole:
                 postprocess_mask(mask_group["0"], min_area, max_hole)
@@ -505,7 +550,8 @@ def predict_slide(
         mask_group.attrs.update(label_attrs(levels, names, pixel.mpp))
         root.attrs.update(
             {
-                **image_attrs(f"{store.slide_id} probability", levels, names[1:] if classes == 1 else names, pixel.mpp),
+                **image_attrs(f"{store.slide_id} probability", prob_levels, names[1:] if classes == 1 else names, pixel.mpp, prob_scale),
+                "prob_downscale": prob_scale,
                 "slide_id": store.slide_id,
                 "class_names": names,
                 "provenance": provenance,

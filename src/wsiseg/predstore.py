@@ -9,9 +9,15 @@ Layout of ``{slide}.zarr`` (zarr format 2, OME-NGFF v0.4)::
                           arg-max class index) with ``colors`` and ``properties`` (``class``:
                           the name of each label value)
 
-Both pyramids have the slide store's level-0 size and 2x levels, so viewers
-(napari with napari-ome-zarr, ome-zarr-py) overlay them on the slide.  Root
-attributes: ``slide_id``, ``classes``, ``class_names``, ``downscale``,
+The mask pyramid has the slide store's level-0 size and 2x levels.  The
+probability pyramid starts at the model's grid (``prob_downscale`` slide
+pixels per probability pixel: the downscale the model read the slide at, 1
+when it read level 0 or finer): a downscale-4 model's probabilities hold no
+more at level 0 than on their own grid, and storing them there costs 1/16.
+Both NGFF scales say so, so viewers (napari with napari-ome-zarr,
+ome-zarr-py) overlay them on the slide; :meth:`Prediction.probabilities`
+resamples them onto a mask level (linearly, as the mask was made).  Root
+attributes: ``slide_id``, ``classes``, ``class_names``, ``downscale``, ``prob_downscale``,
 ``tile``, ``overlap``, ``threshold``, ``tta``, ``tissue`` and ``provenance``
 (model checkpoints with sha256, model cards, config hash, wsiseg version).
 Stores written before this layout (``prob/`` and ``mask/`` groups, axes
@@ -24,6 +30,7 @@ import json
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import cv2
 import numpy as np
 import zarr
 
@@ -32,9 +39,9 @@ from .modelcard import label_colour, wsiseg_version
 from .store import LABEL_AXES, NGFF_VERSION, multiscales, read_plane
 
 
-def image_attrs(name: str, levels: int, channels: Sequence[str], mpp: float | None = None) -> dict:
-    """NGFF ``multiscales`` (micrometre scales with ``mpp``, level 0's pixel size) and ``omero`` attributes of
-    the probability image (uint8, one channel per name)."""
+def image_attrs(name: str, levels: int, channels: Sequence[str], mpp: float | None = None, base: float = 1.0) -> dict:
+    """NGFF ``multiscales`` (micrometre scales with ``mpp``, the slide's level-0 pixel size; ``base`` slide pixels
+    per probability pixel) and ``omero`` attributes of the probability image (uint8, one channel per name)."""
     binary = len(channels) == 1  # one foreground channel; else channel c is class c (0 = background, hidden)
     omero = [
         {
@@ -45,7 +52,7 @@ def image_attrs(name: str, levels: int, channels: Sequence[str], mpp: float | No
         }
         for c, channel in enumerate(channels)
     ]
-    return {"multiscales": multiscales(name, levels, "mean", mpp=mpp), "omero": {"version": NGFF_VERSION, "name": name, "channels": omero}}
+    return {"multiscales": multiscales(name, levels, "mean", mpp=mpp, base=base), "omero": {"version": NGFF_VERSION, "name": name, "channels": omero}}
 
 
 def label_attrs(levels: int, names: Sequence[str], mpp: float | None = None) -> dict:
@@ -77,6 +84,7 @@ class Prediction:
             raise ValueError(f"{self.path}: not a wsiseg prediction store ({err})") from None
         self.attrs = dict(root.attrs)
         self.height, self.width = self.mask_levels[0].shape[-2:]
+        self.prob_scale = float(self.attrs.get("prob_downscale", 1.0))  # slide pixels per level-0 probability pixel
 
     @property
     def mask(self) -> zarr.Array:
@@ -92,6 +100,24 @@ class Prediction:
         """(h, w) labels of ``rows, cols`` of pyramid level ``k``."""
         return read_plane(self.mask_levels[k], rows, cols)
 
+    def probabilities(self, k: int = 0) -> np.ndarray:
+        """Probabilities 0..1, float32 (channels, h, w), on the grid of mask level ``k``.
+
+        Read from the finest probability level not finer than mask level ``k`` and resized
+        (linearly, with the same pixel mapping the predict stage used to make the mask)."""
+        target = 2.0**k  # slide pixels per pixel of mask level k
+        j = 0
+        while j + 1 < len(self.prob_levels) and self.prob_scale * 2.0 ** (j + 1) <= target + 1e-9:
+            j += 1
+        prob = np.asarray(self.prob_levels[j][:], np.float32) / 255.0
+        h, w = self.mask_levels[k].shape[-2:] if k < len(self.mask_levels) else (-(-self.height // 2**k), -(-self.width // 2**k))
+        factor = self.prob_scale * 2.0**j / target
+        if factor == 1:
+            return _fit(prob, h, w)
+        size = (int(round(prob.shape[2] * factor)), int(round(prob.shape[1] * factor)))
+        resized = [cv2.resize(plane, size, interpolation=cv2.INTER_LINEAR if factor > 1 else cv2.INTER_AREA) for plane in prob]
+        return _fit(np.stack(resized), h, w)
+
     def level_for(self, max_side: int) -> int:
         """Finest pyramid level whose longer side is at most ``max_side``."""
         k = 0
@@ -104,6 +130,13 @@ class Prediction:
         """What made the prediction: ``checkpoints`` (path, sha256), ``model_cards``, ``config_hash``,
         ``wsiseg_version`` (empty for stores that do not record it)."""
         return dict(self.attrs.get("provenance") or {})
+
+
+def _fit(planes: np.ndarray, h: int, w: int) -> np.ndarray:
+    """(c, h, w): ``planes`` cropped, or padded with their edge values, to ``h`` x ``w``."""
+    planes = planes[:, :h, :w]
+    pad = ((0, 0), (0, h - planes.shape[1]), (0, w - planes.shape[2]))
+    return np.pad(planes, pad, mode="edge") if any(p[1] for p in pad) else planes
 
 
 def write_provenance(predictions: Mapping[str, str | Path], out: str | Path, config_hash: str | None = None) -> dict:

@@ -180,13 +180,6 @@ def overlay(
 CLASS_COLOURS = [(230, 30, 30), (30, 160, 30), (30, 80, 230), (230, 180, 0), (180, 30, 180), (0, 180, 180)]
 
 
-def _probability_level(pred: Prediction, k: int) -> np.ndarray | None:
-    """Probabilities (0..1, shape (C, H, W)) of pyramid level ``k`` of a prediction, or None past its pyramid."""
-    if k >= len(pred.prob_levels):
-        return None
-    return np.asarray(pred.prob_levels[k][:], np.float32) / 255.0
-
-
 def export_geojson(
     prediction: str | Path,
     out: str | Path,
@@ -210,16 +203,14 @@ def export_geojson(
     pred = Prediction(prediction)
     k = pred.level_for(max_side)
     labels = pred.mask_plane(k)
-    probability = _probability_level(pred, k)
+    probability = pred.probabilities(k)
     classes = int(pred.attrs.get("classes", 1))
     layers = [(class_name, labels > 0, 1)] if classes == 1 else [(class_label(c, class_names), labels == c, c) for c in range(1, classes)]
     slide_id = str(pred.attrs.get("slide_id", pred.path.stem))
     features = []
     for name, mask, c in layers:
         colour = CLASS_COLOURS[(c - 1) % len(CLASS_COLOURS)]
-        p = None
-        if probability is not None:
-            p = probability[0 if classes == 1 else c][: mask.shape[0], : mask.shape[1]]
+        p = probability[0 if classes == 1 else c][: mask.shape[0], : mask.shape[1]]
         features += vector.qupath_features(
             mask, name, colour, slide_id, p, scale=2.0**k, mpp=pred.attrs.get("mpp"), object_type=object_type
         )

@@ -63,14 +63,17 @@ def level_count(height: int, width: int, chunk: int) -> int:
     return 1 + max(0, math.ceil(math.log2(max(height, width) / chunk))) if max(height, width) > chunk else 1
 
 
-def multiscales(name: str, levels: int, method: str, axes: list[dict] = AXES, mpp: float | None = None) -> list[dict]:
+def multiscales(
+    name: str, levels: int, method: str, axes: list[dict] = AXES, mpp: float | None = None, base: float = 1.0
+) -> list[dict]:
     """NGFF v0.4 ``multiscales`` metadata for a 2x pyramid of ``levels`` levels with ``axes``
     (:data:`AXES` for images, :data:`LABEL_AXES` for label images).
 
-    With ``mpp`` (level 0's micrometres per pixel) each level's scale is its pixel size in micrometres;
-    without it the spatial axes carry no unit and the scale counts level-0 pixels."""
+    With ``mpp`` (the slide's level-0 micrometres per pixel) each level's scale is its pixel size in micrometres;
+    without it the spatial axes carry no unit and the scale counts slide level-0 pixels.  ``base``: slide
+    level-0 pixels per pixel of this pyramid's level 0 (e.g. a prediction stored at a downscale-2 model's grid)."""
     lead = [1.0] * (len(axes) - 2)
-    step = float(mpp) if mpp else 1.0
+    step = (float(mpp) if mpp else 1.0) * float(base)
     if not mpp:
         axes = [{k: v for k, v in axis.items() if k != "unit"} for axis in axes]
     datasets = [
