@@ -26,14 +26,17 @@ def interleave(planar: np.ndarray) -> np.ndarray:
 
 
 class BandReader:
-    """RGB bands (height, ``width``, 3) of ``store`` at ``downscale``, requested with non-decreasing top rows."""
+    """RGB bands (height, ``width``, 3) of ``store`` at ``downscale`` from model column ``x0``, requested with
+    non-decreasing top rows."""
 
-    def __init__(self, store: SlideStore, downscale: float, width: int, fill: int = 255):
+    def __init__(self, store: SlideStore, downscale: float, width: int, fill: int = 255, x0: int = 0):
         self.store, self.ds, self.width, self.fill = store, downscale, width, fill
         k = store.level_for(downscale)
         self.f, self.array = 2**k, store.levels[k]
         self.chunk = self.array.chunks[-2]
-        self.cols = int(math.ceil(width * downscale / self.f))  # level columns a band spans (x0 = 0)
+        left = int(round(x0 * downscale))  # level-0 column, as SlideStore.read_image
+        self.col0 = int(math.floor(left / self.f))
+        self.cols = int(math.ceil((left + width * downscale) / self.f)) - self.col0  # level columns a band spans
         self.top = 0  # level row of self.rows[0]
         self.rows = np.empty((0, self.cols, self.array.shape[0]), np.uint8)
 
@@ -48,7 +51,7 @@ class BandReader:
         cached = self.top + len(self.rows)
         if ly1 > cached:  # whole chunk rows below the cached ones: each chunk decoded once
             end = -(-ly1 // self.chunk) * self.chunk
-            new = interleave(read_padded(self.array, cached, end, 0, self.cols, self.fill))
+            new = interleave(read_padded(self.array, cached, end, self.col0, self.col0 + self.cols, self.fill))
             self.rows = np.concatenate([self.rows, new]) if len(self.rows) else new
         block = self.rows[ly0 - self.top : ly1 - self.top]
         if block.shape[:2] != (height, self.width):

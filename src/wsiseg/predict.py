@@ -224,9 +224,26 @@ class _Plan:
             self.keep[:] = True
         self.skipped = self.total - int(self.keep.sum())
 
-    def row_tiles(self, r: int) -> list[int]:
-        """x positions of the tiles of tile row ``r`` to predict."""
-        return [x for x, keep in zip(self.xs, self.keep[r]) if keep]
+    def strips(self) -> list[tuple[int, int]]:
+        """Column ranges [b0, b1) of the model grid predicted one after the other.
+
+        Slides wider than 1.5 ``params.strip`` go in strips of that width (rounded to a chunk
+        multiple), so no buffer grows with the slide width; only at integer downscales of 1 or
+        more, where every strip border is a chunk corner of the stores at the levels written."""
+        chunk = self.params.chunk
+        width = max(chunk, self.params.strip // chunk * chunk)
+        if not float(self.ds).is_integer() or self.dw <= 1.5 * width:
+            return [(0, self.dw)]
+        return [(b, min(self.dw, b + width)) for b in range(0, self.dw, width)]
+
+    def strip_tiles(self, b0: int, b1: int) -> list[int]:
+        """x positions of the tiles that cover model columns [b0 - 1, b1]: the strip and one column of context."""
+        return [x for x in self.xs if x <= b1 and x + self.T > b0 - 1]
+
+    def row_tiles(self, r: int, b0: int = 0, b1: int | None = None) -> list[int]:
+        """x positions of the tiles of tile row ``r`` to predict (in strip [b0, b1))."""
+        b1 = self.dw if b1 is None else b1
+        return [x for x, keep in zip(self.xs, self.keep[r]) if keep and x <= b1 and x + self.T > b0 - 1]
 
     def info(self) -> dict:
         """Tissue detection summary for the prediction store's attributes."""
@@ -235,16 +252,18 @@ class _Plan:
             "tiles_skipped": self.skipped, "tiles_total": self.total, "fallback": bool(self.fallback),
         }
 
-    def batches(self) -> Iterator[tuple[int, list[int], np.ndarray | None]]:
-        """Per tile row: (row, xs, uint8 tiles) batches, then (row, [], None) when the row is read."""
-        bands = BandReader(self.store, self.ds, max(self.xs) + self.T)
+    def batches(self, b0: int, b1: int) -> Iterator[tuple[int, list[int], np.ndarray | None]]:
+        """Per tile row of strip [b0, b1): (row, xs, uint8 tiles) batches, then (row, [], None) when the row is read."""
+        cover = self.strip_tiles(b0, b1)
+        left = min(cover)
+        bands = BandReader(self.store, self.ds, max(cover) + self.T - left, x0=left)
         for r, y in enumerate(self.ys):
-            todo = self.row_tiles(r)
+            todo = self.row_tiles(r, b0, b1)
             if todo:  # one read per tile row, the rows it shares with the previous one kept: every chunk decoded once
                 band = bands.read(y, self.T)
             for b in range(0, len(todo), self.params.batch_size):
                 xs = todo[b : b + self.params.batch_size]
-                yield r, xs, np.stack([band[:, x : x + self.T] for x in xs])
+                yield r, xs, np.stack([band[:, x - left : x - left + self.T] for x in xs])
             yield r, [], None
 
 
@@ -342,10 +361,17 @@ class _BandWriter:
     arg-max for multi-class models."""
 
     def __init__(
-        self, prob: PyramidWriter, mask: PyramidWriter, size: tuple[int, int], downscale: float, threshold: float, model_grid: bool
+        self, prob: PyramidWriter, mask: PyramidWriter, size: tuple[int, int], downscale: float, threshold: float, model_grid: bool,
+        columns: tuple[int, int, int] | None = None,
     ):
+        """``columns`` (left, b0, b1): bands hold model columns from ``b0 - left``; columns [b0, b1) are written
+        (a strip; the columns beside it are upsampling context).  Default: the whole width."""
         self.prob, self.mask, self.ds, self.threshold, self.model_grid = prob, mask, downscale, threshold, model_grid
-        self.height, self.width = size
+        self.height = size[0]
+        left, b0, b1 = columns or (0, 0, int(math.ceil(size[1] / downscale)))
+        self.left, self.cols = left, b1 - b0  # model columns: context before the strip, and the strip's
+        self.skip = int(round(left * downscale))  # level-0 columns of context before the strip
+        self.width = min(size[1], int(round(b1 * downscale))) - int(round(b0 * downscale))  # level-0 columns written
         self.top = 0  # first model row not yet upsampled
         self.carry: np.ndarray | None = None  # (channels, ctx + 1, width): the row above self.top (ctx = 1 below the first band), and self.top's
 
@@ -356,7 +382,7 @@ class _BandWriter:
         The band's last row waits for the next band: upsampling it needs the row below,
         so rows join across bands exactly as one resize of the whole map would."""
         if self.model_grid:
-            self.prob.add(_to_uint8(interleave(band)))
+            self.prob.add(_to_uint8(interleave(band[:, :, self.left : self.left + self.cols])))
         rows = band if self.carry is None else np.concatenate([self.carry, band], axis=1)
         ctx = 0 if self.carry is None else self.carry.shape[1] - 1
         if y0 != self.top + (rows.shape[1] - ctx - band.shape[1]):
@@ -392,7 +418,7 @@ class _BandWriter:
         size = (int(round(src.shape[2] * self.ds)), int(round(src.shape[1] * self.ds)))
         up = hwc if self.ds == 1 else cv2.resize(hwc, size, interpolation=cv2.INTER_LINEAR)
         first = int(round(skip * self.ds))
-        up = up.reshape(up.shape[0], up.shape[1], -1)[first : first + bottom - top, : self.width]
+        up = up.reshape(up.shape[0], up.shape[1], -1)[first : first + bottom - top, self.skip : self.skip + self.width]
         if not self.model_grid:
             self.prob.add(_to_uint8(up))
         if up.shape[2] == 1:
@@ -430,29 +456,35 @@ def _single_thread() -> None:
     torch.set_num_threads(1)
 
 
-def _blend_rows(plan: _Plan, models, device: torch.device, writer: _BandWriter, channels: int) -> None:
-    """Predict every tile row of ``plan`` and hand the blended rows to ``writer``.
+def _blend_rows(
+    plan: _Plan, strip: tuple[int, int], models, device: torch.device, writer: _BandWriter, channels: int, bar
+) -> None:
+    """Predict every tile row of ``plan`` in model columns ``strip`` and hand the blended rows to ``writer``.
 
     Three threads, so the model's never waits: the reader reads, cuts and normalises
     tiles ahead; this thread runs the model; the blender adds its probabilities into
     the band and, when a tile row is complete, writes the finished rows (its
     PyramidWriters compress in their own threads).  Queues are a few batches deep:
     memory holds a few bands, never the slide."""
-    T = plan.T
+    T, (b0, b1) = plan.T, strip
     for model in models:  # in place, as the input: see TileNormaliser
         model.to(memory_format=torch.channels_last)
-    blender = _Blender(channels, T, plan.dw, blend_window(T, plan.params.blend, plan.params.overlap), device)
+    cover = plan.strip_tiles(b0, b1)
+    left, c0, c1 = min(cover), max(0, b0 - 1), min(plan.dw, b1 + 1)  # band origin; strip with a context column each side
+    blender = _Blender(channels, T, max(cover) + T - left, blend_window(T, plan.params.blend, plan.params.overlap), device)
     to_batch = TileNormaliser(device)
-    bar = progress(total=len(plan.ys), desc=f"predict {plan.store.slide_id}", unit="tile row", mininterval=5)
 
     def finish_row(r: int) -> None:
         y = plan.ys[r]
         final = (plan.ys[r + 1] - y) if r + 1 < len(plan.ys) else min(T, plan.dh - y)
-        writer.write(y, blender.pop(final))
+        writer.write(y, blender.pop(final)[:, :, c0 - left : c1 - left])
         bar.update(1)
 
     stain = models[0].hparams.get("stain")  # the training run's stain normaliser, if any: applied in the reader thread
-    batches = ((r, xs, tiles if tiles is None else to_batch.prepare(normalise_batch(tiles, stain))) for r, xs, tiles in plan.batches())
+    batches = (
+        (r, [x - left for x in xs], tiles if tiles is None else to_batch.prepare(normalise_batch(tiles, stain)))
+        for r, xs, tiles in plan.batches(b0, b1)
+    )
     init = _single_thread if device.type == "cpu" else None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsiseg-blender", initializer=init) as blend:
         pending: deque = deque()
@@ -466,7 +498,6 @@ def _blend_rows(plan: _Plan, models, device: torch.device, writer: _BandWriter, 
         for job in pending:
             job.result()
     writer.flush()
-    bar.close()
 
 
 def predict_slide(
@@ -535,11 +566,30 @@ def predict_slide(
         root = zarr.open_group(tmp, mode="w", zarr_format=2)
         labels = root.create_group("labels")
         mask_group = labels.create_group("mask")
-        with (
-            PyramidWriter(root, (classes, *prob_size), prob_levels, params.chunk, codec, "mean", workers=1) as prob,
-            PyramidWriter(mask_group, size, 1 if clean else levels, params.chunk, codec, "max", workers=1) as mask,
-        ):
-            _blend_rows(plan, models, device, _BandWriter(prob, mask, size, ds, params.threshold, model_grid), classes)
+        strips = plan.strips()
+        mask_levels = 1 if clean else levels
+        if len(strips) > 1:  # levels whose strip borders are chunk corners are written by strip, the rest built after
+            prob_direct = min(prob_levels, _aligned_levels(strips[0][1], params.chunk))
+            mask_direct = min(mask_levels, _aligned_levels(int(strips[0][1] * ds), params.chunk))
+        else:
+            prob_direct, mask_direct = prob_levels, mask_levels
+        bar = progress(total=len(plan.ys) * len(strips), desc=f"predict {store.slide_id}", unit="tile row", mininterval=5)
+        for i, (b0, b1) in enumerate(strips):
+            columns = (b0 - max(0, b0 - 1), b0, b1)
+            level0 = int(round(b0 * ds))  # the strip's first level-0 column
+            with (
+                PyramidWriter(
+                    root, (classes, *prob_size), prob_direct, params.chunk, codec, "mean", 1, b0 if model_grid else level0, i == 0
+                ) as prob,
+                PyramidWriter(mask_group, size, mask_direct, params.chunk, codec, "max", 1, level0, i == 0) as mask,
+            ):
+                writer = _BandWriter(prob, mask, size, ds, params.threshold, model_grid, columns)
+                _blend_rows(plan, (b0, b1), models, device, writer, classes, bar)
+        bar.close()
+        if prob_direct < prob_levels:
+            build_pyramid(root, prob_levels, params.chunk, codec, "mean", start=prob_direct)
+        if not clean and mask_direct < levels:
+            build_pyramid(mask_group, levels, params.chunk, codec, "max", start=mask_direct)
         if clean:
             if min_area or max_hole:
                 postprocess_mask(mask_group["0"], min_area, max_hole)
@@ -576,6 +626,14 @@ def predict_slide(
         plan.tissue.method, ", fallback: every tile predicted" if plan.fallback else "",
     )
     return Path(out)
+
+
+def _aligned_levels(strip: int, chunk: int) -> int:
+    """Number of 2x pyramid levels at which a ``strip``-column-wide strip is a whole number of chunks."""
+    k = 0
+    while strip % (chunk * 2**k) == 0:
+        k += 1
+    return k
 
 
 def _check_params(params: PredictParams) -> None:

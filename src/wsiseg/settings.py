@@ -67,5 +67,6 @@ class PredictParams:
     split_min_distance_px: int = 12  # the same in level-0 px, used when the slide's pixel size is unknown
     chunk: int = 512
     prefetch: int = 4  # batches read ahead by the background reader
+    strip: int = 8192  # model-grid columns predicted at a time (wider slides go in strips): bounds memory
     device: str = "auto"
 

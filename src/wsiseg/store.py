@@ -370,13 +370,20 @@ class PyramidWriter:
     """
 
     def __init__(
-        self, group: zarr.Group, shape: tuple[int, ...], levels: int, chunk: int, codec, how: str, workers: int = 2
+        self, group: zarr.Group, shape: tuple[int, ...], levels: int, chunk: int, codec, how: str, workers: int = 2,
+        x0: int = 0, create: bool = True,
     ):
+        """``x0``: level-0 column of the bands' first column (a vertical strip of the image; it must
+        be a chunk corner at every level written); ``create``: make the level arrays, else write
+        into the group's existing ones (a later strip)."""
         self.chunk, self.how = chunk, how
         *c, h, w = shape  # (c, y, x) images, (y, x) label images (bands then have c = 1)
+        if x0 % (chunk * 2 ** (levels - 1)):
+            raise ValueError(f"strip column {x0} is not a chunk corner at all {levels} levels")
+        self.x0 = x0
         self.arrays = []
         for k in range(levels):
-            self.arrays.append(create_level(group, str(k), (*c, h, w), chunk, codec))
+            self.arrays.append(create_level(group, str(k), (*c, h, w), chunk, codec) if create else group[str(k)])
             h, w = (h + 1) // 2, (w + 1) // 2
         self.pending: list[list[np.ndarray]] = [[] for _ in range(levels)]
         self.written = [0] * levels  # rows written per level
@@ -393,7 +400,7 @@ class PyramidWriter:
             self._write(stacked[:full], k)
 
     def _write(self, rows: np.ndarray, k: int) -> None:
-        write_block(self.arrays[k], self.written[k], 0, rows, self.executor)
+        write_block(self.arrays[k], self.written[k], self.x0 >> k, rows, self.executor)
         self.written[k] += rows.shape[0]
         if k + 1 < len(self.arrays):
             self.add(halve(rows, self.how), k + 1)
