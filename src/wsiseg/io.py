@@ -15,6 +15,8 @@ killed leaves one behind, and the next run for the same target removes it
 
 from __future__ import annotations
 
+import ctypes
+
 import contextlib
 import json
 import os
@@ -211,3 +213,17 @@ def atomic_path(
     finally:
         if tmp.exists() or tmp.is_symlink():
             _remove(tmp)
+
+
+def release_memory() -> None:
+    """Return the memory freed so far to the operating system (glibc's ``malloc_trim``; elsewhere nothing).
+
+    glibc keeps freed blocks of every thread's arena for reuse, so a process that
+    works through a slide in strips would otherwise hold the sum of its strips'
+    high-water marks (measured: +0.25 GB from 8k to 40k px wide).  Trimming costs a
+    few milliseconds, so call it between large steps, not per tile."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass

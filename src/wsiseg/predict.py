@@ -56,7 +56,7 @@ from .bands import BandReader, interleave
 from .data import MEAN, STD
 from .instances import METHODS as SPLIT_METHODS
 from .instances import min_distance_px, split_mask
-from .io import atomic_path, check_output
+from .io import atomic_path, check_output, release_memory
 from .logs import progress
 from .model import load_model
 from .modelcard import ModelSpec, label_names, resolve_model
@@ -478,6 +478,7 @@ def _blend_rows(
         y = plan.ys[r]
         final = (plan.ys[r + 1] - y) if r + 1 < len(plan.ys) else min(T, plan.dh - y)
         writer.write(y, blender.pop(final)[:, :, c0 - left : c1 - left])
+        release_memory()  # freed buffers back to the system once per tile row: peak memory stays a band's
         bar.update(1)
 
     stain = models[0].hparams.get("stain")  # the training run's stain normaliser, if any: applied in the reader thread
@@ -585,6 +586,7 @@ def predict_slide(
             ):
                 writer = _BandWriter(prob, mask, size, ds, params.threshold, model_grid, columns)
                 _blend_rows(plan, (b0, b1), models, device, writer, classes, bar)
+            release_memory()  # what the strip's buffers held goes back to the system: peak memory stays one strip's
         bar.close()
         if prob_direct < prob_levels:
             build_pyramid(root, prob_levels, params.chunk, codec, "mean", start=prob_direct)
