@@ -204,6 +204,7 @@ def main() -> None:
     import tiatoolbox
     import torch
 
+    load_start = [round(v, 2) for v in os.getloadavg()]
     work = Path(opts.workdir or tempfile.mkdtemp(prefix="wsiseg-peers-"))
     work.mkdir(parents=True, exist_ok=True)
     size = 2048 if opts.quick else 4096
@@ -220,7 +221,7 @@ def main() -> None:
     medians = {name: {k: statistics.median(r[k] for r in rs) for k in KEYS} for name, rs in results.items()}
     report = {
         "machine": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": THREADS,
-        "loadavg_at_end": [round(v, 2) for v in os.getloadavg()],
+        "loadavg_at_start": load_start, "loadavg_at_end": [round(v, 2) for v in os.getloadavg()],
         "torch": torch.__version__, "tiatoolbox": tiatoolbox.__version__,
         "slide_px": size, "tile": TILE, "overlap": OVERLAP, "stride": TILE - OVERLAP, "batch_size": BATCH,
         "model": {"arch": "wsiseg demo U-Net (untrained)", **DEMO, "downscale": 1.0},
