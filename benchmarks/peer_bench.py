@@ -25,9 +25,10 @@ checkpoint is); the two alternate ``--repeats`` times.  Every run records wall a
 and peak RSS (``ru_maxrss`` of that child).  Agreement: Dice between the two thresholded
 (p > 0.5) masks, and the mean absolute difference of the probabilities.  wsiseg blends
 overlapping tiles with a Gaussian window, TIAToolbox averages them, so they are close, not
-identical; one more (untimed for the ratio) wsiseg run with ``blend="constant"`` (the plain
-average) shows how much of the difference is the merge.  The model is untrained: its
-probabilities sit near 0.5, so a small probability difference flips many mask pixels.  Results: every run, the medians and the time ratio (TIAToolbox / wsiseg).
+identical; one more wsiseg run with ``blend="constant"`` (the plain average; recorded, not in
+the medians) shows how much of the difference is the merge.  The model is untrained: its
+probabilities sit near 0.5, so a small probability difference flips many mask pixels.
+Results: every run, the medians and the time ratio (TIAToolbox / wsiseg).
 """
 
 from __future__ import annotations
