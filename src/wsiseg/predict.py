@@ -325,30 +325,45 @@ class _Blender:
     """Weighted sum of the tile probabilities of the current band of tile rows, on the device.
 
     Holds (channels, tile, width) sums and (tile, width) weights; :meth:`pop`
-    hands out the finished top rows and shifts the rest up."""
+    hands out the finished top rows, which move out (the rest shifts up) at the next call."""
 
     def __init__(self, channels: int, tile: int, width: int, window: np.ndarray, device: torch.device):
         self.T, self.width = tile, width
         self.window = torch.from_numpy(window).to(device)
         self.acc = torch.zeros((channels, tile, max(width, tile)), device=device)
         self.weight = torch.zeros((tile, max(width, tile)), device=device)
+        self.popped = 0  # rows handed out by the last pop, still to move out
 
     def add(self, xs: Sequence[int], probs: torch.Tensor) -> None:
         """Add (n, channels, tile, tile) probabilities of the tiles at columns ``xs``."""
+        self._shift()
         for x, p in zip(xs, probs):
             self.acc[:, :, x : x + self.T].addcmul_(p, self.window)
             self.weight[:, x : x + self.T] += self.window
 
     def pop(self, rows: int) -> np.ndarray:
-        """The blended probabilities (channels, rows, width) of the top ``rows`` rows (0 where no tile was)."""
-        w = self.weight[:rows, : self.width]
-        prob = (self.acc[:, :rows, : self.width] / w.clamp(min=1e-30)).cpu().numpy()  # no tile: 0 / tiny = 0
-        rest = self.T - rows  # the overlap rows move up (copied out first: the ranges overlap)
-        self.acc[:, :rest] = self.acc[:, rows:].clone()
-        self.weight[:rest] = self.weight[rows:].clone()
+        """The blended probabilities (channels, rows, width) of the top ``rows`` rows (0 where no tile was).
+
+        Divided in place: on the CPU the result is a view of the sums, valid until the next call."""
+        self._shift()
+        weight = self.weight[:rows, : self.width].clamp_(min=1e-30)  # no tile: 0 / tiny = 0
+        prob = self.acc[:, :rows, : self.width].div_(weight)
+        self.popped = rows
+        return prob.cpu().numpy()
+
+    def _shift(self) -> None:
+        """Move the overlap rows below the popped ones up, and clear the rest."""
+        rows, self.popped = self.popped, 0
+        if not rows:
+            return
+        rest = self.T - rows
+        acc, weight = self.acc[:, rows:], self.weight[rows:]
+        if rows < rest:  # the ranges overlap: copy out first
+            acc, weight = acc.clone(), weight.clone()
+        self.acc[:, :rest] = acc
+        self.weight[:rest] = weight
         self.acc[:, rest:] = 0
         self.weight[rest:] = 0
-        return prob
 
 
 class _BandWriter:
@@ -388,7 +403,7 @@ class _BandWriter:
         if y0 != self.top + (rows.shape[1] - ctx - band.shape[1]):
             raise ValueError(f"probability band at row {y0} out of order (expected {self.top + rows.shape[1] - ctx - band.shape[1]})")
         self._upsample(rows, ctx, rows.shape[1] - ctx - 1)
-        self.carry = rows[:, -2:] if rows.shape[1] >= 2 else rows
+        self.carry = np.array(rows[:, -2:])  # a copy: the band may be a view of the blender's sums
 
     def flush(self) -> None:
         """Write the last row (after the last band)."""
