@@ -141,3 +141,14 @@ def test_bad_model_paths_name_the_path(tiny_trained, tmp_path):
     with pytest.raises(ModelError, match="differs from its model card"):
         resolve_model(copy).provenance()
     assert resolve_model([ckpt, ckpt.parent]).checkpoints == [ckpt, ckpt]
+
+
+def test_info_gives_a_prediction_store_the_slide_size_and_its_probability_grid(prediction, capsys):
+    from wsiseg.cli import main
+
+    out, _, _ = prediction
+    assert main(["info", "--json", str(out)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    info = info[0] if isinstance(info, list) else info
+    assert (info["width"], info["height"]) == (512, 384)  # the slide's level 0, not the probabilities' grid
+    assert info["prob_downscale"] == 2.0 and info["levels"][0] == [1, 192, 256]

@@ -50,6 +50,9 @@ def store_info(path: str | Path) -> dict:
             **pixel.as_dict(),
         )
         info["height"], info["width"] = info["levels"][0][-2:]
+        if info["kind"] == "prediction store" and "labels" in root and "mask" in root["labels"]:
+            info["height"], info["width"] = root["labels/mask/0"].shape[-2:]  # the slide's level 0 (the mask's)
+            info["prob_downscale"] = float(attrs.get("prob_downscale", 1.0))  # probabilities: on the model's grid
     elif "size" in attrs and "images" in root:
         info.update(kind="patch store", patches=int(root["images"].shape[0]), **attrs)
     else:
@@ -78,7 +81,7 @@ def format_info(info: dict) -> str:
             lines.append("             set it with a sample-sheet `mpp` column or `convert.default_mpp`")
         else:
             lines.append(f"  extent     {info['width'] * pixel.mpp / 1000:.2f} x {info['height'] * pixel.mpp / 1000:.2f} mm")
-    for key in ("backend", "vendor", "channels", "dtype", "levels", "associated", "axes", "scales", "labels", "patches", "size", "downscale", "patch_mpp"):
+    for key in ("backend", "vendor", "channels", "dtype", "levels", "associated", "axes", "scales", "labels", "prob_downscale", "patches", "size", "downscale", "patch_mpp"):
         if key in info:
             lines.append(f"  {key:<10} {json.dumps(info[key])}")
     return "\n".join(lines)
