@@ -45,7 +45,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -156,19 +156,26 @@ def predict_batch(models: Sequence[torch.nn.Module], batch: torch.Tensor, tta: S
     """Probabilities (n, channels, h, w) averaged over models and TTA views.
 
     One channel (foreground) for binary models, one per class otherwise."""
-    total = None
-    pairs = _tta_pairs(tta)
+    return average_probabilities(forward_views(models, batch, tta))
+
+
+def forward_views(models: Sequence[torch.nn.Module], batch: torch.Tensor, tta: Sequence[str] = ()) -> list[tuple[torch.Tensor, Callable]]:
+    """The logits of every model on every TTA view of ``batch``, each with the function that maps it back
+    (the model's work alone; :func:`average_probabilities` does the rest)."""
     autocast = batch.device.type == "cuda"
     with torch.inference_mode(), torch.autocast(batch.device.type, enabled=autocast):
-        for model in models:
-            for forward, inverse in pairs:
-                logits = model(forward(batch))
-                with _elementwise(batch.device):  # the model keeps every thread, the element-wise work one
-                    p = inverse(probabilities(logits.float()))
-                    total = p if total is None else total.add_(p)
-        if len(models) * len(pairs) > 1:
-            with _elementwise(batch.device):
-                total.div_(len(models) * len(pairs))
+        return [(model(forward(batch)), inverse) for model in models for forward, inverse in _tta_pairs(tta)]
+
+
+def average_probabilities(outputs: Sequence[tuple[torch.Tensor, Callable]]) -> torch.Tensor:
+    """Mean probability over :func:`forward_views`'s outputs (element-wise work: one thread on the CPU)."""
+    total = None
+    with torch.inference_mode(), _elementwise(outputs[0][0].device):
+        for logits, inverse in outputs:
+            p = inverse(probabilities(logits.float()))
+            total = p if total is None else total.add_(p)
+        if len(outputs) > 1:
+            total.div_(len(outputs))
     return total
 
 
@@ -508,7 +515,8 @@ def _blend_rows(
             if tiles is None:
                 pending.append(blend.submit(finish_row, r))
             else:
-                pending.append(blend.submit(blender.add, xs, predict_batch(models, to_batch(tiles), plan.params.tta)))
+                outputs = forward_views(models, to_batch(tiles), plan.params.tta)  # the model only: the rest in the blender
+                pending.append(blend.submit(lambda xs, outputs: blender.add(xs, average_probabilities(outputs)), xs, outputs))
             while len(pending) > plan.params.prefetch:  # the blender at most a few batches behind
                 pending.popleft().result()
         for job in pending:
