@@ -63,7 +63,8 @@ def test_tile_copy_of_real_he_is_exact_and_compact(he_tiff, tmp_path):
     assert store.root.attrs["wsiseg"]["level0"]["path"] == "tile-copy"
     np.testing.assert_array_equal(store.read_image(0, 0, (store.height, store.width)), source)
     with tifffile.TiffFile(path) as tif:
-        assert _size(compact / "0") - _size(compact / "0" / ".zarray") == sum(tif.pages[0].databytecounts)  # the tiles as they are
+        chunks = sum(f.stat().st_size for f in (compact / "0").glob("0.*"))
+        assert chunks == sum(tif.pages[0].databytecounts)  # the tiles as they are
     assert _size(compact) < 2.0 * path.stat().st_size
 
 
