@@ -215,6 +215,38 @@ def psnr(store: Path, path: Path) -> float:
     return float("inf") if error == 0 else 10 * np.log10(255**2 / (error / count))
 
 
+def level1_psnr(store: Path, path: Path) -> dict:
+    """PSNR (dB) against the exact 2x2 mean of tifffile's decode: of the store's level 1, and (JPEG-tiled
+    sources) of libjpeg's DCT-scaled 1/2 decode of each tile, which tile-copy stores use as level 1 before
+    encoding it (:mod:`wsiseg.tilecopy`)."""
+    import cv2
+    import zarr
+
+    from wsiseg.store import SlideStore
+
+    level1 = SlideStore(store).levels[1]
+    source = zarr.open(tifffile.imread(path, aszarr=True, level=0), mode="r")
+    stored = scaled = 0.0
+    count = tiles = 0
+    for y in range(0, source.shape[0], 2 * TILE):
+        band = np.asarray(source[y : y + 2 * TILE])
+        mean = cv2.resize(band, (-(-band.shape[1] // 2), -(-band.shape[0] // 2)), interpolation=cv2.INTER_AREA).astype(np.float32)
+        got = np.asarray(level1[:, y // 2 : y // 2 + TILE, : mean.shape[1]]).transpose(1, 2, 0).astype(np.float32)
+        stored += float(((got - mean) ** 2).sum())
+        count += mean.size
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        if page.compression == 7 and page.is_tiled and page.jpegtables is None:
+            for data, index in page.parent.filehandle.read_segments(page.dataoffsets, page.databytecounts, sort=True):
+                full = imagecodecs.jpeg8_decode(data)
+                mean = cv2.resize(full, (full.shape[1] // 2, full.shape[0] // 2), interpolation=cv2.INTER_AREA)
+                half = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_2 | cv2.IMREAD_COLOR_RGB)
+                scaled += float(((half.astype(np.float32) - mean) ** 2).sum())
+                tiles += mean.size
+    db = lambda error, n: float("inf") if error == 0 else 10 * np.log10(255**2 / (error / n))  # noqa: E731
+    return {"level1_psnr_db": db(stored, count), "dct_half_psnr_db": db(scaled, tiles) if tiles else None}
+
+
 def run_convert(path: Path, out: Path, size: int, options: dict) -> dict:
     """Convert in a fresh interpreter (``options``: convert_slide keywords); time it and read its peak RSS (Linux)."""
     command = [sys.executable, "-c", CHILD, str(path), str(out), json.dumps(options)]
@@ -247,6 +279,7 @@ def bench(size: int, layout: str, workdir: Path, options: dict, repeats: int) ->
             converts.append(run_convert(path, store, size, options))
         floor = io_floor(store, workdir)
         quality = psnr(store, path)
+        quality1 = level1_psnr(store, path)
     finally:
         path_mb = path.stat().st_size / 1e6
         path.unlink()
@@ -267,6 +300,7 @@ def bench(size: int, layout: str, workdir: Path, options: dict, repeats: int) ->
         "write_floor": floor,
         "store_to_tiff": floor["store_mb"] / path_mb,
         "psnr_db": quality,
+        **quality1,
         "throughput_ratio": convert["mb_per_s"] / decode["mb_per_s"],
         "throughput_ratios": [c["mb_per_s"] / d["mb_per_s"] for d, c in zip(decodes, converts)],
         "throughput_ratio_all_cores": convert["mb_per_s"] / decode_all["mb_per_s"],
