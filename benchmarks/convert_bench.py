@@ -13,8 +13,10 @@ memory) this measures, in one run and on the same file:
 * ``write_floor``: writing as many files of the store's total size the way
   convert writes chunks, in one thread.
 
-Decode and convert alternate ``--repeats`` times (default 3) and the
-medians are reported with every run's time, since shared machines are noisy.
+Decode (tifffile's default threads, then all cores) and convert alternate ``--repeats`` times
+(default 3) and the medians are reported with every run's time, since shared machines are noisy;
+each run also records its CPU seconds (``cpu_ratios_all_cores``: the all-core decode's CPU time
+over convert's, which a shared machine's load moves much less than wall times).
 
 Usage::
 
@@ -157,15 +159,15 @@ def make_slide(path: Path, size: int, layout: str) -> None:
 
 def plain_decode(path: Path, workers: int | None) -> dict:
     """Decode every segment of level 0 with tifffile (``workers`` threads; None: tifffile's default)."""
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with tifffile.TiffFile(path) as tif:
         page = tif.pages[0]
         threads = workers or page.maxworkers
         for _ in page.segments(maxworkers=threads, buffersize=32 * 2**20):
             pass
         height, width = page.imagelength, page.imagewidth
-    seconds = time.perf_counter() - start
-    return {"threads": threads, "seconds": seconds, "mb_per_s": height * width * 3 / seconds / 1e6}
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return {"threads": threads, "seconds": seconds, "cpu_seconds": cpu, "mb_per_s": height * width * 3 / seconds / 1e6}
 
 
 def io_floor(store: Path, workdir: Path) -> dict:
@@ -192,10 +194,10 @@ CHILD = """
 import json, re, sys, time
 from pathlib import Path
 from wsiseg.convert import convert_slide
-start = time.perf_counter()
+start, cpu = time.perf_counter(), time.process_time()
 convert_slide(sys.argv[1], sys.argv[2], **json.loads(sys.argv[3]))
-seconds = time.perf_counter() - start
-print(seconds, re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1))
+seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+print(seconds, cpu, re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1))
 """
 
 
@@ -251,9 +253,12 @@ def run_convert(path: Path, out: Path, size: int, options: dict) -> dict:
     """Convert in a fresh interpreter (``options``: convert_slide keywords); time it and read its peak RSS (Linux)."""
     command = [sys.executable, "-c", CHILD, str(path), str(out), json.dumps(options)]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
-    seconds, maxrss_kb = result.stdout.split()[-2:]
+    seconds, cpu, maxrss_kb = result.stdout.split()[-3:]
     seconds = float(seconds)
-    return {"seconds": seconds, "mb_per_s": size * size * 3 / seconds / 1e6, "peak_rss_mb": int(maxrss_kb) / 1024}
+    return {
+        "seconds": seconds, "cpu_seconds": float(cpu), "mb_per_s": size * size * 3 / seconds / 1e6,
+        "peak_rss_mb": int(maxrss_kb) / 1024,
+    }
 
 
 def median_run(runs: list[dict]) -> dict:
@@ -270,12 +275,13 @@ def bench(size: int, layout: str, workdir: Path, options: dict, repeats: int) ->
     generated = time.perf_counter() - start
     store = workdir / f"{layout}_{size}.zarr"
     load = os.getloadavg()[0]
-    decodes, converts = [], []
+    decodes, converts, decodes_all = [], [], []
+    cores = len(os.sched_getaffinity(0))
     try:
-        decode_all = plain_decode(path, len(os.sched_getaffinity(0)))
         for _ in range(repeats):
             shutil.rmtree(store, ignore_errors=True)
             decodes.append(plain_decode(path, None))
+            decodes_all.append(plain_decode(path, cores))
             converts.append(run_convert(path, store, size, options))
         floor = io_floor(store, workdir)
         quality = psnr(store, path)
@@ -284,7 +290,7 @@ def bench(size: int, layout: str, workdir: Path, options: dict, repeats: int) ->
         path_mb = path.stat().st_size / 1e6
         path.unlink()
         shutil.rmtree(store, ignore_errors=True)
-    decode, convert = median_run(decodes), median_run(converts)
+    decode, convert, decode_all = median_run(decodes), median_run(converts), median_run(decodes_all)
     convert["peak_rss_mb"] = max(run["peak_rss_mb"] for run in converts)
     row = {
         "layout": layout,
@@ -304,6 +310,10 @@ def bench(size: int, layout: str, workdir: Path, options: dict, repeats: int) ->
         "throughput_ratio": convert["mb_per_s"] / decode["mb_per_s"],
         "throughput_ratios": [c["mb_per_s"] / d["mb_per_s"] for d, c in zip(decodes, converts)],
         "throughput_ratio_all_cores": convert["mb_per_s"] / decode_all["mb_per_s"],
+        "throughput_ratios_all_cores": [c["mb_per_s"] / d["mb_per_s"] for d, c in zip(decodes_all, converts)],
+        # CPU seconds of the all-core decode over convert's: what the wall ratio would be on idle cores if
+        # both kept them busy (a shared machine's load moves wall times, much less the CPU they take)
+        "cpu_ratios_all_cores": [d["cpu_seconds"] / c["cpu_seconds"] for d, c in zip(decodes_all, converts)],
     }
     print(json.dumps(row), flush=True)
     return row

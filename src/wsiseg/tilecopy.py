@@ -23,6 +23,7 @@ decode/re-encode path (logged) rather than storing wrong colours.
 from __future__ import annotations
 
 import logging
+import os
 from concurrent.futures import Future
 from contextlib import closing
 from dataclasses import dataclass
@@ -45,7 +46,8 @@ SOI, EOI = b"\xff\xd8", b"\xff\xd9"
 # into RGB tiles that carry no colour-space marker (Aperio SVS), which tifffile decodes as RGB because
 # the TIFF says so; a plain JPEG reader would otherwise convert them from YCbCr.
 ADOBE_RGB = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x00"
-REDUCED_2 = cv2.IMREAD_REDUCED_GRAYSCALE_2 | cv2.IMREAD_COLOR_RGB  # 1/2-scale DCT decode to RGB
+# 1/2-scale DCT decode to RGB (no EXIF orientation lookup: tifffile applies none either)
+REDUCED_2 = cv2.IMREAD_REDUCED_GRAYSCALE_2 | cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
 CHECKED_TILES = 4  # tiles decoded both ways before a slide is copied
 
 
@@ -134,10 +136,16 @@ def check(plan: TileCopy, codec: PlanarJpeg) -> str | None:
 
 def _write(folder: Path, key: str, data: bytes) -> None:
     path = folder / key
-    if len(data) < SMALL:  # as store._write_chunk: small files through the page cache
-        path.write_bytes(data)
-    else:
+    if len(data) >= SMALL:  # as store._write_chunk: O_DIRECT where it pays, small files through the page cache
         write_file(path, data)
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
 
 
 def _level1_chunk(plan: TileCopy, tiles: dict[int, bytes], places: list, folders: list, key1: str, crop, codec: PlanarJpeg):
