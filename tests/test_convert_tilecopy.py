@@ -158,3 +158,13 @@ def test_a_sparse_tiff_leaves_missing_tiles_at_the_fill_value(tmp_path):
     assert zarr.open_group(store, mode="r").attrs["wsiseg"]["level0"]["path"] == "tile-copy"
     np.testing.assert_array_equal(_level(store, 0), source)
     assert not (store / "0" / "0.0.1").exists()
+
+
+def test_a_slide_within_one_tile_is_copied_as_a_single_level(tmp_path):
+    path = tmp_path / "s.tif"
+    image = _image()[:200, :240]
+    _write(path, image, "aperio")
+    store = convert_slide(path, tmp_path / "s.zarr", chunk=TILE, compression="jpeg")
+    group = zarr.open_group(store, mode="r")
+    assert group.attrs["wsiseg"]["level0"]["path"] == "tile-copy" and len(group.attrs["multiscales"][0]["datasets"]) == 1
+    np.testing.assert_array_equal(_level(store, 0), tifffile.imread(path))
