@@ -268,7 +268,7 @@ def median_run(runs: list[dict]) -> dict:
     return {**ordered[len(ordered) // 2], "all_seconds": [round(run["seconds"], 3) for run in runs]}
 
 
-def bench(size: int, layout: str, workdir: Path, options: dict, repeats: int) -> dict:
+def bench(size: int, layout: str, workdir: Path, options: dict, repeats: int, baseline: dict | None = None) -> dict:
     """Generate one slide, measure decode and convert side by side ``repeats`` times (alternating; medians), delete the files."""
     path = workdir / f"{layout}_{size}.tif"
     start = time.perf_counter()
@@ -276,10 +276,13 @@ def bench(size: int, layout: str, workdir: Path, options: dict, repeats: int) ->
     generated = time.perf_counter() - start
     store = workdir / f"{layout}_{size}.zarr"
     load = os.getloadavg()[0]
-    decodes, converts, decodes_all = [], [], []
+    decodes, converts, decodes_all, baselines = [], [], [], []
     cores = len(os.sched_getaffinity(0))
     try:
         for _ in range(repeats):
+            if baseline is not None:  # in the same rounds, so both see the same machine load
+                shutil.rmtree(store, ignore_errors=True)
+                baselines.append(run_convert(path, store, size, baseline))
             shutil.rmtree(store, ignore_errors=True)
             decodes.append(plain_decode(path, None))
             decodes_all.append(plain_decode(path, cores))
@@ -316,6 +319,13 @@ def bench(size: int, layout: str, workdir: Path, options: dict, repeats: int) ->
         # both kept them busy (a shared machine's load moves wall times, much less the CPU they take)
         "cpu_ratios_all_cores": [d["cpu_seconds"] / c["cpu_seconds"] for d, c in zip(decodes_all, converts)],
     }
+    if baseline is not None:
+        row["baseline"] = {
+            "convert_options": baseline,
+            "convert": median_run(baselines),
+            "throughput_ratios_all_cores": [c["mb_per_s"] / d["mb_per_s"] for d, c in zip(decodes_all, baselines)],
+            "speedups": [b["seconds"] / c["seconds"] for b, c in zip(baselines, converts)],  # baseline time / convert time
+        }
     print(json.dumps(row), flush=True)
     return row
 
@@ -331,12 +341,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
     parser.add_argument("--repeats", type=int, default=3, help="decode/convert pairs per slide (medians reported)")
     parser.add_argument("--options", type=json.loads, default={}, help='convert_slide keywords as JSON, e.g. \'{"level": 5}\'')
+    parser.add_argument("--baseline-options", type=json.loads, default=None,
+                        help="also convert with these keywords in every round (e.g. the path being replaced), for a same-load comparison")
     args = parser.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory(dir=args.workdir, prefix="wsiseg-bench-") as tmp:
         layouts = (("tiled", args.sizes), ("real", args.real_sizes), ("stripped", args.stripped_sizes), ("onestrip", args.onestrip_sizes))
         for layout, sizes in layouts:
-            rows += [bench(size, layout, Path(tmp), args.options, args.repeats) for size in sizes]
+            rows += [bench(size, layout, Path(tmp), args.options, args.repeats, args.baseline_options) for size in sizes]
     result = {
         "machine": {"cpus": len(os.sched_getaffinity(0)), "python": platform.python_version(), "tifffile": tifffile.__version__},
         "targets": {"peak_rss_mb_below": 1536, "throughput_ratio_at_least": 0.5},
