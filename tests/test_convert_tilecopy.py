@@ -160,11 +160,13 @@ def test_a_sparse_tiff_leaves_missing_tiles_at_the_fill_value(tmp_path):
     assert not (store / "0" / "0.0.1").exists()
 
 
-def test_a_slide_within_one_tile_is_copied_as_a_single_level(tmp_path):
+@pytest.mark.parametrize("shape, levels", [((200, 240), 1), ((400, 500), 2)])
+def test_small_slides_are_copied_with_their_few_levels(shape, levels, tmp_path):
     path = tmp_path / "s.tif"
-    image = _image()[:200, :240]
-    _write(path, image, "aperio")
+    _write(path, _image()[: shape[0], : shape[1]], "aperio")
     store = convert_slide(path, tmp_path / "s.zarr", chunk=TILE, compression="jpeg")
     group = zarr.open_group(store, mode="r")
-    assert group.attrs["wsiseg"]["level0"]["path"] == "tile-copy" and len(group.attrs["multiscales"][0]["datasets"]) == 1
+    assert group.attrs["wsiseg"]["level0"]["path"] == "tile-copy" and len(group.attrs["multiscales"][0]["datasets"]) == levels
     np.testing.assert_array_equal(_level(store, 0), tifffile.imread(path))
+    if levels > 1:
+        assert _level(store, 1).shape == (200, 250, 3)

@@ -62,7 +62,7 @@ class TileCopy:
 
     def stream(self, tile: bytes) -> bytes:
         """The complete JPEG stream of one tile's bytes (which start with SOI)."""
-        return self.prefix + tile[2:] if self.prefix != SOI else tile
+        return self.prefix + tile[2:] if self.prefix != SOI and tile[:2] == SOI else tile
 
     @property
     def tile_shape(self) -> tuple[int, int]:
@@ -94,7 +94,7 @@ def copy_plan(source, chunk: int, codec) -> TileCopy | str:
         return "the tiles need a shared JPEG header (NDPI-style)"
     if (page.tilelength, page.tilewidth) != (chunk, chunk):
         return f"its tiles are {page.tilewidth}x{page.tilelength} px, the store's chunks {chunk}x{chunk} (convert.chunk)"
-    if source.intensity.kind != "cast" or getattr(source, "_keep", None) != [0, 1, 2]:
+    if not source.as_decoded:
         return "its pixels are remapped (channels or intensity)"
     tables = page.jpegtables
     prefix = SOI
