@@ -170,3 +170,18 @@ def test_small_slides_are_copied_with_their_few_levels(shape, levels, tmp_path):
     np.testing.assert_array_equal(_level(store, 0), tifffile.imread(path))
     if levels > 1:
         assert _level(store, 1).shape == (200, 250, 3)
+
+
+def test_an_svs_style_slide_is_copied_and_a_dicom_one_falls_back(tmp_path, caplog):
+    from wsi_formats import tissue_like, write_dicom, write_svs
+
+    svs = write_svs(tmp_path / "scan.svs", tissue_like(700, 900))  # + thumbnail, reduced level, label
+    store = convert_slide(svs, tmp_path / "svs.zarr", chunk=TILE, compression="jpeg")
+    assert zarr.open_group(store, mode="r").attrs["wsiseg"]["level0"]["path"] == "tile-copy"
+    np.testing.assert_array_equal(_level(store, 0), tifffile.imread(svs, series=0, level=0))
+    pytest.importorskip("wsidicom")
+    folder = write_dicom(svs, tmp_path / "dicom")
+    with caplog.at_level(logging.INFO, logger="wsiseg"):
+        dicom = convert_slide(folder, tmp_path / "dicom.zarr", chunk=TILE, compression="jpeg")
+    assert "not a single-page tiled TIFF read by tifffile" in caplog.text
+    assert zarr.open_group(dicom, mode="r").attrs["wsiseg"]["level0"]["path"] == "decode"
