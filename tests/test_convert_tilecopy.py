@@ -16,6 +16,7 @@ import zarr
 
 import wsiseg.tilecopy
 from wsiseg.convert import convert_slide
+from wsiseg.slide import SlideError
 from wsiseg.store import SlideStore
 
 TILE = 256
@@ -185,3 +186,23 @@ def test_an_svs_style_slide_is_copied_and_a_dicom_one_falls_back(tmp_path, caplo
         dicom = convert_slide(folder, tmp_path / "dicom.zarr", chunk=TILE, compression="jpeg")
     assert "not a single-page tiled TIFF read by tifffile" in caplog.text
     assert zarr.open_group(dicom, mode="r").attrs["wsiseg"]["level0"]["path"] == "decode"
+
+
+def test_damaged_tiles_are_read_as_tifffile_reads_them_or_named(tmp_path):
+    """A truncated tile (tifffile decodes it padded; libjpeg refuses to scale it) still converts; garbage stops
+    convert with the file named, before the store appears."""
+    path = tmp_path / "s.tif"
+    _write(path, _image(), "ycbcr")
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        offset, count = page.dataoffsets[1], page.databytecounts[1]  # tile 1: not among the tiles checked up front
+    data = bytearray(path.read_bytes())
+    data[offset + count // 2 : offset + count] = b"\x00" * (count - count // 2)  # the second half of the scan lost
+    path.write_bytes(bytes(data))
+    store = convert_slide(path, tmp_path / "s.zarr", chunk=TILE, compression="jpeg")
+    np.testing.assert_array_equal(_level(store, 0), tifffile.imread(path))
+    data[offset + 2 : offset + count] = b"\x00" * (count - 2)  # no JPEG markers at all
+    path.write_bytes(bytes(data))
+    with pytest.raises(SlideError, match=r"s\.tif: cannot decode JPEG tile 1"):
+        convert_slide(path, tmp_path / "t.zarr", chunk=TILE, compression="jpeg")
+    assert not (tmp_path / "t.zarr").exists()

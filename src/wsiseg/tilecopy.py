@@ -37,6 +37,7 @@ import zarr
 
 from .codecs import PlanarJpeg
 from .logs import progress
+from .slide import SlideError
 from .store import SMALL, _direct_path, build_pyramid, chunk_writers, create_level, halve, halve_grid, write_block, write_file
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class TileCopy:
     """How to turn the tiles of a tiled JPEG TIFF page into complete JPEG chunk streams."""
 
     page: object  # tifffile.TiffPage
+    path: Path  # the slide, for error messages
     prefix: bytes  # SOI [+ Adobe RGB marker] + the shared tables (no SOI/EOI), put before each tile's own markers
 
     def stream(self, tile: bytes) -> bytes:
@@ -105,7 +107,7 @@ def copy_plan(source, chunk: int, codec) -> TileCopy | str:
         if not (tables.startswith(SOI) and tables.endswith(EOI)):
             return "its JPEGTables are not a tables-only JPEG stream"
         prefix += tables[2:-2]
-    plan = TileCopy(page, prefix)
+    plan = TileCopy(page, Path(source.path), prefix)
     return check(plan, codec) or plan
 
 
@@ -163,13 +165,25 @@ def _level1_chunk(plan: TileCopy, tiles: dict[int, bytes], places: list, folders
             continue
         stream = plan.stream(data)
         _write(folder0, key0, stream)
-        pixels[r * half : (r + 1) * half, c * half : (c + 1) * half] = cv2.imdecode(np.frombuffer(stream, np.uint8), REDUCED_2)
+        pixels[r * half : (r + 1) * half, c * half : (c + 1) * half] = _half(plan, index, stream)
     h, w = crop
     if h < chunk or w < chunk:  # outside the image: the fill value, as zarr pads edge chunks
         pixels[h:] = 0
         pixels[:, w:] = 0
     _write(folder1, key1, codec.encode_rgb(pixels))
     return pixels[:h, :w]
+
+
+def _half(plan: TileCopy, index: int, stream: bytes) -> np.ndarray:
+    """Tile ``index`` (its complete ``stream``) at 1/2 scale: DCT-scaled, or, for data libjpeg refuses in that mode
+    (e.g. a truncated tile, which tifffile decodes padded), the 2x2 mean of its full decode."""
+    half = cv2.imdecode(np.frombuffer(stream, np.uint8), REDUCED_2)
+    if half is not None:
+        return half
+    try:
+        return halve(PlanarJpeg().decode(stream).transpose(1, 2, 0), "mean")
+    except Exception as err:  # codec errors come in many types
+        raise SlideError(f"{plan.path}: cannot decode JPEG tile {index} ({type(err).__name__}: {err})") from None
 
 
 def _level0_only(plan: TileCopy, tiles: dict[int, bytes], places: list, folder: Path) -> None:
