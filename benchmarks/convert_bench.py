@@ -13,8 +13,10 @@ memory) this measures, in one run and on the same file:
 * ``write_floor``: writing as many files of the store's total size the way
   convert writes chunks, in one thread.
 
-Decode and convert alternate ``--repeats`` times (default 3) and the
-medians are reported with every run's time, since shared machines are noisy.
+Decode (tifffile's default threads, then all cores) and convert alternate ``--repeats`` times
+(default 3) and the medians are reported with every run's time, since shared machines are noisy;
+each run also records its CPU seconds (``cpu_ratios_all_cores``: the all-core decode's CPU time
+over convert's, which a shared machine's load moves much less than wall times).
 
 Usage::
 
@@ -38,7 +40,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -157,15 +158,15 @@ def make_slide(path: Path, size: int, layout: str) -> None:
 
 def plain_decode(path: Path, workers: int | None) -> dict:
     """Decode every segment of level 0 with tifffile (``workers`` threads; None: tifffile's default)."""
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with tifffile.TiffFile(path) as tif:
         page = tif.pages[0]
         threads = workers or page.maxworkers
         for _ in page.segments(maxworkers=threads, buffersize=32 * 2**20):
             pass
         height, width = page.imagelength, page.imagewidth
-    seconds = time.perf_counter() - start
-    return {"threads": threads, "seconds": seconds, "mb_per_s": height * width * 3 / seconds / 1e6}
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return {"threads": threads, "seconds": seconds, "cpu_seconds": cpu, "mb_per_s": height * width * 3 / seconds / 1e6}
 
 
 def io_floor(store: Path, workdir: Path) -> dict:
@@ -176,13 +177,12 @@ def io_floor(store: Path, workdir: Path) -> dict:
     files = [f for f in store.rglob("*") if f.is_file()]
     total = sum(f.stat().st_size for f in files)
     payload = os.urandom(total // max(1, len(files)))
-    folder = workdir / "io_floor"
+    folder = workdir / f"io_floor_{store.stem}"  # kept until the benchmark ends, like the stores
     folder.mkdir()
     start = time.perf_counter()
     for i in range(len(files)):
         write_file(folder / str(i), payload)
     seconds = time.perf_counter() - start
-    shutil.rmtree(folder)
     return {"files": len(files), "store_mb": total / 1e6, "seconds": seconds, "direct_io": direct_io(workdir)}
 
 
@@ -192,10 +192,11 @@ CHILD = """
 import json, re, sys, time
 from pathlib import Path
 from wsiseg.convert import convert_slide
-start = time.perf_counter()
+import resource
+start, cpu, kernel = time.perf_counter(), time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_stime
 convert_slide(sys.argv[1], sys.argv[2], **json.loads(sys.argv[3]))
-seconds = time.perf_counter() - start
-print(seconds, re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1))
+seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+print(seconds, cpu, resource.getrusage(resource.RUSAGE_SELF).ru_stime - kernel, re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1))
 """
 
 
@@ -215,13 +216,48 @@ def psnr(store: Path, path: Path) -> float:
     return float("inf") if error == 0 else 10 * np.log10(255**2 / (error / count))
 
 
+def level1_psnr(store: Path, path: Path) -> dict:
+    """PSNR (dB) against the exact 2x2 mean of tifffile's decode: of the store's level 1, and (JPEG-tiled
+    sources) of libjpeg's DCT-scaled 1/2 decode of each tile, which tile-copy stores use as level 1 before
+    encoding it (:mod:`wsiseg.tilecopy`)."""
+    import cv2
+    import zarr
+
+    from wsiseg.store import SlideStore
+
+    level1 = SlideStore(store).levels[1]
+    source = zarr.open(tifffile.imread(path, aszarr=True, level=0), mode="r")
+    stored = scaled = 0.0
+    count = tiles = 0
+    for y in range(0, source.shape[0], 2 * TILE):
+        band = np.asarray(source[y : y + 2 * TILE])
+        mean = cv2.resize(band, (-(-band.shape[1] // 2), -(-band.shape[0] // 2)), interpolation=cv2.INTER_AREA).astype(np.float32)
+        got = np.asarray(level1[:, y // 2 : y // 2 + TILE, : mean.shape[1]]).transpose(1, 2, 0).astype(np.float32)
+        stored += float(((got - mean) ** 2).sum())
+        count += mean.size
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        if page.compression == 7 and page.is_tiled and page.jpegtables is None:
+            for data, index in page.parent.filehandle.read_segments(page.dataoffsets, page.databytecounts, sort=True):
+                full = imagecodecs.jpeg8_decode(data)
+                mean = cv2.resize(full, (full.shape[1] // 2, full.shape[0] // 2), interpolation=cv2.INTER_AREA)
+                half = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_2 | cv2.IMREAD_COLOR_RGB)
+                scaled += float(((half.astype(np.float32) - mean) ** 2).sum())
+                tiles += mean.size
+    db = lambda error, n: float("inf") if error == 0 else 10 * np.log10(255**2 / (error / n))  # noqa: E731
+    return {"level1_psnr_db": db(stored, count), "dct_half_psnr_db": db(scaled, tiles) if tiles else None}
+
+
 def run_convert(path: Path, out: Path, size: int, options: dict) -> dict:
     """Convert in a fresh interpreter (``options``: convert_slide keywords); time it and read its peak RSS (Linux)."""
     command = [sys.executable, "-c", CHILD, str(path), str(out), json.dumps(options)]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
-    seconds, maxrss_kb = result.stdout.split()[-2:]
+    seconds, cpu, kernel, maxrss_kb = result.stdout.split()[-4:]
     seconds = float(seconds)
-    return {"seconds": seconds, "mb_per_s": size * size * 3 / seconds / 1e6, "peak_rss_mb": int(maxrss_kb) / 1024}
+    return {
+        "seconds": seconds, "cpu_seconds": float(cpu), "system_cpu_seconds": float(kernel), "mb_per_s": size * size * 3 / seconds / 1e6,
+        "peak_rss_mb": int(maxrss_kb) / 1024,
+    }
 
 
 def median_run(runs: list[dict]) -> dict:
@@ -230,28 +266,33 @@ def median_run(runs: list[dict]) -> dict:
     return {**ordered[len(ordered) // 2], "all_seconds": [round(run["seconds"], 3) for run in runs]}
 
 
-def bench(size: int, layout: str, workdir: Path, options: dict, repeats: int) -> dict:
+def bench(size: int, layout: str, workdir: Path, options: dict, repeats: int, baseline: dict | None = None) -> dict:
     """Generate one slide, measure decode and convert side by side ``repeats`` times (alternating; medians), delete the files."""
     path = workdir / f"{layout}_{size}.tif"
     start = time.perf_counter()
     make_slide(path, size, layout)
     generated = time.perf_counter() - start
-    store = workdir / f"{layout}_{size}.zarr"
     load = os.getloadavg()[0]
-    decodes, converts = [], []
+    decodes, converts, decodes_all, baselines = [], [], [], []
+    cores = len(os.sched_getaffinity(0))
+    # Every run writes a store of its own, all deleted only when the benchmark ends: ext4 scans past
+    # recently deleted inodes when it creates files, so deleting thousands of chunk files just before
+    # a run made its file creation several times dearer (a cohort conversion deletes nothing).
     try:
-        decode_all = plain_decode(path, len(os.sched_getaffinity(0)))
-        for _ in range(repeats):
-            shutil.rmtree(store, ignore_errors=True)
+        for i in range(repeats):
+            if baseline is not None:  # in the same rounds, so both see the same machine load
+                baselines.append(run_convert(path, workdir / f"{layout}_{size}_baseline{i}.zarr", size, baseline))
             decodes.append(plain_decode(path, None))
+            decodes_all.append(plain_decode(path, cores))
+            store = workdir / f"{layout}_{size}_{i}.zarr"
             converts.append(run_convert(path, store, size, options))
         floor = io_floor(store, workdir)
         quality = psnr(store, path)
+        quality1 = level1_psnr(store, path)
     finally:
         path_mb = path.stat().st_size / 1e6
         path.unlink()
-        shutil.rmtree(store, ignore_errors=True)
-    decode, convert = median_run(decodes), median_run(converts)
+    decode, convert, decode_all = median_run(decodes), median_run(converts), median_run(decodes_all)
     convert["peak_rss_mb"] = max(run["peak_rss_mb"] for run in converts)
     row = {
         "layout": layout,
@@ -267,10 +308,22 @@ def bench(size: int, layout: str, workdir: Path, options: dict, repeats: int) ->
         "write_floor": floor,
         "store_to_tiff": floor["store_mb"] / path_mb,
         "psnr_db": quality,
+        **quality1,
         "throughput_ratio": convert["mb_per_s"] / decode["mb_per_s"],
         "throughput_ratios": [c["mb_per_s"] / d["mb_per_s"] for d, c in zip(decodes, converts)],
         "throughput_ratio_all_cores": convert["mb_per_s"] / decode_all["mb_per_s"],
+        "throughput_ratios_all_cores": [c["mb_per_s"] / d["mb_per_s"] for d, c in zip(decodes_all, converts)],
+        # CPU seconds of the all-core decode over convert's: what the wall ratio would be on idle cores if
+        # both kept them busy (a shared machine's load moves wall times, much less the CPU they take)
+        "cpu_ratios_all_cores": [d["cpu_seconds"] / c["cpu_seconds"] for d, c in zip(decodes_all, converts)],
     }
+    if baseline is not None:
+        row["baseline"] = {
+            "convert_options": baseline,
+            "convert": median_run(baselines),
+            "throughput_ratios_all_cores": [c["mb_per_s"] / d["mb_per_s"] for d, c in zip(decodes_all, baselines)],
+            "speedups": [b["seconds"] / c["seconds"] for b, c in zip(baselines, converts)],  # baseline time / convert time
+        }
     print(json.dumps(row), flush=True)
     return row
 
@@ -286,12 +339,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
     parser.add_argument("--repeats", type=int, default=3, help="decode/convert pairs per slide (medians reported)")
     parser.add_argument("--options", type=json.loads, default={}, help='convert_slide keywords as JSON, e.g. \'{"level": 5}\'')
+    parser.add_argument("--baseline-options", type=json.loads, default=None,
+                        help="also convert with these keywords in every round (e.g. the path being replaced), for a same-load comparison")
     args = parser.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory(dir=args.workdir, prefix="wsiseg-bench-") as tmp:
         layouts = (("tiled", args.sizes), ("real", args.real_sizes), ("stripped", args.stripped_sizes), ("onestrip", args.onestrip_sizes))
         for layout, sizes in layouts:
-            rows += [bench(size, layout, Path(tmp), args.options, args.repeats) for size in sizes]
+            rows += [bench(size, layout, Path(tmp), args.options, args.repeats, args.baseline_options) for size in sizes]
     result = {
         "machine": {"cpus": len(os.sched_getaffinity(0)), "python": platform.python_version(), "tifffile": tifffile.__version__},
         "targets": {"peak_rss_mb_below": 1536, "throughput_ratio_at_least": 0.5},

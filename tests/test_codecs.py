@@ -42,7 +42,9 @@ def test_jpeg_store_is_compact_visually_lossless_and_keeps_labels_exact(he_tiff,
     mask[100:700, 200:900] = 1
     tifffile.imwrite(tmp_path / "mask.tif", mask)
     lossless = convert_slide(path, tmp_path / "lz4.zarr", chunk=256)
-    compact = convert_slide(path, tmp_path / "jpeg.zarr", mask=tmp_path / "mask.tif", chunk=256, compression="jpeg")
+    compact = convert_slide(
+        path, tmp_path / "jpeg.zarr", mask=tmp_path / "mask.tif", chunk=256, compression="jpeg", jpeg_tile_copy=False
+    )  # decoded and re-encoded (tile copy: test_tile_copy_of_real_he_is_exact_and_compact)
     store = SlideStore(compact)
     image = store.read_image(0, 0, (store.height, store.width))
     psnr = 10 * np.log10(255**2 / np.mean((image.astype(float) - source) ** 2))
@@ -52,6 +54,18 @@ def test_jpeg_store_is_compact_visually_lossless_and_keeps_labels_exact(he_tiff,
     np.testing.assert_array_equal(store.mask_plane(0), mask)  # labels are never lossy
     half = store.read_image(0, 0, (store.height // 2, store.width // 2), 2.0)  # the pyramid reads too
     assert half.shape == (store.height // 2, store.width // 2, 3) and abs(float(half.mean()) - float(source.mean())) < 2
+
+
+def test_tile_copy_of_real_he_is_exact_and_compact(he_tiff, tmp_path):
+    path, source = he_tiff
+    compact = convert_slide(path, tmp_path / "jpeg.zarr", chunk=256, compression="jpeg")  # tiles 256² = chunks: copied
+    store = SlideStore(compact)
+    assert store.root.attrs["wsiseg"]["level0"]["path"] == "tile-copy"
+    np.testing.assert_array_equal(store.read_image(0, 0, (store.height, store.width)), source)
+    with tifffile.TiffFile(path) as tif:
+        chunks = sum(f.stat().st_size for f in (compact / "0").glob("0.*"))
+        assert chunks == sum(tif.pages[0].databytecounts)  # the tiles as they are
+    assert _size(compact) < 2.0 * path.stat().st_size
 
 
 def test_codec_round_trips_through_its_config():

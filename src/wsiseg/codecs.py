@@ -32,7 +32,11 @@ class PlanarJpeg(Codec):
         planes = np.asarray(buf)
         if planes.ndim != 3 or planes.shape[0] != 3 or planes.dtype != np.uint8:
             raise ValueError(f"wsiseg_jpeg encodes uint8 (3, y, x) RGB chunks, got {planes.dtype} {planes.shape}")
-        return imagecodecs.jpeg8_encode(cv2.merge(list(planes)), level=self.level)
+        return self.encode_rgb(cv2.merge(list(planes)))
+
+    def encode_rgb(self, image: np.ndarray) -> bytes:
+        """The chunk file of interleaved uint8 (y, x, 3) RGB ``image``: equal to :meth:`encode` of its planes."""
+        return imagecodecs.jpeg8_encode(image, level=self.level)
 
     def decode(self, buf, out=None) -> np.ndarray:
         image = imagecodecs.jpeg8_decode(bytes(buf) if not isinstance(buf, (bytes, bytearray, np.ndarray)) else buf)

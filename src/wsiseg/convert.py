@@ -19,6 +19,7 @@ from .logs import progress
 from .masks import MaskError, MaskSource, open_mask
 from .resolution import choose
 from .slide import MAX_DECODED_PIXELS, SourceSlide, default_workers
+from .tilecopy import TileCopy, copy_plan, write_copied
 from .store import (
     LABEL_AXES,
     LOSSY,
@@ -84,12 +85,34 @@ def prefetch(items: Iterator[T], depth: int = 1) -> Iterator[T]:
         worker.join()
 
 
-def write_image(root: zarr.Group, source: SourceSlide, levels: int, chunk: int, codec, slide_id: str, workers: int) -> None:
-    """Write the image pyramid: by square blocks for tiled TIFFs, else by full-width bands."""
+def write_image(
+    root: zarr.Group, source: SourceSlide, levels: int, chunk: int, codec, slide_id: str, workers: int, tile_copy: bool = False
+) -> dict:
+    """Write the image pyramid: by square blocks for tiled TIFFs, else by full-width bands; return how level 0 was made
+    (``{"path": "tile-copy" | "decode", "why": ...}``).
+
+    With ``tile_copy`` and a JPEG store, a tiled JPEG TIFF whose tiles are the chunks has its tiles copied as
+    level 0 (:mod:`wsiseg.tilecopy`); any other slide (the log says why) is decoded and re-encoded."""
+    if tile_copy and codec.codec_id == "wsiseg_jpeg":
+        plan = copy_plan(source, chunk, codec)
+        if isinstance(plan, TileCopy):
+            log.info(
+                "convert %s: level 0 = the TIFF's own JPEG tiles, copied (bit-identical to the source decode, not re-encoded); "
+                "level 1 from their DCT-scaled 1/2 decode, levels 1.. JPEG quality %d",
+                slide_id, codec.level,
+            )
+            write_copied(root, source, plan, levels, chunk, codec, slide_id, workers)
+            return {"path": "tile-copy", "why": "tiled JPEG TIFF, tiles the size of the chunks"}
+        log.info("convert %s: JPEG tiles not copied, %s: decoding and re-encoding level 0 (JPEG quality %d)",
+                 slide_id, plan, codec.level)
+        why = f"tiles not copied: {plan}"
+    else:
+        why = "tile copy off" if codec.codec_id == "wsiseg_jpeg" else "lossless store"
     if source.tiled:
         write_blocks(root, source, levels, chunk, codec, slide_id, workers)
     else:
         write_bands(root, source, levels, chunk, codec, slide_id, workers)
+    return {"path": "decode", "why": why}
 
 
 def write_blocks(
@@ -240,6 +263,7 @@ def convert_slide(
     level: int = 5,
     shuffle: str = "bit",
     jpeg_quality: int = 90,
+    jpeg_tile_copy: bool = True,
     uint16: str = "scale",
     percentiles: Sequence[float] = (0.5, 99.5),
     channels: Sequence[int] | None = None,
@@ -263,7 +287,10 @@ def convert_slide(
     are ``chunk``² and Blosc-``compression``ed at ``level`` with ``shuffle``
     (bit, byte or none); ``compression="jpeg"`` stores the image pyramid as
     JPEG of quality ``jpeg_quality`` instead (lossy, several times smaller;
-    the label image stays lossless, Blosc-lz4).  ``uint16`` (``scale`` or ``percentile``
+    the label image stays lossless, Blosc-lz4).  In that mode a tiled JPEG TIFF whose tiles are
+    ``chunk``² has its tiles copied as level 0 (bit-identical to the source decode, no re-encoding;
+    level 1 from their DCT-scaled 1/2 decode, see :mod:`wsiseg.tilecopy`) unless ``jpeg_tile_copy``
+    is False; the log and the ``wsiseg.level0`` attribute say which path a slide took.  ``uint16`` (``scale`` or ``percentile``
     with ``percentiles``) maps non-8-bit pixels to uint8; ``channels`` picks
     three channels of a multi-channel image.  The annotation (RLE table row, GeoJSON or
     Aperio XML polygons, mask image or folder of per-object mask images; RGB masks mapped
@@ -317,7 +344,7 @@ def convert_slide(
                 log.info("convert %s: mask from %s, %.2f%% labelled", slide_id, mask, 100 * share)
                 if share == 0 and require_foreground and not annotation.empty:  # (known-empty ones were checked on opening)
                     check_foreground(mask, slide_id, f"{annotation.found}: 0 foreground pixels once rasterised", allow_empty_mask)
-            write_image(root, source, levels, chunk, codec, slide_id, workers or default_workers())
+            made = write_image(root, source, levels, chunk, codec, slide_id, workers or default_workers(), jpeg_tile_copy)
             if source.intensity.nonfinite:
                 log.warning(
                     "%s: %d pixel(s) with NaN or infinite values mapped to 0 (intensity %r)",
@@ -334,6 +361,7 @@ def convert_slide(
                         "intensity": repr(source.intensity),
                         "reader": found,  # backend, vendor, levels, associated images
                         "classes": sorted(annotation.classes) if annotation is not None else None,
+                        "level0": made,  # path: tile-copy (JPEG tiles copied) or decode; why
                         **pixel.as_dict(),
                     },
                 }

@@ -765,6 +765,11 @@ class SourceSlide:
         return int(getattr(self.reader, "tile_side", 0))
 
     @property
+    def as_decoded(self) -> bool:
+        """Whether :meth:`rgb` returns the decoded pixels unchanged (uint8 RGB, no channel pick or intensity mapping)."""
+        return self.intensity.kind == "cast" and self._keep == [0, 1, 2] and self.channels == 3
+
+    @property
     def dtype(self) -> np.dtype:
         """Pixel type stored in the file."""
         return np.dtype(self.reader.dtype)

@@ -1,0 +1,269 @@
+"""Compact stores from tiled JPEG TIFFs without re-encoding level 0 (``convert.compression: jpeg``).
+
+A compact store's chunks are plain JPEG files (:class:`wsiseg.codecs.PlanarJpeg`).  When the
+slide's level 0 is a tiled TIFF page of 8-bit RGB (or YCbCr) JPEG tiles, interleaved, whose tiles
+are exactly the store's chunks (``convert.chunk``, default 512, equal to the tile side), each
+tile's JPEG bytes *are* a valid chunk: :func:`write_copied` writes them as they are (abbreviated
+tile streams get the page's shared ``JPEGTables`` merged in, so every chunk is a complete JPEG
+stream), so level 0 is bit-identical to tifffile's decode and costs no decoding or encoding.
+
+The pyramid still needs pixels.  Level 1 comes straight from the tile bytes by libjpeg's
+DCT-scaled decoding at 1/2 (OpenCV ``IMREAD_REDUCED_*_2``: the inverse DCT of each 8x8 block is
+computed at 4x4, about half a full decode's cost); levels 2.. are 2x2 means of level 1 as in
+every other store.  The DCT-scaled image is an antialiased 2x reduction, not the exact 2x2 mean
+of level 0: 50 dB PSNR against that mean on real H&E (48 dB on tissue tiles), far below the error
+of encoding level 1 at JPEG quality 90 (38 dB), so the stored level 1 is as close to the exact mean
+as the decode/re-encode path's (38.1 vs 38.0 dB; ``benchmarks/README.md``).  Levels 1.. are
+encoded at ``convert.jpeg_quality``; level 0 keeps the scanner's own quality.
+
+:func:`copy_plan` decides whether a slide qualifies and says why not; it also decodes a few
+copied chunks the way any reader of the store will and compares them with tifffile's decode of
+the same tiles, so a colour-space variant that would decode differently falls back to the
+decode/re-encode path (logged) rather than storing wrong colours.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import Future
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import zarr
+
+from .codecs import PlanarJpeg
+from .logs import progress
+from .slide import SlideError
+from .store import SMALL, _direct_path, build_pyramid, chunk_writers, create_level, halve, halve_grid, write_block, write_file
+
+log = logging.getLogger(__name__)
+
+JPEG = 7  # TIFF Compression: new-style JPEG
+RGB, YCBCR = 2, 6  # TIFF PhotometricInterpretation
+SOI, EOI = b"\xff\xd8", b"\xff\xd9"
+# APP14 "Adobe" marker with transform 0: libjpeg then reads 3 components as R, G, B (not YCbCr).  Put
+# into RGB tiles that carry no colour-space marker (Aperio SVS), which tifffile decodes as RGB because
+# the TIFF says so; a plain JPEG reader would otherwise convert them from YCbCr.
+ADOBE_RGB = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x00"
+# 1/2-scale DCT decode to RGB (no EXIF orientation lookup: tifffile applies none either)
+REDUCED_2 = cv2.IMREAD_REDUCED_GRAYSCALE_2 | cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
+CHECKED_TILES = 4  # tiles decoded both ways before a slide is copied
+
+
+@dataclass
+class TileCopy:
+    """How to turn the tiles of a tiled JPEG TIFF page into complete JPEG chunk streams."""
+
+    page: object  # tifffile.TiffPage
+    path: Path  # the slide, for error messages
+    prefix: bytes  # SOI [+ Adobe RGB marker] + the shared tables (no SOI/EOI), put before each tile's own markers
+
+    def stream(self, tile: bytes) -> bytes:
+        """The complete JPEG stream of one tile's bytes (which start with SOI)."""
+        return self.prefix + tile[2:] if self.prefix != SOI and tile[:2] == SOI else tile
+
+    @property
+    def tile_shape(self) -> tuple[int, int]:
+        return self.page.tilelength, self.page.tilewidth
+
+    def read(self, indices: list[int]) -> dict[int, bytes]:
+        """The raw bytes of tiles ``indices`` (a missing tile, 0 bytes, is left out)."""
+        page = self.page
+        present = [i for i in indices if page.databytecounts[i] > 0]
+        offsets, counts = [page.dataoffsets[i] for i in present], [page.databytecounts[i] for i in present]
+        return {i: data for data, i in page.parent.filehandle.read_segments(offsets, counts, present, sort=True)}
+
+
+def copy_plan(source, chunk: int, codec) -> TileCopy | str:
+    """A :class:`TileCopy` for ``source`` (a :class:`wsiseg.slide.SourceSlide`) stored in ``chunk``² chunks
+    with ``codec``, or the reason (a phrase) why its tiles cannot be copied."""
+    if not isinstance(codec, PlanarJpeg):
+        return "the store is not JPEG-compressed"
+    page = getattr(source.reader, "page", None)
+    if page is None or not getattr(source.reader, "tiled", False):
+        return "the slide is not a single-page tiled TIFF read by tifffile"
+    if page.compression != JPEG:
+        return f"its tiles are {page.compression.name}-compressed, not JPEG"
+    if page.photometric not in (RGB, YCBCR) or page.samplesperpixel != 3 or page.extrasamples:
+        return f"JPEG tiles of photometric {page.photometric.name} with {page.samplesperpixel} samples are not RGB"
+    if page.bitspersample != 8 or page.planarconfig != 1 or page.imagedepth != 1 or page.tiledepth != 1:
+        return f"{page.bitspersample}-bit / planar config {page.planarconfig} / 3-D tiles are not plain RGB tiles"
+    if page.jpegheader is not None:
+        return "the tiles need a shared JPEG header (NDPI-style)"
+    if (page.tilelength, page.tilewidth) != (chunk, chunk):
+        return f"its tiles are {page.tilewidth}x{page.tilelength} px, the store's chunks {chunk}x{chunk} (convert.chunk)"
+    if not source.as_decoded:
+        return "its pixels are remapped (channels or intensity)"
+    tables = page.jpegtables
+    prefix = SOI
+    if page.photometric == RGB and not page.is_jfif:
+        prefix += ADOBE_RGB
+    if tables is not None:
+        tables = bytes(tables)
+        if not (tables.startswith(SOI) and tables.endswith(EOI)):
+            return "its JPEGTables are not a tables-only JPEG stream"
+        prefix += tables[2:-2]
+    plan = TileCopy(page, Path(source.path), prefix)
+    return check(plan, codec) or plan
+
+
+def check(plan: TileCopy, codec: PlanarJpeg) -> str | None:
+    """None when a few copied tiles decode (as the store's readers decode them) exactly as tifffile decodes
+    them, else what differs."""
+    page = plan.page
+    present = [i for i, count in enumerate(page.databytecounts) if count > 0]
+    if not present:
+        return None  # nothing to copy: every chunk stays the fill value, as tifffile reads missing tiles
+    picks = sorted({present[round(k * (len(present) - 1) / max(1, CHECKED_TILES - 1))] for k in range(CHECKED_TILES)})
+    options = {"jpegtables": page.jpegtables, "jpegheader": page.jpegheader, "_fullsize": True}
+    for index, data in plan.read(picks).items():
+        if not data.startswith(SOI):
+            return f"tile {index} does not start with a JPEG SOI marker"
+        try:
+            expected = page.decode(data, index, **options)[0][0]  # (1, h, w, 3) full tile -> (h, w, 3)
+            copied = codec.decode(plan.stream(data)).transpose(1, 2, 0)
+            reduced = cv2.imdecode(np.frombuffer(plan.stream(data), np.uint8), REDUCED_2)
+        except Exception as err:  # codec errors come in many types
+            return f"tile {index} does not decode as a stand-alone JPEG stream ({type(err).__name__}: {err})"
+        if copied.shape != expected.shape or not np.array_equal(copied, expected):
+            diff = np.abs(copied.astype(int) - expected).max() if copied.shape == expected.shape else copied.shape
+            return f"tile {index} decodes differently as a stand-alone JPEG stream (max difference {diff}: colour space?)"
+        mean = halve(expected, "mean")
+        if reduced is None or reduced.shape != mean.shape or np.abs(reduced.astype(int) - mean).mean() > 8:
+            return f"the DCT-scaled decode of tile {index} does not match its 2x2 mean"
+    return None
+
+
+def _write(folder: Path, key: str, data: bytes) -> None:
+    path = folder / key
+    if len(data) >= SMALL:  # as store._write_chunk: O_DIRECT where it pays, small files through the page cache
+        write_file(path, data)
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
+def _level1_chunk(plan: TileCopy, tiles: dict[int, bytes], places: list, folders: list, key1: str, crop, codec: PlanarJpeg):
+    """Copy the (up to 2x2) tiles of one level-1 chunk to their level-0 chunk files and decode them at 1/2
+    into that chunk; encode and write it; return its pixels inside the image (channel-last)."""
+    folder0, folder1 = folders
+    chunk = plan.tile_shape[0]
+    half = chunk // 2
+    pixels = np.zeros((chunk, chunk, 3), np.uint8)
+    for index, key0, (r, c) in places:
+        data = tiles.get(index)
+        if data is None:  # a missing tile reads as 0s, the store's fill value
+            continue
+        stream = plan.stream(data)
+        _write(folder0, key0, stream)
+        pixels[r * half : (r + 1) * half, c * half : (c + 1) * half] = _half(plan, index, stream)
+    h, w = crop
+    if h < chunk or w < chunk:  # outside the image: the fill value, as zarr pads edge chunks
+        pixels[h:] = 0
+        pixels[:, w:] = 0
+    _write(folder1, key1, codec.encode_rgb(pixels))
+    return pixels[:h, :w]
+
+
+def _half(plan: TileCopy, index: int, stream: bytes) -> np.ndarray:
+    """Tile ``index`` (its complete ``stream``) at 1/2 scale: DCT-scaled, or, for data libjpeg refuses in that mode
+    (e.g. a truncated tile, which tifffile decodes padded), the 2x2 mean of its full decode."""
+    half = cv2.imdecode(np.frombuffer(stream, np.uint8), REDUCED_2)
+    if half is not None:
+        return half
+    try:
+        return halve(PlanarJpeg().decode(stream).transpose(1, 2, 0), "mean")
+    except Exception as err:  # codec errors come in many types
+        raise SlideError(f"{plan.path}: cannot decode JPEG tile {index} ({type(err).__name__}: {err})") from None
+
+
+def _level0_only(plan: TileCopy, tiles: dict[int, bytes], places: list, folder: Path) -> None:
+    for index, key0, _ in places:
+        if index in tiles:
+            _write(folder, key0, plan.stream(tiles[index]))
+
+
+def write_copied(
+    root: zarr.Group, source, plan: TileCopy, levels: int, chunk: int, codec: PlanarJpeg, slide_id: str, workers: int,
+    inner: int = 3,
+) -> None:
+    """Write the image pyramid of a slide whose JPEG tiles are copied as level 0 (see the module doc).
+
+    Works by square blocks of ``chunk * 2**inner`` px like :func:`wsiseg.convert.write_blocks`: the
+    tiles of a block are read raw; each level-1 chunk (2x2 tiles) is one job in the writer threads:
+    copy its tiles, decode them at 1/2, encode it; levels 2..``inner`` are pooled from the block's
+    level 1, the levels above built from level ``inner`` afterwards."""
+    height, width = source.shape
+    page = plan.page
+    across = -(-page.imagewidth // chunk)
+    inner = max(0, min(inner, levels - 1))
+    side = chunk << inner
+    arrays, (h, w) = [], (height, width)
+    for k in range(inner + 1):
+        arrays.append(create_level(root, str(k), (3, h, w), chunk, codec))
+        h, w = (h + 1) // 2, (w + 1) // 2
+    folders = [_direct_path(a) for a in arrays[:2]]
+    if any(f is None for f in folders):
+        raise ValueError(f"{root.store}: chunk files cannot be written directly")
+    encode_key = arrays[0].metadata.encode_chunk_key
+    corners = [(y, x, min(height, y + side), min(width, x + side)) for y in range(0, height, side) for x in range(0, width, side)]
+
+    def tiles_of(y: int, x: int, y1: int, x1: int) -> list[int]:
+        return [r * across + c for r in range(y // chunk, -(-y1 // chunk)) for c in range(x // chunk, -(-x1 // chunk))]
+
+    from .convert import prefetch  # (convert imports this module)
+
+    blocks = prefetch((y, x, y1, x1, plan.read(tiles_of(y, x, y1, x1))) for y, x, y1, x1 in corners)
+    h1, w1 = (height + 1) // 2, (width + 1) // 2
+
+    def upper_levels(y: int, x: int, jobs: list[list[Future]]) -> list[Future]:
+        """Pool a block's level-1 chunks (once done) into levels 2..inner; the pending writes."""
+        grid = [[job.result() for job in row] for row in jobs]
+        pending: list[Future] = []
+        block = halve_grid(grid, "mean") if inner > 1 else None
+        for k in range(2, inner + 1):
+            pending += write_block(arrays[k], y >> k, x >> k, block, executor, wait=False)
+            if k < inner:
+                block = halve(block, "mean")
+        return pending
+
+    with closing(blocks), chunk_writers(workers) as executor:
+        previous, pending = None, []  # the block whose levels 2.. are pooled while the next one's tiles decode
+        for y, x, y1, x1, tiles in progress(blocks, total=len(corners), desc=f"convert {slide_id}", unit="block", mininterval=10):
+            if inner == 0:
+                places = [(i, encode_key((0, i // across, i % across)), None) for i in tiles_of(y, x, y1, x1)]
+                _level0_only(plan, tiles, places, folders[0])
+                continue
+            jobs = []
+            for cy in range(y // 2, (y1 + 1) // 2, chunk):  # the level-1 chunks of the block
+                row = []
+                for cx in range(x // 2, (x1 + 1) // 2, chunk):
+                    ty, tx = 2 * cy // chunk, 2 * cx // chunk  # its top-left tile
+                    places = [
+                        ((ty + r) * across + tx + c, encode_key((0, ty + r, tx + c)), (r, c))
+                        for r in range(2) for c in range(2)
+                        if (ty + r) * chunk < height and (tx + c) * chunk < width
+                    ]
+                    key1 = encode_key((0, cy // chunk, cx // chunk))
+                    crop = (min(chunk, h1 - cy), min(chunk, w1 - cx))
+                    row.append(executor.submit(_level1_chunk, plan, tiles, places, folders, key1, crop, codec))
+                jobs.append(row)
+            if previous is not None:
+                for job in pending:  # two blocks' writes in flight at most
+                    job.result()
+                pending = upper_levels(*previous)
+            previous = (y, x, jobs)
+        if previous is not None:
+            pending += upper_levels(*previous)
+        for job in pending:
+            job.result()
+    build_pyramid(root, levels, chunk, codec, "mean", start=inner + 1)
