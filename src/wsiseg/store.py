@@ -19,6 +19,7 @@ import math
 import mmap
 import os
 import threading
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -366,8 +367,11 @@ class PyramidWriter:
     back; compressed in ``workers`` threads) and pooled 2x into the next
     level.  The result equals :func:`build_pyramid` run on the finished
     level 0, without reading it again.  Memory: about two chunk rows of
-    level 0.  Use as a context manager or call :meth:`close`.
+    level 0, plus up to :attr:`INFLIGHT` chunk rows being written.  Use as
+    a context manager or call :meth:`close`.
     """
+
+    INFLIGHT = 2  # chunk rows written in the background at once (any level)
 
     def __init__(
         self, group: zarr.Group, shape: tuple[int, ...], levels: int, chunk: int, codec, how: str, workers: int = 2,
@@ -388,9 +392,12 @@ class PyramidWriter:
         self.pending: list[list[np.ndarray]] = [[] for _ in range(levels)]
         self.written = [0] * levels  # rows written per level
         self.executor = chunk_writers(workers)
+        self.inflight: deque[list[Future]] = deque()  # chunk rows being encoded and written, oldest first
 
     def add(self, band: np.ndarray, k: int = 0) -> None:
-        """Append channel-last ``band`` (rows, width of level ``k``, c) below the rows given so far."""
+        """Append channel-last ``band`` (rows, width of level ``k``, c) below the rows given so far.
+
+        Its chunks are written in the background: ``band`` must not change afterwards."""
         self.pending[k].append(band)
         rows = sum(b.shape[0] for b in self.pending[k])
         if rows >= self.chunk:
@@ -400,7 +407,12 @@ class PyramidWriter:
             self._write(stacked[:full], k)
 
     def _write(self, rows: np.ndarray, k: int) -> None:
-        write_block(self.arrays[k], self.written[k], self.x0 >> k, rows, self.executor)
+        """Write chunk rows ``rows`` of level ``k`` without waiting (the caller goes on pooling and
+        predicting); at most :attr:`INFLIGHT` of them at once, so memory stays a few chunk rows."""
+        self.inflight.append(write_block(self.arrays[k], self.written[k], self.x0 >> k, rows, self.executor, wait=False))
+        while len(self.inflight) > self.INFLIGHT:
+            for job in self.inflight.popleft():
+                job.result()
         self.written[k] += rows.shape[0]
         if k + 1 < len(self.arrays):
             self.add(halve(rows, self.how), k + 1)
@@ -413,6 +425,9 @@ class PyramidWriter:
                     rows = np.concatenate(self.pending[k])
                     self.pending[k] = []
                     self._write(rows, k)
+            while self.inflight:
+                for job in self.inflight.popleft():
+                    job.result()
         finally:
             self.executor.shutdown()
 
@@ -431,6 +446,9 @@ def read_padded(array: zarr.Array, y0: int, y1: int, x0: int, x1: int, fill: int
 
     A (y, x) label image reads as c = 1."""
     *c, h, w = array.shape
+    if array.dtype == np.uint8 and 0 <= y0 <= y1 <= h and 0 <= x0 <= x1 <= w:  # inside: zarr's own output, no fill and copy
+        inside = np.asarray(array[..., y0:y1, x0:x1])
+        return inside if c else inside[None]
     out = np.full((*(c or [1]), y1 - y0, x1 - x0), fill, dtype=np.uint8)
     ry0, ry1, rx0, rx1 = max(0, y0), min(h, y1), max(0, x0), min(w, x1)
     if ry1 > ry0 and rx1 > rx0:
