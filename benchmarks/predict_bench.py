@@ -57,7 +57,7 @@ def make_slide(path: Path, size: int, chunk: int = 512) -> Path:
             level0[:, y : y + h, x : x + w] = tile[:, :h, :w]
     levels = level_count(size, size, chunk)
     build_pyramid(root, levels, chunk, compressor(), "mean")
-    root.attrs.update({"multiscales": multiscales("bench", levels, "mean"), "wsiseg": {"slide_id": "bench"}})
+    root.update_attributes({"multiscales": multiscales("bench", levels, "mean"), "wsiseg": {"slide_id": "bench"}})
     return path
 
 

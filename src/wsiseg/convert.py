@@ -184,7 +184,7 @@ def write_labels(
             ids = create_level(objects, "0", (height, width), chunk, codec, dtype="uint32")
             for y0, x0, block in annotation.instance_blocks(chunk):
                 write_block(ids, y0, x0, block[:, :, None], executor)
-            objects.attrs.update(
+            objects.update_attributes(
                 {
                     "multiscales": multiscales("instances", 1, "max", LABEL_AXES, mpp),
                     "image-label": {"version": NGFF_VERSION, "source": {"image": "../../"}},
@@ -192,7 +192,7 @@ def write_labels(
             )
     build_pyramid(group, levels, chunk, codec, "max")
     colors = [{"label-value": value, "rgba": [*rgb, 160]} for value, rgb in sorted(annotation.classes.items())]
-    group.attrs.update(
+    group.update_attributes(
         {
             "multiscales": multiscales("mask", levels, "max", LABEL_AXES, mpp),
             "image-label": {"version": NGFF_VERSION, "colors": colors, "source": {"image": "../../"}},
@@ -350,7 +350,7 @@ def convert_slide(
                     "%s: %d pixel(s) with NaN or infinite values mapped to 0 (intensity %r)",
                     image, source.intensity.nonfinite, source.intensity,
                 )
-            root.attrs.update(
+            root.update_attributes(
                 {
                     "multiscales": multiscales(slide_id, levels, "mean", mpp=pixel.mpp),
                     "omero": {"version": NGFF_VERSION, "name": slide_id, "channels": OMERO_CHANNELS},

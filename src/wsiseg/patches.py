@@ -180,7 +180,7 @@ def extract_patches(
             masks[n] = read_labels(store, y, x, size, ds, classes)
             per_class = list(shares[i, j, 1:]) if classes > 1 else []
             records.append((store.slide_id, n, i, j, x, y, level, ds, size, coverage[i, j], *per_class, tissue[i, j], reasons[i, j], patch_mpp))
-        root.attrs.update(
+        root.update_attributes(
             {
                 "slide_id": store.slide_id, "size": size, "downscale": ds, "classes": classes, "tissue_share": tissue_map.share,
                 "mpp": store.pixel_size.mpp, "mpp_source": store.pixel_size.source, "patch_mpp": patch_mpp,

@@ -635,8 +635,8 @@ def predict_slide(
                 split_mask(mask_group["0"], min_distance_px(params.split_min_distance_um, pixel.mpp, params.split_min_distance_px))
             build_pyramid(mask_group, levels, params.chunk, codec, "max")
         labels.attrs["labels"] = ["mask"]
-        mask_group.attrs.update(label_attrs(levels, names, pixel.mpp))
-        root.attrs.update(
+        mask_group.update_attributes(label_attrs(levels, names, pixel.mpp))
+        root.update_attributes(
             {
                 **image_attrs(f"{store.slide_id} probability", prob_levels, names[1:] if classes == 1 else names, pixel.mpp, prob_scale),
                 "prob_downscale": prob_scale,

@@ -24,6 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .bands import interleave
 from .io import atomic_path
 from .store import SlideStore
 
@@ -87,10 +88,11 @@ class TissueMap:
         while k > 0 and max(store.levels[k - 1].shape[1:]) <= max_side:
             k -= 1
         self.factor = 2**k
-        level = np.asarray(store.levels[k][:]).transpose(1, 2, 0)
+        level = interleave(np.asarray(store.levels[k][:]))  # channel-last once (cv2.merge), not in each step
         self.requested = method
         self.method = choose_method(level, saturation) if method == "auto" else method
         self.mask = tissue_mask(level, saturation, self.method)
+        self._sums: np.ndarray | None = None
 
     @property
     def share(self) -> float:
@@ -108,9 +110,12 @@ class TissueMap:
         f = self.factor
         ys, xs = max(0, y0 // f), max(0, x0 // f)
         ye, xe = max(ys + 1, -(-(y0 + height) // f)), max(xs + 1, -(-(x0 + width) // f))
-        window = self.mask[ys:ye, xs:xe]
-        if window.size == 0:
+        h, w = self.mask.shape
+        if ys >= h or xs >= w:
             return 0.0
+        if self._sums is None:  # summed-area table: each query is four lookups, not a sum over its window
+            self._sums = cv2.integral(self.mask.view(np.uint8), sdepth=cv2.CV_64F)
+        s, y1, x1 = self._sums, min(ye, h), min(xe, w)
+        inside = s[y1, x1] - s[ys, x1] - s[y1, xs] + s[ys, xs]
         # the box may reach past the slide: count that part as non-tissue
-        full = (ye - ys) * (xe - xs)
-        return float(window.sum()) / full
+        return float(inside) / ((ye - ys) * (xe - xs))
