@@ -22,6 +22,7 @@ import os
 import platform
 import resource
 import statistics
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -182,9 +183,14 @@ def measure(kind: str, src: str | None = None, label: str = "", **args) -> dict:
 def side_by_side(runs: dict[str, dict], repeats: int) -> dict:
     """Alternate the measurements ``runs`` (name -> measure() keywords) ``repeats`` times; every run and the medians."""
     results: dict[str, list[dict]] = {name: [] for name in runs}
-    for _ in range(repeats):
+    for i in range(repeats):
         for name, kw in runs.items():
+            if "out" in kw:  # a fresh output per run: replacing the last one would time deleting it (Snakemake
+                out = Path(kw["out"])  # deletes a job's outputs before it starts); all removed at the end
+                kw = {**kw, "out": out.parent / "runs" / f"{out.stem}_{i}{out.suffix}"}
             results[name].append(measure(label=name, **kw))
+    for run in (Path(kw["out"]).parent / "runs" for kw in runs.values() if "out" in kw):
+        shutil.rmtree(run, ignore_errors=True)
     medians = {name: {key: statistics.median(r[key] for r in rs) for key in ("seconds", "cpu_s", "mpx_s", "peak_rss_mb")}
                for name, rs in results.items()}
     print(json.dumps(medians), flush=True)
