@@ -107,6 +107,24 @@ def test_auto_tissue_map_of_a_fluorescence_slide_covers_the_blobs(fluorescence_s
     assert _iou(tissue.mask, low) > 0.8
 
 
+def test_tissue_fraction_is_the_share_of_tissue_in_the_box_counting_outside_as_background(fluorescence_slide):
+    """Tiles are kept by this share (predict.min_tissue): every box, also one reaching past the slide's edge."""
+    tissue = TissueMap(SlideStore(fluorescence_slide[0]), method="auto", max_side=128)
+    tissue.mask = np.random.default_rng(1).random(tissue.mask.shape) > 0.6  # an irregular mask: every box differs
+    tissue._sums = None
+    f, (h, w) = tissue.factor, tissue.mask.shape
+    rng = np.random.default_rng(2)
+    for _ in range(300):
+        y0, x0 = (int(v) for v in rng.integers(-2 * f, (h + 2) * f, 2))
+        height, width = (int(v) for v in rng.integers(1, 40 * f, 2))
+        ys, xs = max(0, y0 // f), max(0, x0 // f)
+        ye, xe = max(ys + 1, -(-(y0 + height) // f)), max(xs + 1, -(-(x0 + width) // f))
+        expected = tissue.mask[ys:ye, xs:xe].sum() / ((ye - ys) * (xe - xs))  # cells past the edge count in the area, as 0
+        assert tissue.fraction(y0, x0, height, width) == pytest.approx(expected, abs=1e-12), (y0, x0, height, width)
+    assert tissue.fraction(0, 0, h * f, w * f) == pytest.approx(tissue.mask.mean())
+    assert tissue.fraction(h * f + 5, 0, 10, 10) == 0.0
+
+
 def test_predict_falls_back_to_every_tile_with_a_warning(tiny_trained, fluorescence_slide, tmp_path, caplog):
     _, ckpt = tiny_trained
     slide, _ = fluorescence_slide
