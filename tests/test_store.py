@@ -118,3 +118,26 @@ def test_halve_grid_equals_halving_the_assembled_region():
     grid = store.chunk_grid(_tiles(image, 64, 64), 0, 150, 0, 191, 64)
     np.testing.assert_array_equal(store.halve_grid(grid, "mean"), store.halve(image, "mean"))
     np.testing.assert_array_equal(store.halve_grid(grid, "max"), store.halve(image, "max"))
+
+
+@pytest.mark.parametrize("how, channels", [("mean", 3), ("max", 0)])
+def test_pyramid_writer_streams_the_same_pyramid_as_building_it_afterwards(tmp_path, how, channels):
+    """Bands of any height (chunk rows written in the background while later bands arrive) give the
+    pyramid that pooling the finished level 0 gives: same shapes, same pixels, at every level."""
+    rng = np.random.default_rng(0)
+    h, w, chunk, levels = 700, 530, 64, 5
+    image = rng.integers(0, 256, (h, w, max(channels, 1)), dtype=np.uint8)
+    shape = (channels, h, w) if channels else (h, w)
+    streamed = zarr.open_group(tmp_path / "streamed.zarr", mode="w", zarr_format=2)
+    with store.PyramidWriter(streamed, shape, levels, chunk, compressor(), how, workers=2) as writer:
+        y = 0
+        for rows in (1, 63, 130, 64, 200, 17, 225):  # heights across chunk borders, summing to h
+            writer.add(image[y : y + rows].copy(), 0)
+            y += rows
+        assert y == h
+    built = zarr.open_group(tmp_path / "built.zarr", mode="w", zarr_format=2)
+    create_level(built, "0", shape, chunk, compressor())[...] = image.transpose(2, 0, 1) if channels else image[:, :, 0]
+    store.build_pyramid(built, levels, chunk, compressor(), how)
+    for k in range(levels):
+        assert streamed[str(k)].shape == built[str(k)].shape
+        np.testing.assert_array_equal(streamed[str(k)][...], built[str(k)][...])
