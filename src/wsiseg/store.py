@@ -160,11 +160,22 @@ def _write_chunk(array: zarr.Array, folder: Path, coords: tuple[int, ...], block
     The chunk is laid out (c, chunk, chunk) and padded with the fill value,
     as zarr v2 stores edge chunks."""
     data = array.metadata.compressor.encode(planar(block, array))
-    path = folder / array.metadata.encode_chunk_key(coords)
-    if len(data) < SMALL:  # background and constant chunks: an O_DIRECT write would wait on the device for each
-        path.write_bytes(data)
-    else:
+    write_chunk_file(folder / array.metadata.encode_chunk_key(coords), data)
+
+
+def write_chunk_file(path: Path, data: bytes) -> None:
+    """Write one encoded chunk's file: with O_DIRECT (:func:`write_file`) where it pays; small files (background
+    and constant chunks) through the page cache, where an O_DIRECT write would wait on the device for each."""
+    if len(data) >= SMALL:
         write_file(path, data)
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
 
 
 ALIGN = 4096  # O_DIRECT needs buffer, offset and length aligned to the device's logical block size (512 or 4096)
@@ -410,12 +421,16 @@ class PyramidWriter:
         """Write chunk rows ``rows`` of level ``k`` without waiting (the caller goes on pooling and
         predicting); at most :attr:`INFLIGHT` of them at once, so memory stays a few chunk rows."""
         self.inflight.append(write_block(self.arrays[k], self.written[k], self.x0 >> k, rows, self.executor, wait=False))
-        while len(self.inflight) > self.INFLIGHT:
-            for job in self.inflight.popleft():
-                job.result()
+        self._wait(self.INFLIGHT)
         self.written[k] += rows.shape[0]
         if k + 1 < len(self.arrays):
             self.add(halve(rows, self.how), k + 1)
+
+    def _wait(self, inflight: int) -> None:
+        """Wait for the oldest chunk rows being written until at most ``inflight`` are (re-raising their errors)."""
+        while len(self.inflight) > inflight:
+            for job in self.inflight.popleft():
+                job.result()
 
     def close(self) -> None:
         """Write the last, partial chunk row of every level and stop the threads."""
@@ -425,9 +440,7 @@ class PyramidWriter:
                     rows = np.concatenate(self.pending[k])
                     self.pending[k] = []
                     self._write(rows, k)
-            while self.inflight:
-                for job in self.inflight.popleft():
-                    job.result()
+            self._wait(0)
         finally:
             self.executor.shutdown()
 

@@ -25,7 +25,6 @@ decode/re-encode path (logged) rather than storing wrong colours.
 from __future__ import annotations
 
 import logging
-import os
 from concurrent.futures import Future
 from contextlib import closing
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ import zarr
 from .codecs import PlanarJpeg
 from .logs import progress
 from .slide import SlideError
-from .store import SMALL, _direct_path, build_pyramid, chunk_writers, create_level, halve, halve_grid, write_block, write_file
+from .store import _direct_path, build_pyramid, chunk_writers, create_level, halve, halve_grid, write_block, write_chunk_file
 
 log = logging.getLogger(__name__)
 
@@ -138,20 +137,6 @@ def check(plan: TileCopy, codec: PlanarJpeg) -> str | None:
     return None
 
 
-def _write(folder: Path, key: str, data: bytes) -> None:
-    path = folder / key
-    if len(data) >= SMALL:  # as store._write_chunk: O_DIRECT where it pays, small files through the page cache
-        write_file(path, data)
-        return
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
-
-
 def _level1_chunk(plan: TileCopy, tiles: dict[int, bytes], places: list, folders: list, key1: str, crop, codec: PlanarJpeg):
     """Copy the (up to 2x2) tiles of one level-1 chunk to their level-0 chunk files and decode them at 1/2
     into that chunk; encode and write it; return its pixels inside the image (channel-last)."""
@@ -164,13 +149,13 @@ def _level1_chunk(plan: TileCopy, tiles: dict[int, bytes], places: list, folders
         if data is None:  # a missing tile reads as 0s, the store's fill value
             continue
         stream = plan.stream(data)
-        _write(folder0, key0, stream)
+        write_chunk_file(folder0 / key0, stream)
         pixels[r * half : (r + 1) * half, c * half : (c + 1) * half] = _half(plan, index, stream)
     h, w = crop
     if h < chunk or w < chunk:  # outside the image: the fill value, as zarr pads edge chunks
         pixels[h:] = 0
         pixels[:, w:] = 0
-    _write(folder1, key1, codec.encode_rgb(pixels))
+    write_chunk_file(folder1 / key1, codec.encode_rgb(pixels))
     return pixels[:h, :w]
 
 
@@ -189,7 +174,7 @@ def _half(plan: TileCopy, index: int, stream: bytes) -> np.ndarray:
 def _level0_only(plan: TileCopy, tiles: dict[int, bytes], places: list, folder: Path) -> None:
     for index, key0, _ in places:
         if index in tiles:
-            _write(folder, key0, plan.stream(tiles[index]))
+            write_chunk_file(folder / key0, plan.stream(tiles[index]))
 
 
 def write_copied(
