@@ -19,9 +19,10 @@ from .store import SlideStore, read_padded
 
 
 def interleave(planar: np.ndarray) -> np.ndarray:
-    """(c, h, w) → contiguous (h, w, c); cv2.merge is ~20x faster than a numpy transpose copy."""
+    """(c, h, w) → (h, w, c): a contiguous copy (cv2.merge, ~20x faster than a numpy transpose copy), or for a
+    single channel a view of it (nothing to reorder)."""
     if planar.shape[0] == 1:
-        return np.ascontiguousarray(planar[0][:, :, None])
+        return planar[0][:, :, None]
     return cv2.merge(list(planar)).reshape(planar.shape[1], planar.shape[2], planar.shape[0])
 
 

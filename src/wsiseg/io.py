@@ -15,9 +15,8 @@ killed leaves one behind, and the next run for the same target removes it
 
 from __future__ import annotations
 
-import ctypes
-
 import contextlib
+import ctypes
 import json
 import os
 import re

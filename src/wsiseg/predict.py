@@ -250,12 +250,15 @@ class _Plan:
 
     def strip_tiles(self, b0: int, b1: int) -> list[int]:
         """x positions of the tiles that cover model columns [b0 - 1, b1]: the strip and one column of context."""
-        return [x for x in self.xs if x <= b1 and x + self.T > b0 - 1]
+        return [x for x in self.xs if self._covers(x, b0, b1)]
 
-    def row_tiles(self, r: int, b0: int = 0, b1: int | None = None) -> list[int]:
-        """x positions of the tiles of tile row ``r`` to predict (in strip [b0, b1))."""
-        b1 = self.dw if b1 is None else b1
-        return [x for x, keep in zip(self.xs, self.keep[r]) if keep and x <= b1 and x + self.T > b0 - 1]
+    def row_tiles(self, r: int, b0: int, b1: int) -> list[int]:
+        """x positions of the tiles of tile row ``r`` to predict in strip [b0, b1)."""
+        return [x for x, keep in zip(self.xs, self.keep[r]) if keep and self._covers(x, b0, b1)]
+
+    def _covers(self, x: int, b0: int, b1: int) -> bool:
+        """Whether the tile at ``x`` covers part of model columns [b0 - 1, b1]."""
+        return x <= b1 and x + self.T > b0 - 1
 
     def info(self) -> dict:
         """Tissue detection summary for the prediction store's attributes."""
@@ -412,17 +415,16 @@ class _BandWriter:
 
         The band's last row waits for the next band: upsampling it needs the row below,
         so rows join across bands exactly as one resize of the whole map would."""
+        expected = self.top + (self.carry is not None)  # a carried row is row self.top, not yet written
+        if y0 != expected:
+            raise ValueError(f"probability band at row {y0} out of order (expected {expected})")
         if self.model_grid:
             self.prob.add(_to_uint8(interleave(band[:, :, self.left : self.left + self.cols])))
         if self.ds == 1:  # level 0 is the model's grid: nothing to upsample, no row waits for the next band
-            if y0 != self.top:
-                raise ValueError(f"probability band at row {y0} out of order (expected {self.top})")
             self._upsample(band, 0, band.shape[1])
             return
         rows = band if self.carry is None else np.concatenate([self.carry, band], axis=1)
         ctx = 0 if self.carry is None else self.carry.shape[1] - 1
-        if y0 != self.top + (rows.shape[1] - ctx - band.shape[1]):
-            raise ValueError(f"probability band at row {y0} out of order (expected {self.top + rows.shape[1] - ctx - band.shape[1]})")
         self._upsample(rows, ctx, rows.shape[1] - ctx - 1)
         self.carry = np.array(rows[:, -2:])  # a copy: the band may be a view of the blender's sums
 
@@ -450,7 +452,7 @@ class _BandWriter:
         bottom = min(self.height, int(round((y + count) * self.ds)))
         if bottom <= top:
             return
-        hwc = src[0][:, :, None] if self.ds == 1 and len(src) == 1 else interleave(src)  # (a view: nothing to resize)
+        hwc = interleave(src)
         size = (int(round(src.shape[2] * self.ds)), int(round(src.shape[1] * self.ds)))
         up = hwc if self.ds == 1 else cv2.resize(hwc, size, interpolation=cv2.INTER_LINEAR)
         first = int(round(skip * self.ds))
