@@ -61,6 +61,23 @@ def test_direct_io_only_on_local_disk_file_systems(tmp_path, monkeypatch, kind, 
     assert any(flags & os.O_DIRECT for flags in opened) == direct
 
 
+@pytest.mark.parametrize("size,direct", [(store.SMALL - 1, False), (store.SMALL, True)])
+def test_chunk_files_below_the_small_size_go_through_the_page_cache(tmp_path, monkeypatch, size, direct):
+    """JPEG and background chunks are cached writes (a direct write waits on the device for each); large
+    lossless chunks bypass the cache on local disks.  Either way the file holds the chunk."""
+    if not hasattr(os, "O_DIRECT"):
+        pytest.skip("no O_DIRECT on this platform")
+    monkeypatch.setattr(store, "_direct_folders", {})
+    monkeypatch.setattr(store, "file_system", lambda path: "ext4")
+    opened = []
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda path, flags, *args: opened.append(flags) or real_open(path, flags, *args))
+    data = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes()
+    store.write_chunk_file(tmp_path / "0.0.0", data)
+    assert (tmp_path / "0.0.0").read_bytes() == data
+    assert any(flags & os.O_DIRECT for flags in opened) == direct
+
+
 def test_file_system_of_a_path_is_read_from_the_mount_table(tmp_path):
     if not Path("/proc/self/mounts").exists():
         pytest.skip("no /proc/self/mounts")
