@@ -21,8 +21,8 @@ import json
 import os
 import platform
 import resource
-import statistics
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
