@@ -158,3 +158,38 @@ def test_pyramid_writer_streams_the_same_pyramid_as_building_it_afterwards(tmp_p
     for k in range(levels):
         assert streamed[str(k)].shape == built[str(k)].shape
         np.testing.assert_array_equal(streamed[str(k)][...], built[str(k)][...])
+
+
+@pytest.mark.parametrize(("how", "channels", "codec"), [("mean", 3, "zstd"), ("max", 0, "zstd"), ("mean", 3, "jpeg")])
+def test_pyramid_from_chunk_files_equals_pooling_through_zarr(tmp_path, how, channels, codec):
+    """Levels built from level 0's chunk files in threads (a local store) equal zarr's own read, pool and
+    write (a memory store), odd edges and chunks never written (the fill value) included; each level is
+    the 2x2 mean (or max) of the one below."""
+    from wsiseg.codecs import PlanarJpeg
+
+    make = (lambda: PlanarJpeg(90)) if codec == "jpeg" else compressor
+    rng = np.random.default_rng(5)
+    h, w, chunk, levels = 333, 459, 64, 4
+    image = rng.integers(0, 256, (h, w, max(channels, 1)), dtype=np.uint8)
+    image[:128, 128:256] = 0  # two chunks left unwritten: no files, read as the fill value
+    shape = (channels, h, w) if channels else (h, w)
+    groups = {}
+    for name, where in (("files", tmp_path / "files.zarr"), ("zarr", zarr.storage.MemoryStore())):
+        group = zarr.open_group(where, mode="w", zarr_format=2)
+        level0 = create_level(group, "0", shape, chunk, make())
+        for y in range(0, h, chunk):
+            for x in range(0, w, chunk):
+                if not (y < 128 and 128 <= x < 256):
+                    level0[..., y : y + chunk, x : x + chunk] = (image[y : y + chunk, x : x + chunk].transpose(2, 0, 1) if channels else image[y : y + chunk, x : x + chunk, 0])
+        store.build_pyramid(group, levels, chunk, make(), how, workers=2)
+        groups[name] = group
+    assert not (tmp_path / "files.zarr" / "0" / ("0.0.2" if channels else "0.2")).exists()
+    assert store._direct_path(groups["files"]["1"]) is not None and store._direct_path(groups["zarr"]["1"]) is None
+    for k in range(1, levels):
+        below = groups["files"][str(k - 1)][...]
+        expected = store._pool(below if channels else below[None], how)
+        built = groups["files"][str(k)][...]
+        assert built.shape == groups["zarr"][str(k)].shape
+        np.testing.assert_array_equal(built, groups["zarr"][str(k)][...], err_msg=f"level {k}")
+        if codec == "zstd":  # lossless: exactly the pooled level below
+            np.testing.assert_array_equal(built if channels else built[None], expected, err_msg=f"level {k}")

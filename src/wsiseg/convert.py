@@ -147,7 +147,7 @@ def write_blocks(
                     block = halve(block, "mean")
             for job in pending:
                 job.result()
-    build_pyramid(root, levels, chunk, codec, "mean", start=inner + 1)
+    build_pyramid(root, levels, chunk, codec, "mean", start=inner + 1, workers=workers)
 
 
 def write_bands(root: zarr.Group, source: SourceSlide, levels: int, chunk: int, codec, slide_id: str, workers: int) -> None:
@@ -190,7 +190,7 @@ def write_labels(
                     "image-label": {"version": NGFF_VERSION, "source": {"image": "../../"}},
                 }
             )
-    build_pyramid(group, levels, chunk, codec, "max")
+    build_pyramid(group, levels, chunk, codec, "max", workers=workers)
     colors = [{"label-value": value, "rgba": [*rgb, 160]} for value, rgb in sorted(annotation.classes.items())]
     group.update_attributes(
         {

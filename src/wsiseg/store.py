@@ -126,20 +126,64 @@ def halve(block: np.ndarray, how: str) -> np.ndarray:
     return half.reshape(block.shape[0] // 2, block.shape[1] // 2, c)
 
 
-def build_pyramid(group: zarr.Group, levels: int, chunk: int, codec, how: str, start: int = 1) -> None:
+def build_pyramid(group: zarr.Group, levels: int, chunk: int, codec, how: str, start: int = 1, workers: int = 2) -> None:
     """Fill levels ``start``..levels-1 of ``group`` from the level below, one output chunk at a time.
 
-    ``how`` is ``mean`` (images) or ``max`` (labels: small objects stay visible).
+    ``how`` is ``mean`` (images) or ``max`` (labels: small objects stay visible).  Where chunk files can
+    be read and written directly (uint8 levels in a local store, see :func:`_direct_path`), each output
+    chunk is read from its 2x2 source chunk files, pooled, encoded and written in ``workers`` cores'
+    threads, bypassing zarr (a compact store's top levels: 0.24 s of a 2.0 s 20k² conversion through
+    zarr, one core); elsewhere through zarr.
     """
-    for k in range(start, levels):
-        src = group[str(k - 1)]
-        *c, h, w = src.shape  # (c, y, x) images, (y, x) label images
-        dst = create_level(group, str(k), (*c, (h + 1) // 2, (w + 1) // 2), chunk, codec, dtype=src.dtype)
-        for y0 in range(0, dst.shape[-2], chunk):
-            for x0 in range(0, dst.shape[-1], chunk):
-                block = np.asarray(src[..., 2 * y0 : 2 * (y0 + chunk), 2 * x0 : 2 * (x0 + chunk)])
-                pooled = _pool(block if c else block[None], how)
-                dst[..., y0 : y0 + chunk, x0 : x0 + chunk] = pooled if c else pooled[0]
+    with chunk_writers(workers) as executor:
+        for k in range(start, levels):
+            src = group[str(k - 1)]
+            *c, h, w = src.shape  # (c, y, x) images, (y, x) label images
+            dst = create_level(group, str(k), (*c, (h + 1) // 2, (w + 1) // 2), chunk, codec, dtype=src.dtype)
+            folders = _direct_path(src), _direct_path(dst)
+            corners = [(y0, x0) for y0 in range(0, dst.shape[-2], chunk) for x0 in range(0, dst.shape[-1], chunk)]
+            if None in folders or src.dtype != np.uint8:
+                for y0, x0 in corners:
+                    block = np.asarray(src[..., 2 * y0 : 2 * (y0 + chunk), 2 * x0 : 2 * (x0 + chunk)])
+                    pooled = _pool(block if c else block[None], how)
+                    dst[..., y0 : y0 + chunk, x0 : x0 + chunk] = pooled if c else pooled[0]
+                continue
+            jobs = [executor.submit(_pool_chunk, src, dst, folders, y0 // chunk, x0 // chunk, how) for y0, x0 in corners]
+            for job in jobs:
+                job.result()
+
+
+def _read_chunk(array: zarr.Array, folder: Path, coords: tuple[int, ...]) -> np.ndarray | None:
+    """Chunk ``coords`` of uint8 ``array`` decoded from its file in ``folder`` (the whole padded chunk, (c, y, x)
+    or (y, x)); None when the chunk has no file (all fill value)."""
+    try:
+        data = (folder / array.metadata.encode_chunk_key(coords)).read_bytes()
+    except FileNotFoundError:
+        return None
+    return np.frombuffer(array.metadata.compressor.decode(data), np.uint8).reshape(array.metadata.chunks)
+
+
+def _pool_chunk(src: zarr.Array, dst: zarr.Array, folders: tuple[Path, Path], i: int, j: int, how: str) -> None:
+    """Chunk (``i``, ``j``) of level ``dst``: the 2x2 pooling of the (up to) 2x2 chunks of ``src`` below it, read
+    from and written to the chunk files in ``folders`` (source, destination)."""
+    *c, h, w = src.shape
+    cy, cx = src.metadata.chunks[-2:]
+    lead = (0,) * len(c)
+    grid = []
+    for y in range(2 * i, min(2 * i + 2, -(-h // cy))):
+        row = []
+        for x in range(2 * j, min(2 * j + 2, -(-w // cx))):
+            ph, pw = min(cy, h - y * cy), min(cx, w - x * cx)
+            data = _read_chunk(src, folders[0], (*lead, y, x))
+            if data is None:
+                piece = np.full((ph, pw, c[0] if c else 1), src.metadata.fill_value, np.uint8)
+            elif c:
+                piece = cv2.merge(list(data[:, :ph, :pw])) if c[0] in (3, 4) else data[:, :ph, :pw].transpose(1, 2, 0)
+            else:
+                piece = data[:ph, :pw, None]
+            row.append(piece.reshape(ph, pw, -1))
+        grid.append(row)
+    _write_chunk(dst, folders[1], (*lead, i, j), halve_grid(grid, how))
 
 
 def _direct_path(array: zarr.Array) -> Path | None:

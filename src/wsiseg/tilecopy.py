@@ -251,4 +251,4 @@ def write_copied(
             pending += upper_levels(*previous)
         for job in pending:
             job.result()
-    build_pyramid(root, levels, chunk, codec, "mean", start=inner + 1)
+    build_pyramid(root, levels, chunk, codec, "mean", start=inner + 1, workers=workers)
