@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import zarr
 
-from wsiseg.bands import BandReader, interleave
+from wsiseg.bands import BandReader
 from wsiseg.patches import grid_positions
-from wsiseg.store import SlideStore, build_pyramid, compressor, create_level, level_count, multiscales
+from wsiseg.store import SlideStore, build_pyramid, compressor, create_level, interleave, level_count, multiscales
 
 
 @pytest.fixture(scope="module")

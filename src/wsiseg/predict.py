@@ -52,7 +52,7 @@ import numpy as np
 import torch
 import zarr
 
-from .bands import BandReader, interleave
+from .bands import BandReader
 from .data import MEAN, STD
 from .instances import METHODS as SPLIT_METHODS
 from .instances import min_distance_px, split_mask
@@ -66,7 +66,7 @@ from .settings import PredictParams
 from .stain import normalise_batch
 from .predstore import image_attrs, label_attrs
 from .resolution import PixelSize, ResolutionError, slide_downscale, unknown_scale_message
-from .store import PyramidWriter, SlideStore, build_pyramid, compressor, level_count
+from .store import PyramidWriter, SlideStore, build_pyramid, compressor, interleave, level_count
 from .tissue import METHODS as TISSUE_METHODS
 from .tissue import TissueMap
 

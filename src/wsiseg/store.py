@@ -176,12 +176,9 @@ def _pool_chunk(src: zarr.Array, dst: zarr.Array, folders: tuple[Path, Path], i:
             ph, pw = min(cy, h - y * cy), min(cx, w - x * cx)
             data = _read_chunk(src, folders[0], (*lead, y, x))
             if data is None:
-                piece = np.full((ph, pw, c[0] if c else 1), src.metadata.fill_value, np.uint8)
-            elif c:
-                piece = cv2.merge(list(data[:, :ph, :pw])) if c[0] in (3, 4) else data[:, :ph, :pw].transpose(1, 2, 0)
-            else:
-                piece = data[:ph, :pw, None]
-            row.append(piece.reshape(ph, pw, -1))
+                row.append(np.full((ph, pw, c[0] if c else 1), src.metadata.fill_value, np.uint8))
+            else:  # a label chunk as one plane
+                row.append(interleave(data[..., :ph, :pw].reshape(-1, ph, pw)))
         grid.append(row)
     _write_chunk(dst, folders[1], (*lead, i, j), halve_grid(grid, how))
 
@@ -312,6 +309,14 @@ def planar(block: np.ndarray, array: zarr.Array) -> np.ndarray:
     for c in range(channels):  # per-channel copies: much faster than a transposing copy
         chunk[c, :h, :w] = block[:, :, c]
     return chunk
+
+
+def interleave(planar: np.ndarray) -> np.ndarray:
+    """(c, h, w) → (h, w, c): a contiguous copy (cv2.merge, ~20x faster than a numpy transpose copy), or for a
+    single channel a view of it (nothing to reorder)."""
+    if planar.shape[0] == 1:
+        return planar[0][:, :, None]
+    return cv2.merge(list(planar)).reshape(planar.shape[1], planar.shape[2], planar.shape[0])
 
 
 def chunk_writers(workers: int) -> ThreadPoolExecutor:

@@ -24,9 +24,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .bands import interleave
 from .io import atomic_path
-from .store import SlideStore
+from .store import SlideStore, interleave
 
 METHODS = ("saturation", "otsu", "otsu_gray", "fluorescence", "auto")
 
