@@ -193,3 +193,24 @@ def test_pyramid_from_chunk_files_equals_pooling_through_zarr(tmp_path, how, cha
         np.testing.assert_array_equal(built, groups["zarr"][str(k)][...], err_msg=f"level {k}")
         if codec == "zstd":  # lossless: exactly the pooled level below
             np.testing.assert_array_equal(built if channels else built[None], expected, err_msg=f"level {k}")
+
+
+@pytest.mark.parametrize("shape", [(3, 700, 900), (700, 900), (4, 300, 520)])
+def test_region_from_chunk_files_equals_zarrs_read_padded_and_interleaved(tmp_path, shape):
+    """Chunks decoded from their files and laid out channel-last: the same pixels as zarr's read, for boxes
+    inside, across edges, wholly outside (fill), and over chunks never written (the array's fill value)."""
+    root = zarr.open_group(tmp_path / "s.zarr", mode="w", zarr_format=2)
+    array = create_level(root, "0", shape, 256, compressor())
+    data = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    array[..., :512, :] = data[..., :512, :]  # the chunk rows below 512 have no files
+    boxes = [(0, 700, 0, 900), (100, 300, 250, 700), (-40, 90, 850, 1000), (650, 760, -10, 30), (800, 900, 0, 50), (512, 700, 0, 900)]
+    for y0, y1, x0, x1 in boxes:
+        expected = store.interleave(store.read_padded(array, y0, y1, x0, x1, 255))
+        got = store.read_region(array, y0, y1, x0, x1, 255)
+        assert got.shape == expected.shape and np.array_equal(got, expected), (y0, y1, x0, x1)
+        buffer = np.zeros((y1 - y0 + 5, x1 - x0, expected.shape[2]), np.uint8)  # into a slice of a larger buffer
+        assert store.read_region(array, y0, y1, x0, x1, 255, out=buffer[5:]).base is buffer
+        assert np.array_equal(buffer[5:], expected) and not buffer[:5].any()
+    memory = zarr.create_array(zarr.storage.MemoryStore(), shape=shape, chunks=(*shape[:-2], 256, 256), dtype=np.uint8)
+    memory[:] = data  # no chunk files: zarr reads
+    assert np.array_equal(store.read_region(memory, 100, 300, 250, 700, 255), store.interleave(store.read_padded(memory, 100, 300, 250, 700, 255)))

@@ -15,7 +15,7 @@ import math
 import cv2
 import numpy as np
 
-from .store import SlideStore, interleave, read_padded
+from .store import SlideStore, read_region
 
 
 class BandReader:
@@ -44,8 +44,10 @@ class BandReader:
         cached = self.top + len(self.rows)
         if ly1 > cached:  # whole chunk rows below the cached ones: each chunk decoded once
             end = -(-ly1 // self.chunk) * self.chunk
-            new = interleave(read_padded(self.array, cached, end, self.col0, self.col0 + self.cols, self.fill))
-            self.rows = np.concatenate([self.rows, new]) if len(self.rows) else new
+            rows = np.empty((end - self.top, self.cols, self.rows.shape[2]), np.uint8)
+            rows[: len(self.rows)] = self.rows  # the rows kept; the new ones decoded straight into place
+            read_region(self.array, cached, end, self.col0, self.col0 + self.cols, self.fill, out=rows[len(self.rows) :])
+            self.rows = rows
         block = self.rows[ly0 - self.top : ly1 - self.top]
         if block.shape[:2] != (height, self.width):
             block = cv2.resize(block, (self.width, height), interpolation=cv2.INTER_AREA)

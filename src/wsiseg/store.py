@@ -522,6 +522,71 @@ def read_padded(array: zarr.Array, y0: int, y1: int, x0: int, x1: int, fill: int
     return out
 
 
+_region_pool: ThreadPoolExecutor | None = None
+_region_lock = threading.Lock()
+
+
+def _region_readers() -> ThreadPoolExecutor:
+    """Threads that decode the chunks of :func:`read_region` (shared by every reader: created once)."""
+    global _region_pool
+    with _region_lock:
+        if _region_pool is None:
+            _region_pool = ThreadPoolExecutor(2, thread_name_prefix="wsiseg-chunk-read")
+        return _region_pool
+
+
+def read_region(array: zarr.Array, y0: int, y1: int, x0: int, x1: int, fill: int, out: np.ndarray | None = None) -> np.ndarray:
+    """``array[:, y0:y1, x0:x1]`` of a (c, y, x) uint8 array channel-last, (h, w, c), padded with ``fill`` outside
+    the array; written into ``out`` when given (e.g. a slice of a larger buffer).  A (y, x) label image reads as c = 1.
+
+    Equal to ``interleave(read_padded(...))``.  For arrays whose chunk files can be read directly
+    (a local zarr v2 store, see :func:`_direct_path`), each chunk is decoded from its file in
+    :func:`_region_readers`' threads and laid into place channel-last: no planar copy of the
+    whole region, no second pass to interleave it, and none of zarr's per-chunk event-loop work
+    (reading level-0 bands for prediction: about half the CPU of zarr's read).  Elsewhere zarr reads."""
+    *c, h, w = array.shape
+    if out is None:
+        out = np.empty((y1 - y0, x1 - x0, c[0] if c else 1), np.uint8)
+    folder = _direct_path(array) if array.dtype == np.uint8 else None
+    if folder is None:
+        out[:] = interleave(read_padded(array, y0, y1, x0, x1, fill))
+        return out
+    ry0, ry1, rx0, rx1 = max(0, y0), min(h, y1), max(0, x0), min(w, x1)
+    if (ry0, ry1, rx0, rx1) != (y0, y1, x0, x1):  # partly outside the array
+        out[:] = fill
+    if ry1 <= ry0 or rx1 <= rx0:
+        return out
+    cy, cx = array.metadata.chunks[-2:]
+    jobs = [
+        _region_readers().submit(_place_chunk, array, folder, (i, j), out[ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0], (ty0, tx0))
+        for i in range(ry0 // cy, -(-ry1 // cy))
+        for j in range(rx0 // cx, -(-rx1 // cx))
+        for ty0, ty1, tx0, tx1 in [(max(ry0, i * cy), min(ry1, (i + 1) * cy), max(rx0, j * cx), min(rx1, (j + 1) * cx))]
+    ]
+    for job in jobs:
+        job.result()
+    return out
+
+
+def _place_chunk(array: zarr.Array, folder: Path, ij: tuple[int, int], target: np.ndarray, origin: tuple[int, int]) -> None:
+    """Decode chunk ``ij`` of ``array`` from its file and copy its part at array position ``origin`` (the
+    top-left of ``target``) into channel-last ``target``; a chunk without a file is the fill value."""
+    *c, _, _ = array.shape
+    cy, cx = array.metadata.chunks[-2:]
+    data = _read_chunk(array, folder, (*(0,) * len(c), *ij))
+    if data is None:
+        target[:] = array.metadata.fill_value or 0
+        return
+    (i, j), (y, x), (th, tw) = ij, origin, target.shape[:2]
+    planes = data.reshape(-1, cy, cx)[:, y - i * cy : y - i * cy + th, x - j * cx : x - j * cx + tw]
+    if len(planes) == 1:
+        target[:, :, 0] = planes[0]
+    else:
+        merged = cv2.merge(list(planes), dst=target)  # in place: target is a view of the caller's buffer
+        if merged is not target:  # (OpenCV made its own array: a layout it could not write into)
+            target[:] = merged.reshape(target.shape)
+
+
 class SlideStore:
     """Read access to a converted slide: regions of image and mask at any downscale."""
 
