@@ -162,3 +162,44 @@ def test_vertical_strips_give_the_whole_width_result(tiny_trained, tmp_path, ext
     for key in ("0", "1", "2", "labels/mask/0", "labels/mask/1", "labels/mask/3"):
         np.testing.assert_array_equal(whole[key][:], strips[key][:], err_msg=key)
     assert whole["labels/mask/0"][:].any()
+
+
+def test_tile_normaliser_reuses_released_batches_and_equals_to_tensor():
+    """Tiles cut from a band come out as to_tensor would make them, channels_last; a released batch is filled
+    again by the next prepare of its shape (no stale pixels), and one still in use is never handed out."""
+    from wsiseg.predict import TileNormaliser
+
+    rng = np.random.default_rng(0)
+    band = rng.integers(0, 256, (300, 700, 3), dtype=np.uint8)
+    normaliser = TileNormaliser(torch.device("cpu"))
+
+    def batch(xs):
+        prepared = normaliser.prepare([band[:, x : x + 300] for x in xs])
+        expected = torch.stack([to_tensor(np.ascontiguousarray(band[:, x : x + 300])) for x in xs])
+        got = normaliser(prepared)
+        assert got.is_contiguous(memory_format=torch.channels_last)
+        assert torch.allclose(got, expected, atol=1e-5)
+        return prepared
+
+    first = batch([0, 200])
+    second = batch([100, 400])
+    assert second is not first  # the first was not released: still in use
+    normaliser.release(first)
+    assert batch([400, 50]) is first  # refilled with the new tiles (checked against to_tensor inside)
+    assert batch([10]) is not first  # another shape: its own buffer
+
+
+def test_batch_probabilities_computed_into_a_buffer_equal_new_tensors():
+    """average_probabilities into a reused buffer: the same result as without, for sigmoid (strided and
+    contiguous logits), softmax, and several TTA views summed into it."""
+    from wsiseg.predict import average_probabilities
+
+    torch.manual_seed(0)
+    wide = torch.randn(2, 3, 8, 8)
+    for logits in (wide[:, :1], wide[:, :1].contiguous(), wide):
+        views = [(logits, lambda p: p), (logits.flip(3), lambda p: p.flip(3))]
+        for outputs in (views[:1], views):
+            buffer = torch.full(logits.shape, 7.0)
+            expected = average_probabilities(outputs)
+            got = average_probabilities(outputs, buffer)
+            assert got.data_ptr() == buffer.data_ptr() and torch.allclose(got, expected)
