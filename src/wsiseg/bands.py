@@ -32,6 +32,7 @@ class BandReader:
         self.cols = int(math.ceil((left + width * downscale) / self.f)) - self.col0  # level columns a band spans
         self.top = 0  # level row of self.rows[0]
         self.rows = np.empty((0, self.cols, self.array.shape[0]), np.uint8)
+        self._spare: np.ndarray | None = None  # the buffer before self.rows': the next rows go there
 
     def read(self, y: int, height: int) -> np.ndarray:
         """The band of ``height`` model rows from model row ``y`` (level-0 row round(y * downscale))."""
@@ -44,7 +45,7 @@ class BandReader:
         cached = self.top + len(self.rows)
         if ly1 > cached:  # whole chunk rows below the cached ones: each chunk decoded once
             end = -(-ly1 // self.chunk) * self.chunk
-            rows = np.empty((end - self.top, self.cols, self.rows.shape[2]), np.uint8)
+            rows = self._buffer(end - self.top)
             rows[: len(self.rows)] = self.rows  # the rows kept; the new ones decoded straight into place
             read_region(self.array, cached, end, self.col0, self.col0 + self.cols, self.fill, out=rows[len(self.rows) :])
             self.rows = rows
@@ -54,3 +55,11 @@ class BandReader:
             if block.ndim == 2:
                 block = block[:, :, None]
         return block
+
+    def _buffer(self, count: int) -> np.ndarray:
+        """``count`` rows to fill: two buffers take turns (the bands handed out before the last one are
+        done with), so tiled reading reuses the same memory instead of new, zeroed pages per band."""
+        spare, self._spare = self._spare, (self.rows.base if self.rows.base is not None else self.rows)
+        if spare is None or len(spare) < count:
+            spare = np.empty((count, self.cols, self.rows.shape[2]), np.uint8)
+        return spare[:count]
