@@ -635,7 +635,7 @@ class SlideStore:
         span_y, span_x = out_h * downscale, out_w * downscale
         ly0, lx0 = int(math.floor(y0 / f)), int(math.floor(x0 / f))
         ly1, lx1 = int(math.ceil((y0 + span_y) / f)), int(math.ceil((x0 + span_x) / f))
-        block = read_padded(levels[k], ly0, ly1, lx0, lx1, fill).transpose(1, 2, 0)
+        block = read_region(levels[k], ly0, ly1, lx0, lx1, fill)
         if block.shape[:2] != (out_h, out_w):
             block = cv2.resize(block, (out_w, out_h), interpolation=cv2.INTER_AREA)
             if block.ndim == 2:
