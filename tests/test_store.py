@@ -2,6 +2,7 @@
 
 import errno
 import os
+import time
 from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
@@ -214,3 +215,26 @@ def test_region_from_chunk_files_equals_zarrs_read_padded_and_interleaved(tmp_pa
     memory = zarr.create_array(zarr.storage.MemoryStore(), shape=shape, chunks=(*shape[:-2], 256, 256), dtype=np.uint8)
     memory[:] = data  # no chunk files: zarr reads
     assert np.array_equal(store.read_region(memory, 100, 300, 250, 700, 255), store.interleave(store.read_padded(memory, 100, 300, 250, 700, 255)))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_region_reads_in_a_forked_child(tmp_path):
+    """A child forked after the parent read (e.g. a data-loader worker) reads too: its own decoding threads."""
+    root = zarr.open_group(tmp_path / "s.zarr", mode="w", zarr_format=2)
+    array = create_level(root, "0", (3, 600, 600), 256, compressor())
+    array[:] = np.random.default_rng(0).integers(0, 256, (3, 600, 600), dtype=np.uint8)
+    expected = store.read_region(array, 0, 600, 0, 600, 255)  # the parent's pool exists now
+    pid = os.fork()
+    if pid == 0:  # child: exit 0 only when the read finishes with the same pixels
+        code = 0 if np.array_equal(store.read_region(array, 0, 600, 0, 600, 255), expected) else 1
+        os._exit(code)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child's read hung")

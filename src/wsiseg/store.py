@@ -522,17 +522,18 @@ def read_padded(array: zarr.Array, y0: int, y1: int, x0: int, x1: int, fill: int
     return out
 
 
-_region_pool: ThreadPoolExecutor | None = None
+_region_pool: tuple[int, ThreadPoolExecutor] | None = None  # (the process that made it, the pool)
 _region_lock = threading.Lock()
 
 
 def _region_readers() -> ThreadPoolExecutor:
-    """Threads that decode the chunks of :func:`read_region` (shared by every reader: created once)."""
+    """Threads that decode the chunks of :func:`read_region`, shared by every reader: made once per
+    process (a forked child, e.g. a data-loader worker, inherits the pool but not its threads)."""
     global _region_pool
     with _region_lock:
-        if _region_pool is None:
-            _region_pool = ThreadPoolExecutor(2, thread_name_prefix="wsiseg-chunk-read")
-        return _region_pool
+        if _region_pool is None or _region_pool[0] != os.getpid():
+            _region_pool = (os.getpid(), ThreadPoolExecutor(2, thread_name_prefix="wsiseg-chunk-read"))
+        return _region_pool[1]
 
 
 def read_region(array: zarr.Array, y0: int, y1: int, x0: int, x1: int, fill: int, out: np.ndarray | None = None) -> np.ndarray:
