@@ -51,3 +51,7 @@ def test_bands_must_go_down_and_interleave_matches_numpy(store):
     planar = np.random.default_rng(1).integers(0, 256, (3, 5, 7), dtype=np.uint8)
     assert np.array_equal(interleave(planar), planar.transpose(1, 2, 0))
     assert np.array_equal(interleave(planar[:1]), planar[:1].transpose(1, 2, 0))
+    for planes in (planar, planar[:1]):  # into a view of a larger buffer
+        buffer = np.zeros((7, 9, len(planes)), np.uint8)
+        assert interleave(planes, out=buffer[1:6, 2:9]) is not None and np.array_equal(buffer[1:6, 2:9], planes.transpose(1, 2, 0))
+        assert not buffer[0].any() and not buffer[:, :2].any()

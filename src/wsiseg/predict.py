@@ -313,15 +313,16 @@ class TileNormaliser:
 
     def __init__(self, device: torch.device):
         self.device = device
-        self._rows: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._rows: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._device_rows: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._free: dict[tuple[int, ...], list[np.ndarray]] = {}  # released CPU batches, by shape
         self._lock = threading.Lock()  # prepare and release run in different threads
 
-    def _scale_shift(self, width: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    def _scale_shift(self, width: int, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows of ``width * channels`` interleaved scales and offsets (on the CPU)."""
         if (width, channels) not in self._rows:
             mean, std = MEAN[:channels], STD[:channels]
-            self._rows[width, channels] = (np.tile(1 / std, width).astype(np.float32), np.tile(-mean / std, width).astype(np.float32))
+            self._rows[width, channels] = tuple(torch.from_numpy(np.tile(v, width).astype(np.float32)) for v in (1 / std, -mean / std))
         return self._rows[width, channels]
 
     def prepare(self, tiles: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
@@ -331,7 +332,7 @@ class TileNormaliser:
         if self.device.type != "cpu":
             return np.stack(tiles) if not isinstance(tiles, np.ndarray) else tiles
         n, (h, w, c) = len(tiles), tiles[0].shape
-        scale, shift = (torch.from_numpy(v) for v in self._scale_shift(w, c))
+        scale, shift = self._scale_shift(w, c)
         with self._lock:
             free = self._free.get((n, h, w, c))
             out = free.pop() if free else np.empty((n, h, w, c), np.float32)
@@ -356,7 +357,7 @@ class TileNormaliser:
         x = torch.from_numpy(prepared)
         if self.device.type != "cpu":
             if (w, c) not in self._device_rows:
-                self._device_rows[w, c] = tuple(torch.from_numpy(v).to(self.device) for v in self._scale_shift(w, c))
+                self._device_rows[w, c] = tuple(v.to(self.device) for v in self._scale_shift(w, c))
             scale, shift = self._device_rows[w, c]
             x = torch.addcmul(shift, x.to(self.device, non_blocking=True).view(n * h, w * c), scale).view(n, h, w, c)
         return x.permute(0, 3, 1, 2)

@@ -311,12 +311,19 @@ def planar(block: np.ndarray, array: zarr.Array) -> np.ndarray:
     return chunk
 
 
-def interleave(planar: np.ndarray) -> np.ndarray:
+def interleave(planar: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """(c, h, w) → (h, w, c): a contiguous copy (cv2.merge, ~20x faster than a numpy transpose copy), or for a
-    single channel a view of it (nothing to reorder)."""
+    single channel a view of it (nothing to reorder); written into ``out`` ((h, w, c), e.g. a view of a larger
+    buffer) when given."""
+    if out is None:
+        if planar.shape[0] == 1:
+            return planar[0][:, :, None]
+        return cv2.merge(list(planar)).reshape(planar.shape[1], planar.shape[2], planar.shape[0])
     if planar.shape[0] == 1:
-        return planar[0][:, :, None]
-    return cv2.merge(list(planar)).reshape(planar.shape[1], planar.shape[2], planar.shape[0])
+        out[:, :, 0] = planar[0]
+    elif (merged := cv2.merge(list(planar), dst=out)) is not out:  # OpenCV made its own array: a layout it could not write into
+        out[:] = merged.reshape(out.shape)
+    return out
 
 
 def chunk_writers(workers: int) -> ThreadPoolExecutor:
@@ -550,20 +557,19 @@ def read_region(array: zarr.Array, y0: int, y1: int, x0: int, x1: int, fill: int
         out = np.empty((y1 - y0, x1 - x0, c[0] if c else 1), np.uint8)
     folder = _direct_path(array) if array.dtype == np.uint8 else None
     if folder is None:
-        out[:] = interleave(read_padded(array, y0, y1, x0, x1, fill))
-        return out
+        return interleave(read_padded(array, y0, y1, x0, x1, fill), out=out)
     ry0, ry1, rx0, rx1 = max(0, y0), min(h, y1), max(0, x0), min(w, x1)
     if (ry0, ry1, rx0, rx1) != (y0, y1, x0, x1):  # partly outside the array
         out[:] = fill
     if ry1 <= ry0 or rx1 <= rx0:
         return out
     cy, cx = array.metadata.chunks[-2:]
-    jobs = [
-        _region_readers().submit(_place_chunk, array, folder, (i, j), out[ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0], (ty0, tx0))
-        for i in range(ry0 // cy, -(-ry1 // cy))
-        for j in range(rx0 // cx, -(-rx1 // cx))
-        for ty0, ty1, tx0, tx1 in [(max(ry0, i * cy), min(ry1, (i + 1) * cy), max(rx0, j * cx), min(rx1, (j + 1) * cx))]
-    ]
+    pool, jobs = _region_readers(), []
+    for i in range(ry0 // cy, -(-ry1 // cy)):
+        ty0, ty1 = max(ry0, i * cy), min(ry1, (i + 1) * cy)  # the chunk's rows inside the region
+        for j in range(rx0 // cx, -(-rx1 // cx)):
+            tx0, tx1 = max(rx0, j * cx), min(rx1, (j + 1) * cx)
+            jobs.append(pool.submit(_place_chunk, array, folder, (i, j), out[ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0], (ty0, tx0)))
     for job in jobs:
         job.result()
     return out
@@ -579,13 +585,7 @@ def _place_chunk(array: zarr.Array, folder: Path, ij: tuple[int, int], target: n
         target[:] = array.metadata.fill_value or 0
         return
     (i, j), (y, x), (th, tw) = ij, origin, target.shape[:2]
-    planes = data.reshape(-1, cy, cx)[:, y - i * cy : y - i * cy + th, x - j * cx : x - j * cx + tw]
-    if len(planes) == 1:
-        target[:, :, 0] = planes[0]
-    else:
-        merged = cv2.merge(list(planes), dst=target)  # in place: target is a view of the caller's buffer
-        if merged is not target:  # (OpenCV made its own array: a layout it could not write into)
-            target[:] = merged.reshape(target.shape)
+    interleave(data.reshape(-1, cy, cx)[:, y - i * cy : y - i * cy + th, x - j * cx : x - j * cx + tw], out=target)
 
 
 class SlideStore:
