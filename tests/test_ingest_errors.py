@@ -132,7 +132,7 @@ def test_interrupted_conversion_leaves_no_complete_looking_store(slide, tmp_path
 
 def test_prefetch_hands_on_errors_and_stops_when_abandoned():
     """The background band reader re-raises a decoding error in the writer and stops when the writer stops."""
-    from wsiseg.convert import prefetch
+    from wsiseg.prefetch import prefetch
 
     def failing():
         yield 1

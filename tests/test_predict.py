@@ -203,3 +203,28 @@ def test_batch_probabilities_computed_into_a_buffer_equal_new_tensors():
             expected = average_probabilities(outputs)
             got = average_probabilities(outputs, buffer)
             assert got.data_ptr() == buffer.data_ptr() and torch.allclose(got, expected)
+
+
+def test_a_model_error_mid_slide_stops_the_reader_and_leaves_no_store(tiny_trained, tmp_path):
+    """A model that fails on its third batch: the error reaches the caller, no store is left, and the reader
+    thread (which reads tiles ahead) has stopped instead of waiting forever with tiles in hand."""
+    import threading
+
+    slides, ckpt = tiny_trained
+    model = load_model(ckpt)
+    calls = []
+
+    class Failing(torch.nn.Module):
+        hparams = model.hparams
+
+        def forward(self, x):
+            calls.append(len(x))
+            if len(calls) == 3:
+                raise RuntimeError("CUDA out of memory (simulated)")
+            return model(x)
+
+    params = PredictParams(tile=32, overlap=0, batch_size=2, min_tissue=0, prefetch=1)
+    with pytest.raises(RuntimeError, match="simulated"):
+        predict_slide(slides["demo_2"], ckpt, tmp_path / "p.zarr", params, models=[Failing()])
+    assert len(calls) == 3 and not (tmp_path / "p.zarr").exists()
+    assert not [t for t in threading.enumerate() if t.name == "wsiseg-reader"]

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 from contextlib import closing, contextmanager
 from inspect import signature
 from pathlib import Path
-from typing import Collection, Iterator, Sequence, TypeVar
+from typing import Collection, Iterator, Sequence
 
 import numpy as np
 import zarr
@@ -17,6 +15,7 @@ from .backends import describe
 from .io import atomic_path, check_output
 from .logs import progress
 from .masks import MaskError, MaskSource, open_mask
+from .prefetch import prefetch
 from .resolution import choose
 from .slide import MAX_DECODED_PIXELS, SourceSlide, default_workers
 from .tilecopy import TileCopy, copy_plan, write_copied
@@ -45,44 +44,7 @@ OMERO_CHANNELS = [
     for name, color in (("red", "FF0000"), ("green", "00FF00"), ("blue", "0000FF"))
 ]
 
-T = TypeVar("T")
 INSTANCE_MAX_SIDE = 8192  # the object metrics' level-0 limit (wsiseg.report.object_scores)
-
-
-def prefetch(items: Iterator[T], depth: int = 1) -> Iterator[T]:
-    """Iterate ``items`` produced by a background thread, at most ``depth`` items ahead.
-
-    Lets decoding of the next band overlap compression of the current one.
-    The producer starts an item only when a slot is free, so at most
-    ``depth`` items exist besides the one being consumed; an exception in
-    the producer is re-raised in the consumer.
-    """
-    ready: queue.Queue = queue.Queue()
-    slots, stop, done = threading.Semaphore(depth), threading.Event(), object()
-
-    def produce() -> None:
-        try:
-            iterator = iter(items)
-            while slots.acquire() and not stop.is_set():
-                item = next(iterator, done)
-                ready.put(item)
-                if item is done:
-                    return
-        except BaseException as err:  # noqa: BLE001 - handed to the consumer
-            ready.put(err)
-
-    worker = threading.Thread(target=produce, daemon=True)
-    worker.start()
-    try:
-        while (item := ready.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
-            slots.release()  # start on the next item while this one is consumed
-            yield item
-    finally:
-        stop.set()
-        slots.release()  # wake a producer waiting for a slot
-        worker.join()
 
 
 def write_image(

@@ -39,7 +39,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import queue
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -62,6 +61,7 @@ from .model import load_model
 from .modelcard import ModelSpec, label_names, resolve_model
 from .patches import grid_positions
 from .postprocess import postprocess_mask
+from .prefetch import prefetch
 from .settings import PredictParams
 from .stain import normalise_batch
 from .predstore import image_attrs, label_attrs
@@ -187,28 +187,6 @@ def average_probabilities(outputs: Sequence[tuple[torch.Tensor, Callable]], out:
         if len(outputs) > 1:
             total.div_(len(outputs))
     return total
-
-
-def _prefetch(items: Iterator, depth: int, init: Callable[[], None] | None = None) -> Iterator:
-    """Run ``items`` in a background thread (which first calls ``init``), ``depth`` items ahead; re-raise its errors."""
-    buffer: queue.Queue = queue.Queue(maxsize=max(1, depth))
-    done = object()
-
-    def work() -> None:
-        try:
-            if init is not None:
-                init()
-            for item in items:
-                buffer.put(item)
-        except BaseException as err:  # hand the error to the consumer
-            buffer.put(err)
-        buffer.put(done)
-
-    threading.Thread(target=work, daemon=True, name="wsiseg-reader").start()
-    while (item := buffer.get()) is not done:
-        if isinstance(item, BaseException):
-            raise item
-        yield item
 
 
 class _Plan:
@@ -566,7 +544,7 @@ def _blend_rows(
     init = _single_thread if device.type == "cpu" else None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsiseg-blender", initializer=init) as blend:
         pending: deque = deque()
-        for r, xs, tiles in _prefetch(batches, plan.params.prefetch, init):
+        for r, xs, tiles in prefetch(batches, plan.params.prefetch, init, "wsiseg-reader"):
             if tiles is None:
                 pending.append(blend.submit(finish_row, r))
             else:

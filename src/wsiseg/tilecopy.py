@@ -36,6 +36,7 @@ import zarr
 
 from .codecs import PlanarJpeg
 from .logs import progress
+from .prefetch import prefetch
 from .slide import SlideError
 from .store import _direct_path, build_pyramid, chunk_writers, create_level, halve, halve_grid, write_block, write_chunk_file
 
@@ -205,7 +206,6 @@ def write_copied(
     def tiles_of(y: int, x: int, y1: int, x1: int) -> list[int]:
         return [r * across + c for r in range(y // chunk, -(-y1 // chunk)) for c in range(x // chunk, -(-x1 // chunk))]
 
-    from .convert import prefetch  # (convert imports this module)
 
     blocks = prefetch((y, x, y1, x1, plan.read(tiles_of(y, x, y1, x1))) for y, x, y1, x1 in corners)
     h1, w1 = (height + 1) // 2, (width + 1) // 2
