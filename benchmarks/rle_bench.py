@@ -7,7 +7,7 @@ Each measurement runs in a fresh process that first draws the mask (glomerulus-l
 discs, ~8% foreground, uint8 0/1; the same mask in every process), then resets its
 peak-RSS counter (``/proc/self/clear_refs``), so ``extra_mb`` is the peak memory the
 encoder needs beyond the mask.  ``banded`` encodes a prediction store's level-0 mask
-(zarr, 512² chunks) with :func:`wsiseg.report.encode_store` (full-height column bands
+(zarr, 512² chunks, predict's Blosc-lz4) with :func:`wsiseg.report.encode_store` (full-height column bands
 read from the store; ``extra_mb`` there is the whole process's peak after imports).
 ``--before`` names an older ``rle.py`` to time side by side (e.g. extracted with
 ``git show REV:src/wsiseg/rle.py``).  Runs alternate; the summary gives medians.
@@ -98,7 +98,7 @@ def measure(kind: str, **args) -> dict:
 
 
 def write_store(path: Path, size: int) -> Path:
-    """A prediction store holding :func:`make_mask` as its level-0 mask (zstd-1, 512² chunks)."""
+    """A prediction store holding :func:`make_mask` as its level-0 mask (512² chunks, Blosc-lz4 unshuffled: predict's codec)."""
     import zarr
 
     from wsiseg.store import LABEL_AXES, compressor, create_level, multiscales
@@ -106,7 +106,7 @@ def write_store(path: Path, size: int) -> Path:
     mask = make_mask(size)
     root = zarr.open_group(path, mode="w", zarr_format=2)
     group = root.create_group("labels").create_group("mask")
-    create_level(group, "0", mask.shape, 512, compressor("zstd", 1))[:] = mask
+    create_level(group, "0", mask.shape, 512, compressor("lz4", 5, "none"))[:] = mask
     group.attrs["multiscales"] = multiscales("mask", 1, "max", LABEL_AXES)
     root.attrs["multiscales"] = group.attrs["multiscales"]
     create_level(root, "0", (1, 1, 1), 512, compressor("zstd", 1))

@@ -217,6 +217,21 @@ def test_region_from_chunk_files_equals_zarrs_read_padded_and_interleaved(tmp_pa
     assert np.array_equal(store.read_region(memory, 100, 300, 250, 700, 255), store.interleave(store.read_padded(memory, 100, 300, 250, 700, 255)))
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_label_planes_read_as_zarr_reads_them(tmp_path, dtype):
+    """``read_plane`` (the report's mask bands, metrics, overlays) gives zarr's pixels for any slice of a label
+    image, with chunks never written read as 0; uint8 planes come from the chunk files, others through zarr."""
+    root = zarr.open_group(tmp_path / "p.zarr", mode="w", zarr_format=2)
+    array = create_level(root, "0", (1000, 777), 128, compressor("lz4", 5, "none"), dtype=dtype)
+    data = np.random.default_rng(0).integers(0, 3, (1000, 777), dtype=dtype)
+    array[:640] = data[:640]  # the chunk rows below 640 have no files
+    data[640:] = 0
+    for rows, cols in [(slice(None), slice(None)), (slice(5, 300), slice(700, 900)), (slice(990, 2000), slice(None, 10)),
+                       (slice(-10, None), slice(3, 3)), (slice(500, 400), slice(None)), (slice(600, 700), slice(128, 512))]:
+        got = store.read_plane(array, rows, cols)
+        assert got.dtype == dtype and got.shape == data[rows, cols].shape and np.array_equal(got, data[rows, cols]), (rows, cols)
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_region_reads_in_a_forked_child(tmp_path):
     """A child forked after the parent read (e.g. a data-loader worker) reads too: its own decoding threads."""

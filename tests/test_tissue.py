@@ -201,3 +201,15 @@ def test_config_schema_offers_the_tissue_methods_with_predict_defaults():
     assert set(predict["tissue_method"]["enum"]) == set(schema["patches"]["properties"]["tissue_method"]["enum"]) == set(METHODS)
     for key in ("tissue_method", "tissue_fallback", "min_tissue", "tissue_saturation"):
         assert predict[key]["default"] == getattr(PredictParams(), key), key
+
+
+def test_histogram_median_equals_numpy_median():
+    """``auto`` decides on the slide's median grey value, taken from a histogram: it must be numpy's median exactly
+    (odd and even pixel counts, narrow and full value ranges)."""
+    from wsiseg.tissue import _median
+
+    rng = np.random.default_rng(0)
+    for shape in [(1, 1), (2, 1), (7, 3), (100, 101), (512, 512)]:
+        for high in (1, 2, 97, 256):
+            image = rng.integers(0, high, shape, dtype=np.uint8)
+            assert _median(image) == np.median(image), (shape, high)
