@@ -343,6 +343,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="also convert with these keywords in every round (e.g. the path being replaced), for a same-load comparison")
     args = parser.parse_args(argv)
     rows = []
+    args.workdir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.workdir, prefix="wsiseg-bench-") as tmp:
         layouts = (("tiled", args.sizes), ("real", args.real_sizes), ("stripped", args.stripped_sizes), ("onestrip", args.onestrip_sizes))
         for layout, sizes in layouts:
