@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import wsiseg  # noqa: F401  (first: sets wsiseg's OpenMP wait policy before torch loads, as the CLI does)
@@ -52,10 +53,14 @@ def make_slide(path: Path, size: int, chunk: int = 512) -> Path:
     root = zarr.open_group(path, mode="w", zarr_format=2)
     level0 = create_level(root, "0", (3, size, size), chunk, compressor())
     tile = texture.transpose(2, 0, 1)
-    for y in range(0, size, chunk):
+
+    def write_row(y: int) -> None:
         for x in range(0, size, chunk):
             h, w = min(chunk, size - y), min(chunk, size - x)
             level0[:, y : y + h, x : x + w] = tile[:, :h, :w]
+
+    with ThreadPoolExecutor(os.cpu_count()) as pool:  # rows of chunks in parallel (each thread its own chunks)
+        list(pool.map(write_row, range(0, size, chunk)))
     levels = level_count(size, size, chunk)
     build_pyramid(root, levels, chunk, compressor(), "mean")
     root.update_attributes({"multiscales": multiscales("bench", levels, "mean"), "wsiseg": {"slide_id": "bench"}})
@@ -114,24 +119,28 @@ def _child(kind: str, args: dict) -> dict:
     import wsiseg.predict  # noqa: F401  (imports are not timed)
     import wsiseg.store  # noqa: F401
 
-    start, cpu = time.perf_counter(), time.process_time()
+    device = torch.device(args.get("device", "cpu"))
+    if kind == "forward":  # warm-up outside the clock: cuDNN picks its kernels on the first batches
+        model = model.to(device)
+        batch = torch.randn(args["batch"], 3, args["tile"], args["tile"], device=device)
+        if args.get("channels_last"):
+            model = model.to(memory_format=torch.channels_last)
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        if device.type == "cuda":
+            _forward(model, batch, 3)
+    start, cpu, epoch = time.perf_counter(), time.process_time(), time.time()
     extra: dict = {}
     if kind == "predict":
         from wsiseg.predict import PredictParams, predict_slide
 
-        params = PredictParams(tile=args["tile"], overlap=args["overlap"], batch_size=args["batch"], min_tissue=0.0)
+        params = PredictParams(tile=args["tile"], overlap=args["overlap"], batch_size=args["batch"], min_tissue=0.0,
+                               device=device.type)
         models = [model] if args.get("light") else None
         predict_slide(args["slide"], args["ckpt"], args["out"], params, models=models)
         extra["tiles"] = int(np.prod([len(v) for v in _grid(args)]))
     elif kind == "forward":  # the model alone on as many random tiles, in the given memory layout
         n = int(np.prod([len(v) for v in _grid(args)]))
-        batch = torch.randn(args["batch"], 3, args["tile"], args["tile"])
-        if args.get("channels_last"):
-            model = model.to(memory_format=torch.channels_last)
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            for _ in range(0, n, args["batch"]):
-                torch.sigmoid(model(batch))
+        _forward(model, batch, -(-n // args["batch"]))
         extra["tiles"] = n
     elif kind == "read":  # the floor: every level-0 chunk of the slide read and decoded, in full-width row bands
         from wsiseg.store import SlideStore
@@ -155,9 +164,20 @@ def _child(kind: str, args: dict) -> dict:
         mask = (prob[0, 0] > 0.5).numpy()
         extra["foreground"] = float(mask.mean())
     seconds = time.perf_counter() - start
-    return {"seconds": round(seconds, 2), "cpu_s": round(time.process_time() - cpu, 2),
+    if device.type == "cuda":
+        extra["gpu_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
+    return {"seconds": round(seconds, 2), "cpu_s": round(time.process_time() - cpu, 2), "epoch": [epoch, epoch + seconds],
             "mpx_s": round(args["size"] ** 2 / seconds / 1e6, 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), **extra}
+
+
+def _forward(model: torch.nn.Module, batch: torch.Tensor, n: int) -> None:
+    """``n`` forward passes (and sigmoids) of ``batch``; mixed precision (float16) on a GPU, as predict runs."""
+    with torch.inference_mode(), torch.autocast(batch.device.type, enabled=batch.device.type == "cuda"):
+        for _ in range(n):
+            torch.sigmoid(model(batch))
+    if batch.device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def _grid(args: dict) -> tuple[list[int], list[int]]:

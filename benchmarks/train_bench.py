@@ -6,13 +6,17 @@ size, then measures on the same stores:
 * ``loader``: images/s of the training DataLoader alone (zarr read + decode,
   default augmentation, normalisation, collation), with ``num_workers`` 0 and 2;
 * ``train``: images/s of Lightning training steps (forward, loss, backward,
-  AdamW) of the demo model, data loading included, first batch (warm-up) excluded.
+  AdamW) of the demo model, data loading included (``--train-workers``), first
+  batch (warm-up) excluded; 16-mixed precision on a GPU, 32 on CPU;
+* ``consume``: the same training steps on batches already in memory: what
+  training consumes when loading costs nothing.
 
-The loader is not the bottleneck when its images/s is well above training's.
+The loader is not the bottleneck when its images/s is well above ``consume``.
 
 Usage::
 
     python benchmarks/train_bench.py --sizes 128 256 --out benchmarks/results/train.json
+    python benchmarks/train_bench.py --sizes 256 --batch 64 --workers 0 2 8 --train-workers 8 --out gpu.json  # GPU
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from wsiseg.train import TrainParams, _module, _patch_meta
 
 # the demo's model (config.yaml): resnet18 U-Net, 4 encoder stages
 MODEL = TrainParams(encoder_depth=4, decoder_channels=(128, 64, 32, 16), batch_size=16, accelerator="auto")
+PRECISION = "16-mixed" if torch.cuda.is_available() else "32"
 
 
 def patch_stores(work: Path, size: int) -> list[Path]:
@@ -55,18 +60,20 @@ def patch_stores(work: Path, size: int) -> list[Path]:
     return stores
 
 
+def endless(data: PatchDataModule):
+    """The training DataLoader's batches, epoch after epoch (a new epoch's worker start-up included)."""
+    while True:
+        yield from data.train_dataloader()
+
+
 def loader_rate(stores: list[Path], batch: int, workers: int, batches: int) -> float:
     """Images/s of iterating the training DataLoader alone (after its first batch)."""
     data = PatchDataModule(stores, stores, batch, workers, MODEL.augment, seed=0)
     data.setup("fit")
-    loader = iter(data.train_dataloader())
+    loader = endless(data)
     next(loader)  # worker start-up is not throughput
-    start, seen = time.perf_counter(), 0
-    for _ in range(batches):
-        try:
-            seen += len(next(loader)[0])
-        except StopIteration:
-            loader = iter(data.train_dataloader())
+    start = time.perf_counter()
+    seen = sum(len(next(loader)[0]) for _ in range(batches))
     return seen / (time.perf_counter() - start)
 
 
@@ -86,18 +93,40 @@ class StepClock(pl.Callback):
             self.end, self.images = now, self.images + len(batch[0])
 
 
-def train_rate(stores: list[Path], batch: int, workers: int, batches: int, work: Path) -> float:
-    """Images/s of Lightning training steps of the demo model (loading included)."""
+class Held:
+    """Batches held in memory, served as one training loader (a bare list would be read as several loaders)."""
+
+    def __init__(self, batches: list):
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def train_rate(stores: list[Path], batch: int, workers: int, batches: int, work: Path, cached: bool = False) -> float:
+    """Images/s of Lightning training steps of the demo model: loading included, or (``cached``) on
+    ``batches + 1`` batches read beforehand and held in memory (what training consumes)."""
     pl.seed_everything(0, verbose=False)
-    downscale, size, classes = _patch_meta(stores)
+    downscale, mpp, size, classes = _patch_meta(stores)
     data = PatchDataModule(stores, stores, batch, workers, MODEL.augment, seed=0)
+    if cached:
+        data.setup("fit")
+        loader = endless(data)
+        held = [next(loader) for _ in range(batches + 1)]
     clock = StepClock()
     trainer = pl.Trainer(
         max_epochs=1, limit_train_batches=batches + 1, limit_val_batches=0, accelerator=MODEL.accelerator,
-        precision="16-mixed" if torch.cuda.is_available() else "32", logger=False, enable_checkpointing=False,
+        precision=PRECISION, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, callbacks=[clock], default_root_dir=work,
     )
-    trainer.fit(_module(MODEL, downscale, size, classes), datamodule=data)
+    module = _module(MODEL, downscale, mpp, size, classes)
+    if cached:
+        trainer.fit(module, train_dataloaders=Held(held))
+    else:
+        trainer.fit(module, datamodule=data)
     return clock.images / (clock.end - clock.start)
 
 
@@ -107,6 +136,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--train-batches", type=int, default=6)
     parser.add_argument("--loader-batches", type=int, default=20)
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="loader num_workers to measure")
+    parser.add_argument("--train-workers", type=int, default=0, help="num_workers of the training run")
     parser.add_argument("--out", default="benchmarks/results/train.json")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
@@ -116,15 +147,18 @@ def main() -> None:
         for size in args.sizes:
             stores = patch_stores(work, size)
             row = {"size": size, "batch": args.batch, "patches": sum(_count(s) for s in stores)}
-            for workers in (0, 2):
+            for workers in args.workers:
                 row[f"loader_img_s_workers{workers}"] = round(loader_rate(stores, args.batch, workers, args.loader_batches), 1)
-            row["train_img_s"] = round(train_rate(stores, args.batch, 0, args.train_batches, work), 2)
-            row["loader_over_train"] = round(row["loader_img_s_workers0"] / row["train_img_s"], 1)
-            row["loader2_over_train"] = round(row["loader_img_s_workers2"] / row["train_img_s"], 1)  # target (issue 17): >= 5
+            row["train_img_s"] = round(train_rate(stores, args.batch, args.train_workers, args.train_batches, work), 2)
+            row["train_workers"] = args.train_workers
+            row["consume_img_s"] = round(train_rate(stores, args.batch, 0, args.train_batches, work, cached=True), 2)
+            for workers in args.workers:  # target (issue 17): loader with 2 workers >= 5x what training consumes (CPU)
+                row[f"loader{workers}_over_consume"] = round(row[f"loader_img_s_workers{workers}"] / row["consume_img_s"], 2)
             print(json.dumps(row), flush=True)
             results.append(row)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
-    report = {"device": device, "torch": torch.__version__, "python": platform.python_version(), "model": "Unet resnet18 depth 4, decoder (128, 64, 32, 16)",
+    report = {"device": device, "torch": torch.__version__, "python": platform.python_version(), "precision": PRECISION,
+              "cpu_count": os.cpu_count(), "model": "Unet resnet18 depth 4, decoder (128, 64, 32, 16)",
               "load_average_1min": round(os.getloadavg()[0], 2), "results": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
