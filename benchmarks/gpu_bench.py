@@ -92,6 +92,7 @@ def bench_downscale(work: Path, slide: Path, size: int, ds: float, repeats: int,
     common = dict(slide=slide, ckpt=ckpt, tile=512, overlap=128, batch=batch, size=size, downscale=ds, threads=threads,
                   device=device)
     runs: dict[str, list[dict]] = {"predict": [], "forward": []}
+    print(f"downscale {ds:g}, batch {batch}", flush=True)
     for i in range(repeats):
         runs["predict"].append(run("predict", sampler, out=work / f"pred_ds{ds:g}_{i}.zarr", **common))
         runs["forward"].append(run("forward", sampler, channels_last=True, **common))
@@ -111,7 +112,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=40000, help="slide side in px (level 0)")
     parser.add_argument("--downscales", type=float, nargs="+", default=[1.0, 2.0])
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=16, help="tiles per model call")
+    parser.add_argument("--batch", type=int, nargs="+", default=[16], help="tiles per model call (each measured)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: every core)")
     parser.add_argument("--out", default="benchmarks/results/gpu.json")
     parser.add_argument("--workdir", default=None, help="where the slide and predictions go (default: a temp dir)")
@@ -133,8 +134,10 @@ def main() -> None:
     sampler = Sampler() if cuda else None
     with sampler or contextlib.nullcontext():
         for ds in opts.downscales:
-            report[f"downscale_{ds:g}"] = bench_downscale(work, slide, opts.size, ds, opts.repeats, opts.batch,
-                                                          opts.threads or os.cpu_count() or 1, device, sampler)
+            for batch in opts.batch:
+                key = f"downscale_{ds:g}" + (f"_batch_{batch}" if len(opts.batch) > 1 else "")
+                report[key] = bench_downscale(work, slide, opts.size, ds, opts.repeats, batch,
+                                              opts.threads or os.cpu_count() or 1, device, sampler)
             out.write_text(json.dumps(report, indent=2, default=str))  # written after each section: a cut-off run keeps them
 
 

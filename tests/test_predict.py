@@ -164,21 +164,26 @@ def test_vertical_strips_give_the_whole_width_result(tiny_trained, tmp_path, ext
     assert whole["labels/mask/0"][:].any()
 
 
-def test_tile_normaliser_reuses_released_batches_and_equals_to_tensor():
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"))],
+)
+def test_tile_normaliser_reuses_released_batches_and_equals_to_tensor(device):
     """Tiles cut from a band come out as to_tensor would make them, channels_last; a released batch is filled
-    again by the next prepare of its shape (no stale pixels), and one still in use is never handed out."""
+    again by the next prepare of its shape (no stale pixels), and one still in use is never handed out.  On
+    a GPU the batches are page-locked and refilled only after their copy to the device."""
     from wsiseg.predict import TileNormaliser
 
     rng = np.random.default_rng(0)
     band = rng.integers(0, 256, (300, 700, 3), dtype=np.uint8)
-    normaliser = TileNormaliser(torch.device("cpu"))
+    normaliser = TileNormaliser(torch.device(device))
 
     def batch(xs):
         prepared = normaliser.prepare([band[:, x : x + 300] for x in xs])
         expected = torch.stack([to_tensor(np.ascontiguousarray(band[:, x : x + 300])) for x in xs])
         got = normaliser(prepared)
         assert got.is_contiguous(memory_format=torch.channels_last)
-        assert torch.allclose(got, expected, atol=1e-5)
+        assert torch.allclose(got.cpu(), expected, atol=1e-5)
         return prepared
 
     first = batch([0, 200])
