@@ -76,9 +76,9 @@ class Sampler:
         return {"busy_pct": round(statistics.fmean(busy), 1), "busy_quartiles": q, "samples": len(busy)}
 
 
-def run(kind: str, sampler: Sampler | None, **args) -> dict:
-    """``measure`` one run; with a ``sampler``, add the GPU utilisation sampled during it."""
-    out = measure(kind, label=f"{kind} ds{args['downscale']:g}", **args)
+def run(kind: str, sampler: Sampler | None, src: str | None = None, **args) -> dict:
+    """``measure`` one run (``src``: an older wsiseg's folder); with a ``sampler``, add the GPU utilisation sampled during it."""
+    out = measure(kind, src, label=f"{kind}{'_before' if src else ''} ds{args['downscale']:g}", **args)
     if sampler is not None:
         out.update(sampler.between(*out["epoch"]))
         print(f"    GPU busy {out['busy_pct']}% over {out['samples']} samples", flush=True)
@@ -86,7 +86,7 @@ def run(kind: str, sampler: Sampler | None, **args) -> dict:
 
 
 def bench_downscale(work: Path, slide: Path, size: int, ds: float, repeats: int, batch: int, threads: int,
-                    device: str, sampler: Sampler | None) -> dict:
+                    device: str, sampler: Sampler | None, before: str | None = None) -> dict:
     """``predict`` and ``forward`` alternated ``repeats`` times at downscale ``ds``; every run and the medians."""
     ckpt = make_checkpoint(work / f"unet_r34_ds{ds:g}.ckpt", ds, RESNET34)
     common = dict(slide=slide, ckpt=ckpt, tile=512, overlap=128, batch=batch, size=size, downscale=ds, threads=threads,
@@ -96,13 +96,20 @@ def bench_downscale(work: Path, slide: Path, size: int, ds: float, repeats: int,
     for i in range(repeats):
         runs["predict"].append(run("predict", sampler, out=work / f"pred_ds{ds:g}_{i}.zarr", **common))
         runs["forward"].append(run("forward", sampler, channels_last=True, **common))
+        if before:  # an older wsiseg's predict_slide, side by side
+            runs.setdefault("predict_before", []).append(
+                run("predict", sampler, out=work / f"before_ds{ds:g}_{i}.zarr", src=before, **common))
     predict_s = statistics.median(r["seconds"] for r in runs["predict"])
     forward_s = statistics.median(r["seconds"] for r in runs["forward"])
     summary = {"predict_s": predict_s, "forward_s": forward_s, "forward_share": round(forward_s / predict_s, 3),
                "slides_per_hour": round(3600 / predict_s, 1), "mpx_s": round(size**2 / predict_s / 1e6, 1),
                "tiles": runs["predict"][0]["tiles"]}
+    if before:
+        summary["predict_before_s"] = statistics.median(r["seconds"] for r in runs["predict_before"])
     if sampler is not None:
-        summary["busy_pct"] = statistics.median(r["busy_pct"] for r in runs["predict"])
+        for name, rs in runs.items():
+            if name != "forward":
+                summary[name.replace("predict", "busy_pct")] = statistics.median(r["busy_pct"] for r in rs)
     print(json.dumps(summary), flush=True)
     return {"median": summary, "runs": runs}
 
@@ -114,6 +121,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--batch", type=int, nargs="+", default=[16], help="tiles per model call (each measured)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: every core)")
+    parser.add_argument("--before", default=None, help="an older wsiseg src/ folder: its predict_slide runs side by side")
     parser.add_argument("--out", default="benchmarks/results/gpu.json")
     parser.add_argument("--workdir", default=None, help="where the slide and predictions go (default: a temp dir)")
     opts = parser.parse_args()
@@ -137,7 +145,7 @@ def main() -> None:
             for batch in opts.batch:
                 key = f"downscale_{ds:g}" + (f"_batch_{batch}" if len(opts.batch) > 1 else "")
                 report[key] = bench_downscale(work, slide, opts.size, ds, opts.repeats, batch,
-                                              opts.threads or os.cpu_count() or 1, device, sampler)
+                                              opts.threads or os.cpu_count() or 1, device, sampler, opts.before)
             out.write_text(json.dumps(report, indent=2, default=str))  # written after each section: a cut-off run keeps them
 
 

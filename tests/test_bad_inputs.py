@@ -239,6 +239,7 @@ CONFIG_CASES: dict[str, tuple[dict, list[str]]] = {
     "threshold-below-0": ({"predict": {"threshold": -0.1}}, ["`predict.threshold`", "minimum of 0"]),
     "coverage-inverted": ({"patches": {"min_coverage": 0.8, "max_coverage": 0.2}}, ["`patches.min_coverage`"]),
     "wrong-type": ({"train": {"epochs": "many"}}, ["`train.epochs`", "'many' is not of type 'integer'"]),
+    "num-workers-neither-count-nor-auto": ({"train": {"num_workers": "many"}}, ["`train.num_workers`", "'many'"]),
     "patch-larger-than-every-slide": ({"patches": {"size": 512, "downscale": 1}}, ["`patches.size`", "larger than every"]),
     "no-val-slide": ({"sheet": "noval"}, ["no `val` slide"]),
     "too-few-slides-for-folds": ({"train": {"folds": 5}}, ["`train.folds`", "5"]),

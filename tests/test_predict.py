@@ -228,7 +228,8 @@ def test_a_model_error_mid_slide_stops_the_reader_and_leaves_no_store(tiny_train
                 raise RuntimeError("CUDA out of memory (simulated)")
             return model(x)
 
-    params = PredictParams(tile=32, overlap=0, batch_size=2, min_tissue=0, prefetch=1)
+    # on the CPU, where load_model put the model (on a GPU machine "auto" would hand it CUDA batches)
+    params = PredictParams(tile=32, overlap=0, batch_size=2, min_tissue=0, prefetch=1, device="cpu")
     with pytest.raises(RuntimeError, match="simulated"):
         predict_slide(slides["demo_2"], ckpt, tmp_path / "p.zarr", params, models=[Failing()])
     assert len(calls) == 3 and not (tmp_path / "p.zarr").exists()

@@ -245,3 +245,23 @@ def test_cli_flags_give_the_same_params_as_config():
     assert cli == config
     assert build_loss(cli.loss).weights == {"lovasz": 1.0, "dice": 0.5}
     assert cli.augment["affine"] == {"p": 0.2, "rotate": [-10, 10]} and cli.epochs == TrainParams().epochs
+
+
+def test_loader_workers_auto_is_none_on_cpu_and_most_cores_on_a_gpu(monkeypatch):
+    """num_workers auto: no worker processes on the CPU (the main process outpaces CPU training); on a GPU
+    one per core of the job but one, at most 8; a count is kept (also as the CLI's text); a word is an
+    error naming the key."""
+    from wsiseg.train import loader_workers
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert loader_workers(TrainParams(), threads=16) == 0
+    assert loader_workers(TrainParams(num_workers=3), threads=16) == 3
+    assert loader_workers(TrainParams(num_workers="2")) == 2
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert loader_workers(TrainParams(), threads=4) == 3
+    assert loader_workers(TrainParams(), threads=32) == 8
+    assert loader_workers(TrainParams(), threads=1) == 0
+    assert loader_workers(TrainParams(accelerator="cpu"), threads=16) == 0
+    assert loader_workers(TrainParams(num_workers=0), threads=16) == 0
+    with pytest.raises(ValueError, match="train.num_workers.*'many'"):
+        loader_workers(TrainParams(num_workers="many"))

@@ -43,6 +43,8 @@ This file is generated from `workflow/schemas/config.schema.yaml`
 
 
 def _type(spec: Mapping[str, Any]) -> str:
+    if "anyOf" in spec:  # e.g. a count or "auto"
+        return " or ".join(_type(alternative) for alternative in spec["anyOf"])
     kind = spec.get("type", "")
     kinds = kind if isinstance(kind, list) else [kind] if kind else []
     text = " or ".join(str(k) for k in kinds)

@@ -35,7 +35,7 @@ class TrainParams:
     early_stopping_patience: int = 0  # epochs without a better val_dice before stopping; 0 = off
     channels_last: bool = False
     compile: bool = False
-    num_workers: int = 0
+    num_workers: int | str = "auto"  # auto: 0 on CPU; on a GPU one per core but one, at most 8 (wsiseg.train.loader_workers)
     accelerator: str = "auto"
     devices: int | str = "auto"
     precision: str = "auto"  # auto: 16-mixed on a GPU, 32 on CPU
