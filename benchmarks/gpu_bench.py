@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import statistics
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ from pathlib import Path
 import wsiseg  # noqa: F401  (first: sets wsiseg's OpenMP wait policy before torch loads, as the CLI does)
 import torch
 
-from predict_bench import make_checkpoint, make_slide, measure
+from predict_bench import make_checkpoint, make_slide, measure, parse_with_common
 
 RESNET34 = dict(encoder="resnet34")  # the default U-Net: 5 encoder stages, decoder (256, 128, 64, 32, 16)
 
@@ -121,12 +120,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--batch", type=int, nargs="+", default=[16], help="tiles per model call (each measured)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: every core)")
-    parser.add_argument("--before", default=None, help="an older wsiseg src/ folder: its predict_slide runs side by side")
-    parser.add_argument("--out", default="benchmarks/results/gpu.json")
-    parser.add_argument("--workdir", default=None, help="where the slide and predictions go (default: a temp dir)")
-    opts = parser.parse_args()
-    work = Path(opts.workdir or tempfile.mkdtemp(prefix="wsiseg-gpu-"))
-    work.mkdir(parents=True, exist_ok=True)
+    opts, work = parse_with_common(parser, "benchmarks/results/gpu.json")
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     report: dict = {"machine": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,

@@ -251,18 +251,24 @@ def overhead(work: Path, size: int, light: str | None, net: dict | None, ds: flo
     return result
 
 
+def parse_with_common(parser: argparse.ArgumentParser, out: str) -> tuple[argparse.Namespace, Path]:
+    """Add the options every inference benchmark takes (--before, --out, --workdir), parse, and make the work folder."""
+    parser.add_argument("--before", default=None, help="an older wsiseg src/ folder: its predict_slide runs side by side")
+    parser.add_argument("--out", default=out)
+    parser.add_argument("--workdir", default=None, help="where the synthetic slides and predictions go (default: a temp dir)")
+    opts = parser.parse_args()
+    work = Path(opts.workdir or tempfile.mkdtemp(prefix="wsiseg-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    return opts, work
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller slides (a smoke run)")
     parser.add_argument("--modes", nargs="+", default=["pipeline", "overhead", "monai", "memory", "rle"],
                         choices=["pipeline", "overhead", "monai", "memory", "rle"])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--before", default=None, help="an older wsiseg src/ folder: its predict_slide runs side by side")
-    parser.add_argument("--out", default="benchmarks/results/predict.json")
-    parser.add_argument("--workdir", default=None, help="where the synthetic slides go (default: a temp dir)")
-    opts = parser.parse_args()
-    work = Path(opts.workdir or tempfile.mkdtemp(prefix="wsiseg-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
+    opts, work = parse_with_common(parser, "benchmarks/results/predict.json")
     sizes = (4096, 8192) if opts.quick else (8192, 40000)
     report: dict = {"machine": platform.platform(), "cpu_threads": 2, "torch": torch.__version__, "cuda": torch.cuda.is_available()}
     if Path(opts.out).exists():  # keep the sections not rerun
