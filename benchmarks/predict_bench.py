@@ -127,7 +127,7 @@ def _child(kind: str, args: dict) -> dict:
             model = model.to(memory_format=torch.channels_last)
             batch = batch.contiguous(memory_format=torch.channels_last)
         if device.type == "cuda":
-            _forward(model, batch, 3)
+            _forward(model, batch, 3 * len(batch))
     start, cpu, epoch = time.perf_counter(), time.process_time(), time.time()
     extra: dict = {}
     if kind == "predict":
@@ -140,7 +140,7 @@ def _child(kind: str, args: dict) -> dict:
         extra["tiles"] = int(np.prod([len(v) for v in _grid(args)]))
     elif kind == "forward":  # the model alone on as many random tiles, in the given memory layout
         n = int(np.prod([len(v) for v in _grid(args)]))
-        _forward(model, batch, -(-n // args["batch"]))
+        _forward(model, batch, n)
         extra["tiles"] = n
     elif kind == "read":  # the floor: every level-0 chunk of the slide read and decoded, in full-width row bands
         from wsiseg.store import SlideStore
@@ -172,10 +172,11 @@ def _child(kind: str, args: dict) -> dict:
 
 
 def _forward(model: torch.nn.Module, batch: torch.Tensor, n: int) -> None:
-    """``n`` forward passes (and sigmoids) of ``batch``; mixed precision (float16) on a GPU, as predict runs."""
+    """Forward passes (and sigmoids) over ``n`` tiles in batches of ``batch`` (the last one smaller); mixed
+    precision (float16) on a GPU, as predict runs."""
     with torch.inference_mode(), torch.autocast(batch.device.type, enabled=batch.device.type == "cuda"):
-        for _ in range(n):
-            torch.sigmoid(model(batch))
+        for start in range(0, n, len(batch)):
+            torch.sigmoid(model(batch[: n - start]))
     if batch.device.type == "cuda":
         torch.cuda.synchronize()
 
