@@ -1,5 +1,7 @@
 """Tiled inference: seamless blending, TTA, ensembles, post-processing."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -208,6 +210,18 @@ def test_batch_probabilities_computed_into_a_buffer_equal_new_tensors():
             expected = average_probabilities(outputs)
             got = average_probabilities(outputs, buffer)
             assert got.data_ptr() == buffer.data_ptr() and torch.allclose(got, expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_models_loaded_on_the_cpu_are_moved_to_the_gpu(tiny_trained, tmp_path):
+    """Models handed to predict_slide as loaded (on the CPU) run on the device predict chose, with the
+    probabilities a CPU run gives (within float16 rounding)."""
+    slides, ckpt = tiny_trained
+    params = PredictParams(tile=32, overlap=8, batch_size=4, min_tissue=0)
+    gpu = predict_slide(slides["demo_2"], ckpt, tmp_path / "gpu.zarr", params, models=[load_model(ckpt)])
+    cpu = predict_slide(slides["demo_2"], ckpt, tmp_path / "cpu.zarr", replace(params, device="cpu"))
+    a, b = (zarr.open_group(p, mode="r")["0"][:].astype(int) for p in (gpu, cpu))
+    assert np.abs(a - b).max() <= 3
 
 
 def test_a_model_error_mid_slide_stops_the_reader_and_leaves_no_store(tiny_trained, tmp_path):

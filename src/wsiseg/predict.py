@@ -630,7 +630,8 @@ def predict_slide(
     hashing.shutdown(wait=False)
     store = SlideStore(slide)
     device = resolve_device(params.device)
-    models = models or load_ensemble(checkpoints, device)
+    # given models go to the device the tiles go to (in place; on the CPU a no-op)
+    models = [model.to(device) for model in models] if models else load_ensemble(checkpoints, device)
     model_mpp, model_ds = training_resolution(models[0])
     pixel = store.pixel_size
     purpose = f"the model (trained at {model_mpp:g} um/px)" if model_mpp else "the model"
