@@ -185,6 +185,13 @@ def test_epoch_change_retrains_without_reconverting(finished):
     assert jobs == {"train": 1, "predict": 2, "report": 1, "all": 1}
 
 
+def test_loader_workers_or_resume_change_reruns_nothing(finished):
+    """train.num_workers and train.resume never change what a run learns: editing them (or a new default)
+    retrains nothing and predicts nothing again."""
+    config = {**TINY_CONFIG, "train": {**TINY_CONFIG["train"], "num_workers": 1, "resume": False}}
+    assert scheduled(snakemake(finished, config, "-n")) == {}
+
+
 def test_patch_size_change_reruns_patches_and_downstream_not_convert(finished):
     config = {**TINY_CONFIG, "patches": {**TINY_CONFIG["patches"], "size": 48}}
     jobs = scheduled(snakemake(finished, config, "-n"))

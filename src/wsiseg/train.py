@@ -25,14 +25,13 @@ from .data import MAIN, PatchDataModule, derive_seed, seed_globals
 from .io import OutputError, atomic_path, check_disjoint
 from .model import SegmentationModule
 from .resolution import SQUARE_TOLERANCE
-from .settings import TrainParams
+from .settings import RUNTIME_KEYS, TrainParams
 from .stain import fit_training_normaliser
 
 log = logging.getLogger(__name__)
 
 
 EPOCH_METRICS = ("train_loss", "val_loss", "val_dice", "val_iou")  # metrics.csv's columns, in order (then val_dice_{c})
-RUNTIME_KEYS = ("num_workers", "devices", "resume")  # do not change what is learnt: a run may resume across them
 
 
 def _patch_meta(stores: Sequence[str | Path]) -> tuple[float | None, float | None, int, int]:

@@ -58,6 +58,7 @@ for _key, _value in canonical(dict(config)).items():
 from wsiseg.demo import DemoSpec, demo_samples
 from wsiseg.resolution import PixelSize, ResolutionError, choose
 from wsiseg.folds import fold_split
+from wsiseg.settings import UNTRACKED_KEYS
 from wsiseg.samples import read_samples, sheet_mpp, validate_samples
 from wsiseg.layout import SLIDE_GROUPS
 
@@ -95,9 +96,19 @@ if PREDICT_MODEL:
 CLASS_NAMES = config["report"]["class_names"] or (
     None if TRAINING else MODEL_SPEC.class_names
 )
+
+
+def decisive_train_keys():
+    """Config `train` minus the keys that decide how a run goes, never what it learns
+    (`UNTRACKED_KEYS`: num_workers, resume): as params they would retrain on every
+    edit of them; the train script reads them from the config."""
+    return {k: v for k, v in config["train"].items() if k not in UNTRACKED_KEYS}
+
+
 # provenance: hashes of the config keys that decide predictions (and the report)
-PREDICT_CONFIG_HASH = config_hash(config, NOT_RESULTS + ("report",))
-REPORT_CONFIG_HASH = config_hash(config)
+DECISIVE_CONFIG = {**config, "train": decisive_train_keys()}
+PREDICT_CONFIG_HASH = config_hash(DECISIVE_CONFIG, NOT_RESULTS + ("report",))
+REPORT_CONFIG_HASH = config_hash(DECISIVE_CONFIG)
 
 
 # mistakes that would otherwise surface only after conversion or training: here,
@@ -275,8 +286,9 @@ def report_settings():
 
 
 def train_settings():
-    """Config `train` minus the keys the workflow itself handles (folds)."""
-    return {k: v for k, v in config["train"].items() if k != "folds"}
+    """The train job's settings: the decisive `train` keys minus those the workflow
+    itself handles (folds)."""
+    return {k: v for k, v in decisive_train_keys().items() if k != "folds"}
 
 
 FOLDS = config["train"]["folds"]
@@ -348,7 +360,10 @@ def card_settings():
     """What the model card records from the workflow: the config keys that decide the model
     (plain values; changing them retrains anyway) and the class names."""
     return {
-        "config": {k: config[k] for k in ("seed", "convert", "patches", "train")},
+        "config": {
+            **{k: config[k] for k in ("seed", "convert", "patches")},
+            "train": decisive_train_keys(),
+        },
         "class_names": config["report"]["class_names"],
         "class_name": config["report"]["class_name"],
     }

@@ -4,10 +4,13 @@ from pathlib import Path
 
 from wsiseg.logs import log_to
 from wsiseg.params import from_mapping
+from wsiseg.settings import UNTRACKED_KEYS
 from wsiseg.train import TrainParams, train_model
 
 with log_to(snakemake.log[0]):
-    params = from_mapping(TrainParams, {**snakemake.params.train, "seed": snakemake.params.seed}, "train")
+    # num_workers and resume come from the config, not params: editing them never retrains
+    runtime = {k: snakemake.config["train"][k] for k in UNTRACKED_KEYS if k in snakemake.config["train"]}
+    params = from_mapping(TrainParams, {**snakemake.params.train, **runtime, "seed": snakemake.params.seed}, "train")
     train_model(
         snakemake.params.stores["train"],
         snakemake.params.stores["val"],
