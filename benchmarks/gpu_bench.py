@@ -47,15 +47,14 @@ class Sampler:
 
         pynvml.nvmlInit()
         self._nvml, self._handle, self.interval = pynvml, pynvml.nvmlDeviceGetHandleByIndex(0), interval
-        self.samples: list[tuple[float, int, int]] = []  # (time, utilisation %, memory used MB)
+        self.samples: list[tuple[float, int]] = []  # (time, utilisation %)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             rates = self._nvml.nvmlDeviceGetUtilizationRates(self._handle)
-            memory = self._nvml.nvmlDeviceGetMemoryInfo(self._handle)
-            self.samples.append((time.time(), int(rates.gpu), int(memory.used >> 20)))
+            self.samples.append((time.time(), int(rates.gpu)))
             time.sleep(self.interval)
 
     def __enter__(self) -> "Sampler":
@@ -68,7 +67,7 @@ class Sampler:
 
     def between(self, t0: float, t1: float) -> dict:
         """Mean and quartiles of the utilisation sampled in [t0, t1]."""
-        busy = [u for t, u, _ in self.samples if t0 <= t <= t1]
+        busy = [u for t, u in self.samples if t0 <= t <= t1]
         if not busy:
             return {"busy_pct": None, "samples": 0}
         q = statistics.quantiles(busy, n=4) if len(busy) > 1 else [busy[0]] * 3

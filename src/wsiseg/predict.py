@@ -299,7 +299,6 @@ class TileNormaliser:
         self._rows: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._device_rows: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._free: dict[tuple[int, ...], list[np.ndarray]] = {}  # released batches, by shape and dtype
-        self._pinned: list[torch.Tensor] = []  # the page-locked memory behind the CUDA pool's batches
         self._copied: dict[int, torch.cuda.Event] = {}  # batch address -> its last copy to the device, once queued
         self._lock = threading.Lock()  # prepare and release run in different threads
 
@@ -324,9 +323,7 @@ class TileNormaliser:
         if self.device.type != "cuda":
             return np.empty(shape, dtype)
         pinned = torch.empty(int(np.prod(shape)) * np.dtype(dtype).itemsize, dtype=torch.uint8, pin_memory=True)
-        with self._lock:
-            self._pinned.append(pinned)
-        return pinned.numpy().view(dtype).reshape(shape)
+        return pinned.numpy().view(dtype).reshape(shape)  # the array's base keeps the page-locked memory alive
 
     def prepare(self, tiles: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
         """Reader-thread step for uint8 ``tiles`` (n, h, w, c), or a sequence of (h, w, c) tiles (e.g. views

@@ -12,13 +12,13 @@ from typing import Any
 DEFAULT_LOSS = {"dice": 1.0, "bce": 1.0}
 
 
-# train keys an interrupted run may resume across (wsiseg.train.fingerprint leaves them out)
-RUNTIME_KEYS = ("num_workers", "devices", "resume")
 # train keys that never change what a run learns (results are identical for any num_workers:
 # tests/test_resume.py): the workflow keeps them out of the train rule's params, so editing them (or a
 # new default) never retrains; the train script reads them from the config.  `devices` stays a param:
 # more GPUs make a larger effective batch.
 UNTRACKED_KEYS = ("num_workers", "resume")
+# train keys an interrupted run may resume across (wsiseg.train.fingerprint leaves them out)
+RUNTIME_KEYS = (*UNTRACKED_KEYS, "devices")
 
 
 @dataclass(frozen=True)
