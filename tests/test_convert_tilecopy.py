@@ -159,6 +159,8 @@ def test_a_sparse_tiff_leaves_missing_tiles_at_the_fill_value(tmp_path):
     assert zarr.open_group(store, mode="r").attrs["wsiseg"]["level0"]["path"] == "tile-copy"
     np.testing.assert_array_equal(_level(store, 0), source)
     assert not (store / "0" / "0.0.1").exists()
+    half = TILE // 2  # level 1: the missing tile's quarter of the chunk is black too (up to JPEG ringing)
+    assert _level(store, 1)[: half - 8, half + 8 : 2 * half - 8].max() < 16
 
 
 @pytest.mark.parametrize("shape, levels", [((200, 240), 1), ((400, 500), 2)])
@@ -206,3 +208,21 @@ def test_damaged_tiles_are_read_as_tifffile_reads_them_or_named(tmp_path):
     with pytest.raises(SlideError, match=r"s\.tif: cannot decode JPEG tile 1"):
         convert_slide(path, tmp_path / "t.zarr", chunk=TILE, compression="jpeg")
     assert not (tmp_path / "t.zarr").exists()
+
+
+def test_every_level_of_a_many_block_copy_matches_the_decoding_path(tmp_path):
+    """Tiles of 64 px: blocks of 512 px, so a 600x700 slide has 2x2 blocks with edge pieces of odd size at
+    every level; each level (level 2 pooled in the writer threads, 3 per block, 4.. afterwards) matches the
+    store that decodes and re-encodes every tile, up to JPEG noise (a misplaced chunk: ~15 dB)."""
+    path = tmp_path / "small-tiles.tif"
+    _write(path, _image(), "ycbcr", tile=64)
+    copied = convert_slide(path, tmp_path / "copied.zarr", chunk=64, compression="jpeg")
+    decoded = convert_slide(path, tmp_path / "decoded.zarr", chunk=64, compression="jpeg", jpeg_tile_copy=False)
+    np.testing.assert_array_equal(_level(copied, 0), tifffile.imread(path))
+    levels = len(zarr.open_group(copied, mode="r").attrs["multiscales"][0]["datasets"])
+    assert levels == len(zarr.open_group(decoded, mode="r").attrs["multiscales"][0]["datasets"]) >= 5
+    for k in range(1, levels):
+        ours, theirs = _level(copied, k).astype(float), _level(decoded, k)
+        assert ours.shape == theirs.shape, k
+        psnr = 10 * np.log10(255**2 / np.mean((ours - theirs) ** 2))
+        assert psnr > 38, (k, psnr)

@@ -426,14 +426,18 @@ def halve_grid(grid: list[list[np.ndarray]], how: str) -> np.ndarray:
     for row, h in zip(grid, heights):
         x = 0
         for piece, w in zip(row, widths):
-            target = out[y : y + h, x : x + w]
-            if how == "mean" and piece.shape[0] % 2 == 0 and piece.shape[1] % 2 == 0 and piece.shape[2] in (1, 3, 4):
-                cv2.resize(piece, (w, h), dst=target, interpolation=cv2.INTER_AREA)  # written in place
-            else:
-                target[:] = halve(piece, how)
+            halve_into(piece, out[y : y + h, x : x + w], how)
             x += w
         y += h
     return out
+
+
+def halve_into(piece: np.ndarray, target: np.ndarray, how: str) -> None:
+    """:func:`halve` of channel-last ``piece`` written into ``target`` (e.g. its place in a larger array)."""
+    if how == "mean" and piece.shape[0] % 2 == 0 and piece.shape[1] % 2 == 0 and piece.shape[2] in (1, 3, 4):
+        cv2.resize(piece, (target.shape[1], target.shape[0]), dst=target, interpolation=cv2.INTER_AREA)  # in place
+    else:
+        target[:] = halve(piece, how)
 
 
 class PyramidWriter:
