@@ -85,6 +85,9 @@ def test_file_system_of_a_path_is_read_from_the_mount_table(tmp_path):
     kinds = {line.split()[2] for line in Path("/proc/self/mounts").read_text().splitlines()}
     assert store.file_system(tmp_path) in kinds
     assert store.file_system("/proc/self") == "proc"
+    device, point, kind = store.mount_of(tmp_path)
+    assert kind == store.file_system(tmp_path) and str(tmp_path.resolve()).startswith(point)
+    assert store.mount_of("/proc/self")[1:] == ("/proc", "proc")
 
 
 def test_other_write_errors_are_not_hidden(tmp_path):

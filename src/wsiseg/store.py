@@ -236,21 +236,27 @@ _direct_folders: dict[str, bool] = {}  # folder -> whether its chunk files are w
 SMALL = 1 << 18
 
 
-def file_system(path: str | Path) -> str:
-    """The type of the file system holding ``path`` (``ext4``, ``nfs4``, ``tmpfs``, ...; empty when unknown)."""
+def mount_of(path: str | Path) -> tuple[str, str, str]:
+    """(device, mount point, file system type) of the mount holding ``path`` (the visible one of stacked
+    mounts); empty strings when the mount table cannot be read."""
     try:
         mounts = Path("/proc/self/mounts").read_text().splitlines()
     except OSError:
-        return ""
-    target, best, kind = os.path.realpath(path), -1, ""
+        return "", "", ""
+    target, best, found = os.path.realpath(path), -1, ("", "", "")
     for line in mounts:
         fields = line.split()
         if len(fields) < 3:
             continue
         point = fields[1].replace("\\040", " ")
-        if (target == point or target.startswith(point.rstrip("/") + "/")) and len(point) > best:
-            best, kind = len(point), fields[2]
-    return kind
+        if (target == point or target.startswith(point.rstrip("/") + "/")) and len(point) >= best:
+            best, found = len(point), (fields[0], point, fields[2])  # a later mount on the same point hides earlier ones
+    return found
+
+
+def file_system(path: str | Path) -> str:
+    """The type of the file system holding ``path`` (``ext4``, ``nfs4``, ``tmpfs``, ...; empty when unknown)."""
+    return mount_of(path)[2]
 
 
 def direct_io(folder: str | Path) -> bool:
