@@ -226,3 +226,24 @@ def test_every_level_of_a_many_block_copy_matches_the_decoding_path(tmp_path):
         assert ours.shape == theirs.shape, k
         psnr = 10 * np.log10(255**2 / np.mean((ours - theirs) ** 2))
         assert psnr > 38, (k, psnr)
+
+
+def test_half_scale_decoders_agree_and_fall_back(tmp_path, monkeypatch):
+    """simplejpeg's DCT-scaled decode equals OpenCV's (the fallback for subsamplings TurboJPEG cannot name),
+    and a tile both refuse at 1/2 gets the 2x2 mean of its full decode."""
+    path = tmp_path / "s.tif"
+    _write(path, _image(), "ycbcr")
+    with tifffile.TiffFile(path) as tif:
+        plan = wsiseg.tilecopy.TileCopy(tif.pages[0], path, b"\xff\xd8")
+        stream = plan.stream(plan.read([0])[0])
+        fast = wsiseg.tilecopy._half(plan, 0, stream)
+        assert fast.shape == (TILE // 2, TILE // 2, 3)
+
+        def refuse(*args, **kwargs):
+            raise ValueError("tjDecompressHeader3(): Could not determine subsampling level of JPEG image")
+
+        monkeypatch.setattr(wsiseg.tilecopy.simplejpeg, "decode_jpeg", refuse)
+        np.testing.assert_array_equal(wsiseg.tilecopy._half(plan, 0, stream), fast)
+        monkeypatch.setattr(wsiseg.tilecopy.cv2, "imdecode", lambda *args: None)
+        mean = wsiseg.tilecopy._half(plan, 0, stream)
+        assert mean.shape == fast.shape and np.abs(mean.astype(int) - fast).mean() < 4
