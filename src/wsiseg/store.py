@@ -462,18 +462,19 @@ class PyramidWriter:
 
     def __init__(
         self, group: zarr.Group, shape: tuple[int, ...], levels: int, chunk: int, codec, how: str, workers: int = 2,
-        x0: int = 0, create: bool = True,
+        x0: int = 0, create: bool = True, first: int = 0,
     ):
         """``x0``: level-0 column of the bands' first column (a vertical strip of the image; it must
         be a chunk corner at every level written); ``create``: make the level arrays, else write
-        into the group's existing ones (a later strip)."""
+        into the group's existing ones (a later strip); ``first``: the number of the first level
+        written, whose shape ``shape`` is (e.g. a pyramid's upper levels from bands pooled in memory)."""
         self.chunk, self.how = chunk, how
         *c, h, w = shape  # (c, y, x) images, (y, x) label images (bands then have c = 1)
         if x0 % (chunk * 2 ** (levels - 1)):
             raise ValueError(f"strip column {x0} is not a chunk corner at all {levels} levels")
         self.x0 = x0
         self.arrays = []
-        for k in range(levels):
+        for k in range(first, first + levels):
             self.arrays.append(create_level(group, str(k), (*c, h, w), chunk, codec) if create else group[str(k)])
             h, w = (h + 1) // 2, (w + 1) // 2
         self.pending: list[list[np.ndarray]] = [[] for _ in range(levels)]

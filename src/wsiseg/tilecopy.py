@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import Future
-from contextlib import closing
+from contextlib import closing, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +39,9 @@ from .codecs import PlanarJpeg
 from .logs import progress
 from .prefetch import prefetch
 from .slide import SlideError
-from .store import _direct_path, build_pyramid, chunk_writers, create_level, halve, halve_into, write_block, write_chunk_file
+from .store import (
+    PyramidWriter, _direct_path, build_pyramid, chunk_writers, create_level, halve, halve_into, write_block, write_chunk_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -225,9 +227,11 @@ def write_copied(
     blocks = prefetch((y, x, y1, x1, plan.read(tiles_of(y, x, y1, x1))) for y, x, y1, x1 in corners)
     h1, w1 = (height + 1) // 2, (width + 1) // 2
 
+    row: list[np.ndarray] = []  # level ``inner`` of the blocks of the current block row so far
+
     def upper_levels(y: int, x: int, jobs: list[Future], block: np.ndarray | None) -> list[Future]:
         """Write a block's levels 2..inner once its level-1 jobs are done (they pooled level 2 into ``block``);
-        the pending writes."""
+        at the end of a block row, pool its level ``inner`` band into the levels above; the pending writes."""
         for job in jobs:
             job.result()
         pending: list[Future] = []
@@ -235,9 +239,18 @@ def write_copied(
             pending += write_block(arrays[k], y >> k, x >> k, block, executor, wait=False)
             if k < inner:
                 block = halve(block, "mean")
+        if above is not None:
+            row.append(block)
+            if x + side >= width:  # one chunk row of level inner, the whole width: levels inner+1.. are pooled from it
+                above.add(halve(np.concatenate(row, axis=1), "mean"))
+                row.clear()
         return pending
 
-    with closing(blocks), chunk_writers(workers) as executor:
+    h, w = arrays[inner].shape[1:]
+    above = None  # levels inner+1.. built band by band from the blocks' level inner, in memory
+    if inner == 3 and levels > inner + 1:  # (inner < 3 only when there are no levels above it)
+        above = PyramidWriter(root, (3, (h + 1) // 2, (w + 1) // 2), levels - inner - 1, chunk, codec, "mean", workers, first=inner + 1)
+    with closing(blocks), chunk_writers(workers) as executor, above or nullcontext():
         previous, pending = None, []  # the block whose levels 2.. are written while the next one's tiles decode
         for y, x, y1, x1, tiles in progress(blocks, total=len(corners), desc=f"convert {slide_id}", unit="block", mininterval=10):
             if inner == 0:
@@ -270,4 +283,5 @@ def write_copied(
             pending += upper_levels(*previous)
         for job in pending:
             job.result()
-    build_pyramid(root, levels, chunk, codec, "mean", start=inner + 1, workers=workers)
+    if above is None and levels > inner + 1:
+        build_pyramid(root, levels, chunk, codec, "mean", start=inner + 1, workers=workers)
