@@ -276,13 +276,30 @@ def workdir_file_system(workdir: Path) -> dict:
     return {"type": kind, "mount": point, "device": device, "ext4_journal": journal}
 
 
+def settle(path: Path, drop_caches: bool) -> None:
+    """Before a timed run: with ``drop_caches``, write back and drop the page cache (root only), then read the
+    slide once, so every run starts with the slide cached and no earlier run's pages to reclaim.
+
+    On this VM (virtio-balloon), memory the guest has not touched recently costs a host page fault on
+    first use: as the page cache filled up with earlier runs' stores, each conversion's kernel CPU grew
+    (0.8 -> 2 s at 40k², 7 rounds with a baseline in between), a cost a dedicated machine does not have."""
+    if drop_caches:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        with open(path, "rb") as f:
+            while f.read(1 << 24):
+                pass
+
+
 def median_run(runs: list[dict]) -> dict:
     """The run with the median ``seconds`` (of an odd number of runs), with every run's seconds beside it."""
     ordered = sorted(runs, key=lambda run: run["seconds"])
     return {**ordered[len(ordered) // 2], "all_seconds": [round(run["seconds"], 3) for run in runs]}
 
 
-def bench(size: int, layout: str, workdir: Path, options: dict, repeats: int, baseline: dict | None = None) -> dict:
+def bench(
+    size: int, layout: str, workdir: Path, options: dict, repeats: int, baseline: dict | None = None, drop_caches: bool = False,
+) -> dict:
     """Generate one slide, measure decode and convert side by side ``repeats`` times (alternating; medians), delete the files."""
     path = workdir / f"{layout}_{size}.tif"
     start = time.perf_counter()
@@ -297,10 +314,13 @@ def bench(size: int, layout: str, workdir: Path, options: dict, repeats: int, ba
     try:
         for i in range(repeats):
             if baseline is not None:  # in the same rounds, so both see the same machine load
+                settle(path, drop_caches)
                 baselines.append(run_convert(path, workdir / f"{layout}_{size}_baseline{i}.zarr", size, baseline))
+            settle(path, drop_caches)
             decodes.append(plain_decode(path, None))
             decodes_all.append(plain_decode(path, cores))
             store = workdir / f"{layout}_{size}_{i}.zarr"
+            settle(path, drop_caches)
             converts.append(run_convert(path, store, size, options))
         floor = io_floor(store, workdir)
         quality = psnr(store, path)
@@ -317,6 +337,7 @@ def bench(size: int, layout: str, workdir: Path, options: dict, repeats: int, ba
         "tiff_mb": path_mb,
         "generate_seconds": generated,
         "load_average_before": load,
+        "drop_caches": drop_caches,
         "repeats": repeats,
         "decode": decode,
         "decode_all_cores": decode_all,
@@ -357,14 +378,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--options", type=json.loads, default={}, help='convert_slide keywords as JSON, e.g. \'{"level": 5}\'')
     parser.add_argument("--baseline-options", type=json.loads, default=None,
                         help="also convert with these keywords in every round (e.g. the path being replaced), for a same-load comparison")
+    parser.add_argument("--drop-caches", action="store_true",
+                        help="drop the page cache (root) and re-read the slide before each timed run (see settle())")
     args = parser.parse_args(argv)
+    if args.drop_caches and not os.access("/proc/sys/vm/drop_caches", os.W_OK):
+        parser.error("--drop-caches needs write access to /proc/sys/vm/drop_caches (root)")
     rows = []
     args.workdir.mkdir(parents=True, exist_ok=True)
     file_system = workdir_file_system(args.workdir)  # warns first when it is not representative
     with tempfile.TemporaryDirectory(dir=args.workdir, prefix="wsiseg-bench-") as tmp:
         layouts = (("tiled", args.sizes), ("real", args.real_sizes), ("stripped", args.stripped_sizes), ("onestrip", args.onestrip_sizes))
         for layout, sizes in layouts:
-            rows += [bench(size, layout, Path(tmp), args.options, args.repeats, args.baseline_options) for size in sizes]
+            rows += [bench(size, layout, Path(tmp), args.options, args.repeats, args.baseline_options, args.drop_caches) for size in sizes]
     result = {
         "machine": {"cpus": len(os.sched_getaffinity(0)), "python": platform.python_version(), "tifffile": tifffile.__version__},
         "workdir": file_system,
