@@ -205,7 +205,8 @@ def write_copied(
     tiles of a block are read raw; each level-1 chunk (2x2 tiles) is one job in the writer threads:
     copy its tiles, decode them at 1/2, encode it, pool it into its place in the block's level 2 (while
     its pixels are in cache: half the time of pooling the block afterwards); levels 3..``inner`` are
-    pooled from level 2, the levels above built from level ``inner`` afterwards."""
+    pooled from level 2; the levels above from each block row's level ``inner``, held in memory until
+    the row is complete (one chunk row of that level), by a :class:`wsiseg.store.PyramidWriter`."""
     height, width = source.shape
     page = plan.page
     across = -(-page.imagewidth // chunk)
@@ -248,7 +249,7 @@ def write_copied(
 
     h, w = arrays[inner].shape[1:]
     above = None  # levels inner+1.. built band by band from the blocks' level inner, in memory
-    if inner == 3 and levels > inner + 1:  # (inner < 3 only when there are no levels above it)
+    if inner >= 2 and levels > inner + 1:
         above = PyramidWriter(root, (3, (h + 1) // 2, (w + 1) // 2), levels - inner - 1, chunk, codec, "mean", workers, first=inner + 1)
     with closing(blocks), chunk_writers(workers) as executor, above or nullcontext():
         previous, pending = None, []  # the block whose levels 2.. are written while the next one's tiles decode
