@@ -228,11 +228,12 @@ def write_copied(
     blocks = prefetch((y, x, y1, x1, plan.read(tiles_of(y, x, y1, x1))) for y, x, y1, x1 in corners)
     h1, w1 = (height + 1) // 2, (width + 1) // 2
 
-    row: list[np.ndarray] = []  # level ``inner`` of the blocks of the current block row so far
+    row: list[np.ndarray] = []  # level ``inner + 1`` of the blocks of the current block row so far
 
     def upper_levels(y: int, x: int, jobs: list[Future], block: np.ndarray | None) -> list[Future]:
         """Write a block's levels 2..inner once its level-1 jobs are done (they pooled level 2 into ``block``);
-        at the end of a block row, pool its level ``inner`` band into the levels above; the pending writes."""
+        pool its level ``inner`` once more (while in cache) into its piece of level ``inner + 1``, which goes to
+        the levels above once the block row is complete; the pending writes."""
         for job in jobs:
             job.result()
         pending: list[Future] = []
@@ -240,10 +241,10 @@ def write_copied(
             pending += write_block(arrays[k], y >> k, x >> k, block, executor, wait=False)
             if k < inner:
                 block = halve(block, "mean")
-        if above is not None:
-            row.append(block)
-            if x + side >= width:  # one chunk row of level inner, the whole width: levels inner+1.. are pooled from it
-                above.add(halve(np.concatenate(row, axis=1), "mean"))
+        if above is not None:  # (only the image's last row and column of blocks can have odd sizes: the same
+            row.append(halve(block, "mean"))  # pixels as halving the whole band)
+            if x + side >= width:  # half a chunk row of level inner + 1, the whole width
+                above.add(np.concatenate(row, axis=1))
                 row.clear()
         return pending
 
