@@ -142,7 +142,8 @@ def check(plan: TileCopy, codec: PlanarJpeg) -> str | None:
 
 
 def _level1_chunk(
-    plan: TileCopy, tiles: dict[int, bytes], places: list, folders: list, key1: str, crop, codec: PlanarJpeg, level2,
+    plan: TileCopy, tiles: dict[int, bytes], places: list, folders: list, key1: str, crop, codec: PlanarJpeg,
+    level2: np.ndarray | None,
 ) -> None:
     """Copy the (up to 2x2) tiles of one level-1 chunk to their level-0 chunk files and decode them at 1/2
     into that chunk; encode and write it; pool its pixels inside the image into ``level2`` (their place in
@@ -205,8 +206,8 @@ def write_copied(
     tiles of a block are read raw; each level-1 chunk (2x2 tiles) is one job in the writer threads:
     copy its tiles, decode them at 1/2, encode it, pool it into its place in the block's level 2 (while
     its pixels are in cache: half the time of pooling the block afterwards); levels 3..``inner`` are
-    pooled from level 2; the levels above from each block row's level ``inner``, held in memory until
-    the row is complete (one chunk row of that level), by a :class:`wsiseg.store.PyramidWriter`."""
+    pooled from level 2; the levels above by a :class:`wsiseg.store.PyramidWriter` from each block row's
+    level ``inner + 1``, pooled block by block and held until the row is complete (half a chunk row)."""
     height, width = source.shape
     page = plan.page
     across = -(-page.imagewidth // chunk)
