@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, nullcontext
 from inspect import signature
 from pathlib import Path
 from typing import Collection, Iterator, Sequence
@@ -23,6 +23,7 @@ from .store import (
     LABEL_AXES,
     LOSSY,
     NGFF_VERSION,
+    BlockPyramid,
     PyramidWriter,
     build_pyramid,
     chunk_grid,
@@ -84,8 +85,8 @@ def write_blocks(
 
     Each block (read by decoding just its tiles) gives whole chunks of
     levels 0..``inner``, downsampled within the block; the levels above are
-    built from level ``inner`` afterwards (1/4**inner of the data).  Blocks
-    grow to cover a tile when the file's tiles are larger than 4096 px.
+    pooled from each block's level ``inner`` in memory (:class:`wsiseg.store.BlockPyramid`,
+    none read back).  Blocks grow to cover a tile when the file's tiles are larger than 4096 px.
     """
     height, width = source.shape
     while chunk << inner < source.tile_side:  # blocks at least as large as the tiles: each decoded once or twice
@@ -98,7 +99,10 @@ def write_blocks(
         h, w = (h + 1) // 2, (w + 1) // 2
     corners = [(y, x, min(height, y + side), min(width, x + side)) for y in range(0, height, side) for x in range(0, width, side)]
     blocks = prefetch((y, x, chunk_grid(source.read_pieces(y, y1, x, x1), y, y1, x, x1, chunk)) for y, x, y1, x1 in corners)
-    with closing(blocks), chunk_writers(workers) as executor:
+    above = None  # levels inner+1.. built from the blocks' level inner, in memory
+    if levels > inner + 1:  # (then inner >= 3)
+        above = BlockPyramid(root, arrays[inner].shape, levels - inner - 1, chunk, codec, "mean", workers, first=inner + 1)
+    with closing(blocks), chunk_writers(workers) as executor, above or nullcontext():
         for y, x, grid in progress(blocks, total=len(corners), desc=f"convert {slide_id}", unit="block", mininterval=10):
             # chunks are encoded and written while the levels above are pooled; decoded tiles the size of a chunk as they are
             pending = write_grid(arrays[0], y, x, grid, executor, wait=False)
@@ -107,9 +111,10 @@ def write_blocks(
                 pending += write_block(arrays[k], y >> k, x >> k, block, executor, wait=False)
                 if k < inner:
                     block = halve(block, "mean")
+            if above is not None:
+                above.add(block)
             for job in pending:
                 job.result()
-    build_pyramid(root, levels, chunk, codec, "mean", start=inner + 1, workers=workers)
 
 
 def write_bands(root: zarr.Group, source: SourceSlide, levels: int, chunk: int, codec, slide_id: str, workers: int) -> None:

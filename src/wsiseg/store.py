@@ -531,6 +531,45 @@ class PyramidWriter:
             self.executor.shutdown(cancel_futures=True)
 
 
+class BlockPyramid:
+    """The levels above a block-wise conversion's top level ``first - 1``, built from its blocks in memory.
+
+    Block-wise writers (:func:`wsiseg.convert.write_blocks`, :func:`wsiseg.tilecopy.write_copied`) make
+    levels 0..``first - 1`` by square blocks, block rows top to bottom, each left to right.  :meth:`add`
+    pools each block's level ``first - 1`` once more (while in cache) into its piece of level ``first``;
+    when a block row's pieces reach the image's width they are joined and handed to a
+    :class:`PyramidWriter`, which writes level ``first`` and pools the levels above it: no level is read
+    back from the store.  Memory: half a chunk row of level ``first`` per block row.  Only the image's
+    last block row and column can have odd sizes, so pooling piece by piece gives the same pixels as
+    pooling the whole level (edge rows and columns repeated, as :func:`build_pyramid` does)."""
+
+    def __init__(self, group: zarr.Group, below: tuple[int, int, int], levels: int, chunk: int, codec, how: str, workers: int, first: int):
+        """``below``: (c, h, w) of level ``first - 1``; ``levels``: how many levels to write from ``first`` on."""
+        c, h, w = below
+        self.width, self.how = w, how
+        self.row: list[np.ndarray] = []  # this block row's pieces of level ``first`` so far
+        self.filled = 0  # columns of level ``first - 1`` they cover
+        self.pyramid = PyramidWriter(group, (c, (h + 1) // 2, (w + 1) // 2), levels, chunk, codec, how, workers, first=first)
+
+    def add(self, block: np.ndarray) -> None:
+        """Pool channel-last ``block`` (h, w, c), the next block of level ``first - 1`` (left to right, then the
+        next block row), into its piece of level ``first``."""
+        self.row.append(halve(block, self.how))
+        self.filled += block.shape[1]
+        if self.filled >= self.width:
+            self.pyramid.add(np.concatenate(self.row, axis=1) if len(self.row) > 1 else self.row[0])
+            self.row, self.filled = [], 0
+
+    def __enter__(self) -> "BlockPyramid":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None and self.row:
+            self.pyramid.__exit__(RuntimeError, None, None)
+            raise RuntimeError(f"block row left incomplete: {self.filled} of {self.width} columns")
+        self.pyramid.__exit__(*exc)
+
+
 def read_padded(array: zarr.Array, y0: int, y1: int, x0: int, x1: int, fill: int) -> np.ndarray:
     """Read ``array[:, y0:y1, x0:x1]`` of a (c, y, x) array, padding with ``fill`` outside it.
 

@@ -40,7 +40,7 @@ from .logs import progress
 from .prefetch import prefetch
 from .slide import SlideError
 from .store import (
-    PyramidWriter, _direct_path, build_pyramid, chunk_writers, create_level, halve, halve_into, write_block, write_chunk_file,
+    BlockPyramid, _direct_path, build_pyramid, chunk_writers, create_level, halve, halve_into, write_block, write_chunk_file,
 )
 
 log = logging.getLogger(__name__)
@@ -206,8 +206,7 @@ def write_copied(
     tiles of a block are read raw; each level-1 chunk (2x2 tiles) is one job in the writer threads:
     copy its tiles, decode them at 1/2, encode it, pool it into its place in the block's level 2 (while
     its pixels are in cache: half the time of pooling the block afterwards); levels 3..``inner`` are
-    pooled from level 2; the levels above by a :class:`wsiseg.store.PyramidWriter` from each block row's
-    level ``inner + 1``, pooled block by block and held until the row is complete (half a chunk row)."""
+    pooled from level 2; the levels above from each block's level ``inner`` (:class:`wsiseg.store.BlockPyramid`)."""
     height, width = source.shape
     page = plan.page
     across = -(-page.imagewidth // chunk)
@@ -229,12 +228,9 @@ def write_copied(
     blocks = prefetch((y, x, y1, x1, plan.read(tiles_of(y, x, y1, x1))) for y, x, y1, x1 in corners)
     h1, w1 = (height + 1) // 2, (width + 1) // 2
 
-    row: list[np.ndarray] = []  # level ``inner + 1`` of the blocks of the current block row so far
-
     def upper_levels(y: int, x: int, jobs: list[Future], block: np.ndarray | None) -> list[Future]:
-        """Write a block's levels 2..inner once its level-1 jobs are done (they pooled level 2 into ``block``);
-        pool its level ``inner`` once more (while in cache) into its piece of level ``inner + 1``, which goes to
-        the levels above once the block row is complete; the pending writes."""
+        """Write a block's levels 2..inner once its level-1 jobs are done (they pooled level 2 into ``block``)
+        and hand its level ``inner`` to the levels above; the pending writes."""
         for job in jobs:
             job.result()
         pending: list[Future] = []
@@ -242,17 +238,13 @@ def write_copied(
             pending += write_block(arrays[k], y >> k, x >> k, block, executor, wait=False)
             if k < inner:
                 block = halve(block, "mean")
-        if above is not None:  # (only the image's last row and column of blocks can have odd sizes: the same
-            row.append(halve(block, "mean"))  # pixels as halving the whole band)
-            if x + side >= width:  # half a chunk row of level inner + 1, the whole width
-                above.add(np.concatenate(row, axis=1))
-                row.clear()
+        if above is not None:
+            above.add(block)
         return pending
 
-    h, w = arrays[inner].shape[1:]
-    above = None  # levels inner+1.. built band by band from the blocks' level inner, in memory
+    above = None  # levels inner+1.. built from the blocks' level inner, in memory
     if inner >= 2 and levels > inner + 1:
-        above = PyramidWriter(root, (3, (h + 1) // 2, (w + 1) // 2), levels - inner - 1, chunk, codec, "mean", workers, first=inner + 1)
+        above = BlockPyramid(root, arrays[inner].shape, levels - inner - 1, chunk, codec, "mean", workers, first=inner + 1)
     with closing(blocks), chunk_writers(workers) as executor, above or nullcontext():
         previous, pending = None, []  # the block whose levels 2.. are written while the next one's tiles decode
         for y, x, y1, x1, tiles in progress(blocks, total=len(corners), desc=f"convert {slide_id}", unit="block", mininterval=10):
