@@ -38,8 +38,12 @@ class PlanarJpeg(Codec):
         """The chunk file of interleaved uint8 (y, x, 3) RGB ``image``: equal to :meth:`encode` of its planes."""
         return imagecodecs.jpeg8_encode(image, level=self.level)
 
+    def decode_rgb(self, buf) -> np.ndarray:
+        """Chunk file ``buf`` as interleaved uint8 (y, x, 3) RGB: :meth:`decode`'s pixels before they are split into planes."""
+        return imagecodecs.jpeg8_decode(bytes(buf) if not isinstance(buf, (bytes, bytearray, np.ndarray)) else buf)
+
     def decode(self, buf, out=None) -> np.ndarray:
-        image = imagecodecs.jpeg8_decode(bytes(buf) if not isinstance(buf, (bytes, bytearray, np.ndarray)) else buf)
+        image = self.decode_rgb(buf)
         planes = np.empty((3, *image.shape[:2]), np.uint8)
         cv2.split(image, list(planes))
         if out is not None:

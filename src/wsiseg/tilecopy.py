@@ -25,7 +25,7 @@ decode/re-encode path (logged) rather than storing wrong colours.
 from __future__ import annotations
 
 import logging
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,28 +116,36 @@ def copy_plan(source, chunk: int, codec) -> TileCopy | str:
 
 def check(plan: TileCopy, codec: PlanarJpeg) -> str | None:
     """None when a few copied tiles decode (as the store's readers decode them) exactly as tifffile decodes
-    them, else what differs."""
+    them, else what differs (the first tile's, in file order).  The tiles are checked in two threads."""
     page = plan.page
     present = [i for i, count in enumerate(page.databytecounts) if count > 0]
     if not present:
         return None  # nothing to copy: every chunk stays the fill value, as tifffile reads missing tiles
     picks = sorted({present[round(k * (len(present) - 1) / max(1, CHECKED_TILES - 1))] for k in range(CHECKED_TILES)})
-    options = {"jpegtables": page.jpegtables, "jpegheader": page.jpegheader, "_fullsize": True}
-    for index, data in plan.read(picks).items():
-        if not data.startswith(SOI):
-            return f"tile {index} does not start with a JPEG SOI marker"
-        try:
-            expected = page.decode(data, index, **options)[0][0]  # (1, h, w, 3) full tile -> (h, w, 3)
-            copied = codec.decode(plan.stream(data)).transpose(1, 2, 0)
-            reduced = _half(plan, index, plan.stream(data))
-        except Exception as err:  # codec errors come in many types
-            return f"tile {index} does not decode as a stand-alone JPEG stream ({type(err).__name__}: {err})"
-        if copied.shape != expected.shape or not np.array_equal(copied, expected):
-            diff = np.abs(copied.astype(int) - expected).max() if copied.shape == expected.shape else copied.shape
-            return f"tile {index} decodes differently as a stand-alone JPEG stream (max difference {diff}: colour space?)"
-        mean = halve(expected, "mean")
-        if reduced.shape != mean.shape or np.abs(reduced.astype(int) - mean).mean() > 8:
-            return f"the DCT-scaled decode of tile {index} does not match its 2x2 mean"
+    with ThreadPoolExecutor(2, thread_name_prefix="wsiseg-tile-check") as pool:
+        problems = pool.map(lambda item: _check_tile(plan, codec, *item), plan.read(picks).items())
+        return next((problem for problem in problems if problem), None)
+
+
+def _check_tile(plan: TileCopy, codec: PlanarJpeg, index: int, data: bytes) -> str | None:
+    """What differs between tifffile's decode of tile ``index`` (raw ``data``) and the store's readers' decode of
+    its copied chunk, or its DCT-scaled 1/2 decode and its 2x2 mean; None when nothing does."""
+    page = plan.page
+    if not data.startswith(SOI):
+        return f"tile {index} does not start with a JPEG SOI marker"
+    try:
+        # (1, h, w, 3) full tile -> (h, w, 3)
+        expected = page.decode(data, index, jpegtables=page.jpegtables, jpegheader=page.jpegheader, _fullsize=True)[0][0]
+        copied = codec.decode_rgb(plan.stream(data))  # as the store's readers decode it (before splitting the planes)
+        reduced = _half(plan, index, plan.stream(data))
+    except Exception as err:  # codec errors come in many types
+        return f"tile {index} does not decode as a stand-alone JPEG stream ({type(err).__name__}: {err})"
+    if copied.shape != expected.shape or not np.array_equal(copied, expected):
+        diff = np.abs(copied.astype(int) - expected).max() if copied.shape == expected.shape else copied.shape
+        return f"tile {index} decodes differently as a stand-alone JPEG stream (max difference {diff}: colour space?)"
+    mean = halve(expected, "mean")
+    if reduced.shape != mean.shape or np.abs(reduced.astype(int) - mean).mean() > 8:
+        return f"the DCT-scaled decode of tile {index} does not match its 2x2 mean"
     return None
 
 
