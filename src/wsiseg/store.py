@@ -338,10 +338,13 @@ def interleave(planar: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return out
 
 
-def chunk_writers(workers: int) -> ThreadPoolExecutor:
-    """The thread pool that lays out, encodes and writes chunks for ``workers`` cores: two threads per core,
-    since a thread waits on the device during each O_DIRECT write (measured ~8% faster conversion on 2 cores)."""
-    return ThreadPoolExecutor(2 * max(1, workers), thread_name_prefix="zarr-chunks")
+def chunk_writers(workers: int, direct: bool = True) -> ThreadPoolExecutor:
+    """The thread pool that lays out, encodes and writes chunks for ``workers`` cores: two threads per core
+    when chunks may be written with O_DIRECT, since a thread waits on the device during each such write
+    (measured ~8% faster conversion on 2 cores); else (``direct`` False: files under :data:`SMALL`, e.g. JPEG
+    chunks, written through the page cache) one per core, sparing the CPU the extra threads' switching (a
+    compact store's tile copy: 0.91 vs 0.95 s and 5% less CPU, 12 alternating runs on a 20k² real slide)."""
+    return ThreadPoolExecutor((2 if direct else 1) * max(1, workers), thread_name_prefix="zarr-chunks")
 
 
 def write_block(

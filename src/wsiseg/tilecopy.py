@@ -253,7 +253,7 @@ def write_copied(
     above = None  # levels inner+1.. built from the blocks' level inner, in memory
     if inner >= 2 and levels > inner + 1:
         above = BlockPyramid(root, arrays[inner].shape, levels - inner - 1, chunk, codec, "mean", workers, first=inner + 1)
-    with closing(blocks), chunk_writers(workers) as executor, above or nullcontext():
+    with closing(blocks), chunk_writers(workers, direct=False) as executor, above or nullcontext():  # JPEG chunks: cached writes
         previous, pending = None, []  # the block whose levels 2.. are written while the next one's tiles decode
         for y, x, y1, x1, tiles in progress(blocks, total=len(corners), desc=f"convert {slide_id}", unit="block", mininterval=10):
             if inner == 0:
