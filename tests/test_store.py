@@ -164,6 +164,31 @@ def test_pyramid_writer_streams_the_same_pyramid_as_building_it_afterwards(tmp_p
         np.testing.assert_array_equal(streamed[str(k)][...], built[str(k)][...])
 
 
+@pytest.mark.parametrize("side", [32, 48])
+def test_block_pyramid_from_blocks_equals_the_pyramid_built_afterwards(tmp_path, side):
+    """Blocks of a level fed row by row (odd-sized last block row and column) give the levels above it that
+    pooling the whole finished level gives; a block row left incomplete is an error, not a silently short level."""
+    rng = np.random.default_rng(3)
+    h, w, chunk, levels = 101, 135, 16, 4
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    fed = zarr.open_group(tmp_path / "fed.zarr", mode="w", zarr_format=2)
+    with store.BlockPyramid(fed, (3, h, w), levels, chunk, compressor(), "mean", 2, first=1) as above:
+        for y in range(0, h, side):
+            for x in range(0, w, side):
+                above.add(image[y : y + side, x : x + side])
+    built = zarr.open_group(tmp_path / "built.zarr", mode="w", zarr_format=2)
+    create_level(built, "0", (3, h, w), chunk, compressor())[...] = image.transpose(2, 0, 1)
+    store.build_pyramid(built, levels + 1, chunk, compressor(), "mean")
+    assert "0" not in fed
+    for k in range(1, levels + 1):
+        assert fed[str(k)].shape == built[str(k)].shape
+        np.testing.assert_array_equal(fed[str(k)][...], built[str(k)][...], err_msg=f"level {k}")
+    short = zarr.open_group(tmp_path / "short.zarr", mode="w", zarr_format=2)
+    with pytest.raises(RuntimeError, match="block row left incomplete"):
+        with store.BlockPyramid(short, (3, h, w), levels, chunk, compressor(), "mean", 2, first=1) as above:
+            above.add(image[:side, :side])
+
+
 @pytest.mark.parametrize(("how", "channels", "codec"), [("mean", 3, "zstd"), ("max", 0, "zstd"), ("mean", 3, "jpeg")])
 def test_pyramid_from_chunk_files_equals_pooling_through_zarr(tmp_path, how, channels, codec):
     """Levels built from level 0's chunk files in threads (a local store) equal zarr's own read, pool and
