@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import resource
@@ -112,6 +113,17 @@ def make_checkpoint(path: Path, downscale: float, net: dict) -> Path:
     return path
 
 
+class _StepRecords(logging.Handler):
+    """Keeps the step times predict logs (``step_seconds``: each thread's time per step, see ``wsiseg.logs.StepTimes``)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.seconds: dict[str, float] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seconds.update(getattr(record, "step_seconds", {}))
+
+
 def _child(kind: str, args: dict) -> dict:
     """Run one measurement in this (fresh) process and return time, CPU time and peak RSS."""
     torch.set_num_threads(args.get("threads", 2))
@@ -136,8 +148,12 @@ def _child(kind: str, args: dict) -> dict:
         params = PredictParams(tile=args["tile"], overlap=args["overlap"], batch_size=args["batch"], min_tissue=0.0,
                                device=device.type)
         models = [model] if args.get("light") else None
+        steps = _StepRecords()
+        logging.getLogger("wsiseg.predict").addHandler(steps)
+        logging.getLogger("wsiseg.predict").setLevel(logging.INFO)
         predict_slide(args["slide"], args["ckpt"], args["out"], params, models=models)
         extra["tiles"] = int(np.prod([len(v) for v in _grid(args)]))
+        extra["steps"] = {name: round(seconds, 3) for name, seconds in steps.seconds.items()}  # where predict's time went
     elif kind == "forward":  # the model alone on as many random tiles, in the given memory layout
         n = int(np.prod([len(v) for v in _grid(args)]))
         _forward(model, batch, n)

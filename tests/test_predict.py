@@ -248,3 +248,34 @@ def test_a_model_error_mid_slide_stops_the_reader_and_leaves_no_store(tiny_train
         predict_slide(slides["demo_2"], ckpt, tmp_path / "p.zarr", params, models=[Failing()])
     assert len(calls) == 3 and not (tmp_path / "p.zarr").exists()
     assert not [t for t in threading.enumerate() if t.name == "wsiseg-reader"]
+
+
+def test_the_log_says_where_predicts_time_went(tiny_trained, tmp_path, caplog):
+    """The log's step times per thread: with a slow model, its forward is where the model thread's time went
+    (the others waited for it); no thread's steps add up to more than the time the tiles took."""
+    import logging
+    import time
+
+    slides, ckpt = tiny_trained
+    model = load_model(ckpt)
+    batches = []
+
+    class Slow(torch.nn.Module):
+        hparams = model.hparams
+
+        def forward(self, x):
+            batches.append(len(x))
+            time.sleep(0.05)
+            return model(x)
+
+    params = PredictParams(tile=32, overlap=0, batch_size=2, min_tissue=0, device="cpu")
+    with caplog.at_level(logging.INFO, logger="wsiseg"):
+        predict_slide(slides["demo_2"], ckpt, tmp_path / "p.zarr", params, models=[Slow()])
+    [record] = [r for r in caplog.records if hasattr(r, "step_seconds")]
+    steps = record.step_seconds
+    for thread in ("model", "reader", "blender"):
+        assert f"{thread}: " in record.getMessage()
+        mine = {name: s for name, s in steps.items() if name.startswith(f"{thread}: ")}
+        assert mine and sum(mine.values()) <= steps["tiles"] + 0.05, (thread, mine)
+    model_steps = {name: s for name, s in steps.items() if name.startswith("model: ")}
+    assert steps["model: forward"] >= 0.05 * len(batches) and max(model_steps, key=model_steps.get) == "model: forward"

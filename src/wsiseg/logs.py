@@ -8,7 +8,9 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -103,3 +105,46 @@ def progress(iterable: Iterable | None = None, total: int | None = None, desc: s
 
         return tqdm(iterable, total=total, desc=desc, unit=unit, mininterval=mininterval)
     return PlainProgress(iterable, total=total, desc=desc, unit=unit, interval=max(30.0, mininterval))
+
+
+class StepTimes:
+    """Wall seconds spent in named steps, summed over calls: where a multi-threaded stage's time goes.
+
+    Name steps ``"thread: step"``; each step is timed in one thread at a time.  Steps of different threads
+    overlap in time, so a thread whose steps add up to the stage's wall time is its bottleneck, and one that
+    mostly waits is not."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        """Time the ``with`` block as step ``name`` (added to its earlier calls)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def waiting(self, name: str, items: Iterable[T]) -> Iterator[T]:
+        """Iterate ``items``, timing each wait for the next one as step ``name``; closes ``items`` when done."""
+        iterator, end = iter(items), object()
+        try:
+            while True:
+                with self.step(name):
+                    item = next(iterator, end)
+                if item is end:
+                    return
+                yield item
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+
+    def summary(self) -> str:
+        """``thread: step 1.23 s, step 0.45 s; thread: ...``, threads and steps in the order first timed."""
+        threads: dict[str, list[str]] = {}
+        for name, seconds in self.seconds.items():
+            thread, _, step = name.rpartition(": ")
+            threads.setdefault(thread, []).append(f"{step} {seconds:.2f} s")
+        return "; ".join(f"{thread}: {', '.join(steps)}" if thread else ", ".join(steps) for thread, steps in threads.items())

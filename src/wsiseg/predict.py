@@ -40,6 +40,7 @@ import json
 import logging
 import math
 import threading
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -56,7 +57,7 @@ from .data import MEAN, STD
 from .instances import METHODS as SPLIT_METHODS
 from .instances import min_distance_px, split_mask
 from .io import atomic_path, check_output, release_memory
-from .logs import progress
+from .logs import StepTimes, progress
 from .model import load_model
 from .modelcard import ModelSpec, label_names, resolve_model
 from .patches import grid_positions
@@ -544,7 +545,7 @@ def _single_thread() -> None:
 
 
 def _blend_rows(
-    plan: _Plan, strip: tuple[int, int], models, device: torch.device, writer: _BandWriter, channels: int, bar
+    plan: _Plan, strip: tuple[int, int], models, device: torch.device, writer: _BandWriter, channels: int, bar, times: StepTimes
 ) -> None:
     """Predict every tile row of ``plan`` in model columns ``strip`` and hand the blended rows to ``writer``.
 
@@ -552,7 +553,7 @@ def _blend_rows(
     tiles ahead; this thread runs the model; the blender adds its probabilities into
     the band and, when a tile row is complete, writes the finished rows (its
     PyramidWriters compress in their own threads).  Queues are a few batches deep:
-    memory holds a few bands, never the slide."""
+    memory holds a few bands, never the slide.  Each thread's steps are timed into ``times``."""
     T, (b0, b1) = plan.T, strip
     for model in models:  # in place, as the input: see TileNormaliser
         model.to(memory_format=torch.channels_last)
@@ -564,33 +565,44 @@ def _blend_rows(
     def finish_row(r: int) -> None:
         y = plan.ys[r]
         final = (plan.ys[r + 1] - y) if r + 1 < len(plan.ys) else min(T, plan.dh - y)
-        writer.write(y, blender.pop(final)[:, :, c0 - left : c1 - left])
+        with times.step("blender: rows to the host"):  # on a GPU: waits for the device's work queued so far
+            rows = blender.pop(final)
+        with times.step("blender: writing rows"):
+            writer.write(y, rows[:, :, c0 - left : c1 - left])
         bar.update(1)
 
     stain = models[0].hparams.get("stain")  # the training run's stain normaliser, if any: applied in the reader thread
-    batches = (
-        (r, [x - left for x in xs], tiles if tiles is None else to_batch.prepare(normalise_batch(tiles, stain)))
-        for r, xs, tiles in plan.batches(b0, b1)
-    )
+
+    def batches() -> Iterator[tuple[int, list[int], np.ndarray | None]]:  # runs in the reader thread
+        for r, xs, tiles in times.waiting("reader: reading tiles", plan.batches(b0, b1)):
+            if tiles is not None:
+                with times.step("reader: preparing batches"):
+                    tiles = to_batch.prepare(normalise_batch(tiles, stain))
+            yield r, [x - left for x in xs], tiles
 
     def add(xs: list[int], outputs: list, prepared: np.ndarray) -> None:
-        blender.add_views(xs, outputs)
+        with times.step("blender: blending"):
+            blender.add_views(xs, outputs)
         to_batch.release(prepared)  # read by nothing now (a model's output may have been a view of it)
 
     init = _single_thread if device.type == "cpu" else None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsiseg-blender", initializer=init) as blend:
         pending: deque = deque()
-        for r, xs, tiles in prefetch(batches, plan.params.prefetch, init, "wsiseg-reader"):
+        for r, xs, tiles in times.waiting("model: waiting for tiles", prefetch(batches(), plan.params.prefetch, init, "wsiseg-reader")):
             if tiles is None:
                 pending.append(blend.submit(finish_row, r))
             else:
-                outputs = forward_views(models, to_batch(tiles), plan.params.tta)  # the model only: the rest in the blender
+                with times.step("model: forward"):  # on a GPU: queueing the work (it runs asynchronously)
+                    outputs = forward_views(models, to_batch(tiles), plan.params.tta)  # the model only: the rest in the blender
                 pending.append(blend.submit(add, xs, outputs, tiles))
-            while len(pending) > plan.params.prefetch:  # the blender at most a few batches behind
-                pending.popleft().result()
-        for job in pending:
-            job.result()
-    writer.flush()
+            with times.step("model: waiting for the blender"):
+                while len(pending) > plan.params.prefetch:  # the blender at most a few batches behind
+                    pending.popleft().result()
+        with times.step("model: waiting for the blender"):
+            for job in pending:
+                job.result()
+    with times.step("blender: writing rows"):
+        writer.flush()
 
 
 def predict_slide(
@@ -676,6 +688,7 @@ def predict_slide(
         else:
             prob_direct, mask_direct = prob_levels, mask_levels
         bar = progress(total=len(plan.ys) * len(strips), desc=f"predict {store.slide_id}", unit="tile row", mininterval=5)
+        times, start = StepTimes(), time.perf_counter()
         for i, (b0, b1) in enumerate(strips):
             columns = (b0 - max(0, b0 - 1), b0, b1)
             level0 = int(round(b0 * ds))  # the strip's first level-0 column
@@ -686,9 +699,14 @@ def predict_slide(
                 PyramidWriter(mask_group, size, mask_direct, params.chunk, codec, "max", 1, level0, i == 0) as mask,
             ):
                 writer = _BandWriter(prob, mask, size, ds, params.threshold, model_grid, columns)
-                _blend_rows(plan, (b0, b1), models, device, writer, classes, bar)
+                _blend_rows(plan, (b0, b1), models, device, writer, classes, bar, times)
             release_memory()  # what the strip's buffers held goes back to the system: peak memory stays one strip's
         bar.close()
+        tiles_s = time.perf_counter() - start
+        log.info(
+            "predict %s: tiles predicted in %.2f s; %s", store.slide_id, tiles_s, times.summary(),
+            extra={"step_seconds": {"tiles": tiles_s, **times.seconds}},
+        )
         if prob_direct < prob_levels:
             build_pyramid(root, prob_levels, params.chunk, codec, "mean", start=prob_direct)
         if not clean and mask_direct < levels:
