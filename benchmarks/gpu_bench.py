@@ -14,7 +14,8 @@ On a synthetic all-tissue slide of ``--size``² (every tile is predicted: the wo
 * ``forward``: the bare model on as many random tiles in the same precision and layout: the floor.
 
 ``busy_pct`` is the mean sampled utilisation during predict (goal: >= 80); ``forward_share`` is forward ÷
-predict time; ``slides_per_hour`` is 3600 ÷ the median predict time.  Each measurement runs in its own
+predict time; ``slides_per_hour`` is 3600 ÷ the median predict time; ``predict_steps`` are the medians of
+each predict thread's time per step, from predict's log (see the README's *How it works*).  Each measurement runs in its own
 process (``predict_bench.measure``).  The training loader against 16-mixed training is
 ``benchmarks/train_bench.py``.
 """
@@ -102,6 +103,9 @@ def bench_downscale(work: Path, slide: Path, size: int, ds: float, repeats: int,
     summary = {"predict_s": predict_s, "forward_s": forward_s, "forward_share": round(forward_s / predict_s, 3),
                "slides_per_hour": round(3600 / predict_s, 1), "mpx_s": round(size**2 / predict_s / 1e6, 1),
                "tiles": runs["predict"][0]["tiles"]}
+    steps = [r["steps"] for r in runs["predict"] if r.get("steps")]
+    if steps:  # each thread's time per step (predict's log): a launch-bound model thread vs a starved GPU
+        summary["predict_steps"] = {name: round(statistics.median(s[name] for s in steps), 2) for name in steps[0]}
     if before:
         summary["predict_before_s"] = statistics.median(r["seconds"] for r in runs["predict_before"])
     if sampler is not None:
