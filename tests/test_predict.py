@@ -224,28 +224,36 @@ def test_models_loaded_on_the_cpu_are_moved_to_the_gpu(tiny_trained, tmp_path):
     assert np.abs(a - b).max() <= 3
 
 
+class _Hooked(torch.nn.Module):
+    """The model of checkpoint ``ckpt``, calling ``before(batch size)`` before each forward."""
+
+    def __init__(self, ckpt, before):
+        super().__init__()
+        self.model, self.before = load_model(ckpt), before
+        self.hparams = self.model.hparams
+
+    def forward(self, x):
+        self.before(len(x))
+        return self.model(x)
+
+
 def test_a_model_error_mid_slide_stops_the_reader_and_leaves_no_store(tiny_trained, tmp_path):
     """A model that fails on its third batch: the error reaches the caller, no store is left, and the reader
     thread (which reads tiles ahead) has stopped instead of waiting forever with tiles in hand."""
     import threading
 
     slides, ckpt = tiny_trained
-    model = load_model(ckpt)
     calls = []
 
-    class Failing(torch.nn.Module):
-        hparams = model.hparams
-
-        def forward(self, x):
-            calls.append(len(x))
-            if len(calls) == 3:
-                raise RuntimeError("CUDA out of memory (simulated)")
-            return model(x)
+    def fail_third(n: int) -> None:
+        calls.append(n)
+        if len(calls) == 3:
+            raise RuntimeError("CUDA out of memory (simulated)")
 
     # on the CPU, where load_model put the model (on a GPU machine "auto" would hand it CUDA batches)
     params = PredictParams(tile=32, overlap=0, batch_size=2, min_tissue=0, prefetch=1, device="cpu")
     with pytest.raises(RuntimeError, match="simulated"):
-        predict_slide(slides["demo_2"], ckpt, tmp_path / "p.zarr", params, models=[Failing()])
+        predict_slide(slides["demo_2"], ckpt, tmp_path / "p.zarr", params, models=[_Hooked(ckpt, fail_third)])
     assert len(calls) == 3 and not (tmp_path / "p.zarr").exists()
     assert not [t for t in threading.enumerate() if t.name == "wsiseg-reader"]
 
@@ -257,20 +265,15 @@ def test_the_log_says_where_predicts_time_went(tiny_trained, tmp_path, caplog):
     import time
 
     slides, ckpt = tiny_trained
-    model = load_model(ckpt)
     batches = []
 
-    class Slow(torch.nn.Module):
-        hparams = model.hparams
-
-        def forward(self, x):
-            batches.append(len(x))
-            time.sleep(0.05)
-            return model(x)
+    def slow(n: int) -> None:
+        batches.append(n)
+        time.sleep(0.05)
 
     params = PredictParams(tile=32, overlap=0, batch_size=2, min_tissue=0, device="cpu")
     with caplog.at_level(logging.INFO, logger="wsiseg"):
-        predict_slide(slides["demo_2"], ckpt, tmp_path / "p.zarr", params, models=[Slow()])
+        predict_slide(slides["demo_2"], ckpt, tmp_path / "p.zarr", params, models=[_Hooked(ckpt, slow)])
     [record] = [r for r in caplog.records if hasattr(r, "step_seconds")]
     steps = record.step_seconds
     for thread in ("model", "reader", "blender"):
