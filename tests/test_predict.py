@@ -282,3 +282,38 @@ def test_the_log_says_where_predicts_time_went(tiny_trained, tmp_path, caplog):
         assert mine and sum(mine.values()) <= steps["tiles"] + 0.05, (thread, mine)
     model_steps = {name: s for name, s in steps.items() if name.startswith("model: ")}
     assert steps["model: forward"] >= 0.05 * len(batches) and max(model_steps, key=model_steps.get) == "model: forward"
+
+
+@pytest.mark.parametrize(
+    "device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"))]
+)
+def test_precast_weights_give_autocasts_outputs_without_casting_them_per_batch(tiny_trained, device):
+    """On a GPU predict runs a copy of each model whose convolution weights are already in autocast's
+    precision: the same outputs as autocast casting them for every batch, fewer casts per batch, and the
+    caller's model untouched (also checked with the CPU's autocast, bfloat16: the same code)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from wsiseg.predict import precast
+
+    _, ckpt = tiny_trained
+    dtype = torch.get_autocast_dtype(device)
+    model = load_model(ckpt).eval().to(device)
+    cast = precast(model, dtype)
+    x = torch.randn(2, 3, 64, 64, device=device)
+
+    def run(m):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            with torch.inference_mode(), torch.autocast(device, dtype=dtype):
+                out = m(x)
+        return out, sum(e.count for e in prof.key_averages() if e.key == "aten::_to_copy")
+
+    calls = []
+    hooks = [m.register_forward_pre_hook(lambda conv, _: calls.append(1 + (conv.bias is not None)))
+             for m in model.modules() if type(m) is torch.nn.Conv2d]
+    (expected, casts), (got, cast_casts) = run(model), run(cast)
+    for hook in hooks:
+        hook.remove()
+    assert got.dtype == expected.dtype and torch.equal(got, expected)
+    assert casts - cast_casts == sum(calls) > 0  # each convolution's weight (and bias) was cast in every call before
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert {p.dtype for m in cast.modules() if type(m) is torch.nn.Conv2d for p in m.parameters()} == {dtype}
