@@ -169,6 +169,7 @@ def predict_batch(models: Sequence[torch.nn.Module], batch: torch.Tensor, tta: S
     return average_probabilities(forward_views(models, batch, tta))
 
 
+GPU_DTYPE = torch.float16  # predict's autocast precision on a GPU (16-mixed)
 # layers whose weights autocast casts to its lower precision before every call (exactly these types: a
 # subclass may use its weights otherwise, e.g. standardise them in float32 first)
 AUTOCAST_WEIGHTS = (
@@ -193,7 +194,7 @@ def forward_views(models: Sequence[torch.nn.Module], batch: torch.Tensor, tta: S
     """The logits of every model on every TTA view of ``batch``, each with the function that maps it back
     (the model's work alone; :func:`average_probabilities` does the rest)."""
     autocast = batch.device.type == "cuda"
-    with torch.inference_mode(), torch.autocast(batch.device.type, enabled=autocast):
+    with torch.inference_mode(), torch.autocast(batch.device.type, dtype=GPU_DTYPE if autocast else None, enabled=autocast):
         return [(model(forward(batch)), inverse) for model in models for forward, inverse in _tta_pairs(tta)]
 
 
@@ -579,7 +580,7 @@ def _blend_rows(
     for model in models:  # in place, as the input: see TileNormaliser
         model.to(memory_format=torch.channels_last)
     if device.type == "cuda":  # forward_views runs them under autocast: their weights cast once, not per batch
-        models = [precast(model, torch.get_autocast_dtype("cuda")) for model in models]
+        models = [precast(model, GPU_DTYPE) for model in models]
     cover = plan.strip_tiles(b0, b1)
     left, c0, c1 = min(cover), max(0, b0 - 1), min(plan.dw, b1 + 1)  # band origin; strip with a context column each side
     blender = _Blender(channels, T, max(cover) + T - left, blend_window(T, plan.params.blend, plan.params.overlap), device)
