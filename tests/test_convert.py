@@ -243,3 +243,30 @@ def test_a_bad_file_stops_a_slide_group_before_any_conversion(rgb_tiff, tmp_path
     assert not (tmp_path / "group" / "good.zarr").exists()
     convert_many(items[:1], tmp_path / "group", chunk=128)
     np.testing.assert_array_equal(SlideStore(tmp_path / "group" / "good.zarr").levels[0][:].transpose(1, 2, 0), image)
+
+
+@pytest.mark.parametrize(
+    ("storage", "options", "path", "waits"),
+    [
+        ({"tile": (64, 64), "compression": "zlib"}, {}, "decode", "waiting for decoded tiles"),
+        ({"rowsperstrip": 32, "compression": "zlib"}, {}, "decode", "waiting for decoded bands"),
+        ({"tile": (64, 64), "compression": "jpeg"}, {"compression": "jpeg"}, "tile-copy", "waiting for tiles read"),
+    ],
+    ids=["blocks", "bands", "tile-copy"],
+)
+def test_the_log_says_where_converts_time_went(tmp_path, caplog, storage, options, path, waits):
+    """Each conversion path logs the image's time and the main thread's time per step (waiting for the source,
+    pooling, waiting for the writer threads): steps that add up to no more than the image's time."""
+    import logging
+
+    y, x = np.mgrid[0:300, 0:420]  # smooth: a JPEG tile's 1/2-scale decode then matches its 2x2 mean, as tile copy checks
+    image = np.stack([120 + 60 * np.sin(x / 9 + c) * np.cos(y / 13) for c in range(3)], -1).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "s.tif", image, photometric="rgb", **storage)
+    with caplog.at_level(logging.INFO, logger="wsiseg"):
+        convert_slide(tmp_path / "s.tif", tmp_path / "s.zarr", chunk=64, **options)
+    [record] = [r for r in caplog.records if hasattr(r, "step_seconds")]
+    steps = dict(record.step_seconds)
+    total = steps.pop("image")
+    assert f"image written in {total:.2f} s" in record.getMessage() and f"{path});" in record.getMessage()
+    assert waits in steps and any("writer threads" in name for name in steps)
+    assert 0 < sum(steps.values()) <= total + 0.01

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import closing, contextmanager, nullcontext
 from inspect import signature
 from pathlib import Path
@@ -13,7 +14,7 @@ import zarr
 
 from .backends import describe
 from .io import atomic_path, check_output
-from .logs import progress
+from .logs import StepTimes, progress
 from .masks import MaskError, MaskSource, open_mask
 from .prefetch import prefetch
 from .resolution import choose
@@ -30,12 +31,12 @@ from .store import (
     chunk_writers,
     compressor,
     create_level,
-    halve,
     halve_grid,
     level_count,
     multiscales,
     write_block,
     write_grid,
+    write_levels,
 )
 
 log = logging.getLogger(__name__)
@@ -49,10 +50,11 @@ INSTANCE_MAX_SIDE = 8192  # the object metrics' level-0 limit (wsiseg.report.obj
 
 
 def write_image(
-    root: zarr.Group, source: SourceSlide, levels: int, chunk: int, codec, slide_id: str, workers: int, tile_copy: bool = False
+    root: zarr.Group, source: SourceSlide, levels: int, chunk: int, codec, slide_id: str, workers: int, tile_copy: bool = False,
+    times: StepTimes | None = None,
 ) -> dict:
     """Write the image pyramid: by square blocks for tiled TIFFs, else by full-width bands; return how level 0 was made
-    (``{"path": "tile-copy" | "decode", "why": ...}``).
+    (``{"path": "tile-copy" | "decode", "why": ...}``).  ``times`` gets the main thread's time per step.
 
     With ``tile_copy`` and a JPEG store, a tiled JPEG TIFF whose tiles are the chunks has its tiles copied as
     level 0 (:mod:`wsiseg.tilecopy`); any other slide (the log says why) is decoded and re-encoded."""
@@ -64,7 +66,7 @@ def write_image(
                 "level 1 from their DCT-scaled 1/2 decode, levels 1.. JPEG quality %d",
                 slide_id, codec.level,
             )
-            write_copied(root, source, plan, levels, chunk, codec, slide_id, workers)
+            write_copied(root, source, plan, levels, chunk, codec, slide_id, workers, times=times)
             return {"path": "tile-copy", "why": "tiled JPEG TIFF, tiles the size of the chunks"}
         log.info("convert %s: JPEG tiles not copied, %s: decoding and re-encoding level 0 (JPEG quality %d)",
                  slide_id, plan, codec.level)
@@ -72,14 +74,15 @@ def write_image(
     else:
         why = "tile copy off" if codec.codec_id == "wsiseg_jpeg" else "lossless store"
     if source.tiled:
-        write_blocks(root, source, levels, chunk, codec, slide_id, workers)
+        write_blocks(root, source, levels, chunk, codec, slide_id, workers, times=times)
     else:
-        write_bands(root, source, levels, chunk, codec, slide_id, workers)
+        write_bands(root, source, levels, chunk, codec, slide_id, workers, times=times)
     return {"path": "decode", "why": why}
 
 
 def write_blocks(
-    root: zarr.Group, source: SourceSlide, levels: int, chunk: int, codec, slide_id: str, workers: int, inner: int = 3
+    root: zarr.Group, source: SourceSlide, levels: int, chunk: int, codec, slide_id: str, workers: int, inner: int = 3,
+    times: StepTimes | None = None,
 ) -> None:
     """Convert a tiled slide by square blocks of ``chunk * 2**inner`` pixels: memory independent of slide size.
 
@@ -102,28 +105,31 @@ def write_blocks(
     above = None  # levels inner+1.. built from the blocks' level inner, in memory
     if levels > inner + 1:  # (then inner >= 3)
         above = BlockPyramid(root, arrays[inner].shape, levels - inner - 1, chunk, codec, "mean", workers, first=inner + 1)
+    times = times or StepTimes()
     with closing(blocks), chunk_writers(workers) as executor, above or nullcontext():
-        for y, x, grid in progress(blocks, total=len(corners), desc=f"convert {slide_id}", unit="block", mininterval=10):
-            # chunks are encoded and written while the levels above are pooled; decoded tiles the size of a chunk as they are
-            pending = write_grid(arrays[0], y, x, grid, executor, wait=False)
-            block = halve_grid(grid, "mean") if inner else None
-            for k in range(1, inner + 1):
-                pending += write_block(arrays[k], y >> k, x >> k, block, executor, wait=False)
-                if k < inner:
-                    block = halve(block, "mean")
-            if above is not None:
-                above.add(block)
-            for job in pending:
-                job.result()
+        waiting = times.waiting("waiting for decoded tiles", blocks)
+        for y, x, grid in progress(waiting, total=len(corners), desc=f"convert {slide_id}", unit="block", mininterval=10):
+            with times.step("pooling"):  # while the chunks are encoded and written; tiles the size of a chunk as they are
+                pending = write_grid(arrays[0], y, x, grid, executor, wait=False)
+                if inner:
+                    pending += write_levels(arrays, 1, y, x, halve_grid(grid, "mean"), executor, above)
+            with times.step("waiting for the writer threads (chunks encoded)"):
+                for job in pending:
+                    job.result()
 
 
-def write_bands(root: zarr.Group, source: SourceSlide, levels: int, chunk: int, codec, slide_id: str, workers: int) -> None:
+def write_bands(
+    root: zarr.Group, source: SourceSlide, levels: int, chunk: int, codec, slide_id: str, workers: int, times: StepTimes | None = None
+) -> None:
     """Stream level 0 in chunk-high full-width bands and build the mean pyramid on the fly."""
     height, width = source.shape
+    times = times or StepTimes()
     bands = prefetch(band for _, band in source.bands(chunk))
     with closing(bands), PyramidWriter(root, (3, height, width), levels, chunk, codec, "mean", workers) as pyramid:
-        for band in progress(bands, total=-(-height // chunk), desc=f"convert {slide_id}", unit="band", mininterval=10):
-            pyramid.add(band)
+        waiting = times.waiting("waiting for decoded bands", bands)
+        for band in progress(waiting, total=-(-height // chunk), desc=f"convert {slide_id}", unit="band", mininterval=10):
+            with times.step("pooling, waiting for the writer threads"):
+                pyramid.add(band)
 
 
 def write_labels(
@@ -311,7 +317,14 @@ def convert_slide(
                 log.info("convert %s: mask from %s, %.2f%% labelled", slide_id, mask, 100 * share)
                 if share == 0 and require_foreground and not annotation.empty:  # (known-empty ones were checked on opening)
                     check_foreground(mask, slide_id, f"{annotation.found}: 0 foreground pixels once rasterised", allow_empty_mask)
-            made = write_image(root, source, levels, chunk, codec, slide_id, workers or default_workers(), jpeg_tile_copy)
+            times, start = StepTimes(), time.perf_counter()
+            made = write_image(root, source, levels, chunk, codec, slide_id, workers or default_workers(), jpeg_tile_copy, times)
+            seconds = time.perf_counter() - start
+            log.info(
+                "convert %s: image written in %.2f s (%.0f MB/s of level 0, %s); main thread: %s", slide_id, seconds,
+                height * width * 3 / max(seconds, 1e-9) / 1e6, made["path"], times.summary() or "-",
+                extra={"step_seconds": {"image": seconds, **times.seconds}},
+            )
             if source.intensity.nonfinite:
                 log.warning(
                     "%s: %d pixel(s) with NaN or infinite values mapped to 0 (intensity %r)",

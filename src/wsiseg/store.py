@@ -534,6 +534,23 @@ class PyramidWriter:
             self.executor.shutdown(cancel_futures=True)
 
 
+def write_levels(
+    arrays: list[zarr.Array], first: int, y: int, x: int, block: np.ndarray, executor: ThreadPoolExecutor, above: BlockPyramid | None
+) -> list[Future]:
+    """Write channel-last ``block``, level ``first`` of the square block at level-0 corner (``y``, ``x``), and its
+    2x2 means into levels ``first``..``len(arrays) - 1`` (``arrays``: one per level from 0) without waiting; hand
+    the top one to ``above`` (the levels above, see :class:`BlockPyramid`) unless None.  The pending writes."""
+    pending: list[Future] = []
+    top = len(arrays) - 1
+    for k in range(first, top + 1):
+        pending += write_block(arrays[k], y >> k, x >> k, block, executor, wait=False)
+        if k < top:
+            block = halve(block, "mean")
+    if above is not None:
+        above.add(block)
+    return pending
+
+
 class BlockPyramid:
     """The levels above a block-wise conversion's top level ``first - 1``, built from its blocks in memory.
 

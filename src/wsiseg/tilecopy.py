@@ -36,11 +36,11 @@ import simplejpeg
 import zarr
 
 from .codecs import PlanarJpeg
-from .logs import progress
+from .logs import StepTimes, progress
 from .prefetch import prefetch
 from .slide import SlideError
 from .store import (
-    BlockPyramid, _direct_path, build_pyramid, chunk_writers, create_level, halve, halve_into, write_block, write_chunk_file,
+    BlockPyramid, _direct_path, build_pyramid, chunk_writers, create_level, halve, halve_into, write_chunk_file, write_levels,
 )
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ ADOBE_RGB = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x00"
 # 1/2-scale DCT decode to RGB (no EXIF orientation lookup: tifffile applies none either)
 REDUCED_2 = cv2.IMREAD_REDUCED_GRAYSCALE_2 | cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
 CHECKED_TILES = 4  # tiles decoded both ways before a slide is copied
+WRITERS = "waiting for the writer threads (tiles copied, decoded at 1/2, chunks encoded)"  # a step of the log
 
 
 @dataclass
@@ -206,7 +207,7 @@ def _level0_only(plan: TileCopy, tiles: dict[int, bytes], places: list, folder: 
 
 def write_copied(
     root: zarr.Group, source, plan: TileCopy, levels: int, chunk: int, codec: PlanarJpeg, slide_id: str, workers: int,
-    inner: int = 3,
+    inner: int = 3, times: StepTimes | None = None,
 ) -> None:
     """Write the image pyramid of a slide whose JPEG tiles are copied as level 0 (see the module doc).
 
@@ -239,23 +240,20 @@ def write_copied(
     def upper_levels(y: int, x: int, jobs: list[Future], block: np.ndarray | None) -> list[Future]:
         """Write a block's levels 2..inner once its level-1 jobs are done (they pooled level 2 into ``block``)
         and hand its level ``inner`` to the levels above; the pending writes."""
-        for job in jobs:
-            job.result()
-        pending: list[Future] = []
-        for k in range(2, inner + 1):
-            pending += write_block(arrays[k], y >> k, x >> k, block, executor, wait=False)
-            if k < inner:
-                block = halve(block, "mean")
-        if above is not None:
-            above.add(block)
-        return pending
+        with times.step(WRITERS):
+            for job in jobs:
+                job.result()
+        with times.step("pooling the upper levels"):
+            return write_levels(arrays, 2, y, x, block, executor, above)
 
     above = None  # levels inner+1.. built from the blocks' level inner, in memory
     if inner >= 2 and levels > inner + 1:
         above = BlockPyramid(root, arrays[inner].shape, levels - inner - 1, chunk, codec, "mean", workers, first=inner + 1)
+    times = times or StepTimes()
     with closing(blocks), chunk_writers(workers, direct=False) as executor, above or nullcontext():  # JPEG chunks: cached writes
         previous, pending = None, []  # the block whose levels 2.. are written while the next one's tiles decode
-        for y, x, y1, x1, tiles in progress(blocks, total=len(corners), desc=f"convert {slide_id}", unit="block", mininterval=10):
+        waiting = times.waiting("waiting for tiles read", blocks)
+        for y, x, y1, x1, tiles in progress(waiting, total=len(corners), desc=f"convert {slide_id}", unit="block", mininterval=10):
             if inner == 0:
                 places = [(i, encode_key((0, i // across, i % across)), None) for i in tiles_of(y, x, y1, x1)]
                 _level0_only(plan, tiles, places, folders[0])
@@ -278,13 +276,15 @@ def write_copied(
                         place = level2[y2 : y2 + -(-crop[0] // 2), x2 : x2 + -(-crop[1] // 2)]
                     jobs.append(executor.submit(_level1_chunk, plan, tiles, places, folders, key1, crop, codec, place))
             if previous is not None:
-                for job in pending:  # two blocks' writes in flight at most
-                    job.result()
+                with times.step(WRITERS):
+                    for job in pending:  # two blocks' writes in flight at most
+                        job.result()
                 pending = upper_levels(*previous)
             previous = (y, x, jobs, level2)
         if previous is not None:
             pending += upper_levels(*previous)
-        for job in pending:
-            job.result()
+        with times.step(WRITERS):
+            for job in pending:
+                job.result()
     if above is None and levels > inner + 1:
         build_pyramid(root, levels, chunk, codec, "mean", start=inner + 1, workers=workers)
