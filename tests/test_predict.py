@@ -317,3 +317,31 @@ def test_precast_weights_give_autocasts_outputs_without_casting_them_per_batch(t
     assert casts - cast_casts == sum(calls) > 0  # each convolution's weight (and bias) was cast in every call before
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert {p.dtype for m in cast.modules() if type(m) is torch.nn.Conv2d for p in m.parameters()} == {dtype}
+
+
+def test_precast_falls_back_to_the_model_where_casting_once_breaks_it(tiny_trained, caplog):
+    """A model with a layer run with autocast switched off (its input stays float32) fails with weights cast
+    once: predict then keeps the model as it is, with a warning, instead of failing; a plain model is cast."""
+    import logging
+
+    from wsiseg.predict import precast_checked
+
+    _, ckpt = tiny_trained
+    model = load_model(ckpt).eval()
+
+    class Float32Head(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.head = model, torch.nn.Conv2d(1, 1, 1)
+
+        def forward(self, x):
+            with torch.autocast("cpu", enabled=False):
+                return self.head(self.body(x).float())
+
+    probe = torch.randn(1, 3, 64, 64)
+    cast = precast_checked(model, torch.bfloat16, probe)
+    assert cast is not model and next(m for m in cast.modules() if type(m) is torch.nn.Conv2d).weight.dtype == torch.bfloat16
+    fragile = Float32Head().eval()
+    with caplog.at_level(logging.WARNING, logger="wsiseg"):
+        assert precast_checked(fragile, torch.bfloat16, probe) is fragile
+    assert "cast for every batch" in caplog.text

@@ -190,6 +190,24 @@ def precast(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     return cast
 
 
+def precast_checked(model: torch.nn.Module, dtype: torch.dtype, tile: torch.Tensor) -> torch.nn.Module:
+    """:func:`precast` of ``model`` if, on one ``tile`` batch under autocast, it runs and gives the model's own
+    outputs; else (e.g. a layer run with autocast switched off, whose input then stays float32) ``model`` itself,
+    with a warning saying why: its weights are then cast for every batch, as before."""
+    cast = precast(model, dtype)
+    with torch.inference_mode(), torch.autocast(tile.device.type, dtype=dtype):
+        expected = model(tile)
+        try:
+            got = cast(tile)
+        except RuntimeError as err:
+            log.warning("predict: the model's weights are cast for every batch (casting them once failed: %s)", err)
+            return model
+    if got.shape != expected.shape or not torch.allclose(got.float(), expected.float(), rtol=1e-3, atol=1e-3):
+        log.warning("predict: the model's weights are cast for every batch (cast once, its outputs differed)")
+        return model
+    return cast
+
+
 def forward_views(models: Sequence[torch.nn.Module], batch: torch.Tensor, tta: Sequence[str] = ()) -> list[tuple[torch.Tensor, Callable]]:
     """The logits of every model on every TTA view of ``batch``, each with the function that maps it back
     (the model's work alone; :func:`average_probabilities` does the rest)."""
@@ -580,7 +598,9 @@ def _blend_rows(
     for model in models:  # in place, as the input: see TileNormaliser
         model.to(memory_format=torch.channels_last)
     if device.type == "cuda":  # forward_views runs them under autocast: their weights cast once, not per batch
-        models = [precast(model, GPU_DTYPE) for model in models]
+        noise = torch.Generator(device).manual_seed(0)
+        probe = torch.randn((1, 3, T, T), generator=noise, device=device).contiguous(memory_format=torch.channels_last)
+        models = [precast_checked(model, GPU_DTYPE, probe) for model in models]
     cover = plan.strip_tiles(b0, b1)
     left, c0, c1 = min(cover), max(0, b0 - 1), min(plan.dw, b1 + 1)  # band origin; strip with a context column each side
     blender = _Blender(channels, T, max(cover) + T - left, blend_window(T, plan.params.blend, plan.params.overlap), device)
