@@ -40,7 +40,7 @@ from .logs import StepTimes, progress
 from .prefetch import prefetch
 from .slide import SlideError
 from .store import (
-    BlockPyramid, _direct_path, build_pyramid, chunk_writers, create_level, halve, halve_into, write_chunk_file, write_levels,
+    BlockPyramid, _direct_path, chunk_writers, create_level, halve, halve_into, write_chunk_file, write_levels,
 )
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ ADOBE_RGB = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x00"
 # 1/2-scale DCT decode to RGB (no EXIF orientation lookup: tifffile applies none either)
 REDUCED_2 = cv2.IMREAD_REDUCED_GRAYSCALE_2 | cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
 CHECKED_TILES = 4  # tiles decoded both ways before a slide is copied
+INNER = 3  # levels 0..INNER are made inside each block of (chunk << INNER)² px, the levels above from level INNER
 WRITERS = "waiting for the writer threads (tiles copied, decoded at 1/2, chunks encoded)"  # a step of the log
 
 
@@ -207,19 +208,20 @@ def _level0_only(plan: TileCopy, tiles: dict[int, bytes], places: list, folder: 
 
 def write_copied(
     root: zarr.Group, source, plan: TileCopy, levels: int, chunk: int, codec: PlanarJpeg, slide_id: str, workers: int,
-    inner: int = 3, times: StepTimes | None = None,
+    times: StepTimes | None = None,
 ) -> None:
     """Write the image pyramid of a slide whose JPEG tiles are copied as level 0 (see the module doc).
 
-    Works by square blocks of ``chunk * 2**inner`` px like :func:`wsiseg.convert.write_blocks`: the
+    Works by square blocks of ``chunk * 2**INNER`` px like :func:`wsiseg.convert.write_blocks`: the
     tiles of a block are read raw; each level-1 chunk (2x2 tiles) is one job in the writer threads:
     copy its tiles, decode them at 1/2, encode it, pool it into its place in the block's level 2 (while
     its pixels are in cache: half the time of pooling the block afterwards); levels 3..``inner`` are
-    pooled from level 2; the levels above from each block's level ``inner`` (:class:`wsiseg.store.BlockPyramid`)."""
+    pooled from level 2 (``inner``: ``INNER``, or the top level of a slide with fewer levels); the levels above
+    from each block's level ``inner`` (:class:`wsiseg.store.BlockPyramid`)."""
     height, width = source.shape
     page = plan.page
     across = -(-page.imagewidth // chunk)
-    inner = max(0, min(inner, levels - 1))
+    inner = min(INNER, levels - 1)
     side = chunk << inner
     arrays, (h, w) = [], (height, width)
     for k in range(inner + 1):
@@ -247,7 +249,7 @@ def write_copied(
             return write_levels(arrays, 2, y, x, block, executor, above)
 
     above = None  # levels inner+1.. built from the blocks' level inner, in memory
-    if inner >= 2 and levels > inner + 1:
+    if levels > inner + 1:  # (then inner = INNER >= 2: the blocks' level 2 and up are in memory)
         above = BlockPyramid(root, arrays[inner].shape, levels - inner - 1, chunk, codec, "mean", workers, first=inner + 1)
     times = times or StepTimes()
     with closing(blocks), chunk_writers(workers, direct=False) as executor, above or nullcontext():  # JPEG chunks: cached writes
@@ -286,5 +288,3 @@ def write_copied(
         with times.step(WRITERS):
             for job in pending:
                 job.result()
-    if above is None and levels > inner + 1:
-        build_pyramid(root, levels, chunk, codec, "mean", start=inner + 1, workers=workers)
