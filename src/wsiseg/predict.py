@@ -584,10 +584,24 @@ def _single_thread() -> None:
     torch.set_num_threads(1)
 
 
+def _model_ready(models: Sequence[torch.nn.Module], device: torch.device, tile: int) -> list[torch.nn.Module]:
+    """``models`` laid out channels_last (in place, as the input: see TileNormaliser); on a GPU, where
+    :func:`forward_views` runs them under autocast, as :func:`precast_checked` copies (weights cast once, not for
+    every batch), checked on one random ``tile``² batch."""
+    for model in models:
+        model.to(memory_format=torch.channels_last)
+    if device.type != "cuda":
+        return list(models)
+    noise = torch.Generator(device).manual_seed(0)
+    probe = torch.randn((1, 3, tile, tile), generator=noise, device=device).contiguous(memory_format=torch.channels_last)
+    return [precast_checked(model, GPU_DTYPE, probe) for model in models]
+
+
 def _blend_rows(
     plan: _Plan, strip: tuple[int, int], models, device: torch.device, writer: _BandWriter, channels: int, bar, times: StepTimes
 ) -> None:
-    """Predict every tile row of ``plan`` in model columns ``strip`` and hand the blended rows to ``writer``.
+    """Predict every tile row of ``plan`` in model columns ``strip`` with ``models`` (from :func:`_model_ready`) and
+    hand the blended rows to ``writer``.
 
     Three threads, so the model's never waits: the reader reads, cuts and normalises
     tiles ahead; this thread runs the model; the blender adds its probabilities into
@@ -595,12 +609,6 @@ def _blend_rows(
     PyramidWriters compress in their own threads).  Queues are a few batches deep:
     memory holds a few bands, never the slide.  Each thread's steps are timed into ``times``."""
     T, (b0, b1) = plan.T, strip
-    for model in models:  # in place, as the input: see TileNormaliser
-        model.to(memory_format=torch.channels_last)
-    if device.type == "cuda":  # forward_views runs them under autocast: their weights cast once, not per batch
-        noise = torch.Generator(device).manual_seed(0)
-        probe = torch.randn((1, 3, T, T), generator=noise, device=device).contiguous(memory_format=torch.channels_last)
-        models = [precast_checked(model, GPU_DTYPE, probe) for model in models]
     cover = plan.strip_tiles(b0, b1)
     left, c0, c1 = min(cover), max(0, b0 - 1), min(plan.dw, b1 + 1)  # band origin; strip with a context column each side
     blender = _Blender(channels, T, max(cover) + T - left, blend_window(T, plan.params.blend, plan.params.overlap), device)
@@ -732,6 +740,7 @@ def predict_slide(
         else:
             prob_direct, mask_direct = prob_levels, mask_levels
         bar = progress(total=len(plan.ys) * len(strips), desc=f"predict {store.slide_id}", unit="tile row", mininterval=5)
+        ready = _model_ready(models, device, plan.T)  # once for every strip
         times, start = StepTimes(), time.perf_counter()
         for i, (b0, b1) in enumerate(strips):
             columns = (b0 - max(0, b0 - 1), b0, b1)
@@ -743,7 +752,7 @@ def predict_slide(
                 PyramidWriter(mask_group, size, mask_direct, params.chunk, codec, "max", 1, level0, i == 0) as mask,
             ):
                 writer = _BandWriter(prob, mask, size, ds, params.threshold, model_grid, columns)
-                _blend_rows(plan, (b0, b1), models, device, writer, classes, bar, times)
+                _blend_rows(plan, (b0, b1), ready, device, writer, classes, bar, times)
             release_memory()  # what the strip's buffers held goes back to the system: peak memory stays one strip's
         bar.close()
         tiles_s = time.perf_counter() - start
