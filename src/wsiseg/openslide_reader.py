@@ -11,6 +11,9 @@ memory is that of the region asked for, whatever the slide's size.
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,9 +25,30 @@ from .slide import Piece, PyramidReader, SlideError
 TILE = 1024  # side of the pieces a region is read in (OpenSlide's own tiles are 240-1024 px)
 
 
+@functools.cache
+def _detect_vendor():
+    """``openslide_detect_vendor`` of the openslide-bin wheel's library through ctypes, or None without the wheel.
+
+    Importing ``openslide`` costs ~25 ms (it imports Pillow); loading the library alone ~2 ms, and auto
+    detection runs for every TIFF converted.  A function object of its own (``lib[name]``, not
+    ``lib.name``), so openslide-python's argument and result types on the shared one do not apply."""
+    try:
+        import openslide_bin
+
+        function = openslide_bin.libopenslide1["openslide_detect_vendor"]
+    except (ImportError, AttributeError, OSError):  # no wheel (a system OpenSlide): openslide-python finds it
+        return None
+    function.argtypes, function.restype = [ctypes.c_char_p], ctypes.c_char_p
+    return function
+
+
 def detect(path: Path) -> str | None:
     """The vendor OpenSlide recognises ``path`` as (``aperio``, ``hamamatsu``, ``mirax``, ``generic-tiff``, ...),
     or None when it does not (or OpenSlide is not installed)."""
+    function = _detect_vendor()
+    if function is not None:
+        vendor = function(str(path).encode("utf-8") if os.name == "nt" else os.fsencode(path))
+        return vendor.decode() if vendor else None
     try:
         import openslide
     except ImportError:  # pragma: no cover - openslide-python is a dependency
