@@ -153,3 +153,26 @@ def test_prefetch_hands_on_errors_and_stops_when_abandoned():
     assert next(bands) == 0
     bands.close()
     assert len(produced) <= 4  # read ahead by at most a band or two, then stopped
+
+
+def test_prefetch_starts_before_the_first_request_and_stops_unused():
+    """The reader starts as soon as it is made (the first band decodes while the writer creates its arrays),
+    and one closed or dropped before it was ever iterated stops its thread."""
+    import threading
+
+    from wsiseg.prefetch import prefetch
+
+    started, produced = threading.Event(), []
+
+    def endless():
+        for i in range(10_000):
+            produced.append(i)
+            started.set()
+            yield i
+
+    bands = prefetch(endless(), depth=2, name="test-early")
+    assert started.wait(5)  # produced without anyone asking
+    bands.close()
+    assert len(produced) <= 3 and list(bands) == []
+    prefetch(endless(), name="test-dropped")  # dropped at once
+    assert not any(t.name.startswith("test-") for t in threading.enumerate())
