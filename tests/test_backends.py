@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 
@@ -96,6 +97,21 @@ def test_vendor_detection_agrees_with_openslide_python_without_importing_it(rgb_
     code += "print(b, 'openslide' in sys.modules, 'PIL.Image' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code, str(rgb_tiff[0])], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["tifffile", "False", "False"]
+
+
+def test_vendor_detection_without_the_openslide_bin_wheel_uses_openslide_python(svs, monkeypatch):
+    """A conda env has a system OpenSlide and no openslide-bin: detection goes through openslide-python."""
+    importlib.import_module("openslide")  # its library loaded first, as a conda env's system OpenSlide would be
+
+    from wsiseg import openslide_reader
+
+    monkeypatch.setitem(sys.modules, "openslide_bin", None)  # importing it raises ImportError
+    openslide_reader._detect_vendor.cache_clear()
+    try:
+        assert openslide_reader._detect_vendor() is None
+        assert detect(svs[0]) == "aperio" and choose_backend(svs[0]) == "tifffile"
+    finally:
+        openslide_reader._detect_vendor.cache_clear()
 
 
 def test_dicom_wsi_reads_back_equal_pixels_levels_and_pixel_spacing(svs, dicom, tmp_path):

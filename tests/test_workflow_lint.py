@@ -45,7 +45,11 @@ def _imports(path: Path, seen: set[Path]) -> set[str]:
         return set()
     seen.add(path)
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    optional = _optional_imports(tree)
+    for node in ast.walk(tree):
+        if id(node) in optional:
+            continue
         names = []
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
@@ -66,6 +70,20 @@ def _imports(path: Path, seen: set[Path]) -> set[str]:
             elif top not in STDLIB and top != "snakemake":
                 found.add(top)
     return found
+
+
+def _optional_imports(tree: ast.AST) -> set[int]:
+    """Import nodes (ids) inside a ``try`` that catches ImportError: optional, with a fallback (e.g. the
+    openslide-bin wheel's library, where conda's env has a system OpenSlide that openslide-python finds)."""
+    def catches(handler: ast.ExceptHandler) -> bool:
+        types = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
+        return any(isinstance(t, ast.Name) and t.id in ("ImportError", "ModuleNotFoundError") for t in types)
+
+    return {
+        id(sub)
+        for node in ast.walk(tree) if isinstance(node, ast.Try) and any(catches(h) for h in node.handlers)
+        for child in node.body for sub in ast.walk(child) if isinstance(sub, (ast.Import, ast.ImportFrom))
+    }
 
 
 def _env_packages(env: dict) -> dict[str, str]:
