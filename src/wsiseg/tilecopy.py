@@ -135,11 +135,12 @@ def _check_tile(plan: TileCopy, codec: PlanarJpeg, index: int, data: bytes) -> s
     page = plan.page
     if not data.startswith(SOI):
         return f"tile {index} does not start with a JPEG SOI marker"
+    stream = plan.stream(data)
     try:
         # (1, h, w, 3) full tile -> (h, w, 3)
         expected = page.decode(data, index, jpegtables=page.jpegtables, jpegheader=page.jpegheader, _fullsize=True)[0][0]
-        copied = codec.decode_rgb(plan.stream(data))  # as the store's readers decode it (before splitting the planes)
-        reduced = _half(plan, index, plan.stream(data))
+        copied = codec.decode_rgb(stream)  # as the store's readers decode it (before splitting the planes)
+        reduced = _half(plan, index, stream)
     except Exception as err:  # codec errors come in many types
         return f"tile {index} does not decode as a stand-alone JPEG stream ({type(err).__name__}: {err})"
     if copied.shape != expected.shape or not np.array_equal(copied, expected):
