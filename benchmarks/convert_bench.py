@@ -20,7 +20,7 @@ over convert's, which a shared machine's load moves much less than wall times).
 
 Usage::
 
-    python benchmarks/convert_bench.py --sizes 20000 40000 --out benchmarks/results/convert.json
+    python benchmarks/convert_bench.py --sizes 20000 40000 --out benchmarks/results/convert_lossless_synthetic.json
 
 ``real`` slides are tiled JPEG (q90) mosaics of real H&E crops (``--real-sizes``, from
 ``../shared/data/gbm40``, generated at benchmark time into the temporary folder): real tissue
@@ -372,7 +372,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--onestrip-sizes", type=int, nargs="*", default=[20000])
     parser.add_argument("--real-sizes", type=int, nargs="*", default=[20000, 40000],
                         help="tiled JPEG mosaics of real H&E crops (../shared/data/gbm40, never copied into the repo)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "convert.json")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "convert_lossless_synthetic.json")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
     parser.add_argument("--repeats", type=int, default=3, help="decode/convert pairs per slide (medians reported)")
     parser.add_argument("--options", type=json.loads, default={}, help='convert_slide keywords as JSON, e.g. \'{"level": 5}\'')

@@ -2,7 +2,7 @@
 
 Run on a machine with a CUDA GPU (on CPU it runs too, without utilisation samples: a smoke test)::
 
-    python benchmarks/gpu_bench.py --size 40000 --out benchmarks/results/gpu.json [--repeats 2] [--workdir DIR]
+    python benchmarks/gpu_bench.py --size 40000 --out benchmarks/results/gpu_predict_40k.json [--repeats 2] [--workdir DIR]
 
 On a synthetic all-tissue slide of ``--size``² (every tile is predicted: the worst case), for each
 ``--downscales`` (1: every level-0 pixel goes through the model; 2: the kidney recipes' scale), alternating
@@ -123,7 +123,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--batch", type=int, nargs="+", default=[16], help="tiles per model call (each measured)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: every core)")
-    opts, work = parse_with_common(parser, "benchmarks/results/gpu.json")
+    opts, work = parse_with_common(parser, "benchmarks/results/gpu_predict_40k.json")
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     report: dict = {"machine": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,

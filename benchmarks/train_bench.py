@@ -16,7 +16,7 @@ The loader is not the bottleneck when its images/s is well above ``consume``.
 Usage::
 
     python benchmarks/train_bench.py --sizes 128 256 --out benchmarks/results/train.json
-    python benchmarks/train_bench.py --sizes 256 --batch 64 --workers 0 2 8 --train-workers 8 --out gpu.json  # GPU
+    python benchmarks/train_bench.py --sizes 256 --batch 64 --workers 0 2 8 --train-workers 8 --out benchmarks/results/train_gpu.json  # GPU
 """
 
 from __future__ import annotations
