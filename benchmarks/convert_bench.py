@@ -171,8 +171,8 @@ def plain_decode(path: Path, workers: int | None) -> dict:
 
 def io_floor(store: Path, workdir: Path) -> dict:
     """Time to write as many files of the same total size as ``store`` holds, the way convert writes its
-    chunk files (:func:`wsiseg.store.write_file`: O_DIRECT where allowed), in one thread: this disk's write floor."""
-    from wsiseg.store import direct_io, write_file
+    chunk files (:func:`wsiseg.store.slide.write_file`: O_DIRECT where allowed), in one thread: this disk's write floor."""
+    from wsiseg.store.slide import direct_io, write_file
 
     files = [f for f in store.rglob("*") if f.is_file()]
     total = sum(f.stat().st_size for f in files)
@@ -204,7 +204,7 @@ def psnr(store: Path, path: Path) -> float:
     """PSNR (dB) of the store's level 0 against tifffile's decode of the source, read in bands of 512 rows."""
     import zarr
 
-    from wsiseg.store import SlideStore
+    from wsiseg.store.slide import SlideStore
 
     level0, error, count = SlideStore(store).levels[0], 0.0, 0
     source = zarr.open(tifffile.imread(path, aszarr=True, level=0), mode="r")
@@ -219,11 +219,11 @@ def psnr(store: Path, path: Path) -> float:
 def level1_psnr(store: Path, path: Path) -> dict:
     """PSNR (dB) against the exact 2x2 mean of tifffile's decode: of the store's level 1, and (JPEG-tiled
     sources) of libjpeg's DCT-scaled 1/2 decode of each tile, which tile-copy stores use as level 1 before
-    encoding it (:mod:`wsiseg.tilecopy`)."""
+    encoding it (:mod:`wsiseg.store.tilecopy`)."""
     import cv2
     import zarr
 
-    from wsiseg.store import SlideStore
+    from wsiseg.store.slide import SlideStore
 
     level1 = SlideStore(store).levels[1]
     source = zarr.open(tifffile.imread(path, aszarr=True, level=0), mode="r")
@@ -266,7 +266,7 @@ def workdir_file_system(workdir: Path) -> dict:
     Without a journal (this VM's root file system) ext4 checks each new inode against recently deleted
     ones, which made creating a store's thousands of chunk files 2-3x dearer after earlier runs'
     deletions: not what a cluster's file systems (journaled ext4, xfs, Lustre, NFS) do."""
-    from wsiseg.store import mount_of
+    from wsiseg.store.slide import mount_of
 
     device, point, kind = mount_of(workdir)
     journal = Path(f"/proc/fs/jbd2/{Path(device).name}-8").exists() if kind == "ext4" else None

@@ -18,7 +18,7 @@ opens any generic tiled TIFF (OpenSlide).  The same untrained demo U-Net checkpo
   baseline resolution), no tissue mask (``auto_get_mask=False``: every tile, as
   ``min_tissue=0``), ``output_type="zarr"`` with probabilities: its usual zarr output
   (float probabilities + the thresholded mask) on disk.  The wrapper's ``infer_batch`` applies
-  wsiseg's normalisation (``wsiseg.data.MEAN``/``STD``) and the sigmoid.
+  wsiseg's normalisation (``wsiseg.nn.data.MEAN``/``STD``) and the sigmoid.
 
 Each run is a fresh subprocess (CPU, 2 torch threads; imports are not timed, loading the
 checkpoint is); the two alternate ``--repeats`` times.  Every run records wall and CPU seconds
@@ -83,8 +83,8 @@ def tia_model(checkpoint: str):
     import torch
     from tiatoolbox.models.models_abc import ModelABC
 
-    from wsiseg.data import MEAN, STD
-    from wsiseg.model import load_model
+    from wsiseg.nn.data import MEAN, STD
+    from wsiseg.nn.module import load_model
 
     class WsisegModel(ModelABC):
         def __init__(self, net: torch.nn.Module):
@@ -125,7 +125,7 @@ def _child(kind: str, args: dict) -> dict:
         from tiatoolbox.models.engine.io_config import IOSegmentorConfig
         from tiatoolbox.models.engine.semantic_segmentor import SemanticSegmentor
 
-        importlib.import_module("wsiseg.model")  # imports are not timed
+        importlib.import_module("wsiseg.nn.module")  # imports are not timed
     start, cpu = time.perf_counter(), time.process_time()
     if kind == "wsiseg":
         params = PredictParams(tile=TILE, overlap=OVERLAP, batch_size=BATCH, min_tissue=0.0, device="cpu",

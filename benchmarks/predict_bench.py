@@ -36,8 +36,8 @@ import numpy as np
 import torch
 import zarr
 
-from wsiseg.model import SegmentationModule
-from wsiseg.store import build_pyramid, compressor, create_level, level_count, multiscales
+from wsiseg.nn.module import SegmentationModule
+from wsiseg.store.slide import build_pyramid, compressor, create_level, level_count, multiscales
 
 TINY = dict(encoder_depth=3, decoder_channels=[16, 8, 4])
 DEMO = dict(encoder_depth=4, decoder_channels=[128, 64, 32, 16])
@@ -100,7 +100,7 @@ def _model(args: dict) -> torch.nn.Module:
     """The measured model: a light one by name, else the checkpoint."""
     if args.get("light"):
         return LIGHT[args["light"]](args["downscale"]).eval()
-    from wsiseg.model import load_model
+    from wsiseg.nn.module import load_model
 
     return load_model(args["ckpt"])
 
@@ -114,7 +114,7 @@ def make_checkpoint(path: Path, downscale: float, net: dict) -> Path:
 
 
 class _StepRecords(logging.Handler):
-    """Keeps the step times predict logs (``step_seconds``: each thread's time per step, see ``wsiseg.logs.StepTimes``)."""
+    """Keeps the step times predict logs (``step_seconds``: each thread's time per step, see ``wsiseg.utils.logs.StepTimes``)."""
 
     def __init__(self) -> None:
         super().__init__(logging.INFO)
@@ -129,7 +129,7 @@ def _child(kind: str, args: dict) -> dict:
     torch.set_num_threads(args.get("threads", 2))
     model = _model(args) if kind in ("predict", "forward") else None
     import wsiseg.predict  # noqa: F401  (imports are not timed)
-    import wsiseg.store  # noqa: F401
+    import wsiseg.store.slide  # noqa: F401
 
     device = torch.device(args.get("device", "cpu"))
     if kind == "forward":  # warm-up outside the clock: cuDNN picks its kernels on the first batches
@@ -159,7 +159,7 @@ def _child(kind: str, args: dict) -> dict:
         _forward(model, batch, n)
         extra["tiles"] = n
     elif kind == "read":  # the floor: every level-0 chunk of the slide read and decoded, in full-width row bands
-        from wsiseg.store import SlideStore
+        from wsiseg.store.slide import SlideStore
 
         store = SlideStore(args["slide"])
         for y in range(0, store.height, 512):
@@ -167,8 +167,8 @@ def _child(kind: str, args: dict) -> dict:
     elif kind == "monai":
         from monai.inferers import sliding_window_inference
 
-        from wsiseg.data import to_tensor
-        from wsiseg.model import load_model
+        from wsiseg.nn.data import to_tensor
+        from wsiseg.nn.module import load_model
 
         model = load_model(args["ckpt"])
         image = np.asarray(zarr.open_group(args["slide"], mode="r")["0"][:]).transpose(1, 2, 0)

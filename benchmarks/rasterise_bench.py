@@ -5,7 +5,7 @@ radius 45% of the slide's short side, its edge wiggled at high frequency
 plus sub-pixel noise, like a traced tissue boundary) and then, in a fresh
 subprocess so that the peak memory is the rasteriser's alone:
 
-* ``read_seconds``: :class:`wsiseg.masks.PolygonMask` opening the file
+* ``read_seconds``: :class:`wsiseg.annotations.masks.PolygonMask` opening the file
   (JSON parsing, shapely polygons, validation);
 * ``rasterise_seconds``: iterating :meth:`PolygonMask.blocks` over the whole
   slide in 512 px tiles, what ``convert`` does when writing ``labels/mask``;
@@ -51,7 +51,7 @@ CHILD = r"""
 import json, sys, time
 from pathlib import Path
 import numpy as np
-from wsiseg.masks import PolygonMask
+from wsiseg.annotations.masks import PolygonMask
 
 
 def peak_mb():
@@ -116,7 +116,7 @@ def main() -> None:
             results.append(median)
             print(json.dumps(median), flush=True)
     report = {
-        "benchmark": "polygon rasterisation (wsiseg.masks.PolygonMask: read + blocks)",
+        "benchmark": "polygon rasterisation (wsiseg.annotations.masks.PolygonMask: read + blocks)",
         "machine": {"python": platform.python_version(), "platform": platform.platform(), "processor": platform.processor()},
         "targets": "1,000,000 vertices on 4096x4096: < 10 s and < 500 MB peak RSS",
         "before": "skimage.draw.polygon per tile: 10,000 vertices on 900x800 took 103 s; 1,000,000 killed at 240 s, 1 GB",

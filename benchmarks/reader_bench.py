@@ -46,7 +46,7 @@ CHILD = """
 import json, re, sys, time
 from pathlib import Path
 from wsiseg.convert import convert_slide
-from wsiseg.slide import SourceSlide
+from wsiseg.readers.slide import SourceSlide
 task, path, out, reader = sys.argv[1:5]
 start = time.perf_counter()
 if task == "read":

@@ -101,7 +101,7 @@ def write_store(path: Path, size: int) -> Path:
     """A prediction store holding :func:`make_mask` as its level-0 mask (512² chunks, Blosc-lz4 unshuffled: predict's codec)."""
     import zarr
 
-    from wsiseg.store import LABEL_AXES, compressor, create_level, multiscales
+    from wsiseg.store.slide import LABEL_AXES, compressor, create_level, multiscales
 
     mask = make_mask(size)
     root = zarr.open_group(path, mode="w", zarr_format=2)

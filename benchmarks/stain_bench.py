@@ -45,7 +45,7 @@ from wsiseg.convert import convert_slide
 from wsiseg.patches import PatchParams, extract_patches
 from wsiseg.predict import PredictParams, predict_slide
 from wsiseg.report import match_objects, scores, slide_metrics
-from wsiseg.store import SlideStore
+from wsiseg.store.slide import SlideStore
 from wsiseg.train import TrainParams, train_model
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gbm40"

@@ -34,7 +34,7 @@ import pytorch_lightning as pl
 import torch
 
 from wsiseg.convert import convert_slide
-from wsiseg.data import PatchDataModule
+from wsiseg.nn.data import PatchDataModule
 from wsiseg.demo import DemoSpec, generate_demo
 from wsiseg.patches import PatchParams, extract_patches
 from wsiseg.train import TrainParams, _module, _patch_meta

@@ -45,12 +45,12 @@ def rgb_tiff(tmp_path) -> tuple[Path, np.ndarray]:
 
 def write_prediction(path: Path, mask: np.ndarray, chunk: int = 16) -> Path:
     """A prediction store holding ``mask`` (probability = mask x 255), in predict's OME-NGFF layout
-    (:mod:`wsiseg.predstore`): probability image at the root, ``labels/mask`` (y, x)."""
+    (:mod:`wsiseg.store.prediction`): probability image at the root, ``labels/mask`` (y, x)."""
     import zarr
 
     from wsiseg.modelcard import label_names
-    from wsiseg.predstore import image_attrs, label_attrs
-    from wsiseg.store import build_pyramid, compressor, create_level, level_count
+    from wsiseg.store.prediction import image_attrs, label_attrs
+    from wsiseg.store.slide import build_pyramid, compressor, create_level, level_count
 
     root = zarr.open_group(path, mode="w", zarr_format=2)
     levels = level_count(*mask.shape, chunk)

@@ -14,11 +14,11 @@ import tifffile
 import zarr
 from wsi_formats import SVS_MPP, tissue_like, write_dicom, write_philips, write_svs
 
-from wsiseg.backends import choose_backend
+from wsiseg.readers.registry import choose_backend
 from wsiseg.convert import convert_slide
-from wsiseg.openslide_reader import detect, flatten
-from wsiseg.samples import validate_samples
-from wsiseg.slide import SlideError, SourceSlide
+from wsiseg.readers.openslide import detect, flatten
+from wsiseg.samples.sheet import validate_samples
+from wsiseg.readers.slide import SlideError, SourceSlide
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def test_vendor_detection_agrees_with_openslide_python_without_importing_it(rgb_
     for path in (rgb_tiff[0], svs[0], philips, junk, odd, tmp_path / "missing.tif"):
         assert detect(path) == openslide.OpenSlide.detect_format(str(path)), path
     assert [detect(p) for p in (rgb_tiff[0], svs[0], philips, junk)] == ["generic-tiff", "aperio", "philips", None]
-    code = "import sys; from wsiseg.backends import choose_backend; b = choose_backend(__import__('pathlib').Path(sys.argv[1])); "
+    code = "import sys; from wsiseg.readers.registry import choose_backend; b = choose_backend(__import__('pathlib').Path(sys.argv[1])); "
     code += "print(b, 'openslide' in sys.modules, 'PIL.Image' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code, str(rgb_tiff[0])], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["tifffile", "False", "False"]
@@ -103,7 +103,7 @@ def test_vendor_detection_without_the_openslide_bin_wheel_uses_openslide_python(
     """A conda env has a system OpenSlide and no openslide-bin: detection goes through openslide-python."""
     importlib.import_module("openslide")  # its library loaded first, as a conda env's system OpenSlide would be
 
-    from wsiseg import openslide_reader
+    from wsiseg.readers import openslide as openslide_reader
 
     monkeypatch.setitem(sys.modules, "openslide_bin", None)  # importing it raises ImportError
     openslide_reader._detect_vendor.cache_clear()

@@ -78,7 +78,7 @@ class Evil:
 
 def predicted(path: str) -> str:
     """A folder that wsiseg predict wrote (its marker file)."""
-    from wsiseg.io import MARKER
+    from wsiseg.utils.io import MARKER
 
     return str(Path(write(f"{path}/{MARKER}", json.dumps({"stage": "predict", "complete": True}))).parent)
 

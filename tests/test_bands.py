@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import zarr
 
-from wsiseg.bands import BandReader
+from wsiseg.store.bands import BandReader
 from wsiseg.patches import grid_positions
-from wsiseg.store import SlideStore, build_pyramid, compressor, create_level, interleave, level_count, multiscales
+from wsiseg.store.slide import SlideStore, build_pyramid, compressor, create_level, interleave, level_count, multiscales
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def test_bands_equal_read_image_and_decode_each_chunk_once(store, ds, tile, over
     ys, xs = grid_positions(dh, tile, tile - overlap), grid_positions(dw, tile, tile - overlap)
     width = max(xs) + tile
     reads = []
-    import wsiseg.bands as bands
+    import wsiseg.store.bands as bands
 
     original = bands.read_region
     monkeypatch.setattr(bands, "read_region", lambda a, y0, y1, *rest, **kw: reads.append((y0, y1)) or original(a, y0, y1, *rest, **kw))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from wsiseg.checks import canonical, plan_problems, schema_problem
-from wsiseg.losses import build_loss
+from wsiseg.config.checks import canonical, plan_problems, schema_problem
+from wsiseg.nn.losses import build_loss
 
 
 def test_canonical_sorts_keys_but_keeps_the_augmentation_pipeline_order():
@@ -45,7 +45,7 @@ def test_image_shape_reads_headers_only(tmp_path):
     import numpy as np
     import tifffile
 
-    from wsiseg.checks import image_shape
+    from wsiseg.config.checks import image_shape
     from test_ingest_safety import png_declaring
 
     cv2.imwrite(str(tmp_path / "a.png"), np.zeros((30, 50, 3), np.uint8))

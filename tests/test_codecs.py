@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from wsiseg.codecs import PlanarJpeg
+from wsiseg.store.codecs import PlanarJpeg
 from wsiseg.convert import convert_slide
-from wsiseg.store import SlideStore
+from wsiseg.store.slide import SlideStore
 
 GBM40 = Path(__file__).resolve().parents[2] / "shared" / "data" / "gbm40" / "images"
 
@@ -83,7 +83,7 @@ def test_ome_zarr_py_reads_a_jpeg_store_after_importing_the_codec(he_tiff, tmp_p
     path, source = he_tiff
     store = convert_slide(path, tmp_path / "jpeg.zarr", chunk=256, compression="jpeg")
     code = (
-        "import sys, numpy as np, wsiseg.codecs; from ome_zarr import io, reader; "
+        "import sys, numpy as np, wsiseg.store.codecs; from ome_zarr import io, reader; "
         "node = next(iter(reader.Reader(io.parse_url(sys.argv[1]))())); "
         "print(tuple(np.asarray(node.data[0][:, :64, :64]).shape), int(np.asarray(node.data[0][:, :64, :64]).mean()))"
     )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from wsiseg.configdoc import SCHEMA, render
+from wsiseg.config.doc import SCHEMA, render
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,10 +25,10 @@ def test_every_config_key_is_described():
 
 
 def test_config_readme_is_generated_from_the_schema():
-    """Regenerate with `python -m wsiseg.configdoc > config/README.md` after editing the schema."""
+    """Regenerate with `python -m wsiseg.config.doc > config/README.md` after editing the schema."""
     schema = yaml.safe_load(SCHEMA.read_text())
     text = (ROOT / "config" / "README.md").read_text()
-    assert text == render(schema), "config/README.md is out of date: python -m wsiseg.configdoc > config/README.md"
+    assert text == render(schema), "config/README.md is out of date: python -m wsiseg.config.doc > config/README.md"
     for key, spec in _keys(schema):
         if spec.get("type") != "object":
             assert f"`{key}`" in text

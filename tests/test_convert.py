@@ -8,9 +8,9 @@ import zarr
 
 from wsiseg import rle
 from wsiseg.convert import convert_slide
-from wsiseg.masks import MaskError
-from wsiseg.slide import SlideError
-from wsiseg.store import SlideStore
+from wsiseg.annotations.masks import MaskError
+from wsiseg.readers.slide import SlideError
+from wsiseg.store.slide import SlideStore
 
 
 def test_level0_equals_tifffile_and_pyramid_is_ngff(rgb_tiff, tmp_path):
@@ -177,7 +177,7 @@ def test_config_schema_convert_block_matches_convert_slide():
 def test_one_pass_pyramid_equals_pyramid_built_from_level0(tmp_path, storage):
     """Blocks (tiled: chunks taken from the decoded tiles, whatever their size) and bands (stripped) build
     every level on the fly; level 0 is what tifffile decodes and each level equals the 2x2 mean of the one below."""
-    from wsiseg.store import build_pyramid, compressor, create_level
+    from wsiseg.store.slide import build_pyramid, compressor, create_level
 
     image = np.random.default_rng(4).integers(0, 256, (700, 1100, 3), dtype=np.uint8)  # several blocks, odd halves
     tifffile.imwrite(tmp_path / "s.tif", image, photometric="rgb", **storage)
@@ -193,7 +193,7 @@ def test_one_pass_pyramid_equals_pyramid_built_from_level0(tmp_path, storage):
 
 def test_tiles_larger_than_a_block_are_decoded_once(tmp_path, monkeypatch):
     """Blocks grow to the tile size, so a large-tiled file does not decode each tile several times."""
-    from wsiseg.slide import SourceSlide
+    from wsiseg.readers.slide import SourceSlide
 
     image = np.random.default_rng(6).integers(0, 256, (256, 300, 3), dtype=np.uint8)
     tifffile.imwrite(tmp_path / "big.tif", image, photometric="rgb", tile=(256, 256), compression="zlib")

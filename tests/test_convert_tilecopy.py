@@ -1,4 +1,4 @@
-"""Compact stores from tiled JPEG TIFFs by tile copy (``convert.compression: jpeg``, :mod:`wsiseg.tilecopy`):
+"""Compact stores from tiled JPEG TIFFs by tile copy (``convert.compression: jpeg``, :mod:`wsiseg.store.tilecopy`):
 level 0 is the TIFF's own JPEG tiles, bit-identical to tifffile's decode, whatever the colour-space
 variant; slides that cannot be copied fall back to decode + re-encode, and the log and attributes say so."""
 
@@ -14,10 +14,10 @@ import pytest
 import tifffile
 import zarr
 
-import wsiseg.tilecopy
+import wsiseg.store.tilecopy
 from wsiseg.convert import convert_slide
-from wsiseg.slide import SlideError
-from wsiseg.store import SlideStore, halve
+from wsiseg.readers.slide import SlideError
+from wsiseg.store.slide import SlideStore, halve
 
 TILE = 256
 SHAPE = (600, 700)  # edge tiles on both sides
@@ -126,7 +126,7 @@ def test_a_variant_that_would_decode_differently_falls_back(tmp_path, caplog, mo
     """Without the Adobe marker an Aperio-style RGB tile reads as YCbCr: the check sees it and decodes instead."""
     path = tmp_path / "s.tif"
     _write(path, _image(), "aperio")
-    monkeypatch.setattr(wsiseg.tilecopy, "ADOBE_RGB", b"")
+    monkeypatch.setattr(wsiseg.store.tilecopy, "ADOBE_RGB", b"")
     with caplog.at_level(logging.INFO, logger="wsiseg"):
         store = convert_slide(path, tmp_path / "s.zarr", chunk=TILE, compression="jpeg")
     assert "decodes differently as a stand-alone JPEG stream" in caplog.text
@@ -238,16 +238,16 @@ def test_half_scale_decoders_agree_and_fall_back(tmp_path, monkeypatch):
     path = tmp_path / "s.tif"
     _write(path, _image(), "ycbcr")
     with tifffile.TiffFile(path) as tif:
-        plan = wsiseg.tilecopy.TileCopy(tif.pages[0], path, b"\xff\xd8")
+        plan = wsiseg.store.tilecopy.TileCopy(tif.pages[0], path, b"\xff\xd8")
         stream = plan.stream(plan.read([0])[0])
-        fast = wsiseg.tilecopy._half(plan, 0, stream)
+        fast = wsiseg.store.tilecopy._half(plan, 0, stream)
         assert fast.shape == (TILE // 2, TILE // 2, 3)
 
         def refuse(*args, **kwargs):
             raise ValueError("tjDecompressHeader3(): Could not determine subsampling level of JPEG image")
 
-        monkeypatch.setattr(wsiseg.tilecopy.simplejpeg, "decode_jpeg", refuse)
-        np.testing.assert_array_equal(wsiseg.tilecopy._half(plan, 0, stream), fast)
-        monkeypatch.setattr(wsiseg.tilecopy.cv2, "imdecode", lambda *args: None)
-        mean = wsiseg.tilecopy._half(plan, 0, stream)
+        monkeypatch.setattr(wsiseg.store.tilecopy.simplejpeg, "decode_jpeg", refuse)
+        np.testing.assert_array_equal(wsiseg.store.tilecopy._half(plan, 0, stream), fast)
+        monkeypatch.setattr(wsiseg.store.tilecopy.cv2, "imdecode", lambda *args: None)
+        mean = wsiseg.store.tilecopy._half(plan, 0, stream)
         assert mean.shape == fast.shape and np.abs(mean.astype(int) - fast).mean() < 4

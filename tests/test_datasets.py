@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from wsiseg.cli import main
-from wsiseg.datasets import DatasetLayoutError, assign_splits, dataset_samples
+from wsiseg.samples.layouts import DatasetLayoutError, assign_splits, dataset_samples
 
 
 @pytest.fixture
@@ -72,7 +72,7 @@ from layouts import PALETTE, make_colormap, make_dsb2018, make_hpa, make_monuseg
 
 from wsiseg.convert import convert_slide  # noqa: E402
 from wsiseg.report import match_objects  # noqa: E402
-from wsiseg.store import SlideStore  # noqa: E402
+from wsiseg.store.slide import SlideStore  # noqa: E402
 
 
 def converted(row, tmp_path, **options) -> SlideStore:
@@ -153,7 +153,7 @@ def test_monuseg_aperio_xml_is_rasterised_per_region(tmp_path):
 
 def test_colormap_sheet_suggests_the_palette_and_masks_map_to_classes(tmp_path, caplog):
     truth = make_colormap(tmp_path / "tiles", count=4)
-    with caplog.at_level("INFO", logger="wsiseg.datasets"):
+    with caplog.at_level("INFO", logger="wsiseg.samples.layouts"):
         sheet = dataset_samples("colormap", tmp_path / "tiles").set_index("slide_id", drop=False)
     assert '"#00ff00": 1, "#ff0000": 2' in caplog.text
     store = converted(sheet.loc["tile_01"], tmp_path, palette=PALETTE)

@@ -10,8 +10,8 @@ from conftest import write_prediction
 from wsi_formats import SVS_MPP, tissue_like, write_dicom, write_svs
 
 from wsiseg.dicomseg import DicomSegError, write_dicom_seg
-from wsiseg.predstore import Prediction
-from wsiseg.slide import SourceSlide
+from wsiseg.store.prediction import Prediction
+from wsiseg.readers.slide import SourceSlide
 
 
 def prediction(path, mask, mpp=None, slide_id="s1"):

@@ -10,11 +10,11 @@ import pytest
 import tifffile
 
 from wsiseg import convert as convert_module
-from wsiseg import store as store_module
+from wsiseg.store import slide as store_module
 from wsiseg.convert import convert_slide
-from wsiseg.masks import MaskError
-from wsiseg.slide import SlideError
-from wsiseg.store import SlideStore
+from wsiseg.annotations.masks import MaskError
+from wsiseg.readers.slide import SlideError
+from wsiseg.store.slide import SlideStore
 
 
 @pytest.fixture
@@ -132,7 +132,7 @@ def test_interrupted_conversion_leaves_no_complete_looking_store(slide, tmp_path
 
 def test_prefetch_hands_on_errors_and_stops_when_abandoned():
     """The background band reader re-raises a decoding error in the writer and stops when the writer stops."""
-    from wsiseg.prefetch import prefetch
+    from wsiseg.utils.prefetch import prefetch
 
     def failing():
         yield 1
@@ -160,7 +160,7 @@ def test_prefetch_starts_before_the_first_request_and_stops_unused():
     and one closed or dropped before it was ever iterated stops its thread."""
     import threading
 
-    from wsiseg.prefetch import prefetch
+    from wsiseg.utils.prefetch import prefetch
 
     started, produced = threading.Event(), []
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from wsiseg import slide as slide_module
+from wsiseg.readers import slide as slide_module
 from wsiseg.convert import convert_slide
-from wsiseg.slide import SlideError, SourceSlide, StripStreamReader
-from wsiseg.store import SlideStore
+from wsiseg.readers.slide import SlideError, SourceSlide, StripStreamReader
+from wsiseg.store.slide import SlideStore
 
 H, W = 150, 230  # odd sizes: partial tiles, strips and chunks everywhere
 

@@ -12,8 +12,8 @@ import tifffile
 import zarr
 
 from wsiseg.convert import convert_slide
-from wsiseg.masks import MaskError, load_palette, parse_palette
-from wsiseg.store import SlideStore
+from wsiseg.annotations.masks import MaskError, load_palette, parse_palette
+from wsiseg.store.slide import SlideStore
 
 H, W = 120, 160
 
@@ -41,7 +41,7 @@ def test_polygons_crossing_or_outside_the_image_are_clipped_with_a_warning(image
         {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [square(10, 10, 30, 30)]}},  # inside
     ]
     (tmp_path / "p.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": features}))
-    with caplog.at_level(logging.WARNING, logger="wsiseg.masks"):
+    with caplog.at_level(logging.WARNING, logger="wsiseg.annotations.masks"):
         mask = labels_of(image, tmp_path / "p.geojson", tmp_path)
     warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("p.geojson: 1 of 3 polygon(s) lie entirely outside the 160x120 image" in m and "1 cross its border" in m

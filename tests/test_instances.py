@@ -8,12 +8,12 @@ import pytest
 import zarr
 from skimage.measure import label
 
-from wsiseg.instances import min_distance_px, split_mask, split_touching
-from wsiseg.model import load_model
+from wsiseg.imaging.instances import min_distance_px, split_mask, split_touching
+from wsiseg.nn.module import load_model
 from wsiseg.predict import PredictParams, predict_slide
 from wsiseg.report import match_objects
-from wsiseg.stain import fit_normaliser
-from wsiseg.store import SlideStore
+from wsiseg.imaging.stain import fit_normaliser
+from wsiseg.store.slide import SlideStore
 
 
 def touching_pairs(shape: tuple[int, int], centres: list[tuple[int, int]], radius: int = 9) -> tuple[np.ndarray, np.ndarray]:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from wsiseg.io import MARKER, OutputError, atomic_path, check_output, output_stage, remove_leftovers
+from wsiseg.utils.io import MARKER, OutputError, atomic_path, check_output, output_stage, remove_leftovers
 
 
 def _host() -> str:

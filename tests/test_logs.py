@@ -6,7 +6,7 @@ import logging
 import subprocess
 import sys
 
-from wsiseg.logs import PlainProgress, progress
+from wsiseg.utils.logs import PlainProgress, progress
 
 
 def test_progress_writes_plain_periodic_lines(caplog):
@@ -32,7 +32,7 @@ def test_log_files_get_plain_lines_not_bars(tmp_path):
     log = tmp_path / "stage.log"
     code = (
         "import logging, sys; logging.basicConfig(level=logging.INFO, stream=sys.stderr);"
-        "from wsiseg.logs import progress; [None for _ in progress(range(50), desc='patches s', unit='patch')]"
+        "from wsiseg.utils.logs import progress; [None for _ in progress(range(50), desc='patches s', unit='patch')]"
     )
     with open(log, "w") as handle:
         subprocess.run([sys.executable, "-c", code], stderr=handle, check=True)

@@ -13,7 +13,7 @@ import zarr
 from wsiseg.convert import convert_slide
 from wsiseg.modelcard import CARD, ModelError, file_sha256, resolve_model, wsiseg_version
 from wsiseg.predict import PredictParams, predict_slide
-from wsiseg.predstore import Prediction
+from wsiseg.store.prediction import Prediction
 
 PARAMS = PredictParams(tile=64, overlap=16, chunk=128)
 

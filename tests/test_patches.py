@@ -7,7 +7,7 @@ import zarr
 
 from wsiseg.convert import convert_slide
 from wsiseg.patches import PatchParams, extract_patches, grid_positions, select_patches
-from wsiseg.tissue import tissue_mask
+from wsiseg.imaging.tissue import tissue_mask
 
 CELL = 32
 # foreground rows per 32x32 cell of a 4x4 grid: coverage = rows / 32

@@ -7,12 +7,12 @@ import pytest
 import torch
 import zarr
 
-from wsiseg.data import to_tensor
-from wsiseg.model import SegmentationModule, load_model
-from wsiseg.postprocess import clean_mask, postprocess_mask
+from wsiseg.nn.data import to_tensor
+from wsiseg.nn.module import SegmentationModule, load_model
+from wsiseg.imaging.postprocess import clean_mask, postprocess_mask
 from wsiseg.predict import PredictParams, blend_window, predict_batch, predict_slide
-from wsiseg.predstore import Prediction
-from wsiseg.store import SlideStore
+from wsiseg.store.prediction import Prediction
+from wsiseg.store.slide import SlideStore
 
 
 def _whole_image_probability(slide, checkpoint) -> np.ndarray:

@@ -29,7 +29,7 @@ from wsiseg.resolution import (
     scn_pixel_size,
     tiff_pixel_size,
 )
-from wsiseg.store import SlideStore
+from wsiseg.store.slide import SlideStore
 
 from conftest import SNAKEFILE, write_config
 
@@ -279,8 +279,8 @@ def test_physical_scale_without_a_pixel_size_stops_the_dry_run(tmp_path):
 def test_hubmap_hpa_sheet_takes_each_image_pixel_size_from_the_table(tmp_path):
     from layouts import make_hpa
 
-    from wsiseg.datasets import dataset_samples
-    from wsiseg.samples import sheet_mpp, validate_samples
+    from wsiseg.samples.layouts import dataset_samples
+    from wsiseg.samples.sheet import sheet_mpp, validate_samples
 
     make_hpa(tmp_path / "hpa")
     table = pd.read_csv(tmp_path / "hpa" / "train.csv")
@@ -293,7 +293,7 @@ def test_hubmap_hpa_sheet_takes_each_image_pixel_size_from_the_table(tmp_path):
 def test_a_later_config_file_overrides_the_scale_of_an_earlier_one(tmp_path):
     """config.yaml says `downscale: 2`; an example layered over it with `patches.mpp` wins, and a
     third file with `downscale` wins back, as Snakemake's --configfile order promises."""
-    from wsiseg.checks import resolve_exclusive
+    from wsiseg.config.checks import resolve_exclusive
 
     files = [tmp_path / "config.yaml", tmp_path / "example.yaml", tmp_path / "mine.yaml"]
     files[0].write_text("patches: {downscale: 2}\n")

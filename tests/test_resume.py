@@ -112,7 +112,7 @@ def test_killed_run_resumes_bit_for_bit(stores, uninterrupted, tmp_path, num_wor
 def test_augmentation_streams_are_independent_per_transform():
     import numpy as np
 
-    from wsiseg.augment import build_augmentation
+    from wsiseg.nn.augment import build_augmentation
 
     image = np.stack([np.arange(16, dtype=np.uint8).reshape(4, 4)] * 3, -1)
     aug = build_augmentation({"hflip": 0.5, "vflip": 0.5}, seed=3)

@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from wsiseg.samples import SampleSheetError, read_samples
+from wsiseg.samples.sheet import SampleSheetError, read_samples
 
 
 def _sheet(tmp_path, rows, columns=("slide_id", "image", "mask", "split")):

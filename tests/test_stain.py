@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from skimage.color import combine_stains, rgb_from_hed
 
-from wsiseg.augment import build_augmentation, reseed
-from wsiseg.model import load_model
-from wsiseg.stain import HEDJitter, fit_normaliser, fit_training_normaliser, hed_jitter, normalise_image
+from wsiseg.nn.augment import build_augmentation, reseed
+from wsiseg.nn.module import load_model
+from wsiseg.imaging.stain import HEDJitter, fit_normaliser, fit_training_normaliser, hed_jitter, normalise_image
 from wsiseg.train import TrainParams, train_model
 
 from test_train import TINY, write_store

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import zarr
 
-from wsiseg import store
-from wsiseg.store import SlideStore, compressor, create_level, write_block, write_file
+from wsiseg.store import slide as store
+from wsiseg.store.slide import SlideStore, compressor, create_level, write_block, write_file
 
 
 @pytest.mark.parametrize("size", [0, 1, 4095, 4096, 4097, 3 * 2**20 + 5])
@@ -194,7 +194,7 @@ def test_pyramid_from_chunk_files_equals_pooling_through_zarr(tmp_path, how, cha
     """Levels built from level 0's chunk files in threads (a local store) equal zarr's own read, pool and
     write (a memory store), odd edges and chunks never written (the fill value) included; each level is
     the 2x2 mean (or max) of the one below."""
-    from wsiseg.codecs import PlanarJpeg
+    from wsiseg.store.codecs import PlanarJpeg
 
     make = (lambda: PlanarJpeg(90)) if codec == "jpeg" else compressor
     rng = np.random.default_rng(5)

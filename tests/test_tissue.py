@@ -12,8 +12,8 @@ import zarr
 from wsiseg.convert import convert_slide
 from wsiseg.predict import PredictParams, predict_slide
 from wsiseg.report import make_report
-from wsiseg.store import SlideStore
-from wsiseg.tissue import METHODS, TissueMap, choose_method, tissue_mask
+from wsiseg.store.slide import SlideStore
+from wsiseg.imaging.tissue import METHODS, TissueMap, choose_method, tissue_mask
 
 BLOBS = [(60, 70, 28), (190, 300, 45), (300, 110, 35), (110, 420, 38), (300, 420, 25)]  # (y, x, radius)
 
@@ -206,7 +206,7 @@ def test_config_schema_offers_the_tissue_methods_with_predict_defaults():
 def test_histogram_median_equals_numpy_median():
     """``auto`` decides on the slide's median grey value, taken from a histogram: it must be numpy's median exactly
     (odd and even pixel counts, narrow and full value ranges)."""
-    from wsiseg.tissue import _median
+    from wsiseg.imaging.tissue import _median
 
     rng = np.random.default_rng(0)
     for shape in [(1, 1), (2, 1), (7, 3), (100, 101), (512, 512)]:

@@ -12,10 +12,10 @@ import pytorch_lightning as pl
 import torch
 import zarr
 
-from wsiseg.augment import TRANSFORMS, build_augmentation
-from wsiseg.folds import assign_folds, fold_split
-from wsiseg.losses import LOSSES, build_loss
-from wsiseg.model import load_model
+from wsiseg.nn.augment import TRANSFORMS, build_augmentation
+from wsiseg.samples.folds import assign_folds, fold_split
+from wsiseg.nn.losses import LOSSES, build_loss
+from wsiseg.nn.module import load_model
 from wsiseg.train import TrainParams, train_model
 
 SIZE = 64
@@ -233,7 +233,7 @@ def test_kfold_workflow_trains_every_fold_and_predicts_with_all(tmp_path):
 
 def test_cli_flags_give_the_same_params_as_config():
     from wsiseg.cli import build_parser
-    from wsiseg.params import from_args, from_mapping
+    from wsiseg.config.schema import from_args, from_mapping
 
     args = build_parser().parse_args(
         ["train", "--train", "a.zarr", "--val", "b.zarr", "--out-dir", "m", "--loss", "lovasz", "dice=0.5",

@@ -12,7 +12,7 @@ from shapely.geometry import shape
 
 from conftest import write_prediction
 from wsiseg.report import export_geojson, match_objects, objects
-from wsiseg.vector import label_objects, mask_geometries, object_geometries, object_measurements, qupath_features
+from wsiseg.imaging.vector import label_objects, mask_geometries, object_geometries, object_measurements, qupath_features
 
 
 def tricky_masks() -> dict[str, np.ndarray]:

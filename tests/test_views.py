@@ -12,7 +12,7 @@ import tifffile
 from conftest import write_prediction
 from wsiseg.convert import convert_slide
 from wsiseg.report import make_report
-from wsiseg.views import PREDICTION_COLOUR, TRUTH_COLOUR, draw_overlay, overlay_title, scores_html
+from wsiseg.imaging.views import PREDICTION_COLOUR, TRUTH_COLOUR, draw_overlay, overlay_title, scores_html
 
 
 @pytest.fixture

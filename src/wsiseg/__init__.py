@@ -9,3 +9,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
+
+from wsiseg import _legacy  # noqa: E402  (old flat module paths -> their subpackages)
+
+_legacy.install()

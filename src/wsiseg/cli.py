@@ -7,21 +7,21 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import __version__
-from .params import add_arguments, add_schema_arguments, from_args
+from wsiseg import __version__
+from wsiseg.config.schema import add_arguments, add_schema_arguments, from_args
 
 
 def _demo(args) -> None:
-    from .demo import DemoSpec, generate_demo
+    from wsiseg.demo import DemoSpec, generate_demo
 
     samples = generate_demo(args.outdir, DemoSpec(slides=args.slides, height=args.height, width=args.width, seed=args.seed))
     print(f"wrote {len(samples)} slides and {Path(args.outdir) / 'samples.csv'}")
 
 
 def _convert(args) -> None:
-    from .convert import convert_slide
-    from .masks import load_palette
-    from .params import schema_section
+    from wsiseg.convert import convert_slide
+    from wsiseg.annotations.masks import load_palette
+    from wsiseg.config.schema import schema_section
 
     options = {k: getattr(args, k) for k in schema_section("convert") if k != "palette" and hasattr(args, k)}
     palette = load_palette(args.palette) if args.palette else None
@@ -34,7 +34,7 @@ def _convert(args) -> None:
 def _info(args) -> None:
     import json
 
-    from .info import describe, format_info
+    from wsiseg.info import describe, format_info
 
     for path in args.paths:
         info = describe(path)
@@ -42,29 +42,29 @@ def _info(args) -> None:
 
 
 def _patches(args) -> None:
-    from .patches import PatchParams, extract_patches
+    from wsiseg.patches import PatchParams, extract_patches
 
     table = extract_patches(args.slide, args.out_zarr, args.out_csv, from_args(PatchParams, args), args.out_tissue)
     print(f"kept {len(table)} patches: {table['reason'].value_counts().to_dict()}")
 
 
 def _train(args) -> None:
-    from .train import TrainParams, train_model
+    from wsiseg.train import TrainParams, train_model
 
     metrics = train_model(args.train, args.val, args.out_dir, from_args(TrainParams, args, skip=("extra",)), threads=args.threads)
     print(metrics.to_string(index=False))
 
 
 def _predict(args) -> None:
-    from .predict import PredictParams, predict_slide
+    from wsiseg.predict import PredictParams, predict_slide
 
     predict_slide(args.slide, args.checkpoints, args.out, from_args(PredictParams, args), class_names=args.class_names, class_name=args.class_name)
 
 
 def _report(args) -> None:
-    from .report import make_report
-    from .samples import read_samples
-    from .layout import find_store
+    from wsiseg.report import make_report
+    from wsiseg.samples.sheet import read_samples
+    from wsiseg.store.layout import find_store
 
     samples = read_samples(args.samples, check_files=False)
     predictions = {s: p for s in samples.index if (p := find_store(args.predictions, s)) is not None}
@@ -94,7 +94,7 @@ def _report(args) -> None:
 
 
 def _dicom_seg(args) -> None:
-    from .dicomseg import write_dicom_seg
+    from wsiseg.dicomseg import write_dicom_seg
 
     out = write_dicom_seg(
         args.prediction, args.out, source=args.source, class_name=args.class_name, class_names=args.class_names,
@@ -104,7 +104,7 @@ def _dicom_seg(args) -> None:
 
 
 def _samples(args) -> None:
-    from .datasets import dataset_samples
+    from wsiseg.samples.layouts import dataset_samples
 
     dataset_samples(args.format, args.root, args.val_fraction, args.seed).to_csv(sys.stdout, index=False)
 
@@ -118,8 +118,8 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
 
 
 def _samples_args(p: argparse.ArgumentParser) -> None:
-    from .datasets import FORMATS as DATASET_FORMATS
-    from .datasets import LAYOUTS
+    from wsiseg.samples.layouts import FORMATS as DATASET_FORMATS
+    from wsiseg.samples.layouts import LAYOUTS
 
     p.description += "\n\nlayouts:" + "".join(f"\n  {name:14} {text}" for name, text in LAYOUTS.items())
     p.add_argument("root", help="dataset folder")
@@ -152,7 +152,7 @@ def _info_args(p: argparse.ArgumentParser) -> None:
 
 
 def _patches_args(p: argparse.ArgumentParser) -> None:
-    from .patches import PatchParams
+    from wsiseg.patches import PatchParams
 
     p.add_argument("slide", help="converted slide .zarr")
     p.add_argument("out_zarr", help="output patch store (.zarr)")
@@ -162,7 +162,7 @@ def _patches_args(p: argparse.ArgumentParser) -> None:
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
-    from .settings import TrainParams
+    from wsiseg.config.params import TrainParams
 
     p.add_argument("--train", nargs="+", required=True, help="training patch stores")
     p.add_argument("--val", nargs="+", required=True, help="validation patch stores")
@@ -172,7 +172,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 
 def _predict_args(p: argparse.ArgumentParser) -> None:
-    from .settings import PredictParams
+    from wsiseg.config.params import PredictParams
 
     p.add_argument("slide", help="converted slide .zarr")
     p.add_argument("out", help="output prediction .zarr")
@@ -196,7 +196,7 @@ def _report_args(p: argparse.ArgumentParser) -> None:
 
 
 def _dicom_seg_args(p: argparse.ArgumentParser) -> None:
-    from .params import schema_section
+    from wsiseg.config.schema import schema_section
 
     p.add_argument("prediction", help="prediction store (.zarr) from `wsiseg predict`")
     p.add_argument("out", help="output DICOM Segmentation (.dcm)")
@@ -274,7 +274,7 @@ def _stage_in(argv: Sequence[str]) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``wsiseg`` console script."""
-    from .logs import setup_logging
+    from wsiseg.utils.logs import setup_logging
 
     argv = sys.argv[1:] if argv is None else list(argv)
     stage = _stage_in(argv)

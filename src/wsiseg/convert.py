@@ -12,15 +12,15 @@ from typing import Collection, Iterator, Sequence
 import numpy as np
 import zarr
 
-from .backends import describe
-from .io import atomic_path, check_output
-from .logs import StepTimes, progress
-from .masks import MaskError, MaskSource, open_mask
-from .prefetch import prefetch
-from .resolution import choose
-from .slide import MAX_DECODED_PIXELS, SourceSlide, default_workers
-from .tilecopy import TileCopy, copy_plan, write_copied
-from .store import (
+from wsiseg.readers.registry import describe
+from wsiseg.utils.io import atomic_path, check_output
+from wsiseg.utils.logs import StepTimes, progress
+from wsiseg.annotations.masks import MaskError, MaskSource, open_mask
+from wsiseg.utils.prefetch import prefetch
+from wsiseg.resolution import choose
+from wsiseg.readers.slide import MAX_DECODED_PIXELS, SourceSlide, default_workers
+from wsiseg.store.tilecopy import TileCopy, copy_plan, write_copied
+from wsiseg.store.slide import (
     LABEL_AXES,
     LOSSY,
     NGFF_VERSION,
@@ -57,7 +57,7 @@ def write_image(
     (``{"path": "tile-copy" | "decode", "why": ...}``).  ``times`` gets the main thread's time per step.
 
     With ``tile_copy`` and a JPEG store, a tiled JPEG TIFF whose tiles are the chunks has its tiles copied as
-    level 0 (:mod:`wsiseg.tilecopy`); any other slide (the log says why) is decoded and re-encoded."""
+    level 0 (:mod:`wsiseg.store.tilecopy`); any other slide (the log says why) is decoded and re-encoded."""
     if tile_copy and codec.codec_id == "wsiseg_jpeg":
         plan = copy_plan(source, chunk, codec)
         if isinstance(plan, TileCopy):
@@ -88,7 +88,7 @@ def write_blocks(
 
     Each block (read by decoding just its tiles) gives whole chunks of
     levels 0..``inner``, downsampled within the block; the levels above are
-    pooled from each block's level ``inner`` in memory (:class:`wsiseg.store.BlockPyramid`,
+    pooled from each block's level ``inner`` in memory (:class:`wsiseg.store.slide.BlockPyramid`,
     none read back).  Blocks grow to cover a tile when the file's tiles are larger than 4096 px.
     """
     height, width = source.shape
@@ -262,7 +262,7 @@ def convert_slide(
     JPEG of quality ``jpeg_quality`` instead (lossy, several times smaller;
     the label image stays lossless, Blosc-lz4).  In that mode a tiled JPEG TIFF whose tiles are
     ``chunk``² has its tiles copied as level 0 (bit-identical to the source decode, no re-encoding;
-    level 1 from their DCT-scaled 1/2 decode, see :mod:`wsiseg.tilecopy`) unless ``jpeg_tile_copy``
+    level 1 from their DCT-scaled 1/2 decode, see :mod:`wsiseg.store.tilecopy`) unless ``jpeg_tile_copy``
     is False; the log and the ``wsiseg.level0`` attribute say which path a slide took.  ``uint16`` (``scale`` or ``percentile``
     with ``percentiles``) maps non-8-bit pixels to uint8; ``channels`` picks
     three channels of a multi-channel image.  The annotation (RLE table row, GeoJSON or
@@ -282,7 +282,7 @@ def convert_slide(
     are refused before decoding.  NaN/infinite float pixels become 0 and
     are counted in a warning.  ``reader`` picks the library that reads the
     slide: ``tifffile``, ``openslide``, ``dicom`` or ``auto`` (per file, see
-    :mod:`wsiseg.backends`).
+    :mod:`wsiseg.readers.registry`).
 
     The pixel size (micrometres per pixel) is ``mpp`` (the sample sheet's
     column) when given, else what the slide's metadata states, else

@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 import tifffile
 
-from . import rle
-from .io import atomic_path
+from wsiseg import rle
+from wsiseg.utils.io import atomic_path
 
 log = logging.getLogger(__name__)
 

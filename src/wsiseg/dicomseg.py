@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Sequence
 
 
-from .io import atomic_path
-from .predstore import Prediction
+from wsiseg.utils.io import atomic_path
+from wsiseg.store.prediction import Prediction
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def dicom_source(source: str | Path | None):
     """The base-level DICOM header of ``source`` when it is a DICOM WSI (folder or file), else None."""
     if source is None:
         return None
-    from .dicom_reader import DicomReader, is_dicom
+    from wsiseg.readers.dicom import DicomReader, is_dicom
 
     path = Path(source)
     if not path.exists() or not is_dicom(path):
@@ -104,7 +104,7 @@ def dicom_source(source: str | Path | None):
 
 def segment_names(prediction: Prediction, class_name: str, class_names: Sequence[str] | None) -> list[str]:
     """One name per segment: ``class_name`` for a binary prediction, else the names of classes 1.."""
-    from .report import class_label
+    from wsiseg.report import class_label
 
     classes = int(prediction.attrs.get("classes", 1))
     if classes == 1:
@@ -131,7 +131,7 @@ def write_dicom_seg(
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    from .modelcard import wsiseg_version
+    from wsiseg.modelcard import wsiseg_version
 
     pred = Prediction(prediction)
     slide_id = str(pred.attrs.get("slide_id", pred.path.stem))

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .resolution import PixelSize
-from .slide import SlideError, SourceSlide
+from wsiseg.resolution import PixelSize
+from wsiseg.readers.slide import SlideError, SourceSlide
 
 
 def source_info(path: str | Path, reader: str = "auto") -> dict:
     """Size, pyramid levels, pixel type, the backend that reads it and the pixel size (with where it was
     read) of a slide image file or DICOM WSI folder."""
-    from .backends import describe as backend_facts
+    from wsiseg.readers.registry import describe as backend_facts
 
     with SourceSlide(path, reader=reader) as slide:
         return {

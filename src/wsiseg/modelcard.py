@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from .io import atomic_path
+from wsiseg.utils.io import atomic_path
 
 CARD = "model.json"
 CARD_FORMAT = "wsiseg-model-card/1"
@@ -39,7 +39,7 @@ def wsiseg_version() -> str:
 
         return version("wsiseg")
     except Exception:
-        from . import __version__
+        from wsiseg import __version__
 
         return __version__
 

@@ -13,11 +13,11 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from .io import atomic_path, check_output
-from .logs import progress
-from .resolution import slide_downscale
-from .store import SlideStore, StoreError, read_padded, compressor
-from .tissue import TissueMap
+from wsiseg.utils.io import atomic_path, check_output
+from wsiseg.utils.logs import progress
+from wsiseg.resolution import slide_downscale
+from wsiseg.store.slide import SlideStore, StoreError, read_padded, compressor
+from wsiseg.imaging.tissue import TissueMap
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class PatchParams:
     negatives: int | None = None  # tissue-only negatives per slide (overrides negative_ratio)
     random: int = 0  # further grid cells drawn uniformly at random, whatever they hold
     min_tissue: float = 0.25  # tissue share a negative patch needs
-    tissue_method: str = "otsu"  # saturation | otsu | otsu_gray | fluorescence | auto (see wsiseg.tissue)
+    tissue_method: str = "otsu"  # saturation | otsu | otsu_gray | fluorescence | auto (see wsiseg.imaging.tissue)
     tissue_saturation: float = 0.08  # fixed threshold, and the floor of the Otsu threshold
     classes: int | None = None  # 1 = binary, k >= 2 = labels 0..k-1; None: from the label image
     seed: int = 0

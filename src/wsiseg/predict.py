@@ -12,7 +12,7 @@ top to bottom; finished rows are written once, chunk-aligned, while the upper
 pyramid levels are pooled from them in memory (nothing is read back): memory
 holds one band of tiles, never the slide.
 
-Output store ``{slide}.zarr``, OME-NGFF v0.4 (see :mod:`wsiseg.predstore`)::
+Output store ``{slide}.zarr``, OME-NGFF v0.4 (see :mod:`wsiseg.store.prediction`)::
 
     0, 1, ...              probability x 255 (uint8), axes (c, y, x): the multiscale image at
                            the root; c = 1 (foreground) for binary models, one channel per
@@ -53,24 +53,24 @@ import numpy as np
 import torch
 import zarr
 
-from .bands import BandReader
-from .data import MEAN, STD
-from .instances import METHODS as SPLIT_METHODS
-from .instances import min_distance_px, split_mask
-from .io import atomic_path, check_output, release_memory
-from .logs import StepTimes, progress
-from .model import load_model
-from .modelcard import ModelSpec, label_names, resolve_model
-from .patches import grid_positions
-from .postprocess import postprocess_mask
-from .prefetch import prefetch
-from .settings import PredictParams
-from .stain import normalise_batch
-from .predstore import image_attrs, label_attrs
-from .resolution import PixelSize, ResolutionError, slide_downscale, unknown_scale_message
-from .store import PyramidWriter, SlideStore, build_pyramid, compressor, interleave, level_count
-from .tissue import METHODS as TISSUE_METHODS
-from .tissue import TissueMap
+from wsiseg.store.bands import BandReader
+from wsiseg.nn.data import MEAN, STD
+from wsiseg.imaging.instances import METHODS as SPLIT_METHODS
+from wsiseg.imaging.instances import min_distance_px, split_mask
+from wsiseg.utils.io import atomic_path, check_output, release_memory
+from wsiseg.utils.logs import StepTimes, progress
+from wsiseg.nn.module import load_model
+from wsiseg.modelcard import ModelSpec, label_names, resolve_model
+from wsiseg.patches import grid_positions
+from wsiseg.imaging.postprocess import postprocess_mask
+from wsiseg.utils.prefetch import prefetch
+from wsiseg.config.params import PredictParams
+from wsiseg.imaging.stain import normalise_batch
+from wsiseg.store.prediction import image_attrs, label_attrs
+from wsiseg.resolution import PixelSize, ResolutionError, slide_downscale, unknown_scale_message
+from wsiseg.store.slide import PyramidWriter, SlideStore, build_pyramid, compressor, interleave, level_count
+from wsiseg.imaging.tissue import METHODS as TISSUE_METHODS
+from wsiseg.imaging.tissue import TissueMap
 
 log = logging.getLogger(__name__)
 
@@ -312,7 +312,7 @@ class _Plan:
 
 class TileNormaliser:
     """uint8 (n, h, w, 3) RGB tiles → normalised float (n, 3, h, w) on the device, equal to
-    :func:`wsiseg.data.to_tensor` of each tile (within float rounding), laid out channels_last
+    :func:`wsiseg.nn.data.to_tensor` of each tile (within float rounding), laid out channels_last
     (what convolutions run fastest on: the demo U-Net on CPU takes 0.63 s per 512² tile
     vs 0.93 s NCHW).
 
@@ -674,7 +674,7 @@ def predict_slide(
     checked here).  Several checkpoints (e.g. cross-validation folds) and TTA
     views are averaged in probability space.  The mask is ``prob > threshold``,
     then objects below ``min_area`` are removed and holes below ``max_hole``
-    filled.  The store is OME-NGFF (see :mod:`wsiseg.predstore`): probability
+    filled.  The store is OME-NGFF (see :mod:`wsiseg.store.prediction`): probability
     channels and label values are named by ``class_names`` (index = class;
     else ``class_name`` for binary models, else the model card's); the root
     attribute ``provenance`` records each checkpoint's sha256, the model

@@ -18,10 +18,11 @@ import numpy as np
 import pandas as pd
 from skimage.measure import label
 
-from . import rle, vector, views
-from .io import atomic_path
-from .predstore import Prediction, write_provenance
-from .store import SlideStore
+from wsiseg import rle
+from wsiseg.imaging import vector, views
+from wsiseg.utils.io import atomic_path
+from wsiseg.store.prediction import Prediction, write_provenance
+from wsiseg.store.slide import SlideStore
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +165,7 @@ def overlay(
     slide_id: str | None = None, dice: float | None = None,
 ) -> None:
     """Low-resolution PNG of the slide with the prediction (cyan) and ground-truth (yellow) outlines,
-    a legend, and ``slide_id — Dice`` as title (see :func:`wsiseg.views.draw_overlay`)."""
+    a legend, and ``slide_id — Dice`` as title (see :func:`wsiseg.imaging.views.draw_overlay`)."""
     store, pred = SlideStore(slide), Prediction(prediction)
     k = min(pred.level_for(max_side), len(store.levels) - 1)
     image = np.asarray(store.levels[k][:]).transpose(1, 2, 0)
@@ -326,11 +327,11 @@ def make_report(
     Overlays carry each slide's Dice in their title; GeoJSON objects are
     QuPath ``object_type`` objects (see :func:`export_geojson`).
     ``scores_html`` (optional) gets the scores as an HTML table for the
-    report's landing page (:func:`wsiseg.views.scores_html`).
+    report's landing page (:func:`wsiseg.imaging.views.scores_html`).
     ``provenance`` (default ``provenance.json`` next to ``metrics``) records
     the models (sha256), config hashes and wsiseg versions that made the
     predictions, and this report's ``config_hash`` and version
-    (:func:`wsiseg.predstore.write_provenance`).
+    (:func:`wsiseg.store.prediction.write_provenance`).
     Returns the metrics table.
     """
     columns = METRIC_COLUMNS[:2] + (["group"] if groups else []) + METRIC_COLUMNS[2:] + TISSUE_COLUMNS

@@ -21,12 +21,12 @@ import zarr
 from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
-from .data import MAIN, PatchDataModule, derive_seed, seed_globals
-from .io import OutputError, atomic_path, check_disjoint
-from .model import SegmentationModule
-from .resolution import SQUARE_TOLERANCE
-from .settings import RUNTIME_KEYS, TrainParams
-from .stain import fit_training_normaliser
+from wsiseg.nn.data import MAIN, PatchDataModule, derive_seed, seed_globals
+from wsiseg.utils.io import OutputError, atomic_path, check_disjoint
+from wsiseg.nn.module import SegmentationModule
+from wsiseg.resolution import SQUARE_TOLERANCE
+from wsiseg.config.params import RUNTIME_KEYS, TrainParams
+from wsiseg.imaging.stain import fit_training_normaliser
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class EpochSeed(Callback):
     Whatever draws from them while training (dropout, stochastic depth, a
     random loss term) then continues exactly as in an uninterrupted run when a
     run resumes from an epoch's checkpoint (the data streams are seeded per
-    epoch by :class:`~wsiseg.data.EpochSampler`)."""
+    epoch by :class:`~wsiseg.nn.data.EpochSampler`)."""
 
     def __init__(self, seed: int):
         self.seed = seed
@@ -209,7 +209,7 @@ def summarise_folds(
     best = table.groupby("fold")["val_dice"].max()
     log.info("train: %d folds, best val_dice per fold %s, mean %.4f", len(best), best.round(4).tolist(), best.mean())
     if card is not None:
-        from .modelcard import write_folds_card
+        from wsiseg.modelcard import write_folds_card
 
         write_folds_card([Path(m).parent for m in fold_metrics], Path(card).parent)
     return table
@@ -365,7 +365,7 @@ def train_model(
     plot_curves(metrics, out_dir / "curves.png")
     with atomic_path(out_dir / "model.ckpt") as tmp:
         shutil.copyfile(checkpoint.best_model_path, tmp)
-    from .modelcard import write_model_card
+    from wsiseg.modelcard import write_model_card
 
     write_model_card(out_dir, dict(module.hparams), train_patches, val_patches, metrics, config, class_names, class_name)
     _mark_complete(work)

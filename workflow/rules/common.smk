@@ -15,7 +15,7 @@ sys.path.insert(0, str(RULES_DIR.parents[1] / "src"))
 # set here, not asked of the user (so no `envvars:`)
 os.environ.update(WSISEG_ROOT=str(RULES_DIR.parents[1]))
 
-from wsiseg.checks import (
+from wsiseg.config.checks import (
     ConfigError,
     canonical,
     check_schema,
@@ -57,10 +57,10 @@ for _key, _value in canonical(dict(config)).items():
 
 from wsiseg.demo import DemoSpec, demo_samples
 from wsiseg.resolution import PixelSize, ResolutionError, choose
-from wsiseg.folds import fold_split
-from wsiseg.settings import UNTRACKED_KEYS
-from wsiseg.samples import read_samples, sheet_mpp, validate_samples
-from wsiseg.layout import SLIDE_GROUPS
+from wsiseg.samples.folds import fold_split
+from wsiseg.config.params import UNTRACKED_KEYS
+from wsiseg.samples.sheet import read_samples, sheet_mpp, validate_samples
+from wsiseg.store.layout import SLIDE_GROUPS
 
 RESULTS = config["results"].rstrip("/")
 MODEL = config["model_name"]

@@ -1,7 +1,7 @@
 """Snakemake wrapper: convert one slide to OME-Zarr."""
 
 from wsiseg.convert import convert_slide
-from wsiseg.logs import log_to
+from wsiseg.utils.logs import log_to
 
 with log_to(snakemake.log[0]):
     convert_slide(

@@ -1,7 +1,7 @@
 """Snakemake wrapper: convert a group of small slides to OME-Zarr in one job."""
 
 from wsiseg.convert import convert_many
-from wsiseg.logs import log_to
+from wsiseg.utils.logs import log_to
 
 with log_to(snakemake.log[0]):
     convert_many(

@@ -1,7 +1,7 @@
 """Snakemake wrapper: one slide's predicted mask as a DICOM Segmentation."""
 
 from wsiseg.dicomseg import write_dicom_seg
-from wsiseg.logs import log_to
+from wsiseg.utils.logs import log_to
 
 with log_to(snakemake.log[0]):
     write_dicom_seg(

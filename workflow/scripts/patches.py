@@ -1,7 +1,7 @@
 """Snakemake wrapper: extract training patches of one slide."""
 
-from wsiseg.logs import log_to
-from wsiseg.params import from_mapping
+from wsiseg.utils.logs import log_to
+from wsiseg.config.schema import from_mapping
 from wsiseg.patches import PatchParams, extract_patches
 
 with log_to(snakemake.log[0]):

@@ -1,7 +1,7 @@
 """Snakemake wrapper: extract the training patches of a group of small slides."""
 
-from wsiseg.logs import log_to
-from wsiseg.params import from_mapping
+from wsiseg.utils.logs import log_to
+from wsiseg.config.schema import from_mapping
 from wsiseg.patches import PatchParams, extract_patches_many
 
 with log_to(snakemake.log[0]):

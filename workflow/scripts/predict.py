@@ -2,8 +2,8 @@
 
 import torch
 
-from wsiseg.logs import log_to
-from wsiseg.params import from_mapping
+from wsiseg.utils.logs import log_to
+from wsiseg.config.schema import from_mapping
 from wsiseg.predict import PredictParams, predict_slide
 
 with log_to(snakemake.log[0]):

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from wsiseg.logs import log_to
+from wsiseg.utils.logs import log_to
 from wsiseg.report import make_report
 
 with log_to(snakemake.log[0]):

@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-from wsiseg.logs import log_to
-from wsiseg.params import from_mapping
-from wsiseg.settings import UNTRACKED_KEYS
+from wsiseg.utils.logs import log_to
+from wsiseg.config.schema import from_mapping
+from wsiseg.config.params import UNTRACKED_KEYS
 from wsiseg.train import TrainParams, train_model
 
 with log_to(snakemake.log[0]):

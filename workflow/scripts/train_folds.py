@@ -1,6 +1,6 @@
 """Snakemake wrapper: summarise the cross-validation folds of a model."""
 
-from wsiseg.logs import log_to
+from wsiseg.utils.logs import log_to
 from wsiseg.train import summarise_folds
 
 with log_to(snakemake.log[0]):

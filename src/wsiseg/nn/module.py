@@ -11,9 +11,9 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
-from .io import check_input_file
-from .losses import build_loss
-from .settings import DEFAULT_LOSS
+from wsiseg.utils.io import check_input_file
+from wsiseg.nn.losses import build_loss
+from wsiseg.config.params import DEFAULT_LOSS
 
 
 def build_network(
@@ -74,7 +74,7 @@ class SegmentationModule(pl.LightningModule):
     known; ``downscale``: level-0 pixels per model pixel, None when it
     differed between slides; ``patch_size``) and ``classes``, from the
     checkpoint alone; ``stain`` is the fitted stain normaliser
-    (:mod:`wsiseg.stain`) that inference applies to its tiles, None when off."""
+    (:mod:`wsiseg.imaging.stain`) that inference applies to its tiles, None when off."""
 
     def __init__(
         self,

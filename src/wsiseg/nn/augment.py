@@ -27,7 +27,7 @@ import albumentations as A
 import cv2
 import numpy as np
 
-from .stain import HEDJitter
+from wsiseg.imaging.stain import HEDJitter
 
 Factory = Callable[..., A.BasicTransform]
 
@@ -57,7 +57,7 @@ TRANSFORMS: dict[str, tuple[Factory, float]] = {
     "transpose": (A.Transpose, 0.5),
     "affine": (_affine, 0.3),
     "hsv": (_hsv, 0.3),
-    "hed": (HEDJitter, 0.8),  # H&E stain jitter after colour deconvolution (wsiseg.stain)
+    "hed": (HEDJitter, 0.8),  # H&E stain jitter after colour deconvolution (wsiseg.imaging.stain)
     "color_jitter": (A.ColorJitter, 0.3),
     "brightness_contrast": (A.RandomBrightnessContrast, 0.3),
     "blur": (_blur, 0.1),

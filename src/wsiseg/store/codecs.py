@@ -7,8 +7,8 @@ an ordinary YCbCr JPEG (libjpeg-turbo, 4:2:0 chroma like the source slides'
 tiles), and decodes back to planes.  Chunk files are plain JPEG files.
 
 Readers need the codec registered under its id ``wsiseg_jpeg`` before they
-open such a store: importing :mod:`wsiseg.store` (or this module) does it;
-other programs (ome-zarr-py, napari) run ``import wsiseg.codecs`` first.
+open such a store: importing :mod:`wsiseg.store.slide` (or this module) does it;
+other programs (ome-zarr-py, napari) run ``import wsiseg.store.codecs`` first.
 """
 
 from __future__ import annotations

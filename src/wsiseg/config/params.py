@@ -37,7 +37,7 @@ class TrainParams:
     loss: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LOSS))
     class_weights: tuple[float, ...] | None = None  # cross-entropy weight per class (multi-class)
     augment: dict[str, Any] = field(default_factory=lambda: {"hflip": 0.5, "vflip": 0.5, "rot90": 0.5})
-    stain_normalise: str | None = None  # macenko | reinhard | None (wsiseg.stain; travels with the model)
+    stain_normalise: str | None = None  # macenko | reinhard | None (wsiseg.imaging.stain; travels with the model)
     stain_reference: str | None = None  # image the normaliser is fitted on; None = the training patches
     scheduler: str = "cosine"  # cosine | onecycle | none
     accumulate_grad_batches: int = 1
@@ -65,13 +65,13 @@ class PredictParams:
     tta: tuple[str, ...] = ()  # any of hflip, vflip, rot90 (averaged with the plain prediction)
     min_tissue: float = 0.02  # tiles with less tissue are skipped (probability 0)
     tissue_saturation: float = 0.08  # saturation threshold; floor of the Otsu-based methods
-    tissue_method: str = "auto"  # auto | saturation | otsu | otsu_gray | fluorescence (see wsiseg.tissue)
+    tissue_method: str = "auto"  # auto | saturation | otsu | otsu_gray | fluorescence (see wsiseg.imaging.tissue)
     tissue_fallback: float = 0.01  # fewer tiles on tissue than this share: predict every tile, warn (0 = never)
     min_area: int = 0  # level-0 px: smaller predicted objects are removed
     max_hole: int = 0  # level-0 px: smaller holes in objects are filled
     min_area_um2: float | None = None  # as min_area, in um^2 (needs the slide's pixel size; overrides min_area)
     max_hole_um2: float | None = None  # as max_hole, in um^2 (needs the slide's pixel size; overrides max_hole)
-    split_objects: str | None = None  # watershed: separate touching objects (nuclei); None = off (wsiseg.instances)
+    split_objects: str | None = None  # watershed: separate touching objects (nuclei); None = off (wsiseg.imaging.instances)
     split_min_distance_um: float = 3.0  # closest two object centres may be, in um (level-0 mpp known)
     split_min_distance_px: int = 12  # the same in level-0 px, used when the slide's pixel size is unknown
     chunk: int = 512

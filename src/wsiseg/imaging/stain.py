@@ -40,7 +40,7 @@ def hed_jitter(image: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.nd
 class HEDJitter(A.ImageOnlyTransform):
     """Albumentations transform: :func:`hed_jitter` with scale ~ U(1 - alpha, 1 + alpha), shift ~ U(-beta, beta) per stain.
 
-    Draws from the transform's own seeded generator, so :func:`wsiseg.augment.reseed` controls it.
+    Draws from the transform's own seeded generator, so :func:`wsiseg.nn.augment.reseed` controls it.
     The defaults are what ``benchmarks/stain_bench.py`` measured (Tellez et al.'s "HED-strong" range)."""
 
     def __init__(self, alpha: float = 0.2, beta: float = 0.02, p: float = 0.8):
@@ -133,7 +133,7 @@ def normalise_batch(tiles: np.ndarray, normaliser: Mapping[str, Any] | None) -> 
 
 def reference_pixels(path: str | Path) -> np.ndarray:
     """A sparse grid of uint8 RGB pixels over the whole image file ``path`` (what a normaliser is fitted on)."""
-    from .slide import open_reader
+    from wsiseg.readers.slide import open_reader
 
     reader, tif = open_reader(path)
     try:

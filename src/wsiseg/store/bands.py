@@ -5,7 +5,7 @@ one by one, each band would decode the chunk row it shares with the previous
 one again (2.6x the decoding at 512/128).  :class:`BandReader` keeps the
 decoded rows of the pyramid level it reads from, channel-last, reads only the
 chunk rows below them, and drops the rows above the current band.  Its bands
-equal :meth:`wsiseg.store.SlideStore.read_image` of the same box.
+equal :meth:`wsiseg.store.slide.SlideStore.read_image` of the same box.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import math
 import cv2
 import numpy as np
 
-from .store import SlideStore, read_region
+from wsiseg.store.slide import SlideStore, read_region
 
 
 class BandReader:

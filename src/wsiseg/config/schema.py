@@ -14,7 +14,7 @@ import yaml
 
 P = TypeVar("P")
 
-SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA = Path(__file__).with_name("config.schema.yaml")  # package data; workflow/schemas/ links to it
 
 
 @functools.lru_cache(maxsize=None)

@@ -32,8 +32,8 @@ import pandas as pd
 import shapely
 from shapely.geometry import MultiPolygon, Polygon, box, shape
 
-from . import rle
-from .slide import SlideError, guarded, open_reader
+from wsiseg import rle
+from wsiseg.readers.slide import SlideError, guarded, open_reader
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +256,7 @@ class PolygonMask:
 
     Polygons are united (an island inside another polygon's hole stays
     foreground); parts outside the image are clipped and reported in a
-    warning on the ``wsiseg.masks`` logger (the rule's log file).  Each
+    warning on the ``wsiseg.annotations.masks`` logger (the rule's log file).  Each
     polygon is one object for :meth:`instance_blocks`.  Rasterised by
     scanline (:class:`Ring`), one band of tiles at a time: time and memory
     grow with the vertices and the pixels, not their product.

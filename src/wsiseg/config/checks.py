@@ -259,8 +259,8 @@ def image_pixel_size(path: str | Path, reader: str = "auto") -> Any:
     """Level 0's :class:`~wsiseg.resolution.PixelSize` as a slide states it, from the metadata of the backend
     that convert will use (``reader``: ``convert.reader``), without decoding pixels.  Unknown for PNG/JPEG
     (they state none and would be decoded whole) and for files that cannot be opened (convert reports those)."""
-    from .resolution import UNKNOWN
-    from .slide import MAX_DECODED_PIXELS, MAX_SEGMENT_BYTES, RASTER_SUFFIXES, open_reader
+    from wsiseg.resolution import UNKNOWN
+    from wsiseg.readers.slide import MAX_DECODED_PIXELS, MAX_SEGMENT_BYTES, RASTER_SUFFIXES, open_reader
 
     path = Path(path)
     if not path.exists() or path.suffix.lower() in RASTER_SUFFIXES:
@@ -279,8 +279,8 @@ def image_pixel_size(path: str | Path, reader: str = "auto") -> Any:
 
 def image_shape(path: str | Path) -> tuple[int, int] | None:
     """(height, width) of an image from its header only (TIFF: level 0 of the first series;
-    PNG/JPEG: :func:`wsiseg.slide.declared_size`); None when the file cannot be read that way."""
-    from .slide import RASTER_SUFFIXES, declared_size
+    PNG/JPEG: :func:`wsiseg.readers.slide.declared_size`); None when the file cannot be read that way."""
+    from wsiseg.readers.slide import RASTER_SUFFIXES, declared_size
 
     path = Path(path)
     if not path.is_file():

@@ -34,9 +34,9 @@ import cv2
 import numpy as np
 import zarr
 
-from .io import atomic_path
-from .modelcard import label_colour, wsiseg_version
-from .store import LABEL_AXES, NGFF_VERSION, multiscales, read_plane
+from wsiseg.utils.io import atomic_path
+from wsiseg.modelcard import label_colour, wsiseg_version
+from wsiseg.store.slide import LABEL_AXES, NGFF_VERSION, multiscales, read_plane
 
 
 def image_attrs(name: str, levels: int, channels: Sequence[str], mpp: float | None = None, base: float = 1.0) -> dict:

@@ -24,8 +24,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .io import atomic_path
-from .store import SlideStore, interleave
+from wsiseg.utils.io import atomic_path
+from wsiseg.store.slide import SlideStore, interleave
 
 METHODS = ("saturation", "otsu", "otsu_gray", "fluorescence", "auto")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .io import atomic_path
+from wsiseg.utils.io import atomic_path
 
 # Outline colours, picked to stand out on H&E pink/purple, on white glass and on each other
 # (blue-yellow stays distinct for red-green colour blindness); a black halo keeps both

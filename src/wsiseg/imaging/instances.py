@@ -3,12 +3,12 @@
 The mask stays binary: a one-pixel background line is carved between the
 watershed regions of each touching group, so the 8-connected components that
 object F1 (:func:`wsiseg.report.match_objects`) and the GeoJSON export
-(:func:`wsiseg.vector.label_objects`) count are the separated objects.
+(:func:`wsiseg.imaging.vector.label_objects`) count are the separated objects.
 
 Seeds are the maxima of the (lightly smoothed) distance transform at least
 ``min_distance`` pixels apart; a component without a seed stays one object.
 A slide's mask is processed by row bands with ``margin`` rows of context
-(like :mod:`wsiseg.postprocess`), so memory does not grow with slide size.
+(like :mod:`wsiseg.imaging.postprocess`), so memory does not grow with slide size.
 """
 
 from __future__ import annotations

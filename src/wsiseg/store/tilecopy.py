@@ -1,6 +1,6 @@
 """Compact stores from tiled JPEG TIFFs without re-encoding level 0 (``convert.compression: jpeg``).
 
-A compact store's chunks are plain JPEG files (:class:`wsiseg.codecs.PlanarJpeg`).  When the
+A compact store's chunks are plain JPEG files (:class:`wsiseg.store.codecs.PlanarJpeg`).  When the
 slide's level 0 is a tiled TIFF page of 8-bit RGB (or YCbCr) JPEG tiles, interleaved, whose tiles
 are exactly the store's chunks (``convert.chunk``, default 512, equal to the tile side), each
 tile's JPEG bytes *are* a valid chunk: :func:`write_copied` writes them as they are (abbreviated
@@ -35,11 +35,11 @@ import numpy as np
 import simplejpeg
 import zarr
 
-from .codecs import PlanarJpeg
-from .logs import StepTimes, progress
-from .prefetch import prefetch
-from .slide import SlideError
-from .store import (
+from wsiseg.store.codecs import PlanarJpeg
+from wsiseg.utils.logs import StepTimes, progress
+from wsiseg.utils.prefetch import prefetch
+from wsiseg.readers.slide import SlideError
+from wsiseg.store.slide import (
     BlockPyramid, _direct_path, chunk_writers, create_level, halve, halve_into, write_chunk_file, write_levels,
 )
 
@@ -84,7 +84,7 @@ class TileCopy:
 
 
 def copy_plan(source, chunk: int, codec) -> TileCopy | str:
-    """A :class:`TileCopy` for ``source`` (a :class:`wsiseg.slide.SourceSlide`) stored in ``chunk``² chunks
+    """A :class:`TileCopy` for ``source`` (a :class:`wsiseg.readers.slide.SourceSlide`) stored in ``chunk``² chunks
     with ``codec``, or the reason (a phrase) why its tiles cannot be copied."""
     if not isinstance(codec, PlanarJpeg):
         return "the store is not JPEG-compressed"
@@ -218,7 +218,7 @@ def write_copied(
     copy its tiles, decode them at 1/2, encode it, pool it into its place in the block's level 2 (while
     its pixels are in cache: half the time of pooling the block afterwards); levels 3..``inner`` are
     pooled from level 2 (``inner``: ``INNER``, or the top level of a slide with fewer levels); the levels above
-    from each block's level ``inner`` (:class:`wsiseg.store.BlockPyramid`)."""
+    from each block's level ``inner`` (:class:`wsiseg.store.slide.BlockPyramid`)."""
     height, width = source.shape
     page = plan.page
     across = -(-page.imagewidth // chunk)

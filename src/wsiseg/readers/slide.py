@@ -47,7 +47,7 @@ import numpy as np
 import tifffile
 import zarr
 
-from .resolution import UNKNOWN, PixelSize, ResolutionError, tiff_pixel_size
+from wsiseg.resolution import UNKNOWN, PixelSize, ResolutionError, tiff_pixel_size
 
 RASTER_SUFFIXES = {".png", ".jpg", ".jpeg"}
 UINT16_RULES = ("scale", "percentile")
@@ -596,13 +596,13 @@ def open_reader(
     """A raw-pixel reader for any supported slide, and the TiffFile to close (None unless read by tifffile).
 
     ``reader`` picks the backend: ``tifffile``, ``openslide``, ``dicom``, or
-    ``auto`` (per file, see :mod:`wsiseg.backends`).  Strips over
+    ``auto`` (per file, see :mod:`wsiseg.readers.registry`).  Strips over
     :data:`STREAM_SEGMENT_BYTES` decoded are streamed when their
     compression allows; other segments over ``max_segment_bytes`` (default
     :data:`MAX_SEGMENT_BYTES`) are rejected.  PNG/JPEG images declaring more
     than ``max_decoded_pixels`` (default :data:`MAX_DECODED_PIXELS`) are
     refused before decoding; TIFFs are streamed and not limited."""
-    from .backends import open_backend
+    from wsiseg.readers.registry import open_backend
 
     return open_backend(
         path, reader, workers or default_workers(), max_segment_bytes or MAX_SEGMENT_BYTES, max_decoded_pixels or MAX_DECODED_PIXELS

@@ -19,8 +19,8 @@ import torch
 import zarr
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .augment import build_augmentation, reseed, seed_states
-from .stain import normalise_image
+from wsiseg.nn.augment import build_augmentation, reseed, seed_states
+from wsiseg.imaging.stain import normalise_image
 
 # ImageNet statistics: what smp encoders (and their pretrained weights) expect
 MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
@@ -90,7 +90,7 @@ class PatchDataset(Dataset):
     an item is then seeded from ``(seed, epoch, index)``, and a loader worker
     reseeds its global RNGs from ``(seed, epoch, worker id)`` when a new epoch
     starts, so nothing depends on how many epochs, workers or samples came before.
-    A ``stain`` normaliser (:mod:`wsiseg.stain`) is applied to each patch as read, before augmentation."""
+    A ``stain`` normaliser (:mod:`wsiseg.imaging.stain`) is applied to each patch as read, before augmentation."""
 
     def __init__(
         self, stores: Sequence[str | Path], augment: A.Compose | None = None, classes: int = 1, seed: int = 0,

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .resolution import UNKNOWN, PixelSize, stated
-from .slide import PyramidReader, SlideError
+from wsiseg.resolution import UNKNOWN, PixelSize, stated
+from wsiseg.readers.slide import PyramidReader, SlideError
 
 DICM = b"DICM"  # the magic at byte 128 of a DICOM Part 10 file
 

@@ -2,7 +2,7 @@
 
 Regenerate after editing ``workflow/schemas/config.schema.yaml``::
 
-    python -m wsiseg.configdoc > config/README.md
+    python -m wsiseg.config.doc > config/README.md
 
 (a test fails while the two disagree).
 """
@@ -16,7 +16,7 @@ from typing import Any, Iterator, Mapping
 
 import yaml
 
-from .params import SCHEMA
+from wsiseg.config.schema import SCHEMA
 
 INTRO = """\
 # Configuring wsiseg
@@ -38,7 +38,7 @@ before anything starts, naming the file and the closest valid key. Editing a key
 only the stages that use it (e.g. `predict.threshold` reruns predict and report).
 
 This file is generated from `workflow/schemas/config.schema.yaml`
-(`python -m wsiseg.configdoc > config/README.md`).
+(`python -m wsiseg.config.doc > config/README.md`).
 """
 
 

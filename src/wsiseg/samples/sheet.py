@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .resolution import MAX_MPP, MIN_MPP
+from wsiseg.resolution import MAX_MPP, MIN_MPP
 
 COLUMNS = ["slide_id", "image", "mask", "split"]
 OPTIONAL = ["group", "mpp"]

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .dicom_reader import DicomReader, is_dicom
-from .io import check_input_file
-from .openslide_reader import OpenSlideReader, detect
-from .slide import RASTER_SUFFIXES, SlideError, open_raster, open_tiff
+from wsiseg.readers.dicom import DicomReader, is_dicom
+from wsiseg.utils.io import check_input_file
+from wsiseg.readers.openslide import OpenSlideReader, detect
+from wsiseg.readers.slide import RASTER_SUFFIXES, SlideError, open_raster, open_tiff
 
 READERS = ("auto", "tifffile", "openslide", "dicom")
 TIFFFILE_VENDORS = (None, "generic-tiff", "aperio")  # OpenSlide's names of the formats tifffile reads as they are

@@ -29,8 +29,8 @@ import numpy as np
 import zarr
 from zarr.storage import LocalStore
 
-from .resolution import PixelSize
-from .codecs import PlanarJpeg  # registers the wsiseg_jpeg codec for every reader of slide stores
+from wsiseg.resolution import PixelSize
+from wsiseg.store.codecs import PlanarJpeg  # registers the wsiseg_jpeg codec for every reader of slide stores
 
 NGFF_VERSION = "0.4"
 AXES = [
@@ -53,7 +53,7 @@ LOSSY = ("jpeg",)  # image codecs that are not lossless: label images keep a Blo
 
 def compressor(name: str = "zstd", level: int = 5, shuffle: str = "bit"):
     """Blosc compressor (``name``: zstd, lz4, zlib, blosclz) with ``shuffle`` bit, byte or none; or ``jpeg``:
-    lossy JPEG of quality ``level`` (0-100) for RGB image chunks (:class:`wsiseg.codecs.PlanarJpeg`)."""
+    lossy JPEG of quality ``level`` (0-100) for RGB image chunks (:class:`wsiseg.store.codecs.PlanarJpeg`)."""
     if name == "jpeg":
         return PlanarJpeg(level)
     return numcodecs.Blosc(cname=name, clevel=level, shuffle=SHUFFLES[shuffle])
@@ -554,7 +554,7 @@ def write_levels(
 class BlockPyramid:
     """The levels above a block-wise conversion's top level ``first - 1``, built from its blocks in memory.
 
-    Block-wise writers (:func:`wsiseg.convert.write_blocks`, :func:`wsiseg.tilecopy.write_copied`) make
+    Block-wise writers (:func:`wsiseg.convert.write_blocks`, :func:`wsiseg.store.tilecopy.write_copied`) make
     levels 0..``first - 1`` by square blocks, block rows top to bottom, each left to right.  :meth:`add`
     pools each block's level ``first - 1`` once more (while in cache) into its piece of level ``first``;
     when a block row's pieces reach the image's width they are joined and handed to a

@@ -36,8 +36,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from .samples import COLUMNS, validate_samples
-from .slide import SlideError, open_reader
+from wsiseg.samples.sheet import COLUMNS, validate_samples
+from wsiseg.readers.slide import SlideError, open_reader
 
 log = logging.getLogger(__name__)
 

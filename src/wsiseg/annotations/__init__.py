@@ -1,0 +1,1 @@
+"""Annotation sources (RLE tables, GeoJSON/Aperio polygons, mask images and folders) rasterised onto a slide's grid."""
