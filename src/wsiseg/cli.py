@@ -274,6 +274,7 @@ def _stage_in(argv: Sequence[str]) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``wsiseg`` console script."""
+    from wsiseg.errors import WsisegError
     from wsiseg.utils.logs import setup_logging
 
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -282,8 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     try:
         args.func(args)
-    except (ValueError, OSError) as err:
-        # one line naming the file and the problem (the log above has the details)
+    except (WsisegError, OSError) as err:
+        # a user's input, config or file system: one line naming the file and the problem (the log above has the
+        # details).  Anything else is a bug in wsiseg or a library, and keeps its traceback.
         message = " ".join(str(err).split()) or type(err).__name__
         print(f"wsiseg {args.command}: error: {message}", file=sys.stderr)
         return 1

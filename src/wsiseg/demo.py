@@ -23,6 +23,7 @@ import tifffile
 
 from wsiseg import rle
 from wsiseg.utils.io import atomic_path
+from wsiseg.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class DemoSpec:
 
 def _splits(n: int) -> list[str]:
     if n < 3:
-        raise ValueError(f"the demo needs at least 3 slides (train, val, test), got {n}")
+        raise ConfigError(f"the demo needs at least 3 slides (train, val, test), got {n}")
     return ["train"] * (n - 2) + ["val", "test"]
 
 

@@ -28,6 +28,7 @@ from typing import Sequence
 
 from wsiseg.utils.io import atomic_path
 from wsiseg.store.prediction import Prediction
+from wsiseg.errors import DicomSegError
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +36,6 @@ WSM_IMAGE = "1.2.840.10008.5.1.4.1.1.77.1.6"  # VL Whole Slide Microscopy Image 
 TILE = 512  # frame side of the Segmentation
 MAX_SIDE = 8192
 
-
-class DicomSegError(ValueError):
-    """A prediction that cannot be written as a DICOM Segmentation; the message names the file."""
 
 
 def slide_uid(slide_id: str, role: str) -> str:

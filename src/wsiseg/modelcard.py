@@ -20,6 +20,7 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from wsiseg.utils.io import atomic_path
+from wsiseg.errors import ModelError
 
 CARD = "model.json"
 CARD_FORMAT = "wsiseg-model-card/1"
@@ -27,9 +28,6 @@ CARD_FORMAT = "wsiseg-model-card/1"
 NOT_RESULTS = ("results", "resources", "slides_per_job", "samples", "demo")
 LABEL_COLOURS = [(230, 30, 30), (30, 160, 30), (30, 80, 230), (230, 180, 0), (180, 30, 180), (0, 180, 180)]
 
-
-class ModelError(ValueError):
-    """A model path that cannot be used (missing, no model card, checksum mismatch); the message names it."""
 
 
 def wsiseg_version() -> str:

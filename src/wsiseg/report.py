@@ -23,6 +23,7 @@ from wsiseg.imaging import vector, views
 from wsiseg.utils.io import atomic_path
 from wsiseg.store.prediction import Prediction, write_provenance
 from wsiseg.store.slide import SlideStore
+from wsiseg.errors import SampleSheetError, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def _truth(slide: str | Path, prediction: Prediction) -> SlideStore:
     store = SlideStore(slide)
     truth = tuple(store.mask_levels[0].shape[-2:])
     if truth != prediction.shape:
-        raise ValueError(f"{prediction.path}: prediction shape {prediction.shape} differs from {slide} mask {truth}")
+        raise StoreError(f"{prediction.path}: prediction shape {prediction.shape} differs from {slide} mask {truth}")
     return store
 
 
@@ -225,10 +226,10 @@ def submission_table(predictions: Mapping[str, str | Path], ids: list[str], samp
     if sample is not None:
         wanted = pd.read_csv(sample, dtype=str)
         if "id" not in wanted.columns:
-            raise ValueError(f"{sample}: sample submission needs an 'id' column, found {list(wanted.columns)}")
+            raise SampleSheetError(f"{sample}: sample submission needs an 'id' column, found {list(wanted.columns)}")
         missing = [i for i in wanted["id"] if i not in predictions]
         if missing:
-            raise ValueError(f"{sample}: no prediction for id(s) {missing}; add them to the sample sheet as test slides")
+            raise SampleSheetError(f"{sample}: no prediction for id(s) {missing}; add them to the sample sheet as test slides")
         extra = sorted(set(ids) - set(wanted["id"]))
         if extra:
             log.warning("%s: test slides %s are not in the sample submission and are left out", sample, extra)

@@ -11,13 +11,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from typing import Mapping
+from wsiseg.errors import ResolutionError
 
 SQUARE_TOLERANCE = 0.01  # relative difference between x and y pixel size still called square
 MIN_MPP, MAX_MPP = 0.01, 1000.0  # plausible range: electron-microscopy-like to macro images
 
-
-class ResolutionError(ValueError):
-    """A pixel size that cannot be used: non-square, zero, negative or absurd."""
 
 
 @dataclass(frozen=True)

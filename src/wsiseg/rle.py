@@ -11,12 +11,10 @@ from __future__ import annotations
 from typing import Iterator
 
 import numpy as np
+from wsiseg.errors import RLEError
 
 __all__ = ["encode", "decode", "parse", "decode_band", "encode_bands", "RLEError"]
 
-
-class RLEError(ValueError):
-    """A run-length encoding that does not fit the image it describes."""
 
 
 ROWS = 1 << 20  # pixels per row chunk scanned at once (about a megabyte: stays in cache)
@@ -111,7 +109,7 @@ def encode(mask: np.ndarray, band: int = 4096) -> str:
     mask stays a few megabytes plus the runs, whatever its size."""
     mask = np.asarray(mask)
     if mask.ndim != 2:
-        raise ValueError(f"RLE encodes 2-D masks, got shape {mask.shape}")
+        raise RLEError(f"RLE encodes 2-D masks, got shape {mask.shape}")
     if mask.shape[0] == 0:
         return ""
     bands = ((x, mask[:, x : x + band]) for x in range(0, mask.shape[1], band))

@@ -27,6 +27,7 @@ from wsiseg.nn.module import SegmentationModule
 from wsiseg.resolution import SQUARE_TOLERANCE
 from wsiseg.config.params import RUNTIME_KEYS, TrainParams
 from wsiseg.imaging.stain import fit_training_normaliser
+from wsiseg.errors import ConfigError, PatchError, SampleSheetError
 
 log = logging.getLogger(__name__)
 
@@ -43,17 +44,17 @@ def _patch_meta(stores: Sequence[str | Path]) -> tuple[float | None, float | Non
     groups = [zarr.open_group(s, mode="r") for s in stores]
     shapes = {(int(g.attrs["size"]), int(g.attrs.get("classes", 1))) for g in groups}
     if len(shapes) != 1:
-        raise ValueError(f"patch stores disagree on (patch size, classes): {sorted(shapes)}")
+        raise PatchError(f"patch stores disagree on (patch size, classes): {sorted(shapes)}")
     downscales = {round(float(g.attrs["downscale"]), 6) for g in groups}
     mpps = [g.attrs.get("patch_mpp") for g in groups]
     mpp = None
     if all(m is not None for m in mpps):
         if max(mpps) > min(mpps) * (1 + SQUARE_TOLERANCE):
             named = {str(s): m for s, m in zip(stores, mpps)}
-            raise ValueError(f"patch stores were cut at different pixel sizes (um/px): {named}")
+            raise PatchError(f"patch stores were cut at different pixel sizes (um/px): {named}")
         mpp = round(sum(mpps) / len(mpps), 6)
     elif len(downscales) != 1:
-        raise ValueError(f"patch stores disagree on the downscale and not all record a pixel size: {sorted(downscales)}")
+        raise PatchError(f"patch stores disagree on the downscale and not all record a pixel size: {sorted(downscales)}")
     size, classes = shapes.pop()
     return (downscales.pop() if len(downscales) == 1 else None), mpp, size, classes
 
@@ -281,7 +282,7 @@ def loader_workers(params: TrainParams, threads: int | None = None) -> int:
     if isinstance(setting, int) or str(setting).isdigit():
         return int(setting)
     if setting != "auto":
-        raise ValueError(f"train.num_workers: {setting!r} is neither a number of processes nor 'auto'")
+        raise ConfigError(f"train.num_workers: {setting!r} is neither a number of processes nor 'auto'")
     if not _on_gpu(params):
         return 0
     cores = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
@@ -337,7 +338,7 @@ def train_model(
     """
     out_dir = Path(out_dir)
     if not train_patches or not val_patches:
-        raise ValueError("training needs at least one 'train' and one 'val' slide with masks in the sample sheet")
+        raise SampleSheetError("training needs at least one 'train' and one 'val' slide with masks in the sample sheet")
     stores = list(train_patches) + list(val_patches)
     check_disjoint(out_dir, stores)
     if threads:

@@ -34,15 +34,13 @@ from shapely.geometry import MultiPolygon, Polygon, box, shape
 
 from wsiseg import rle
 from wsiseg.readers.slide import SlideError, guarded, open_reader
+from wsiseg.errors import MaskError
 
 log = logging.getLogger(__name__)
 
 Block = tuple[int, int, np.ndarray]  # (y0, x0, uint8 mask block)
 RLE_COLUMNS = ("encoding", "rle", "predicted")
 
-
-class MaskError(ValueError):
-    """An annotation that cannot be used with its slide; the message names the file."""
 
 
 class MaskSource(Protocol):

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
+from wsiseg.errors import ConfigError
 
 # segmentation-models-pytorch 0.6 architectures and encoders (tests check these
 # against the installed smp); timm encoders are any name starting with "tu-".
@@ -31,9 +32,6 @@ ENCODERS = (
     "vgg16_bn", "vgg19", "vgg19_bn", "xception",
 )
 
-
-class ConfigError(ValueError):
-    """A configuration problem, as one line naming the file and the key."""
 
 
 def _suggest(word: str, choices: Iterable[str]) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
 import yaml
+from wsiseg.errors import ConfigError
 
 P = TypeVar("P")
 
@@ -69,7 +70,7 @@ def from_mapping(cls: type[P], mapping: Mapping[str, Any], section: str) -> P:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(mapping) - names)
     if unknown:
-        raise ValueError(f"config section '{section}': unknown key(s) {unknown}; known: {sorted(names)}")
+        raise ConfigError(f"config section '{section}': unknown key(s) {unknown}; known: {sorted(names)}")
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in mapping.items()}
     return cls(**values)
 

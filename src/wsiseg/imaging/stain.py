@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 import zarr
 from skimage.color import hed2rgb, rgb2hed
+from wsiseg.errors import ConfigError, PatchError, SlideError
 
 METHODS = ("macenko", "reinhard")
 IO = 240.0  # background (transmitted) intensity for optical density
@@ -46,7 +47,7 @@ class HEDJitter(A.ImageOnlyTransform):
     def __init__(self, alpha: float = 0.2, beta: float = 0.02, p: float = 0.8):
         super().__init__(p=p)
         if not (0 <= alpha < 1 and beta >= 0):
-            raise ValueError(f"alpha must be in [0, 1) and beta >= 0, got alpha={alpha}, beta={beta}")
+            raise ConfigError(f"alpha must be in [0, 1) and beta >= 0, got alpha={alpha}, beta={beta}")
         self.alpha, self.beta = float(alpha), float(beta)
 
     def get_params(self) -> dict[str, np.ndarray]:
@@ -93,14 +94,14 @@ def _lab(image: np.ndarray) -> np.ndarray:
 def fit_normaliser(method: str, images: Iterable[np.ndarray]) -> dict[str, Any]:
     """The ``method`` (macenko | reinhard) normaliser fitted on uint8 RGB ``images`` (pooled) as a plain dict."""
     if method not in METHODS:
-        raise ValueError(f"stain normalisation {method!r} is unknown; choose from {list(METHODS)}")
+        raise ConfigError(f"stain normalisation {method!r} is unknown; choose from {list(METHODS)}")
     pixels = np.concatenate([np.asarray(i)[..., :3].reshape(-1, 3) for i in images])
     if method == "reinhard":
         lab = _lab(pixels.reshape(-1, 1, 3))
         return {"method": method, "mean": lab.mean(axis=0).tolist(), "std": lab.std(axis=0).tolist()}
     fitted = macenko_stains(pixels)
     if fitted is None:
-        raise ValueError(f"stain normalisation: the reference has fewer than {MIN_PIXELS} stained pixels; give a reference image with tissue")
+        raise ConfigError(f"stain normalisation: the reference has fewer than {MIN_PIXELS} stained pixels; give a reference image with tissue")
     stains, _, max_conc = fitted
     return {"method": method, "stains": stains.tolist(), "max_concentrations": max_conc.tolist()}
 
@@ -143,7 +144,7 @@ def reference_pixels(path: str | Path) -> np.ndarray:
         if tif is not None:
             tif.close()
     if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] < 3:
-        raise ValueError(f"{path}: a stain reference must be an 8-bit RGB image, found {pixels.dtype} with shape {pixels.shape}")
+        raise SlideError(f"{path}: a stain reference must be an 8-bit RGB image, found {pixels.dtype} with shape {pixels.shape}")
     return pixels[..., :3]
 
 
@@ -159,6 +160,6 @@ def fit_training_normaliser(
     arrays = [zarr.open_group(str(s), mode="r")["images"] for s in patch_stores]
     index = [(a, i) for a in arrays for i in range(a.shape[0])]
     if not index:
-        raise ValueError(f"train.stain_normalise: no training patches in {list(map(str, patch_stores))} to fit it on")
+        raise PatchError(f"train.stain_normalise: no training patches in {list(map(str, patch_stores))} to fit it on")
     picks = np.linspace(0, len(index) - 1, min(count, len(index))).round().astype(int) 
     return fit_normaliser(method, [np.asarray(index[k][0][index[k][1]]) for k in picks])

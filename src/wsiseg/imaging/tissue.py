@@ -26,6 +26,7 @@ import numpy as np
 
 from wsiseg.utils.io import atomic_path
 from wsiseg.store.slide import SlideStore, interleave
+from wsiseg.errors import ConfigError
 
 METHODS = ("saturation", "otsu", "otsu_gray", "fluorescence", "auto")
 
@@ -94,7 +95,7 @@ def _choose(image: _Channels, saturation: float) -> str:
 def tissue_mask(rgb: np.ndarray, saturation: float = 0.08, method: str = "saturation") -> np.ndarray:
     """Boolean tissue mask of an RGB uint8 image by ``method`` (see the module docstring)."""
     if method not in METHODS:
-        raise ValueError(f"unknown tissue method {method!r}; choose from {list(METHODS)}")
+        raise ConfigError(f"unknown tissue method {method!r}; choose from {list(METHODS)}")
     return _mask(_Channels(rgb), saturation, method)
 
 
@@ -117,7 +118,7 @@ class TissueMap:
 
     def __init__(self, store: SlideStore, saturation: float = 0.08, max_side: int = 2048, method: str = "saturation"):
         if method not in METHODS:
-            raise ValueError(f"unknown tissue method {method!r}; choose from {list(METHODS)}")
+            raise ConfigError(f"unknown tissue method {method!r}; choose from {list(METHODS)}")
         k = len(store.levels) - 1
         while k > 0 and max(store.levels[k - 1].shape[1:]) <= max_side:
             k -= 1

@@ -22,6 +22,7 @@ from rasterio.transform import Affine
 from shapely.geometry import MultiPolygon, Polygon, mapping, shape
 from shapely.geometry.polygon import orient
 from skimage.measure import label
+from wsiseg.errors import ConfigError
 
 # Namespace of the feature ids: uuid5(NAMESPACE, slide/class/geometry) is the same for the same object.
 NAMESPACE = uuid.UUID("6f1c0d52-5b0e-4c5e-9a57-2f1d0b0a7e16")
@@ -109,7 +110,7 @@ def qupath_features(
     (``annotation`` or ``detection``), ``classification {name, color}`` and
     ``measurements`` (see :func:`object_measurements`)."""
     if object_type not in ("annotation", "detection"):
-        raise ValueError(f"object_type must be 'annotation' or 'detection', not {object_type!r}")
+        raise ConfigError(f"object_type must be 'annotation' or 'detection', not {object_type!r}")
     labels, n = label_objects(mask)
     geometries = object_geometries(labels, scale)
     measurements = object_measurements(labels, n, probability, scale, mpp)

@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 
 from wsiseg.imaging.stain import HEDJitter
+from wsiseg.errors import ConfigError
 
 Factory = Callable[..., A.BasicTransform]
 
@@ -75,11 +76,11 @@ def normalise(spec: Mapping[str, Any] | Sequence[str] | None) -> dict[str, dict[
     for raw, value in items:
         name = ALIASES.get(raw, raw)
         if name not in TRANSFORMS:
-            raise ValueError(f"train.augment: unknown augmentation {raw!r}; choose from {sorted(TRANSFORMS)}")
+            raise ConfigError(f"train.augment: unknown augmentation {raw!r}; choose from {sorted(TRANSFORMS)}")
         options = dict(value) if isinstance(value, Mapping) else {} if value is None else {"p": float(value)}
         options.setdefault("p", TRANSFORMS[name][1])
         if not 0 <= float(options["p"]) <= 1:
-            raise ValueError(f"train.augment.{raw}: probability {options['p']} is not in [0, 1]")
+            raise ConfigError(f"train.augment.{raw}: probability {options['p']} is not in [0, 1]")
         out[name] = options
     return out
 
@@ -96,10 +97,10 @@ def _make(name: str, options: Mapping[str, Any]) -> A.BasicTransform:
         try:
             transform = TRANSFORMS[name][0](**_tuples(options))
         except (TypeError, ValueError) as err:
-            raise ValueError(f"train.augment.{name}: {err}") from None
+            raise ConfigError(f"train.augment.{name}: {err}") from None
     invalid = [str(w.message) for w in caught if "not valid" in str(w.message)]
     if invalid:
-        raise ValueError(f"train.augment.{name}: {invalid[0]}")
+        raise ConfigError(f"train.augment.{name}: {invalid[0]}")
     return transform
 
 

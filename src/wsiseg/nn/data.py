@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from wsiseg.nn.augment import build_augmentation, reseed, seed_states
 from wsiseg.imaging.stain import normalise_image
+from wsiseg.errors import PatchError
 
 # ImageNet statistics: what smp encoders (and their pretrained weights) expect
 MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
@@ -170,9 +171,9 @@ class PatchDataModule(pl.LightningDataModule):
         self.train_set = PatchDataset(self.train_stores, build_augmentation(self.augment_spec, self.seed), self.classes, self.seed, self.stain)
         self.val_set = PatchDataset(self.val_stores, classes=self.classes, seed=self.seed, stain=self.stain)
         if not len(self.train_set):
-            raise ValueError(f"no training patches in {self.train_stores}: loosen patches.min_coverage/max_coverage")
+            raise PatchError(f"no training patches in {self.train_stores}: loosen patches.min_coverage/max_coverage")
         if not len(self.val_set):
-            raise ValueError(f"no validation patches in {self.val_stores}")
+            raise PatchError(f"no validation patches in {self.val_stores}")
 
     def _loader(self, dataset: Dataset, sampler: Sampler | None = None) -> DataLoader:
         return DataLoader(

@@ -17,6 +17,7 @@ from typing import Callable, Mapping, Sequence
 import segmentation_models_pytorch as smp
 import torch
 from torch import nn
+from wsiseg.errors import ConfigError
 
 BINARY_ONLY = {"bce"}
 MULTICLASS_ONLY = {"ce"}
@@ -27,7 +28,7 @@ def _weights(class_weights: Sequence[float] | None, classes: int) -> list[float]
     if class_weights is None:
         return None
     if len(class_weights) != classes:
-        raise ValueError(f"train.class_weights has {len(class_weights)} value(s) but the model has {classes} classes")
+        raise ConfigError(f"train.class_weights has {len(class_weights)} value(s) but the model has {classes} classes")
     return [float(w) for w in class_weights]
 
 
@@ -71,15 +72,15 @@ def build_loss(weights: Mapping[str, float], classes: int = 1, class_weights: Se
     Terms are summed in name order, so the order they are listed in never changes the result."""
     unknown = sorted(set(weights) - set(LOSSES))
     if unknown:
-        raise ValueError(f"train.loss: unknown loss(es) {unknown}; choose from {sorted(LOSSES)}")
+        raise ConfigError(f"train.loss: unknown loss(es) {unknown}; choose from {sorted(LOSSES)}")
     binary = classes == 1
     wrong = sorted(set(weights) & (MULTICLASS_ONLY if binary else BINARY_ONLY))
     if wrong:
         hint = "use 'bce' for a binary model" if binary else "use 'ce' for a multi-class model"
-        raise ValueError(f"train.loss: {wrong} does not apply to a {'binary' if binary else 'multi-class'} model; {hint}")
+        raise ConfigError(f"train.loss: {wrong} does not apply to a {'binary' if binary else 'multi-class'} model; {hint}")
     active = {name: 1.0 if w is None else float(w) for name, w in sorted(weights.items()) if w is None or float(w) != 0}
     if not active:
-        raise ValueError("train.loss: needs at least one loss with a non-zero weight")
+        raise ConfigError("train.loss: needs at least one loss with a non-zero weight")
     mode = smp.losses.BINARY_MODE if binary else smp.losses.MULTICLASS_MODE
     class_w = _weights(class_weights, classes)
     return WeightedLoss({name: LOSSES[name](mode, class_w) for name in active}, active)

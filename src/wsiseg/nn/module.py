@@ -14,6 +14,7 @@ from torch import nn
 from wsiseg.utils.io import check_input_file
 from wsiseg.nn.losses import build_loss
 from wsiseg.config.params import DEFAULT_LOSS
+from wsiseg.errors import ConfigError, ModelError
 
 
 def build_network(
@@ -34,7 +35,7 @@ def build_network(
     try:
         return smp.create_model(arch, encoder_name=encoder, encoder_weights=encoder_weights, in_channels=3, classes=classes, **kwargs)
     except (KeyError, ValueError, TypeError) as err:
-        raise ValueError(f"cannot build smp model arch={arch!r} encoder={encoder!r}: {err}") from None
+        raise ConfigError(f"cannot build smp model arch={arch!r} encoder={encoder!r}: {err}") from None
 
 
 SCHEDULERS = ("cosine", "onecycle", "none")
@@ -99,7 +100,7 @@ class SegmentationModule(pl.LightningModule):
     ):
         super().__init__()
         if scheduler not in SCHEDULERS:
-            raise ValueError(f"train.scheduler: unknown {scheduler!r}; choose from {list(SCHEDULERS)}")
+            raise ConfigError(f"train.scheduler: unknown {scheduler!r}; choose from {list(SCHEDULERS)}")
         self.save_hyperparameters()
         self.net = build_network(arch, encoder, encoder_weights, encoder_depth, decoder_channels, classes)
         self.criterion = build_loss(loss or DEFAULT_LOSS, classes, class_weights)
@@ -171,22 +172,22 @@ def load_model(checkpoint: str | Path, map_location: str | torch.device = "cpu")
     """Rebuild a trained :class:`SegmentationModule` from a checkpoint, loading tensors only.
 
     Uses ``torch.load(weights_only=True)``: a checkpoint cannot run code."""
-    path = check_input_file(checkpoint, "checkpoint", missing=FileNotFoundError, empty_note=", not a checkpoint (an interrupted copy?)")
+    path = check_input_file(checkpoint, "checkpoint", ModelError, missing=FileNotFoundError, empty_note=", not a checkpoint (an interrupted copy?)")
     with open(path, "rb") as handle:
         head = handle.read(4)
     if head != b"PK\x03\x04":  # torch.save writes a zip archive
-        raise ValueError(f"{checkpoint}: not a PyTorch checkpoint (starts with {head!r}, not a torch.save zip archive)")
+        raise ModelError(f"{checkpoint}: not a PyTorch checkpoint (starts with {head!r}, not a torch.save zip archive)")
     try:
         ckpt = torch.load(checkpoint, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
         # torch's message is a page of advice on weights_only; the short of it:
-        raise ValueError(f"{checkpoint}: refused: the file holds Python objects other than tensors, which could run code "
+        raise ModelError(f"{checkpoint}: refused: the file holds Python objects other than tensors, which could run code "
                          "when loaded (wsiseg loads tensors only; use a checkpoint written by wsiseg train)") from None
     except Exception as err:
         reason = " ".join(str(err).split())[:200] or type(err).__name__
-        raise ValueError(f"{checkpoint}: not a PyTorch checkpoint ({reason})") from None
+        raise ModelError(f"{checkpoint}: not a PyTorch checkpoint ({reason})") from None
     if not isinstance(ckpt, dict) or "hyper_parameters" not in ckpt or "state_dict" not in ckpt:
-        raise ValueError(f"{checkpoint}: not a wsiseg checkpoint (no hyper_parameters/state_dict; use a model.ckpt written by wsiseg train)")
+        raise ModelError(f"{checkpoint}: not a wsiseg checkpoint (no hyper_parameters/state_dict; use a model.ckpt written by wsiseg train)")
     hparams = upgrade_hparams(ckpt["hyper_parameters"])
     hparams["encoder_weights"] = None  # trained weights follow; never download again
     hparams["compile"] = False  # inference code compiles (or not) on its own

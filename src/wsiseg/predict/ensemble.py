@@ -13,6 +13,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 from wsiseg.nn.module import load_model
+from wsiseg.errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +33,10 @@ def load_ensemble(checkpoints: Sequence[str | Path], device: torch.device) -> li
     models = [load_model(c, map_location=device).to(device) for c in checkpoints]
     scales = {training_resolution(m) for m in models}
     if len(scales) != 1:
-        raise ValueError(f"checkpoints {list(map(str, checkpoints))} were trained at different resolutions (um/px, downscale) {sorted(scales, key=str)}")
+        raise ModelError(f"checkpoints {list(map(str, checkpoints))} were trained at different resolutions (um/px, downscale) {sorted(scales, key=str)}")
     stains = {json.dumps(m.hparams.get("stain"), sort_keys=True) for m in models}
     if len(stains) != 1:  # one tile batch feeds every member: they must agree on its colours
-        raise ValueError(f"checkpoints {list(map(str, checkpoints))} were trained with different stain normalisers")
+        raise ModelError(f"checkpoints {list(map(str, checkpoints))} were trained with different stain normalisers")
     return models
 
 
@@ -49,7 +50,7 @@ def training_resolution(model: torch.nn.Module) -> tuple[float | None, float | N
 def tta_pairs(ops: Sequence[str]):
     unknown = sorted(set(ops) - set(TTA_OPS))
     if unknown:
-        raise ValueError(f"unknown TTA op(s) {unknown}; use {list(TTA_OPS)}")
+        raise ConfigError(f"unknown TTA op(s) {unknown}; use {list(TTA_OPS)}")
     pairs = [(lambda x: x, lambda x: x)]
     if "hflip" in ops:
         pairs.append((lambda x: x.flip(3), lambda x: x.flip(3)))

@@ -20,6 +20,7 @@ from wsiseg.predict.plan import TilePlan
 from wsiseg.store.slide import PyramidWriter, interleave
 from wsiseg.utils.logs import StepTimes
 from wsiseg.utils.prefetch import prefetch
+from wsiseg.errors import ConfigError
 
 
 def blend_window(size: int, mode: str = "gaussian", overlap: int = 0) -> np.ndarray:
@@ -36,7 +37,7 @@ def blend_window(size: int, mode: str = "gaussian", overlap: int = 0) -> np.ndar
     elif mode == "constant":
         line = np.ones(size, np.float32)
     else:
-        raise ValueError(f"unknown blend mode {mode!r}; use gaussian, ramp or constant")
+        raise ConfigError(f"unknown blend mode {mode!r}; use gaussian, ramp or constant")
     window = np.outer(line, line)
     return np.maximum(window / window.max(), 1e-4).astype(np.float32)
 

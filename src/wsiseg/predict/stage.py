@@ -75,6 +75,7 @@ from wsiseg.store.slide import (
 )
 from wsiseg.utils.io import atomic_path, check_output, release_memory
 from wsiseg.utils.logs import StepTimes, progress
+from wsiseg.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -247,12 +248,12 @@ def _aligned_levels(strip: int, chunk: int) -> int:
 
 def _check_params(params: PredictParams) -> None:
     if params.overlap >= params.tile:
-        raise ValueError(f"predict.overlap ({params.overlap}) must be smaller than predict.tile ({params.tile})")
+        raise ConfigError(f"predict.overlap ({params.overlap}) must be smaller than predict.tile ({params.tile})")
     tta_pairs(params.tta)
     if params.split_objects not in (None, *SPLIT_METHODS):
-        raise ValueError(f"predict.split_objects {params.split_objects!r} is unknown; choose from {list(SPLIT_METHODS)} or null")
+        raise ConfigError(f"predict.split_objects {params.split_objects!r} is unknown; choose from {list(SPLIT_METHODS)} or null")
     if params.tissue_method not in TISSUE_METHODS:
-        raise ValueError(f"predict.tissue_method {params.tissue_method!r} is unknown; choose from {list(TISSUE_METHODS)}")
+        raise ConfigError(f"predict.tissue_method {params.tissue_method!r} is unknown; choose from {list(TISSUE_METHODS)}")
 
 
 def predict_many(

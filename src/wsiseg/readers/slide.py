@@ -48,6 +48,7 @@ import tifffile
 import zarr
 
 from wsiseg.resolution import UNKNOWN, PixelSize, ResolutionError, tiff_pixel_size
+from wsiseg.errors import SlideError
 
 RASTER_SUFFIXES = {".png", ".jpg", ".jpeg"}
 UINT16_RULES = ("scale", "percentile")
@@ -62,9 +63,6 @@ log = logging.getLogger(__name__)
 Band = tuple[int, np.ndarray]  # (y0, (h, W, channels) rows)
 Piece = tuple[int, int, np.ndarray]  # (y, x, (h, w, channels) pixels) of a decoded tile or region
 
-
-class SlideError(ValueError):
-    """A source slide that cannot be read; the message names the file."""
 
 
 def default_workers() -> int:

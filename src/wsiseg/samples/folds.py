@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+from wsiseg.errors import ConfigError
 
 
 def assign_folds(slides: Sequence[str], k: int, seed: int = 0) -> dict[str, int]:
@@ -14,9 +15,9 @@ def assign_folds(slides: Sequence[str], k: int, seed: int = 0) -> dict[str, int]
     fold sizes differ by at most one slide."""
     unique = sorted(set(slides))
     if k < 2:
-        raise ValueError(f"train.folds: k-fold needs k >= 2, got {k}")
+        raise ConfigError(f"train.folds: k-fold needs k >= 2, got {k}")
     if len(unique) < k:
-        raise ValueError(f"train.folds = {k} needs at least {k} train/val slides with masks, the sample sheet has {len(unique)}")
+        raise ConfigError(f"train.folds = {k} needs at least {k} train/val slides with masks, the sample sheet has {len(unique)}")
     order = np.random.default_rng(seed).permutation(len(unique))
     return {unique[i]: n % k for n, i in enumerate(order)}
 
@@ -24,6 +25,6 @@ def assign_folds(slides: Sequence[str], k: int, seed: int = 0) -> dict[str, int]
 def fold_split(slides: Sequence[str], k: int, fold: int, seed: int = 0) -> tuple[list[str], list[str]]:
     """(training slides, validation slides) of ``fold``, both in the order of ``slides``."""
     if not 0 <= fold < k:
-        raise ValueError(f"fold {fold} is not in 0..{k - 1}")
+        raise ConfigError(f"fold {fold} is not in 0..{k - 1}")
     folds = assign_folds(slides, k, seed)
     return [s for s in slides if folds[s] != fold], [s for s in slides if folds[s] == fold]

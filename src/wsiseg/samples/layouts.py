@@ -38,15 +38,13 @@ import pandas as pd
 
 from wsiseg.samples.sheet import COLUMNS, validate_samples
 from wsiseg.readers.slide import SlideError, open_reader
+from wsiseg.errors import DatasetLayoutError
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".tiff", ".tif", ".svs", ".png", ".jpg", ".jpeg", ".bmp")
 HPA_COLUMNS = ["id", "organ", "img_height", "img_width", "rle"]
 
-
-class DatasetLayoutError(ValueError):
-    """A dataset folder that does not have the expected layout; the message names the path."""
 
 
 def _images(folder: Path) -> dict[str, Path]:

@@ -12,14 +12,12 @@ from pathlib import Path
 import pandas as pd
 
 from wsiseg.resolution import MAX_MPP, MIN_MPP
+from wsiseg.errors import SampleSheetError
 
 COLUMNS = ["slide_id", "image", "mask", "split"]
 OPTIONAL = ["group", "mpp"]
 SPLITS = ("train", "val", "test")
 
-
-class SampleSheetError(ValueError):
-    """A sample sheet that cannot be used; the message names the file and row."""
 
 
 def validate_samples(table: pd.DataFrame, source: str | Path, check_files: bool = True) -> pd.DataFrame:

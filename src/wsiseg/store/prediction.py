@@ -37,6 +37,7 @@ import zarr
 from wsiseg.utils.io import atomic_path
 from wsiseg.modelcard import label_colour, wsiseg_version
 from wsiseg.store.slide import LABEL_AXES, NGFF_VERSION, multiscales, read_plane
+from wsiseg.errors import StoreError
 
 
 def image_attrs(name: str, levels: int, channels: Sequence[str], mpp: float | None = None, base: float = 1.0) -> dict:
@@ -81,7 +82,7 @@ class Prediction:
             self.mask_levels = [masks[d["path"]] for d in masks.attrs["multiscales"][0]["datasets"]]
             self.prob_levels = [probs[d["path"]] for d in probs.attrs["multiscales"][0]["datasets"]]
         except Exception as err:
-            raise ValueError(f"{self.path}: not a wsiseg prediction store ({err})") from None
+            raise StoreError(f"{self.path}: not a wsiseg prediction store ({err})") from None
         self.attrs = dict(root.attrs)
         self.height, self.width = self.mask_levels[0].shape[-2:]
         self.prob_scale = float(self.attrs.get("prob_downscale", 1.0))  # slide pixels per level-0 probability pixel

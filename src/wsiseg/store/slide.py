@@ -31,6 +31,7 @@ from zarr.storage import LocalStore
 
 from wsiseg.resolution import PixelSize
 from wsiseg.store.codecs import PlanarJpeg  # registers the wsiseg_jpeg codec for every reader of slide stores
+from wsiseg.errors import StoreError
 
 NGFF_VERSION = "0.4"
 AXES = [
@@ -40,9 +41,6 @@ AXES = [
 ]
 LABEL_AXES = AXES[1:]  # label images: (y, x), no channel axis (a 2-D labels layer in napari)
 
-
-class StoreError(ValueError):
-    """A zarr store that is not a wsiseg slide store; the message names the path."""
 
 
 SHUFFLES = {"bit": numcodecs.Blosc.BITSHUFFLE, "byte": numcodecs.Blosc.SHUFFLE, "none": numcodecs.Blosc.NOSHUFFLE}

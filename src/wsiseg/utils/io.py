@@ -25,12 +25,10 @@ import socket
 import uuid
 from pathlib import Path
 from typing import Iterable, Iterator
+from wsiseg.errors import OutputError, WsisegError
 
 MARKER = ".wsiseg-output.json"  # inside a folder output: which stage wrote it
 
-
-class OutputError(ValueError):
-    """An output path that would destroy something that is not this stage's own earlier output."""
 
 
 def _remove(path: Path) -> None:
@@ -41,7 +39,7 @@ def _remove(path: Path) -> None:
 
 
 def check_input_file(
-    path: str | Path, kind: str, error: type[Exception] = ValueError, missing: type[Exception] | None = None, empty_note: str = ""
+    path: str | Path, kind: str, error: type[Exception] = WsisegError, missing: type[Exception] | None = None, empty_note: str = ""
 ) -> Path:
     """``path`` as a Path once it is an existing, non-empty regular file; otherwise one line naming it:
     a directory or an empty file (``empty_note`` appended) raise ``error``, a missing ``kind`` ``missing``
