@@ -18,7 +18,8 @@ from wsiseg.readers.registry import choose_backend
 from wsiseg.convert import convert_slide
 from wsiseg.readers.openslide import detect, flatten
 from wsiseg.samples.sheet import validate_samples
-from wsiseg.readers.slide import SlideError, SourceSlide
+from wsiseg.errors import SlideError
+from wsiseg.readers.slide import SourceSlide
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import zarr
 from wsiseg import rle
 from wsiseg.convert import convert_slide
 from wsiseg.annotations.masks import MaskError
-from wsiseg.readers.slide import SlideError
+from wsiseg.errors import SlideError
 from wsiseg.store.slide import SlideStore
 
 

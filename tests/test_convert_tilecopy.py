@@ -16,7 +16,7 @@ import zarr
 
 import wsiseg.store.tilecopy
 from wsiseg.convert import convert_slide
-from wsiseg.readers.slide import SlideError
+from wsiseg.errors import SlideError
 from wsiseg.store.slide import SlideStore, halve
 
 TILE = 256

@@ -18,7 +18,7 @@ from skimage.draw import polygon as draw_polygon
 from wsiseg import convert as convert_module
 from wsiseg.convert import convert_many, convert_slide
 from wsiseg.annotations.masks import MaskError, PolygonMask
-from wsiseg.readers.slide import SlideError
+from wsiseg.errors import SlideError
 from wsiseg.store.slide import SlideStore
 
 H, W = 200, 260

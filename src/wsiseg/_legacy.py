@@ -39,7 +39,7 @@ MOVED = {
     "predstore": "wsiseg.store.prediction",
     "prefetch": "wsiseg.utils.prefetch",
     "settings": "wsiseg.config.params",
-    "slide": "wsiseg.readers.slide",
+    "slide": "wsiseg.readers",
     "stain": "wsiseg.imaging.stain",
     "tilecopy": "wsiseg.store.tilecopy",
     "tissue": "wsiseg.imaging.tissue",
@@ -74,13 +74,18 @@ def install() -> None:
         sys.meta_path.append(_Alias())
 
 
-def forward_to(module: str, package: str) -> Callable[[str], Any]:
-    """A package's ``__getattr__`` that finds its old flat module's names in ``module`` when first asked for."""
+def forward_to(package: str, *modules: str) -> Callable[[str], Any]:
+    """A package's ``__getattr__`` that finds the names of the flat module it replaced in ``modules``
+    (imported when first asked for, so importing the package costs nothing)."""
 
     def __getattr__(name: str) -> Any:
-        try:
-            return getattr(importlib.import_module(module), name)
-        except AttributeError:
-            raise AttributeError(f"module {package!r} has no attribute {name!r}") from None
+        for module in modules:
+            found = getattr(importlib.import_module(module), name, _MISSING)
+            if found is not _MISSING:
+                return found
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
     return __getattr__
+
+
+_MISSING = object()

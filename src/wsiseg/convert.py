@@ -18,7 +18,9 @@ from wsiseg.utils.logs import StepTimes, progress
 from wsiseg.annotations.masks import MaskError, MaskSource, open_mask
 from wsiseg.utils.prefetch import prefetch
 from wsiseg.resolution import choose
-from wsiseg.readers.slide import MAX_DECODED_PIXELS, SourceSlide, default_workers
+from wsiseg.readers.raster import MAX_DECODED_PIXELS
+from wsiseg.readers.slide import SourceSlide
+from wsiseg.readers.base import default_workers
 from wsiseg.store.tilecopy import TileCopy, copy_plan, write_copied
 from wsiseg.store.slide import (
     LABEL_AXES,

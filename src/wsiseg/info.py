@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 from wsiseg.resolution import PixelSize
-from wsiseg.readers.slide import SlideError, SourceSlide
+from wsiseg.errors import SlideError
+from wsiseg.readers.slide import SourceSlide
 
 
 def source_info(path: str | Path, reader: str = "auto") -> dict:

@@ -33,7 +33,9 @@ import shapely
 from shapely.geometry import MultiPolygon, Polygon, box, shape
 
 from wsiseg import rle
-from wsiseg.readers.slide import SlideError, guarded, open_reader
+from wsiseg.errors import SlideError
+from wsiseg.readers.base import guarded
+from wsiseg.readers.registry import open_reader
 from wsiseg.errors import MaskError
 
 log = logging.getLogger(__name__)

@@ -258,7 +258,9 @@ def image_pixel_size(path: str | Path, reader: str = "auto") -> Any:
     that convert will use (``reader``: ``convert.reader``), without decoding pixels.  Unknown for PNG/JPEG
     (they state none and would be decoded whole) and for files that cannot be opened (convert reports those)."""
     from wsiseg.resolution import UNKNOWN
-    from wsiseg.readers.slide import MAX_DECODED_PIXELS, MAX_SEGMENT_BYTES, RASTER_SUFFIXES, open_reader
+    from wsiseg.readers.raster import MAX_DECODED_PIXELS, RASTER_SUFFIXES
+    from wsiseg.readers.tiff import MAX_SEGMENT_BYTES
+    from wsiseg.readers.registry import open_reader
 
     path = Path(path)
     if not path.exists() or path.suffix.lower() in RASTER_SUFFIXES:
@@ -278,7 +280,7 @@ def image_pixel_size(path: str | Path, reader: str = "auto") -> Any:
 def image_shape(path: str | Path) -> tuple[int, int] | None:
     """(height, width) of an image from its header only (TIFF: level 0 of the first series;
     PNG/JPEG: :func:`wsiseg.readers.slide.declared_size`); None when the file cannot be read that way."""
-    from wsiseg.readers.slide import RASTER_SUFFIXES, declared_size
+    from wsiseg.readers.raster import RASTER_SUFFIXES, declared_size
 
     path = Path(path)
     if not path.is_file():

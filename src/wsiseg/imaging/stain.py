@@ -134,7 +134,7 @@ def normalise_batch(tiles: np.ndarray, normaliser: Mapping[str, Any] | None) -> 
 
 def reference_pixels(path: str | Path) -> np.ndarray:
     """A sparse grid of uint8 RGB pixels over the whole image file ``path`` (what a normaliser is fitted on)."""
-    from wsiseg.readers.slide import open_reader
+    from wsiseg.readers.registry import open_reader
 
     reader, tif = open_reader(path)
     try:

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from wsiseg.resolution import UNKNOWN, PixelSize, stated
-from wsiseg.readers.slide import PyramidReader, SlideError
+from wsiseg.readers.base import PyramidReader
+from wsiseg.errors import SlideError
 
 DICM = b"DICM"  # the magic at byte 128 of a DICOM Part 10 file
 

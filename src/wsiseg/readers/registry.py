@@ -20,10 +20,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import tifffile
+
 from wsiseg.readers.dicom import DicomReader, is_dicom
 from wsiseg.utils.io import check_input_file
 from wsiseg.readers.openslide import OpenSlideReader, detect
-from wsiseg.readers.slide import RASTER_SUFFIXES, SlideError, open_raster, open_tiff
+from wsiseg.readers.raster import RASTER_SUFFIXES, open_raster
+from wsiseg.errors import SlideError
+from wsiseg.readers import tiff
+from wsiseg.readers.tiff import open_tiff
+from wsiseg.readers.base import Reader, default_workers
+from wsiseg.readers.raster import MAX_DECODED_PIXELS
 
 READERS = ("auto", "tifffile", "openslide", "dicom")
 TIFFFILE_VENDORS = (None, "generic-tiff", "aperio")  # OpenSlide's names of the formats tifffile reads as they are
@@ -92,3 +99,24 @@ def describe(reader) -> dict:
     levels = [[int(level.shape[level.axes.index(a)]) for a in "YX"] for level in series.levels]
     others = [s.name or s.kind for s in series.parent.series[1:]]
     return {"backend": "tifffile", "vendor": series.kind, "levels": levels, "associated": others}
+
+
+def open_reader(
+    path: str | Path,
+    workers: int | None = None,
+    max_segment_bytes: int | None = None,
+    max_decoded_pixels: int | None = None,
+    reader: str = "auto",
+) -> tuple[Reader, tifffile.TiffFile | None]:
+    """A raw-pixel reader for any supported slide, and the TiffFile to close (None unless read by tifffile).
+
+    ``reader`` picks the backend: ``tifffile``, ``openslide``, ``dicom``, or
+    ``auto`` (per file, see :mod:`wsiseg.readers.registry`).  Strips over
+    :data:`~wsiseg.readers.tiff.STREAM_SEGMENT_BYTES` decoded are streamed when their
+    compression allows; other segments over ``max_segment_bytes`` (default
+    :data:`~wsiseg.readers.tiff.MAX_SEGMENT_BYTES`) are rejected.  PNG/JPEG images declaring more
+    than ``max_decoded_pixels`` (default :data:`MAX_DECODED_PIXELS`) are
+    refused before decoding; TIFFs are streamed and not limited."""
+    return open_backend(
+        path, reader, workers or default_workers(), max_segment_bytes or tiff.MAX_SEGMENT_BYTES, max_decoded_pixels or MAX_DECODED_PIXELS
+    )

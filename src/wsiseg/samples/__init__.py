@@ -7,4 +7,4 @@ found here are looked up in :mod:`wsiseg.samples.sheet` when first asked for.
 
 from wsiseg._legacy import forward_to
 
-__getattr__ = forward_to("wsiseg.samples.sheet", "wsiseg.samples")
+__getattr__ = forward_to("wsiseg.samples", "wsiseg.samples.sheet")

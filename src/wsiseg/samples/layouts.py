@@ -37,7 +37,8 @@ import numpy as np
 import pandas as pd
 
 from wsiseg.samples.sheet import COLUMNS, validate_samples
-from wsiseg.readers.slide import SlideError, open_reader
+from wsiseg.errors import SlideError
+from wsiseg.readers.registry import open_reader
 from wsiseg.errors import DatasetLayoutError
 
 log = logging.getLogger(__name__)

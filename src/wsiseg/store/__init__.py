@@ -8,4 +8,4 @@ names not found here are looked up in :mod:`wsiseg.store.slide` when first asked
 
 from wsiseg._legacy import forward_to
 
-__getattr__ = forward_to("wsiseg.store.slide", "wsiseg.store")
+__getattr__ = forward_to("wsiseg.store", "wsiseg.store.slide")

@@ -38,7 +38,7 @@ import zarr
 from wsiseg.store.codecs import PlanarJpeg
 from wsiseg.utils.logs import StepTimes, progress
 from wsiseg.utils.prefetch import prefetch
-from wsiseg.readers.slide import SlideError
+from wsiseg.errors import SlideError
 from wsiseg.store.slide import (
     BlockPyramid, _direct_path, chunk_writers, create_level, halve, halve_into, write_chunk_file, write_levels,
 )
