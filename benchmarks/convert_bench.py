@@ -231,7 +231,9 @@ def level1_psnr(store: Path, path: Path) -> dict:
     count = tiles = 0
     for y in range(0, source.shape[0], 2 * TILE):
         band = np.asarray(source[y : y + 2 * TILE])
-        mean = cv2.resize(band, (-(-band.shape[1] // 2), -(-band.shape[0] // 2)), interpolation=cv2.INTER_AREA).astype(np.float32)
+        mean = cv2.resize(band, (-(-band.shape[1] // 2), -(-band.shape[0] // 2)), interpolation=cv2.INTER_AREA).astype(
+            np.float32
+        )
         got = np.asarray(level1[:, y // 2 : y // 2 + TILE, : mean.shape[1]]).transpose(1, 2, 0).astype(np.float32)
         stored += float(((got - mean) ** 2).sum())
         count += mean.size
@@ -241,7 +243,9 @@ def level1_psnr(store: Path, path: Path) -> dict:
             for data, index in page.parent.filehandle.read_segments(page.dataoffsets, page.databytecounts, sort=True):
                 full = imagecodecs.jpeg8_decode(data)
                 mean = cv2.resize(full, (full.shape[1] // 2, full.shape[0] // 2), interpolation=cv2.INTER_AREA)
-                half = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_2 | cv2.IMREAD_COLOR_RGB)
+                half = cv2.imdecode(
+                    np.frombuffer(data, np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_2 | cv2.IMREAD_COLOR_RGB
+                )
                 scaled += float(((half.astype(np.float32) - mean) ** 2).sum())
                 tiles += mean.size
     db = lambda error, n: float("inf") if error == 0 else 10 * np.log10(255**2 / (error / n))  # noqa: E731
@@ -255,7 +259,10 @@ def run_convert(path: Path, out: Path, size: int, options: dict) -> dict:
     seconds, cpu, kernel, maxrss_kb = result.stdout.split()[-4:]
     seconds = float(seconds)
     return {
-        "seconds": seconds, "cpu_seconds": float(cpu), "system_cpu_seconds": float(kernel), "mb_per_s": size * size * 3 / seconds / 1e6,
+        "seconds": seconds,
+        "cpu_seconds": float(cpu),
+        "system_cpu_seconds": float(kernel),
+        "mb_per_s": size * size * 3 / seconds / 1e6,
         "peak_rss_mb": int(maxrss_kb) / 1024,
     }
 
@@ -271,8 +278,11 @@ def workdir_file_system(workdir: Path) -> dict:
     device, point, kind = mount_of(workdir)
     journal = Path(f"/proc/fs/jbd2/{Path(device).name}-8").exists() if kind == "ext4" else None
     if journal is False:
-        print(f"warning: {point} is ext4 without a journal: file creation there is not representative; "
-              "pass --workdir on a journaled file system", file=sys.stderr)
+        print(
+            f"warning: {point} is ext4 without a journal: file creation there is not representative; "
+            "pass --workdir on a journaled file system",
+            file=sys.stderr,
+        )
     return {"type": kind, "mount": point, "device": device, "ext4_journal": journal}
 
 
@@ -298,7 +308,13 @@ def median_run(runs: list[dict]) -> dict:
 
 
 def bench(
-    size: int, layout: str, workdir: Path, options: dict, repeats: int, baseline: dict | None = None, drop_caches: bool = False,
+    size: int,
+    layout: str,
+    workdir: Path,
+    options: dict,
+    repeats: int,
+    baseline: dict | None = None,
+    drop_caches: bool = False,
 ) -> dict:
     """Generate one slide, measure decode and convert side by side ``repeats`` times (alternating; medians), delete the files."""
     path = workdir / f"{layout}_{size}.tif"
@@ -359,7 +375,9 @@ def bench(
             "convert_options": baseline,
             "convert": median_run(baselines),
             "throughput_ratios_all_cores": [c["mb_per_s"] / d["mb_per_s"] for d, c in zip(decodes_all, baselines)],
-            "speedups": [b["seconds"] / c["seconds"] for b, c in zip(baselines, converts)],  # baseline time / convert time
+            "speedups": [
+                b["seconds"] / c["seconds"] for b, c in zip(baselines, converts)
+            ],  # baseline time / convert time
         }
     print(json.dumps(row), flush=True)
     return row
@@ -370,16 +388,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", type=int, nargs="*", default=[20000, 40000], help="tiled slide sides")
     parser.add_argument("--stripped-sizes", type=int, nargs="*", default=[20000, 40000])
     parser.add_argument("--onestrip-sizes", type=int, nargs="*", default=[20000])
-    parser.add_argument("--real-sizes", type=int, nargs="*", default=[20000, 40000],
-                        help="tiled JPEG mosaics of real H&E crops (../shared/data/gbm40, never copied into the repo)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "convert_lossless_synthetic.json")
+    parser.add_argument(
+        "--real-sizes",
+        type=int,
+        nargs="*",
+        default=[20000, 40000],
+        help="tiled JPEG mosaics of real H&E crops (../shared/data/gbm40, never copied into the repo)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results" / "convert_lossless_synthetic.json"
+    )
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
     parser.add_argument("--repeats", type=int, default=3, help="decode/convert pairs per slide (medians reported)")
-    parser.add_argument("--options", type=json.loads, default={}, help='convert_slide keywords as JSON, e.g. \'{"level": 5}\'')
-    parser.add_argument("--baseline-options", type=json.loads, default=None,
-                        help="also convert with these keywords in every round (e.g. the path being replaced), for a same-load comparison")
-    parser.add_argument("--drop-caches", action="store_true",
-                        help="drop the page cache (root) and re-read the slide before each timed run (see settle())")
+    parser.add_argument(
+        "--options", type=json.loads, default={}, help="convert_slide keywords as JSON, e.g. '{\"level\": 5}'"
+    )
+    parser.add_argument(
+        "--baseline-options",
+        type=json.loads,
+        default=None,
+        help="also convert with these keywords in every round (e.g. the path being replaced), for a same-load comparison",
+    )
+    parser.add_argument(
+        "--drop-caches",
+        action="store_true",
+        help="drop the page cache (root) and re-read the slide before each timed run (see settle())",
+    )
     args = parser.parse_args(argv)
     if args.drop_caches and not os.access("/proc/sys/vm/drop_caches", os.W_OK):
         parser.error("--drop-caches needs write access to /proc/sys/vm/drop_caches (root)")
@@ -387,11 +421,23 @@ def main(argv: list[str] | None = None) -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     file_system = workdir_file_system(args.workdir)  # warns first when it is not representative
     with tempfile.TemporaryDirectory(dir=args.workdir, prefix="wsiseg-bench-") as tmp:
-        layouts = (("tiled", args.sizes), ("real", args.real_sizes), ("stripped", args.stripped_sizes), ("onestrip", args.onestrip_sizes))
+        layouts = (
+            ("tiled", args.sizes),
+            ("real", args.real_sizes),
+            ("stripped", args.stripped_sizes),
+            ("onestrip", args.onestrip_sizes),
+        )
         for layout, sizes in layouts:
-            rows += [bench(size, layout, Path(tmp), args.options, args.repeats, args.baseline_options, args.drop_caches) for size in sizes]
+            rows += [
+                bench(size, layout, Path(tmp), args.options, args.repeats, args.baseline_options, args.drop_caches)
+                for size in sizes
+            ]
     result = {
-        "machine": {"cpus": len(os.sched_getaffinity(0)), "python": platform.python_version(), "tifffile": tifffile.__version__},
+        "machine": {
+            "cpus": len(os.sched_getaffinity(0)),
+            "python": platform.python_version(),
+            "tifffile": tifffile.__version__,
+        },
         "workdir": file_system,
         "targets": {"peak_rss_mb_below": 1536, "throughput_ratio_at_least": 0.5},
         "runs": rows,

@@ -32,10 +32,10 @@ import threading
 import time
 from pathlib import Path
 
-import wsiseg  # noqa: F401  (first: sets wsiseg's OpenMP wait policy before torch loads, as the CLI does)
 import torch
-
 from predict_bench import make_checkpoint, make_slide, measure, parse_with_common
+
+import wsiseg  # noqa: F401  (first: sets wsiseg's OpenMP wait policy before torch loads, as the CLI does)
 
 RESNET34 = dict(encoder="resnet34")  # the default U-Net: 5 encoder stages, decoder (256, 128, 64, 32, 16)
 
@@ -84,12 +84,31 @@ def run(kind: str, sampler: Sampler | None, src: str | None = None, **args) -> d
     return out
 
 
-def bench_downscale(work: Path, slide: Path, size: int, ds: float, repeats: int, batch: int, threads: int,
-                    device: str, sampler: Sampler | None, before: str | None = None) -> dict:
+def bench_downscale(
+    work: Path,
+    slide: Path,
+    size: int,
+    ds: float,
+    repeats: int,
+    batch: int,
+    threads: int,
+    device: str,
+    sampler: Sampler | None,
+    before: str | None = None,
+) -> dict:
     """``predict`` and ``forward`` alternated ``repeats`` times at downscale ``ds``; every run and the medians."""
     ckpt = make_checkpoint(work / f"unet_r34_ds{ds:g}.ckpt", ds, RESNET34)
-    common = dict(slide=slide, ckpt=ckpt, tile=512, overlap=128, batch=batch, size=size, downscale=ds, threads=threads,
-                  device=device)
+    common = dict(
+        slide=slide,
+        ckpt=ckpt,
+        tile=512,
+        overlap=128,
+        batch=batch,
+        size=size,
+        downscale=ds,
+        threads=threads,
+        device=device,
+    )
     runs: dict[str, list[dict]] = {"predict": [], "forward": []}
     print(f"downscale {ds:g}, batch {batch}", flush=True)
     for i in range(repeats):
@@ -97,12 +116,18 @@ def bench_downscale(work: Path, slide: Path, size: int, ds: float, repeats: int,
         runs["forward"].append(run("forward", sampler, channels_last=True, **common))
         if before:  # an older wsiseg's predict_slide, side by side
             runs.setdefault("predict_before", []).append(
-                run("predict", sampler, out=work / f"before_ds{ds:g}_{i}.zarr", src=before, **common))
+                run("predict", sampler, out=work / f"before_ds{ds:g}_{i}.zarr", src=before, **common)
+            )
     predict_s = statistics.median(r["seconds"] for r in runs["predict"])
     forward_s = statistics.median(r["seconds"] for r in runs["forward"])
-    summary = {"predict_s": predict_s, "forward_s": forward_s, "forward_share": round(forward_s / predict_s, 3),
-               "slides_per_hour": round(3600 / predict_s, 1), "mpx_s": round(size**2 / predict_s / 1e6, 1),
-               "tiles": runs["predict"][0]["tiles"]}
+    summary = {
+        "predict_s": predict_s,
+        "forward_s": forward_s,
+        "forward_share": round(forward_s / predict_s, 3),
+        "slides_per_hour": round(3600 / predict_s, 1),
+        "mpx_s": round(size**2 / predict_s / 1e6, 1),
+        "tiles": runs["predict"][0]["tiles"],
+    }
     steps = [r["steps"] for r in runs["predict"] if r.get("steps")]
     if steps:  # each thread's time per step (predict's log): a launch-bound model thread vs a starved GPU
         summary["predict_steps"] = {name: round(statistics.median(s[name] for s in steps), 2) for name in steps[0]}
@@ -126,10 +151,19 @@ def main() -> None:
     opts, work = parse_with_common(parser, "benchmarks/results/gpu_predict_40k.json")
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
-    report: dict = {"machine": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-                    "device": torch.cuda.get_device_name() if cuda else "cpu", "precision": "16-mixed" if cuda else "32",
-                    "model": "Unet resnet34 (smp defaults), untrained", "size_px": opts.size, "tile": 512, "overlap": 128,
-                    "batch": opts.batch, "slide": "synthetic, all tissue: every tile predicted"}
+    report: dict = {
+        "machine": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "precision": "16-mixed" if cuda else "32",
+        "model": "Unet resnet34 (smp defaults), untrained",
+        "size_px": opts.size,
+        "tile": 512,
+        "overlap": 128,
+        "batch": opts.batch,
+        "slide": "synthetic, all tissue: every tile predicted",
+    }
     start = time.perf_counter()
     slide = make_slide(work / f"slide_{opts.size}.zarr", opts.size)
     report["make_slide_s"] = round(time.perf_counter() - start, 1)
@@ -141,9 +175,21 @@ def main() -> None:
         for ds in opts.downscales:
             for batch in opts.batch:
                 key = f"downscale_{ds:g}" + (f"_batch_{batch}" if len(opts.batch) > 1 else "")
-                report[key] = bench_downscale(work, slide, opts.size, ds, opts.repeats, batch,
-                                              opts.threads or os.cpu_count() or 1, device, sampler, opts.before)
-            out.write_text(json.dumps(report, indent=2, default=str))  # written after each section: a cut-off run keeps them
+                report[key] = bench_downscale(
+                    work,
+                    slide,
+                    opts.size,
+                    ds,
+                    opts.repeats,
+                    batch,
+                    opts.threads or os.cpu_count() or 1,
+                    device,
+                    sampler,
+                    opts.before,
+                )
+            out.write_text(
+                json.dumps(report, indent=2, default=str)
+            )  # written after each section: a cut-off run keeps them
 
 
 if __name__ == "__main__":

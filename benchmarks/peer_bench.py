@@ -73,8 +73,17 @@ def write_tiff(slide: Path, path: Path, tile: int = 512) -> Path:
                 block[: part.shape[0], : part.shape[1]] = part
                 yield block
 
-    tifffile.imwrite(path, tiles(), shape=(height, width, 3), dtype=np.uint8, tile=(tile, tile), photometric="rgb",
-                     compression="zlib", resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER")
+    tifffile.imwrite(
+        path,
+        tiles(),
+        shape=(height, width, 3),
+        dtype=np.uint8,
+        tile=(tile, tile),
+        photometric="rgb",
+        compression="zlib",
+        resolution=(1e4 / 0.5, 1e4 / 0.5),
+        resolutionunit="CENTIMETER",
+    )
     return path
 
 
@@ -128,30 +137,54 @@ def _child(kind: str, args: dict) -> dict:
         importlib.import_module("wsiseg.nn.module")  # imports are not timed
     start, cpu = time.perf_counter(), time.process_time()
     if kind == "wsiseg":
-        params = PredictParams(tile=TILE, overlap=OVERLAP, batch_size=BATCH, min_tissue=0.0, device="cpu",
-                               blend=args.get("blend", "gaussian"))
+        params = PredictParams(
+            tile=TILE,
+            overlap=OVERLAP,
+            batch_size=BATCH,
+            min_tissue=0.0,
+            device="cpu",
+            blend=args.get("blend", "gaussian"),
+        )
         predict_slide(args["slide"], args["ckpt"], args["out"], params)
     else:
         config = IOSegmentorConfig(
             input_resolutions=[{"units": "baseline", "resolution": 1.0}],
             output_resolutions=[{"units": "baseline", "resolution": 1.0}],
-            patch_input_shape=(TILE, TILE), patch_output_shape=(TILE, TILE),
+            patch_input_shape=(TILE, TILE),
+            patch_output_shape=(TILE, TILE),
             stride_shape=(TILE - OVERLAP, TILE - OVERLAP),
         )
-        segmentor = SemanticSegmentor(model=tia_model(args["ckpt"]), batch_size=BATCH, num_workers=0, device="cpu", verbose=False)
-        segmentor.run([Path(args["tiff"])], patch_mode=False, ioconfig=config, save_dir=args["out"], output_type="zarr",
-                      auto_get_mask=False, return_probabilities=True, overwrite=True)
+        segmentor = SemanticSegmentor(
+            model=tia_model(args["ckpt"]), batch_size=BATCH, num_workers=0, device="cpu", verbose=False
+        )
+        segmentor.run(
+            [Path(args["tiff"])],
+            patch_mode=False,
+            ioconfig=config,
+            save_dir=args["out"],
+            output_type="zarr",
+            auto_get_mask=False,
+            return_probabilities=True,
+            overwrite=True,
+        )
     seconds = time.perf_counter() - start
-    return {"seconds": round(seconds, 2), "cpu_s": round(time.process_time() - cpu, 2),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    return {
+        "seconds": round(seconds, 2),
+        "cpu_s": round(time.process_time() - cpu, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
 
 
 def measure(kind: str, **args) -> dict:
     """Run ``kind`` in a fresh subprocess of this interpreter; its JSON result."""
     out = Path(args["out"])
     shutil.rmtree(out, ignore_errors=True)
-    result = subprocess.run([sys.executable, __file__, "--child", kind, json.dumps(args, default=str)],
-                            capture_output=True, text=True, env=os.environ.copy())
+    result = subprocess.run(
+        [sys.executable, __file__, "--child", kind, json.dumps(args, default=str)],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+    )
     if result.returncode:
         raise RuntimeError(f"{kind} failed:\n{result.stderr[-4000:]}")
     run = json.loads(result.stdout.strip().splitlines()[-1])
@@ -173,12 +206,16 @@ def agreement(wsiseg_out: Path, tia_dir: Path, tiff: Path, size: int) -> dict:
     mask_t = np.asarray(theirs["predictions"][:size, :size]).astype(bool)
     prob_t = np.asarray(theirs["probabilities"][:size, :size, 0], np.float32)
     inner = slice(0, size - TILE)  # both tile the same way here; the last tile row/column differs
-    return {**_compare(mask_w, mask_t, prob_w, prob_t),
-            "near_threshold_share": round(float((np.abs(prob_t - 0.5) < 0.02).mean()), 4),
-            "foreground_wsiseg": round(float(mask_w.mean()), 4), "foreground_tiatoolbox": round(float(mask_t.mean()), 4),
-            "tiatoolbox_output_shape": list(theirs["probabilities"].shape),
-            "without_last_tile_row_and_column": _compare(mask_w[inner, inner], mask_t[inner, inner], prob_w[inner, inner],
-                                                         prob_t[inner, inner])}
+    return {
+        **_compare(mask_w, mask_t, prob_w, prob_t),
+        "near_threshold_share": round(float((np.abs(prob_t - 0.5) < 0.02).mean()), 4),
+        "foreground_wsiseg": round(float(mask_w.mean()), 4),
+        "foreground_tiatoolbox": round(float(mask_t.mean()), 4),
+        "tiatoolbox_output_shape": list(theirs["probabilities"].shape),
+        "without_last_tile_row_and_column": _compare(
+            mask_w[inner, inner], mask_t[inner, inner], prob_w[inner, inner], prob_t[inner, inner]
+        ),
+    }
 
 
 def _compare(mask_a: np.ndarray, mask_b: np.ndarray, prob_a: np.ndarray, prob_b: np.ndarray) -> dict:
@@ -186,8 +223,11 @@ def _compare(mask_a: np.ndarray, mask_b: np.ndarray, prob_a: np.ndarray, prob_b:
     total = int(mask_a.sum() + mask_b.sum())
     dice = 2 * np.logical_and(mask_a, mask_b).sum() / total if total else 1.0
     diff = np.abs(prob_a - prob_b)
-    return {"dice": round(float(dice), 4), "mean_abs_prob_diff": round(float(diff.mean()), 4),
-            "max_abs_prob_diff": round(float(diff.max()), 4)}
+    return {
+        "dice": round(float(dice), 4),
+        "mean_abs_prob_diff": round(float(diff.mean()), 4),
+        "max_abs_prob_diff": round(float(diff.max()), 4),
+    }
 
 
 def main() -> None:
@@ -195,7 +235,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a 2048² slide (a smoke run) instead of 4096²")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default="benchmarks/results/peers.json")
-    parser.add_argument("--workdir", default=None, help="where the slide, checkpoint and outputs go (default: a temp dir)")
+    parser.add_argument(
+        "--workdir", default=None, help="where the slide, checkpoint and outputs go (default: a temp dir)"
+    )
     parser.add_argument("--child", nargs=2, metavar=("KIND", "ARGS"), help=argparse.SUPPRESS)
     opts = parser.parse_args()
     if opts.child:
@@ -213,29 +255,49 @@ def main() -> None:
     tiff = write_tiff(slide, work / f"slide_{size}.tif")
     ckpt = make_checkpoint(work / "demo_ds1.ckpt", 1.0, DEMO)
     common = dict(ckpt=ckpt, size=size)
-    runs = {"wsiseg": dict(slide=slide, out=work / "wsiseg.zarr", **common),
-            "tiatoolbox": dict(tiff=tiff, out=work / "tia", **common)}
+    runs = {
+        "wsiseg": dict(slide=slide, out=work / "wsiseg.zarr", **common),
+        "tiatoolbox": dict(tiff=tiff, out=work / "tia", **common),
+    }
     results: dict[str, list[dict]] = {name: [] for name in runs}
     for _ in range(opts.repeats):
         for name, kw in runs.items():
             results[name].append(measure(name, **kw))
     medians = {name: {k: statistics.median(r[k] for r in rs) for k in KEYS} for name, rs in results.items()}
     report = {
-        "machine": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": THREADS,
-        "loadavg_at_start": load_start, "loadavg_at_end": [round(v, 2) for v in os.getloadavg()],
-        "torch": torch.__version__, "tiatoolbox": tiatoolbox.__version__,
-        "slide_px": size, "tile": TILE, "overlap": OVERLAP, "stride": TILE - OVERLAP, "batch_size": BATCH,
+        "machine": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": THREADS,
+        "loadavg_at_start": load_start,
+        "loadavg_at_end": [round(v, 2) for v in os.getloadavg()],
+        "torch": torch.__version__,
+        "tiatoolbox": tiatoolbox.__version__,
+        "slide_px": size,
+        "tile": TILE,
+        "overlap": OVERLAP,
+        "stride": TILE - OVERLAP,
+        "batch_size": BATCH,
         "model": {"arch": "wsiseg demo U-Net (untrained)", **DEMO, "downscale": 1.0},
-        "median": medians, "runs": results,
+        "median": medians,
+        "runs": results,
         "time_ratio_tiatoolbox_over_wsiseg": round(medians["tiatoolbox"]["seconds"] / medians["wsiseg"]["seconds"], 3),
         "agreement": agreement(runs["wsiseg"]["out"], runs["tiatoolbox"]["out"], tiff, size),
     }
     # where the disagreement comes from: wsiseg once more with TIAToolbox's merge (plain average of the tiles)
     constant = measure("wsiseg", slide=slide, out=work / "wsiseg_constant.zarr", blend="constant", **common)
-    report["agreement_constant_blend"] = {"wsiseg_run": constant,
-                                          **agreement(work / "wsiseg_constant.zarr", runs["tiatoolbox"]["out"], tiff, size)}
-    print(json.dumps({k: report[k] for k in ("median", "time_ratio_tiatoolbox_over_wsiseg", "agreement", "agreement_constant_blend")}),
-          flush=True)
+    report["agreement_constant_blend"] = {
+        "wsiseg_run": constant,
+        **agreement(work / "wsiseg_constant.zarr", runs["tiatoolbox"]["out"], tiff, size),
+    }
+    print(
+        json.dumps(
+            {
+                k: report[k]
+                for k in ("median", "time_ratio_tiatoolbox_over_wsiseg", "agreement", "agreement_constant_blend")
+            }
+        ),
+        flush=True,
+    )
     Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
     Path(opts.out).write_text(json.dumps(report, indent=2, default=str) + "\n")
 

@@ -31,11 +31,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import wsiseg  # noqa: F401  (first: sets wsiseg's OpenMP wait policy before torch loads, as the CLI does)
 import numpy as np
 import torch
 import zarr
 
+import wsiseg  # noqa: F401  (first: sets wsiseg's OpenMP wait policy before torch loads, as the CLI does)
 from wsiseg.nn.module import SegmentationModule
 from wsiseg.store.slide import build_pyramid, compressor, create_level, level_count, multiscales
 
@@ -145,15 +145,18 @@ def _child(kind: str, args: dict) -> dict:
     if kind == "predict":
         from wsiseg.predict import PredictParams, predict_slide
 
-        params = PredictParams(tile=args["tile"], overlap=args["overlap"], batch_size=args["batch"], min_tissue=0.0,
-                               device=device.type)
+        params = PredictParams(
+            tile=args["tile"], overlap=args["overlap"], batch_size=args["batch"], min_tissue=0.0, device=device.type
+        )
         models = [model] if args.get("light") else None
         steps = _StepRecords()
         logging.getLogger("wsiseg.predict").addHandler(steps)
         logging.getLogger("wsiseg.predict").setLevel(logging.INFO)
         predict_slide(args["slide"], args["ckpt"], args["out"], params, models=models)
         extra["tiles"] = int(np.prod([len(v) for v in _grid(args)]))
-        extra["steps"] = {name: round(seconds, 3) for name, seconds in steps.seconds.items()}  # where predict's time went
+        extra["steps"] = {
+            name: round(seconds, 3) for name, seconds in steps.seconds.items()
+        }  # where predict's time went
     elif kind == "forward":  # the model alone on as many random tiles, in the given memory layout
         n = int(np.prod([len(v) for v in _grid(args)]))
         _forward(model, batch, n)
@@ -174,17 +177,26 @@ def _child(kind: str, args: dict) -> dict:
         image = np.asarray(zarr.open_group(args["slide"], mode="r")["0"][:]).transpose(1, 2, 0)
         with torch.inference_mode():
             prob = sliding_window_inference(
-                to_tensor(image)[None], (args["tile"], args["tile"]), args["batch"],
-                lambda x: torch.sigmoid(model(x)), overlap=args["overlap"] / args["tile"], mode="gaussian",
+                to_tensor(image)[None],
+                (args["tile"], args["tile"]),
+                args["batch"],
+                lambda x: torch.sigmoid(model(x)),
+                overlap=args["overlap"] / args["tile"],
+                mode="gaussian",
             )
         mask = (prob[0, 0] > 0.5).numpy()
         extra["foreground"] = float(mask.mean())
     seconds = time.perf_counter() - start
     if device.type == "cuda":
         extra["gpu_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
-    return {"seconds": round(seconds, 2), "cpu_s": round(time.process_time() - cpu, 2), "epoch": [epoch, epoch + seconds],
-            "mpx_s": round(args["size"] ** 2 / seconds / 1e6, 1),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), **extra}
+    return {
+        "seconds": round(seconds, 2),
+        "cpu_s": round(time.process_time() - cpu, 2),
+        "epoch": [epoch, epoch + seconds],
+        "mpx_s": round(args["size"] ** 2 / seconds / 1e6, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        **extra,
+    }
 
 
 def _forward(model: torch.nn.Module, batch: torch.Tensor, n: int) -> None:
@@ -209,7 +221,9 @@ def measure(kind: str, src: str | None = None, label: str = "", **args) -> dict:
     """Run ``kind`` in a subprocess (with ``src`` first on the path: e.g. an older wsiseg); return its JSON result."""
     code = f"import json,sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import predict_bench as b; print(json.dumps(b._child({kind!r}, json.loads(sys.argv[1]))))"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)}
-    result = subprocess.run([sys.executable, "-c", code, json.dumps(args, default=str)], capture_output=True, text=True, env=env)
+    result = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(args, default=str)], capture_output=True, text=True, env=env
+    )
     if result.returncode:
         raise RuntimeError(result.stderr[-3000:])
     out = json.loads(result.stdout.strip().splitlines()[-1])
@@ -228,8 +242,10 @@ def side_by_side(runs: dict[str, dict], repeats: int) -> dict:
             results[name].append(measure(label=name, **kw))
     for run in (Path(kw["out"]).parent / "runs" for kw in runs.values() if "out" in kw):
         shutil.rmtree(run, ignore_errors=True)
-    medians = {name: {key: statistics.median(r[key] for r in rs) for key in ("seconds", "cpu_s", "mpx_s", "peak_rss_mb")}
-               for name, rs in results.items()}
+    medians = {
+        name: {key: statistics.median(r[key] for r in rs) for key in ("seconds", "cpu_s", "mpx_s", "peak_rss_mb")}
+        for name, rs in results.items()
+    }
     print(json.dumps(medians), flush=True)
     return {"median": medians, "runs": results}
 
@@ -241,21 +257,30 @@ def pipeline(work: Path, size: int, repeats: int, before: str | None) -> dict:
     report = {}
     for ds in (1.0, 2.0):
         common = dict(slide=slide, ckpt=ckpt, tile=512, overlap=128, batch=8, size=size, downscale=ds, light="null")
-        runs = {"read": dict(kind="read", **common), "predict": dict(kind="predict", out=work / "null.zarr", **common),
-                "forward": dict(kind="forward", **common)}
+        runs = {
+            "read": dict(kind="read", **common),
+            "predict": dict(kind="predict", out=work / "null.zarr", **common),
+            "forward": dict(kind="forward", **common),
+        }
         if before:
             runs["predict_before"] = dict(kind="predict", out=work / "null_b.zarr", src=before, **common)
         report[f"downscale_{ds:g}"] = side_by_side(runs, repeats)
     return report
 
 
-def overhead(work: Path, size: int, light: str | None, net: dict | None, ds: float, repeats: int, before: str | None) -> dict:
+def overhead(
+    work: Path, size: int, light: str | None, net: dict | None, ds: float, repeats: int, before: str | None
+) -> dict:
     """predict_slide vs the bare forward of the same model on as many tiles (NCHW and channels_last)."""
     slide = make_slide(work / f"overhead_{size}.zarr", size)
     ckpt = make_checkpoint(work / f"demo_ds{ds:g}.ckpt", ds, net or TINY)
     common = dict(slide=slide, ckpt=ckpt, tile=512, overlap=128, batch=4, size=size, downscale=ds, light=light)
-    runs = {"predict": dict(kind="predict", out=work / "o.zarr", **common), "forward": dict(kind="forward", **common),
-            "forward_cl": dict(kind="forward", channels_last=True, **common), "read": dict(kind="read", **common)}
+    runs = {
+        "predict": dict(kind="predict", out=work / "o.zarr", **common),
+        "forward": dict(kind="forward", **common),
+        "forward_cl": dict(kind="forward", channels_last=True, **common),
+        "read": dict(kind="read", **common),
+    }
     if before:
         runs["predict_before"] = dict(kind="predict", out=work / "o_b.zarr", src=before, **common)
     result = side_by_side(runs, repeats)
@@ -270,9 +295,13 @@ def overhead(work: Path, size: int, light: str | None, net: dict | None, ds: flo
 
 def parse_with_common(parser: argparse.ArgumentParser, out: str) -> tuple[argparse.Namespace, Path]:
     """Add the options every inference benchmark takes (--before, --out, --workdir), parse, and make the work folder."""
-    parser.add_argument("--before", default=None, help="an older wsiseg src/ folder: its predict_slide runs side by side")
+    parser.add_argument(
+        "--before", default=None, help="an older wsiseg src/ folder: its predict_slide runs side by side"
+    )
     parser.add_argument("--out", default=out)
-    parser.add_argument("--workdir", default=None, help="where the synthetic slides and predictions go (default: a temp dir)")
+    parser.add_argument(
+        "--workdir", default=None, help="where the synthetic slides and predictions go (default: a temp dir)"
+    )
     opts = parser.parse_args()
     work = Path(opts.workdir or tempfile.mkdtemp(prefix="wsiseg-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -282,12 +311,21 @@ def parse_with_common(parser: argparse.ArgumentParser, out: str) -> tuple[argpar
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller slides (a smoke run)")
-    parser.add_argument("--modes", nargs="+", default=["pipeline", "overhead", "monai", "memory", "rle"],
-                        choices=["pipeline", "overhead", "monai", "memory", "rle"])
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=["pipeline", "overhead", "monai", "memory", "rle"],
+        choices=["pipeline", "overhead", "monai", "memory", "rle"],
+    )
     parser.add_argument("--repeats", type=int, default=3)
     opts, work = parse_with_common(parser, "benchmarks/results/predict.json")
     sizes = (4096, 8192) if opts.quick else (8192, 40000)
-    report: dict = {"machine": platform.platform(), "cpu_threads": 2, "torch": torch.__version__, "cuda": torch.cuda.is_available()}
+    report: dict = {
+        "machine": platform.platform(),
+        "cpu_threads": 2,
+        "torch": torch.__version__,
+        "cuda": torch.cuda.is_available(),
+    }
     if Path(opts.out).exists():  # keep the sections not rerun
         report = {**json.loads(Path(opts.out).read_text()), **report}
 
@@ -303,20 +341,39 @@ def main() -> None:
     if "monai" in opts.modes:  # 2. MONAI sliding_window_inference on an in-memory image vs wsiseg on the same store
         tiny = make_checkpoint(work / "tiny_ds1.ckpt", 1.0, TINY)
         report["monai"] = []
-        for size in ((2048, 4096) if opts.quick else (4096, 8192)):
+        for size in (2048, 4096) if opts.quick else (4096, 8192):
             slide = make_slide(work / f"monai_{size}.zarr", size)
             args = dict(slide=slide, ckpt=tiny, tile=256, overlap=64, batch=8, size=size, downscale=1.0)
             ours = measure("predict", out=work / f"m{size}.zarr", **args)
             theirs = measure("monai", **args)
-            report["monai"].append({"size_px": size, "wsiseg": ours, "monai": theirs, "time_ratio": round(theirs["seconds"] / ours["seconds"], 3)})
+            report["monai"].append(
+                {
+                    "size_px": size,
+                    "wsiseg": ours,
+                    "monai": theirs,
+                    "time_ratio": round(theirs["seconds"] / ours["seconds"], 3),
+                }
+            )
 
-    if "memory" in opts.modes:  # 3. peak RSS of predict at two slide sizes (null model, downscale 1: the most level-0 work)
+    if (
+        "memory" in opts.modes
+    ):  # 3. peak RSS of predict at two slide sizes (null model, downscale 1: the most level-0 work)
         tiny4 = make_checkpoint(work / "tiny_ds4.ckpt", 4.0, TINY)
         report["memory"] = []
         for size in sizes:
             slide = make_slide(work / f"mem_{size}.zarr", size)
-            run = measure("predict", slide=slide, ckpt=tiny4, out=work / f"p{size}.zarr", tile=512, overlap=64, batch=8, size=size,
-                          downscale=1.0, light="null")
+            run = measure(
+                "predict",
+                slide=slide,
+                ckpt=tiny4,
+                out=work / f"p{size}.zarr",
+                tile=512,
+                overlap=64,
+                batch=8,
+                size=size,
+                downscale=1.0,
+                light="null",
+            )
             report["memory"].append({"size_px": size, **run})
 
     if "rle" in opts.modes and (work / f"p{sizes[-1]}.zarr").exists():  # 4. chunk-wise RLE of the largest prediction

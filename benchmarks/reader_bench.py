@@ -67,8 +67,17 @@ def make_svs(path: Path, size: int) -> None:
     """A ``size`` x ``size`` Aperio-style BigTIFF: 512² JPEG q90 tiles, ``MPP`` in the description."""
     desc = f"Aperio Image Library v12.0.15\r\n{size}x{size} [0,0 {size}x{size}] ({TILE}x{TILE}) JPEG/RGB Q=90|AppMag = 40|MPP = {MPP}"
     tifffile.imwrite(
-        path, tiles(size), shape=(size, size, 3), dtype=np.uint8, photometric="rgb", bigtiff=True, tile=(TILE, TILE),
-        compression="jpeg", compressionargs={"level": 90}, description=desc, metadata=None,
+        path,
+        tiles(size),
+        shape=(size, size, 3),
+        dtype=np.uint8,
+        photometric="rgb",
+        bigtiff=True,
+        tile=(TILE, TILE),
+        compression="jpeg",
+        compressionargs={"level": 90},
+        description=desc,
+        metadata=None,
     )
 
 
@@ -79,8 +88,15 @@ def make_dicom(source: Path, folder: Path) -> None:
     from wsidicomizer.wsidicomizer import SourceIdentifier
 
     WsiDicomizer.convert(
-        source, folder, tile_size=TILE, workers=len(os.sched_getaffinity(0)), encoding=JpegSettings(quality=90),
-        preferred_source=SourceIdentifier.OPENSLIDE, include_label=False, include_overview=False, include_thumbnail=False,
+        source,
+        folder,
+        tile_size=TILE,
+        workers=len(os.sched_getaffinity(0)),
+        encoding=JpegSettings(quality=90),
+        preferred_source=SourceIdentifier.OPENSLIDE,
+        include_label=False,
+        include_overview=False,
+        include_thumbnail=False,
     )
 
 
@@ -91,7 +107,11 @@ def run(task: str, path: Path, out: Path, reader: str, size: int) -> dict:
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     shutil.rmtree(out, ignore_errors=True)
     seconds, kb = result.stdout.split()[-2:]
-    return {"seconds": float(seconds), "mb_per_s": size * size * 3 / float(seconds) / 1e6, "peak_rss_mb": int(kb) / 1024}
+    return {
+        "seconds": float(seconds),
+        "mb_per_s": size * size * 3 / float(seconds) / 1e6,
+        "peak_rss_mb": int(kb) / 1024,
+    }
 
 
 def bench(size: int, workdir: Path, repeats: int, backends: tuple[str, ...]) -> list[dict]:
@@ -103,7 +123,10 @@ def bench(size: int, workdir: Path, repeats: int, backends: tuple[str, ...]) -> 
     if "dicom" in backends:
         start = time.perf_counter()
         make_dicom(svs, dicom)
-        made |= {"dicom_seconds": time.perf_counter() - start, "dicom_mb": sum(f.stat().st_size for f in dicom.iterdir()) / 1e6}
+        made |= {
+            "dicom_seconds": time.perf_counter() - start,
+            "dicom_mb": sum(f.stat().st_size for f in dicom.iterdir()) / 1e6,
+        }
     paths = {"tifffile": svs, "openslide": svs, "dicom": dicom}
     runs: dict[tuple[str, str], list[dict]] = {}
     load = os.getloadavg()[0]
@@ -111,7 +134,9 @@ def bench(size: int, workdir: Path, repeats: int, backends: tuple[str, ...]) -> 
         for _ in range(repeats):
             for backend in backends:
                 for task in ("read", "convert"):
-                    runs.setdefault((backend, task), []).append(run(task, paths[backend], workdir / "out.zarr", backend, size))
+                    runs.setdefault((backend, task), []).append(
+                        run(task, paths[backend], workdir / "out.zarr", backend, size)
+                    )
     finally:
         svs.unlink()
         shutil.rmtree(dicom, ignore_errors=True)
@@ -141,9 +166,14 @@ def main(argv: list[str] | None = None) -> None:
     import wsidicom
 
     meta = {
-        "machine": platform.machine(), "cpus": len(os.sched_getaffinity(0)), "python": platform.python_version(),
-        "tifffile": tifffile.__version__, "openslide": openslide.__library_version__, "openslide_python": openslide.__version__,
-        "wsidicom": wsidicom.__version__, "date": time.strftime("%Y-%m-%d"),
+        "machine": platform.machine(),
+        "cpus": len(os.sched_getaffinity(0)),
+        "python": platform.python_version(),
+        "tifffile": tifffile.__version__,
+        "openslide": openslide.__library_version__,
+        "openslide_python": openslide.__version__,
+        "wsidicom": wsidicom.__version__,
+        "date": time.strftime("%Y-%m-%d"),
     }
     Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     print(f"wrote {args.out}")

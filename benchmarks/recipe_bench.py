@@ -31,8 +31,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-
 from stain_bench import DATA, MODEL, PATCHES, crop_id, summarise
+
 from wsiseg.convert import convert_slide
 from wsiseg.patches import extract_patches
 from wsiseg.predict import PredictParams, predict_slide
@@ -65,7 +65,13 @@ def prepare(data: Path, work: Path) -> dict[str, Path]:
         cid = crop_id(n)
         stores[cid] = work / "A" / f"{cid}.zarr"
         if not stores[cid].exists():
-            convert_slide(data / "images" / f"{cid}.tif", stores[cid], mask=data / "annotations" / f"{cid}.geojson", slide_id=cid, chunk=256)
+            convert_slide(
+                data / "images" / f"{cid}.tif",
+                stores[cid],
+                mask=data / "annotations" / f"{cid}.geojson",
+                slide_id=cid,
+                chunk=256,
+            )
     return stores
 
 
@@ -84,11 +90,20 @@ def run_condition(name: str, stores: dict[str, Path], work: Path, epochs: int, s
                 extract_patches(stores[cid], patch[cid], patch_dir / f"{cid}.csv", patches)
             if split == "train":
                 n_patches += sum(1 for _ in open(patch_dir / f"{cid}.csv")) - 1
-    params = TrainParams(**{**BASE, **change.get("train", {})}, epochs=change.get("epochs", epochs), seed=change.get("seed", seed), resume=False)
+    params = TrainParams(
+        **{**BASE, **change.get("train", {})},
+        epochs=change.get("epochs", epochs),
+        seed=change.get("seed", seed),
+        resume=False,
+    )
     model_dir = work / "models" / name.replace(" ", "_").replace("/", "-").replace(",", "").replace("+", "p")
     start = time.perf_counter()
     metrics = train_model(
-        [patch[crop_id(n)] for n in SPLITS["train"]], [patch[crop_id(n)] for n in SPLITS["val"]], model_dir, params, threads=threads,
+        [patch[crop_id(n)] for n in SPLITS["train"]],
+        [patch[crop_id(n)] for n in SPLITS["val"]],
+        model_dir,
+        params,
+        threads=threads,
     )
     train_s = time.perf_counter() - start
     rows = []
@@ -97,7 +112,9 @@ def run_condition(name: str, stores: dict[str, Path], work: Path, epochs: int, s
         cid = crop_id(n)
         row = {"site": "A", "crop": cid}
         for split_objects in (None, "watershed"):
-            predict = PredictParams(tile=tile, overlap=64, min_tissue=0, split_objects=split_objects, split_min_distance_px=12, device="cpu")
+            predict = PredictParams(
+                tile=tile, overlap=64, min_tissue=0, split_objects=split_objects, split_min_distance_px=12, device="cpu"
+            )
             out = model_dir / "pred" / f"{cid}{'_ws' if split_objects else ''}.zarr"
             predict_slide(stores[cid], model_dir, out, predict)
             m = slide_metrics(out, stores[cid])
@@ -107,9 +124,15 @@ def run_condition(name: str, stores: dict[str, Path], work: Path, epochs: int, s
                 row.update({k: m[k] for k in ("dice", "precision", "recall", "object_f1")})
         rows.append(row)
     return {
-        "patches": patches.__dict__, "train": {k: v for k, v in params.__dict__.items() if k in ("batch_size", "lr", "scheduler", "loss", "epochs", "seed")},
-        "train_patches": n_patches, "train_s": round(train_s, 1), "val_dice": float(metrics["val_dice"].max()),
-        "summary": summarise(rows)["A"], "per_crop": rows,
+        "patches": patches.__dict__,
+        "train": {
+            k: v for k, v in params.__dict__.items() if k in ("batch_size", "lr", "scheduler", "loss", "epochs", "seed")
+        },
+        "train_patches": n_patches,
+        "train_s": round(train_s, 1),
+        "val_dice": float(metrics["val_dice"].max()),
+        "summary": summarise(rows)["A"],
+        "per_crop": rows,
     }
 
 
@@ -130,14 +153,25 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="recipe_bench_"))
     stores = prepare(args.data, work)
     result = json.loads(args.out.read_text()) if args.out.exists() else {}
-    result.update({
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": args.threads, "load_1min": os.getloadavg()[0]},
-        "setup": {
-            "data": "gbm40", "splits": {k: [crop_id(n) for n in v] for k, v in SPLITS.items()},
-            "patches": BASE_PATCHES.__dict__, "model": BASE, "epochs": args.epochs, "seed": args.seed,
-            "conditions": CONDITIONS,
-        },
-    })
+    result.update(
+        {
+            "machine": {
+                "platform": platform.platform(),
+                "cpus": os.cpu_count(),
+                "threads": args.threads,
+                "load_1min": os.getloadavg()[0],
+            },
+            "setup": {
+                "data": "gbm40",
+                "splits": {k: [crop_id(n) for n in v] for k, v in SPLITS.items()},
+                "patches": BASE_PATCHES.__dict__,
+                "model": BASE,
+                "epochs": args.epochs,
+                "seed": args.seed,
+                "conditions": CONDITIONS,
+            },
+        }
+    )
     result.setdefault("conditions", {})
     for name in args.conditions:
         run = run_condition(name, stores, work, args.epochs, args.seed, args.threads)

@@ -82,13 +82,19 @@ def _child(kind: str, args: dict) -> dict:
         start = time.perf_counter()
         text = fn(mask)
     seconds = time.perf_counter() - start
-    return {"seconds": round(seconds, 2), "extra_mb": round(_rss("VmHWM") - base, 1), "chars": len(text),
-            "sha": __import__("hashlib").sha1(text.encode()).hexdigest()[:12]}
+    return {
+        "seconds": round(seconds, 2),
+        "extra_mb": round(_rss("VmHWM") - base, 1),
+        "chars": len(text),
+        "sha": __import__("hashlib").sha1(text.encode()).hexdigest()[:12],
+    }
 
 
 def measure(kind: str, **args) -> dict:
-    code = (f"import json,sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import rle_bench as b; "
-            f"print(json.dumps(b._child({kind!r}, json.loads(sys.argv[1]))))")
+    code = (
+        f"import json,sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import rle_bench as b; "
+        f"print(json.dumps(b._child({kind!r}, json.loads(sys.argv[1]))))"
+    )
     result = subprocess.run([sys.executable, "-c", code, json.dumps(args, default=str)], capture_output=True, text=True)
     if result.returncode:
         raise RuntimeError(result.stderr[-3000:])
@@ -117,7 +123,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[20000, 40000])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--kaggle-max", type=int, default=20000, help="largest size for the Kaggle snippet (13.7 GB at 40k²)")
+    parser.add_argument(
+        "--kaggle-max", type=int, default=20000, help="largest size for the Kaggle snippet (13.7 GB at 40k²)"
+    )
     parser.add_argument("--before", default=None, help="an older rle.py to time side by side")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--out", default="benchmarks/results/rle.json")
@@ -126,14 +134,18 @@ def main() -> None:
     report: dict = {"machine": platform.platform(), "sizes": {}}
     for size in opts.sizes:
         store = write_store(work / f"mask_{size}.zarr", size)
-        kinds = ["wsiseg", "banded"] + (["before"] if opts.before else []) + (["kaggle"] if size <= opts.kaggle_max else [])
+        kinds = (
+            ["wsiseg", "banded"] + (["before"] if opts.before else []) + (["kaggle"] if size <= opts.kaggle_max else [])
+        )
         runs: dict[str, list[dict]] = {k: [] for k in kinds}
         for _ in range(opts.repeats):
             for kind in kinds:
                 runs[kind].append(measure(kind, size=size, store=store, before=opts.before))
         assert len({r["sha"] for rs in runs.values() for r in rs}) == 1, "encoders disagree"
-        summary = {k: {"seconds": statistics.median(r["seconds"] for r in rs), "extra_mb": max(r["extra_mb"] for r in rs)}
-                   for k, rs in runs.items()}
+        summary = {
+            k: {"seconds": statistics.median(r["seconds"] for r in rs), "extra_mb": max(r["extra_mb"] for r in rs)}
+            for k, rs in runs.items()
+        }
         report["sizes"][str(size)] = {"median": summary, "runs": runs}
         print(size, json.dumps(summary), flush=True)
     Path(opts.out).parent.mkdir(parents=True, exist_ok=True)

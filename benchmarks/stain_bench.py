@@ -49,11 +49,23 @@ from wsiseg.store.slide import SlideStore
 from wsiseg.train import TrainParams, train_model
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gbm40"
-SITE_B_STAINS = np.array([[0.50, 0.80, 0.35], [0.05, 0.85, 0.45], [0.27, 0.57, 0.78]])  # rows: H, E, DAB optical density
+SITE_B_STAINS = np.array(
+    [[0.50, 0.80, 0.35], [0.05, 0.85, 0.45], [0.27, 0.57, 0.78]]
+)  # rows: H, E, DAB optical density
 SITE_B_SCALE = np.array([0.8, 1.3, 1.0])  # H, E, DAB concentration factors
 SPLITS = {"train": range(1, 25), "val": range(25, 29), "test": range(29, 41)}
-PATCHES = PatchParams(size=128, downscale=2, stride=64, min_coverage=0.01, max_coverage=1.0, negative_ratio=0.2, min_tissue=0.0)
-MODEL = dict(encoder="resnet18", encoder_depth=3, decoder_channels=(64, 32, 16), batch_size=16, lr=3e-3, accelerator="cpu", scheduler="cosine")
+PATCHES = PatchParams(
+    size=128, downscale=2, stride=64, min_coverage=0.01, max_coverage=1.0, negative_ratio=0.2, min_tissue=0.0
+)
+MODEL = dict(
+    encoder="resnet18",
+    encoder_depth=3,
+    decoder_channels=(64, 32, 16),
+    batch_size=16,
+    lr=3e-3,
+    accelerator="cpu",
+    scheduler="cosine",
+)
 CONDITIONS = {
     "none": {},
     "hed": {"augment": {"hflip": 0.5, "vflip": 0.5, "rot90": 0.5, "hed": {"p": 0.8, "alpha": 0.2, "beta": 0.02}}},
@@ -117,8 +129,11 @@ def run_condition(name: str, stores: dict[str, dict[str, Path]], work: Path, epo
     params = TrainParams(**MODEL, epochs=epochs, seed=seed, **CONDITIONS[name])
     start = time.perf_counter()
     metrics = train_model(
-        [patch[crop_id(n)] for n in SPLITS["train"]], [patch[crop_id(n)] for n in SPLITS["val"]],
-        work / "models" / name, params, threads=os.cpu_count(),
+        [patch[crop_id(n)] for n in SPLITS["train"]],
+        [patch[crop_id(n)] for n in SPLITS["val"]],
+        work / "models" / name,
+        params,
+        threads=os.cpu_count(),
     )
     train_s = time.perf_counter() - start
     rows = []
@@ -128,7 +143,14 @@ def run_condition(name: str, stores: dict[str, dict[str, Path]], work: Path, epo
                 continue
             row = {"site": site, "crop": cid}
             for split_objects in (None, "watershed"):
-                predict = PredictParams(tile=256, overlap=64, min_tissue=0, split_objects=split_objects, split_min_distance_px=12, device="cpu")
+                predict = PredictParams(
+                    tile=256,
+                    overlap=64,
+                    min_tissue=0,
+                    split_objects=split_objects,
+                    split_min_distance_px=12,
+                    device="cpu",
+                )
                 out = work / "pred" / name / site / f"{cid}{'_ws' if split_objects else ''}.zarr"
                 predict_slide(store, work / "models" / name, out, predict)
                 m = slide_metrics(out, store)
@@ -143,7 +165,10 @@ def run_condition(name: str, stores: dict[str, dict[str, Path]], work: Path, epo
 def summarise(per_crop: list[dict]) -> dict[str, dict[str, float]]:
     """Mean per site of each metric (per-image means, as results/metrics.csv)."""
     table = pd.DataFrame(per_crop)
-    return {site: {k: round(float(v), 4) for k, v in part.drop(columns=["site", "crop"]).mean().items()} for site, part in table.groupby("site")}
+    return {
+        site: {k: round(float(v), 4) for k, v in part.drop(columns=["site", "crop"]).mean().items()}
+        for site, part in table.groupby("site")
+    }
 
 
 def main() -> None:
@@ -162,14 +187,20 @@ def main() -> None:
     stores = prepare(args.data, work)
     baseline = [
         {"site": site, "crop": cid, **otsu_baseline(store)}
-        for site in ("A", "B") for cid, store in stores[site].items() if int(cid[3:]) in SPLITS["test"]
+        for site in ("A", "B")
+        for cid, store in stores[site].items()
+        if int(cid[3:]) in SPLITS["test"]
     ]
     result = {
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_1min": os.getloadavg()[0]},
         "setup": {
-            "data": "gbm40", "splits": {k: [crop_id(n) for n in v] for k, v in SPLITS.items()},
+            "data": "gbm40",
+            "splits": {k: [crop_id(n) for n in v] for k, v in SPLITS.items()},
             "site_b": {"stains": SITE_B_STAINS.tolist(), "scale": SITE_B_SCALE.tolist()},
-            "patches": PATCHES.__dict__, "model": MODEL, "epochs": args.epochs, "seed": args.seed,
+            "patches": PATCHES.__dict__,
+            "model": MODEL,
+            "epochs": args.epochs,
+            "seed": args.seed,
             "conditions": {k: CONDITIONS[k] for k in args.conditions},
         },
         "otsu_haematoxylin": {"summary": summarise(baseline), "per_crop": baseline},

@@ -82,7 +82,12 @@ def main() -> None:
         for name, modes in runs.items()
     }
     result = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(), "load": os.getloadavg()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "load": os.getloadavg(),
+        },
         "repeats": args.repeats,
         "now": "the CLI builds and imports only the stage that runs",
         "eager": "the same command after importing wsiseg.train and wsiseg.predict, as every subcommand did before",
@@ -92,8 +97,10 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(result, indent=2))
     for name, modes in table.items():
         now, eager = modes["now"], modes["eager"]
-        print(f"{name:34} now {now['seconds_median']:6.2f} s {now['peak_rss_mb_median']:7.0f} MB | "
-              f"eager {eager['seconds_median']:6.2f} s {eager['peak_rss_mb_median']:7.0f} MB")
+        print(
+            f"{name:34} now {now['seconds_median']:6.2f} s {now['peak_rss_mb_median']:7.0f} MB | "
+            f"eager {eager['seconds_median']:6.2f} s {eager['peak_rss_mb_median']:7.0f} MB"
+        )
 
 
 if __name__ == "__main__":

@@ -34,8 +34,8 @@ import pytorch_lightning as pl
 import torch
 
 from wsiseg.convert import convert_slide
-from wsiseg.nn.data import PatchDataModule
 from wsiseg.demo import DemoSpec, generate_demo
+from wsiseg.nn.data import PatchDataModule
 from wsiseg.patches import PatchParams, extract_patches
 from wsiseg.train import TrainParams, _module, _patch_meta
 
@@ -118,9 +118,17 @@ def train_rate(stores: list[Path], batch: int, workers: int, batches: int, work:
         held = [next(loader) for _ in range(batches + 1)]
     clock = StepClock()
     trainer = pl.Trainer(
-        max_epochs=1, limit_train_batches=batches + 1, limit_val_batches=0, accelerator=MODEL.accelerator,
-        precision=PRECISION, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[clock], default_root_dir=work,
+        max_epochs=1,
+        limit_train_batches=batches + 1,
+        limit_val_batches=0,
+        accelerator=MODEL.accelerator,
+        precision=PRECISION,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[clock],
+        default_root_dir=work,
     )
     module = _module(MODEL, downscale, mpp, size, classes)
     if cached:
@@ -148,18 +156,29 @@ def main() -> None:
             stores = patch_stores(work, size)
             row = {"size": size, "batch": args.batch, "patches": sum(_count(s) for s in stores)}
             for workers in args.workers:
-                row[f"loader_img_s_workers{workers}"] = round(loader_rate(stores, args.batch, workers, args.loader_batches), 1)
+                row[f"loader_img_s_workers{workers}"] = round(
+                    loader_rate(stores, args.batch, workers, args.loader_batches), 1
+                )
             row["train_img_s"] = round(train_rate(stores, args.batch, args.train_workers, args.train_batches, work), 2)
             row["train_workers"] = args.train_workers
             row["consume_img_s"] = round(train_rate(stores, args.batch, 0, args.train_batches, work, cached=True), 2)
             for workers in args.workers:  # target (issue 17): loader with 2 workers >= 5x what training consumes (CPU)
-                row[f"loader{workers}_over_consume"] = round(row[f"loader_img_s_workers{workers}"] / row["consume_img_s"], 2)
+                row[f"loader{workers}_over_consume"] = round(
+                    row[f"loader_img_s_workers{workers}"] / row["consume_img_s"], 2
+                )
             print(json.dumps(row), flush=True)
             results.append(row)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
-    report = {"device": device, "torch": torch.__version__, "python": platform.python_version(), "precision": PRECISION,
-              "cpu_count": os.cpu_count(), "model": "Unet resnet18 depth 4, decoder (128, 64, 32, 16)",
-              "load_average_1min": round(os.getloadavg()[0], 2), "results": results}
+    report = {
+        "device": device,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "precision": PRECISION,
+        "cpu_count": os.cpu_count(),
+        "model": "Unet resnet18 depth 4, decoder (128, 64, 32, 16)",
+        "load_average_1min": round(os.getloadavg()[0], 2),
+        "results": results,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
 

@@ -22,6 +22,8 @@ def write_config(workdir: Path, config: dict | str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(config if isinstance(config, str) else yaml.safe_dump(config))
     return path
+
+
 TINY = DemoSpec(slides=3, height=384, width=512, radius_min=30, radius_max=50, seed=7)
 
 
@@ -64,7 +66,13 @@ def write_prediction(path: Path, mask: np.ndarray, chunk: int = 16) -> Path:
     root["labels"].attrs["labels"] = ["mask"]
     names = label_names(classes)
     group.attrs.update(label_attrs(levels, names))
-    root.attrs.update({**image_attrs(path.stem, levels, names[1:] if classes == 1 else names), "slide_id": path.stem, "classes": classes})
+    root.attrs.update(
+        {
+            **image_attrs(path.stem, levels, names[1:] if classes == 1 else names),
+            "slide_id": path.stem,
+            "classes": classes,
+        }
+    )
     return path
 
 
@@ -80,10 +88,14 @@ def tiny_trained(tiny_demo, tmp_path_factory) -> tuple[dict[str, Path], Path]:
     work = tmp_path_factory.mktemp("trained")
     slides = {}
     for row in pd.read_csv(tiny_demo / "samples.csv").itertuples():
-        slides[row.slide_id] = convert_slide(row.image, work / f"{row.slide_id}.zarr", mask=row.mask, slide_id=row.slide_id, chunk=128)
+        slides[row.slide_id] = convert_slide(
+            row.image, work / f"{row.slide_id}.zarr", mask=row.mask, slide_id=row.slide_id, chunk=128
+        )
     patches = PatchParams(size=64, downscale=2, stride=32, min_coverage=0.05)
     for slide_id in ("demo_0", "demo_1"):
         extract_patches(slides[slide_id], work / f"p_{slide_id}.zarr", work / f"p_{slide_id}.csv", patches)
-    params = TrainParams(encoder_depth=3, decoder_channels=(32, 16, 8), batch_size=8, epochs=2, lr=3e-3, accelerator="cpu")
+    params = TrainParams(
+        encoder_depth=3, decoder_channels=(32, 16, 8), batch_size=8, epochs=2, lr=3e-3, accelerator="cpu"
+    )
     train_model([work / "p_demo_0.zarr"], [work / "p_demo_1.zarr"], work / "model", params, threads=2)
     return slides, work / "model" / "model.ckpt"

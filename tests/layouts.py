@@ -28,7 +28,9 @@ def nuclei(rng: np.random.Generator, height: int, width: int, count: int) -> tup
     masks = []
     while len(masks) < count:
         r, c = rng.integers(8, height - 8), rng.integers(8, width - 8)
-        rr, cc = ellipse(r, c, rng.integers(5, 9), rng.integers(5, 9), shape=(height, width), rotation=rng.uniform(0, np.pi))
+        rr, cc = ellipse(
+            r, c, rng.integers(5, 9), rng.integers(5, 9), shape=(height, width), rotation=rng.uniform(0, np.pi)
+        )
         if taken[rr, cc].any():
             continue
         mask = np.zeros((height, width), bool)
@@ -61,7 +63,9 @@ def make_dsb2018(root: Path, train: int = 8, test: int = 2, seed: int = 0) -> di
     return counts
 
 
-def make_hpa(root: Path, organs: tuple[str, ...] = ("kidney", "lung", "spleen", "kidney", "lung"), seed: int = 0) -> dict[str, np.ndarray]:
+def make_hpa(
+    root: Path, organs: tuple[str, ...] = ("kidney", "lung", "spleen", "kidney", "lung"), seed: int = 0
+) -> dict[str, np.ndarray]:
     """``train.csv`` (HPA 2022 columns, column-major ``rle``) + ``train_images/{id}.tiff``; returns the masks by id."""
     rng = np.random.default_rng(seed)
     (root / "train_images").mkdir(parents=True)
@@ -74,7 +78,18 @@ def make_hpa(root: Path, organs: tuple[str, ...] = ("kidney", "lung", "spleen", 
         tifffile.imwrite(root / "train_images" / f"{image_id}.tiff", image, photometric="rgb")
         rows.append([image_id, organ, "HPA", height, width, 0.4, 4, rle.encode(mask), 50, "Female"])
         truth[image_id] = mask
-    columns = ["id", "organ", "data_source", "img_height", "img_width", "pixel_size", "tissue_thickness", "rle", "age", "sex"]
+    columns = [
+        "id",
+        "organ",
+        "data_source",
+        "img_height",
+        "img_width",
+        "pixel_size",
+        "tissue_thickness",
+        "rle",
+        "age",
+        "sex",
+    ]
     pd.DataFrame(rows, columns=columns).to_csv(root / "train.csv", index=False)
     return truth
 
@@ -98,7 +113,11 @@ def make_monuseg(root: Path, train: int = 4, test: int = 1, seed: int = 0) -> di
 
     Nuclei are octagons; returns their vertex arrays by image id."""
     rng = np.random.default_rng(seed)
-    folders = (root / "MoNuSeg 2018 Training Data" / "Tissue Images", root / "MoNuSeg 2018 Training Data" / "Annotations", root / "MoNuSegTestData")
+    folders = (
+        root / "MoNuSeg 2018 Training Data" / "Tissue Images",
+        root / "MoNuSeg 2018 Training Data" / "Annotations",
+        root / "MoNuSegTestData",
+    )
     for folder in folders:
         folder.mkdir(parents=True, exist_ok=True)
     truth = {}
@@ -162,8 +181,17 @@ def make_kidney(root: Path, seed: int = 0) -> None:
             encodings.append([slide_id, rle.encode(np.any(masks, axis=0))])
         elif n == 2:
             ys, xs = np.nonzero(masks[0])
-            ring = [[int(xs.min()), int(ys.min())], [int(xs.max()), int(ys.min())], [int(xs.max()), int(ys.max())], [int(xs.min()), int(ys.max())]]
-            feature = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring + ring[:1]]}, "properties": {}}
+            ring = [
+                [int(xs.min()), int(ys.min())],
+                [int(xs.max()), int(ys.min())],
+                [int(xs.max()), int(ys.max())],
+                [int(xs.min()), int(ys.max())],
+            ]
+            feature = {
+                "type": "Feature",
+                "geometry": {"type": "Polygon", "coordinates": [ring + ring[:1]]},
+                "properties": {},
+            }
             (root / folder / f"{slide_id}.json").write_text(json.dumps([feature]))
     pd.DataFrame(encodings, columns=["id", "encoding"]).to_csv(root / "train.csv", index=False)
     pd.DataFrame({"id": ["0486052bb"], "predicted": [""]}).to_csv(root / "sample_submission.csv", index=False)

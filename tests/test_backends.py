@@ -14,12 +14,12 @@ import tifffile
 import zarr
 from wsi_formats import SVS_MPP, tissue_like, write_dicom, write_philips, write_svs
 
-from wsiseg.readers.registry import choose_backend
 from wsiseg.convert import convert_slide
-from wsiseg.readers.openslide import detect, flatten
-from wsiseg.samples.sheet import validate_samples
 from wsiseg.errors import SlideError
+from wsiseg.readers.openslide import detect, flatten
+from wsiseg.readers.registry import choose_backend
 from wsiseg.readers.slide import SourceSlide
+from wsiseg.samples.sheet import validate_samples
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +134,9 @@ def test_dicom_wsi_reads_back_equal_pixels_levels_and_pixel_spacing(svs, dicom, 
 def test_a_single_dicom_file_is_read_too(svs, dicom):
     with SourceSlide(dicom) as slide:
         base = slide.reader.wsi.levels.base_level.datasets[0]
-    (single,) = [p for p in dicom.iterdir() if pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID == base.SOPInstanceUID]
+    (single,) = [
+        p for p in dicom.iterdir() if pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID == base.SOPInstanceUID
+    ]
     with SourceSlide(single) as slide:
         assert slide.reader.base_dataset.SOPInstanceUID == base.SOPInstanceUID
         np.testing.assert_array_equal(slide.read(100, 200, 100, 300), svs[1][100:200, 100:300])

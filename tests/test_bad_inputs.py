@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from conftest import SNAKEFILE, write_config
 
 from wsiseg.cli import main
-from conftest import SNAKEFILE, write_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -122,67 +122,170 @@ CLI_CASES: dict[str, Callable[[], tuple[list[str], list[str]]]] = {
     "convert-onto-itself": lambda: (["convert", tiff(), "s.tif"], ["s.tif", "output is the input"]),
     "convert-into-cwd": lambda: (["convert", tiff(), "."], [".", "contain the input"]),
     "convert-into-mask-folder": lambda: (
-        ["convert", tiff(), "masks/out.zarr", "--mask", write("masks/0.png", b"")[:5]], ["masks/out.zarr", "inside the input"]),
-    "convert-onto-user-file": lambda: (["convert", tiff(), write("notes.zarr", "a file")], ["notes.zarr", "existing file"]),
-    "convert-onto-predict-store": lambda: (["convert", tiff(), predicted("p.zarr")], ["p.zarr", "predict output, not a convert output"]),
-    "predict-into-user-folder": lambda: (["predict", store(), victim("victim2"), write("m.ckpt", b"PK")], ["victim2", "not a wsiseg output"]),
-    "predict-onto-slide": lambda: (["predict", store(), "s.zarr", write("m.ckpt", b"PK")], ["s.zarr", "output is the input"]),
-    "predict-onto-other-slide": lambda: (["predict", store(), store("t.zarr"), write("m.ckpt", b"PK")], ["t.zarr", "convert output"]),
+        ["convert", tiff(), "masks/out.zarr", "--mask", write("masks/0.png", b"")[:5]],
+        ["masks/out.zarr", "inside the input"],
+    ),
+    "convert-onto-user-file": lambda: (
+        ["convert", tiff(), write("notes.zarr", "a file")],
+        ["notes.zarr", "existing file"],
+    ),
+    "convert-onto-predict-store": lambda: (
+        ["convert", tiff(), predicted("p.zarr")],
+        ["p.zarr", "predict output, not a convert output"],
+    ),
+    "predict-into-user-folder": lambda: (
+        ["predict", store(), victim("victim2"), write("m.ckpt", b"PK")],
+        ["victim2", "not a wsiseg output"],
+    ),
+    "predict-onto-slide": lambda: (
+        ["predict", store(), "s.zarr", write("m.ckpt", b"PK")],
+        ["s.zarr", "output is the input"],
+    ),
+    "predict-onto-other-slide": lambda: (
+        ["predict", store(), store("t.zarr"), write("m.ckpt", b"PK")],
+        ["t.zarr", "convert output"],
+    ),
     "patches-csv-onto-folder": lambda: (["patches", store(), "p.zarr", victim("table.csv")], ["table.csv", "folder"]),
     # image files
     "image-missing": lambda: (["convert", "missing.tif", "o.zarr"], ["missing.tif"]),
     "image-is-folder": lambda: (["convert", victim("slides"), "o.zarr"], ["slides", "directory"]),
     "image-empty": lambda: (["convert", write("e.tif", b""), "o.zarr"], ["e.tif", "empty file"]),
-    "image-not-tiff": lambda: (["convert", write("doc.tif", b"%PDF-1.4 nope"), "o.zarr"], ["doc.tif", "cannot read as TIFF"]),
-    "image-truncated": lambda: (["convert", write("cut.tif", Path(tiff("full.tif")).read_bytes()[:3000]), "o.zarr"], ["cut.tif"]),
+    "image-not-tiff": lambda: (
+        ["convert", write("doc.tif", b"%PDF-1.4 nope"), "o.zarr"],
+        ["doc.tif", "cannot read as TIFF"],
+    ),
+    "image-truncated": lambda: (
+        ["convert", write("cut.tif", Path(tiff("full.tif")).read_bytes()[:3000]), "o.zarr"],
+        ["cut.tif"],
+    ),
     "image-bad-png": lambda: (["convert", write("x.png", b"\x89PNG\r\n\x1a\n broken"), "o.zarr"], ["x.png"]),
-    "image-all-nan": lambda: (["convert", nan_tiff("nan.tif"), "o.zarr", "--uint16", "percentile"], ["nan.tif", "no finite pixel"]),
+    "image-all-nan": lambda: (
+        ["convert", nan_tiff("nan.tif"), "o.zarr", "--uint16", "percentile"],
+        ["nan.tif", "no finite pixel"],
+    ),
     "image-png-bomb": lambda: (["convert", bomb("bomb.png"), "o.zarr"], ["bomb.png", "100000", "max-decoded-pixels"]),
-    "image-header-overdeclared": lambda: (["convert", overdeclared("big.tif"), "o.zarr"], ["big.tif", "declares 1000x900"]),
-    "image-too-many-channels": lambda: (["convert", tiff("c5.tif", (5, 64, 64), planarconfig="separate"), "o.zarr"], ["c5.tif", "channels"]),
+    "image-header-overdeclared": lambda: (
+        ["convert", overdeclared("big.tif"), "o.zarr"],
+        ["big.tif", "declares 1000x900"],
+    ),
+    "image-too-many-channels": lambda: (
+        ["convert", tiff("c5.tif", (5, 64, 64), planarconfig="separate"), "o.zarr"],
+        ["c5.tif", "channels"],
+    ),
     "image-channel-out-of-range": lambda: (
-        ["convert", tiff("c5.tif", (5, 64, 64), planarconfig="separate"), "o.zarr", "--channels", "0", "1", "9"], ["c5.tif", "9"]),
+        ["convert", tiff("c5.tif", (5, 64, 64), planarconfig="separate"), "o.zarr", "--channels", "0", "1", "9"],
+        ["c5.tif", "9"],
+    ),
     # masks
     "mask-missing": lambda: (["convert", tiff(), "o.zarr", "--mask", "nope.csv"], ["nope.csv"]),
-    "mask-size-differs": lambda: (["convert", tiff(), "o.zarr", "--mask", tiff("m.tif", (100, 100), np.uint8)], ["m.tif", "100"]),
-    "rle-past-end": lambda: (["convert", tiff(), "o.zarr", "--mask", rle_table("t.csv", "51990 100")], ["t.csv", "past"]),
-    "rle-no-row": lambda: (["convert", tiff(), "o.zarr", "--mask", rle_table("t.csv", "1 5", slide="other")], ["t.csv", "s"]),
-    "rle-missing-column": lambda: (["convert", tiff(), "o.zarr", "--mask", write("t.csv", "name,mask\ns,1 5\n")], ["t.csv"]),
+    "mask-size-differs": lambda: (
+        ["convert", tiff(), "o.zarr", "--mask", tiff("m.tif", (100, 100), np.uint8)],
+        ["m.tif", "100"],
+    ),
+    "rle-past-end": lambda: (
+        ["convert", tiff(), "o.zarr", "--mask", rle_table("t.csv", "51990 100")],
+        ["t.csv", "past"],
+    ),
+    "rle-no-row": lambda: (
+        ["convert", tiff(), "o.zarr", "--mask", rle_table("t.csv", "1 5", slide="other")],
+        ["t.csv", "s"],
+    ),
+    "rle-missing-column": lambda: (
+        ["convert", tiff(), "o.zarr", "--mask", write("t.csv", "name,mask\ns,1 5\n")],
+        ["t.csv"],
+    ),
     "rle-odd-numbers": lambda: (["convert", tiff(), "o.zarr", "--mask", rle_table("t.csv", "1 5 9")], ["t.csv"]),
-    "rle-huge-value": lambda: (["convert", tiff(), "o.zarr", "--mask", rle_table("t.csv", "1 10000000000000000000000")], ["t.csv", "too large"]),
+    "rle-huge-value": lambda: (
+        ["convert", tiff(), "o.zarr", "--mask", rle_table("t.csv", "1 10000000000000000000000")],
+        ["t.csv", "too large"],
+    ),
     "geojson-nan-coordinate": lambda: (
-        ["convert", tiff(), "o.zarr", "--mask", geojson("a.geojson", [{"type": "Polygon", "coordinates": [[[0, 0], [float("nan"), 5], [9, 9], [0, 0]]]}])],
-        ["a.geojson", "non-finite coordinate"]),
+        [
+            "convert",
+            tiff(),
+            "o.zarr",
+            "--mask",
+            geojson("a.geojson", [{"type": "Polygon", "coordinates": [[[0, 0], [float("nan"), 5], [9, 9], [0, 0]]]}]),
+        ],
+        ["a.geojson", "non-finite coordinate"],
+    ),
     "geojson-points-only-train": lambda: (
-        ["convert", tiff(), "o.zarr", "--require-foreground", "--mask", geojson("a.geojson", [{"type": "Point", "coordinates": [5, 5]}])],
-        ["a.geojson", "Point"]),
+        [
+            "convert",
+            tiff(),
+            "o.zarr",
+            "--require-foreground",
+            "--mask",
+            geojson("a.geojson", [{"type": "Point", "coordinates": [5, 5]}]),
+        ],
+        ["a.geojson", "Point"],
+    ),
     "geojson-outside-image-train": lambda: (
-        ["convert", tiff(), "o.zarr", "--require-foreground", "--mask", geojson("a.geojson", [square(5000, 5000, 5100, 5100)])],
-        ["a.geojson"]),
-    "geojson-not-json": lambda: (["convert", tiff(), "o.zarr", "--mask", write("a.geojson", "{not json")], ["a.geojson"]),
-    "geojson-not-geometry": lambda: (["convert", tiff(), "o.zarr", "--mask", write("a.geojson", '{"type": "Banana"}')], ["a.geojson"]),
+        [
+            "convert",
+            tiff(),
+            "o.zarr",
+            "--require-foreground",
+            "--mask",
+            geojson("a.geojson", [square(5000, 5000, 5100, 5100)]),
+        ],
+        ["a.geojson"],
+    ),
+    "geojson-not-json": lambda: (
+        ["convert", tiff(), "o.zarr", "--mask", write("a.geojson", "{not json")],
+        ["a.geojson"],
+    ),
+    "geojson-not-geometry": lambda: (
+        ["convert", tiff(), "o.zarr", "--mask", write("a.geojson", '{"type": "Banana"}')],
+        ["a.geojson"],
+    ),
     "palette-unknown-colour": lambda: (
-        ["convert", tiff(), "o.zarr", "--mask", tiff("rgb.tif"), "--palette", '{"#ff0000": 1}'], ["rgb.tif", "colour"]),
-    "palette-bad-json": lambda: (["convert", tiff(), "o.zarr", "--mask", tiff("rgb.tif"), "--palette", "{red: 1"], ["palette"]),
+        ["convert", tiff(), "o.zarr", "--mask", tiff("rgb.tif"), "--palette", '{"#ff0000": 1}'],
+        ["rgb.tif", "colour"],
+    ),
+    "palette-bad-json": lambda: (
+        ["convert", tiff(), "o.zarr", "--mask", tiff("rgb.tif"), "--palette", "{red: 1"],
+        ["palette"],
+    ),
     # checkpoints
     "checkpoint-empty": lambda: (["predict", store(), "p.zarr", write("m.ckpt", b"")], ["m.ckpt", "empty file"]),
-    "checkpoint-text": lambda: (["predict", store(), "p.zarr", write("m.ckpt", "hello")], ["m.ckpt", "not a PyTorch checkpoint"]),
-    "checkpoint-malicious": lambda: (["predict", store(), "p.zarr", checkpoint("m.ckpt", {"x": Evil()})], ["m.ckpt", "could run code"]),
-    "checkpoint-foreign": lambda: (["predict", store(), "p.zarr", checkpoint("m.ckpt", {"w": torch.zeros(2)})], ["m.ckpt", "not a wsiseg checkpoint"]),
+    "checkpoint-text": lambda: (
+        ["predict", store(), "p.zarr", write("m.ckpt", "hello")],
+        ["m.ckpt", "not a PyTorch checkpoint"],
+    ),
+    "checkpoint-malicious": lambda: (
+        ["predict", store(), "p.zarr", checkpoint("m.ckpt", {"x": Evil()})],
+        ["m.ckpt", "could run code"],
+    ),
+    "checkpoint-foreign": lambda: (
+        ["predict", store(), "p.zarr", checkpoint("m.ckpt", {"w": torch.zeros(2)})],
+        ["m.ckpt", "not a wsiseg checkpoint"],
+    ),
     "checkpoint-missing": lambda: (["predict", store(), "p.zarr", "nope.ckpt"], ["nope.ckpt", "does not exist"]),
     "checkpoint-is-folder": lambda: (["predict", store(), "p.zarr", victim("models")], ["models", "folder"]),
     # stores and stage options
     "predict-on-tiff": lambda: (["predict", tiff(), "p.zarr", write("m.ckpt", b"PK")], ["s.tif"]),
-    "predict-overlap-ge-tile": lambda: (["predict", store(), "p.zarr", "m.ckpt", "--tile", "64", "--overlap", "64"], ["overlap"]),
+    "predict-overlap-ge-tile": lambda: (
+        ["predict", store(), "p.zarr", "m.ckpt", "--tile", "64", "--overlap", "64"],
+        ["overlap"],
+    ),
     "predict-unknown-tta": lambda: (["predict", store(), "p.zarr", "m.ckpt", "--tta", "spin"], ["spin"]),
     "patches-without-mask": lambda: (["patches", store(), "p.zarr", "p.csv"], ["s.zarr", "mask"]),
     "patches-on-missing-store": lambda: (["patches", "none.zarr", "p.zarr", "p.csv"], ["none.zarr"]),
     # sample sheets (wsiseg report reads them)
     "sheet-missing": lambda: (["report", "--samples", "none.csv"], ["none.csv"]),
-    "sheet-missing-column": lambda: (["report", "--samples", write("sheet.csv", "slide_id,image,split\na,s.tif,test\n")], ["sheet.csv", "mask"]),
-    "sheet-unknown-split": lambda: (["report", "--samples", write("sheet.csv", "slide_id,image,mask,split\na,s.tif,,holdout\n")], ["sheet.csv", "holdout"]),
+    "sheet-missing-column": lambda: (
+        ["report", "--samples", write("sheet.csv", "slide_id,image,split\na,s.tif,test\n")],
+        ["sheet.csv", "mask"],
+    ),
+    "sheet-unknown-split": lambda: (
+        ["report", "--samples", write("sheet.csv", "slide_id,image,mask,split\na,s.tif,,holdout\n")],
+        ["sheet.csv", "holdout"],
+    ),
     "sheet-duplicate-id": lambda: (
-        ["report", "--samples", write("sheet.csv", "slide_id,image,mask,split\na,s.tif,,test\na,s.tif,,test\n")], ["sheet.csv", "duplicate"]),
+        ["report", "--samples", write("sheet.csv", "slide_id,image,mask,split\na,s.tif,,test\na,s.tif,,test\n")],
+        ["sheet.csv", "duplicate"],
+    ),
 }
 
 
@@ -240,13 +343,25 @@ CONFIG_CASES: dict[str, tuple[dict, list[str]]] = {
     "coverage-inverted": ({"patches": {"min_coverage": 0.8, "max_coverage": 0.2}}, ["`patches.min_coverage`"]),
     "wrong-type": ({"train": {"epochs": "many"}}, ["`train.epochs`", "'many' is not of type 'integer'"]),
     "num-workers-neither-count-nor-auto": ({"train": {"num_workers": "many"}}, ["`train.num_workers`", "'many'"]),
-    "patch-larger-than-every-slide": ({"patches": {"size": 512, "downscale": 1}}, ["`patches.size`", "larger than every"]),
+    "patch-larger-than-every-slide": (
+        {"patches": {"size": 512, "downscale": 1}},
+        ["`patches.size`", "larger than every"],
+    ),
     "no-val-slide": ({"sheet": "noval"}, ["no `val` slide"]),
     "too-few-slides-for-folds": ({"train": {"folds": 5}}, ["`train.folds`", "5"]),
     # physical scale: two keys for one thing, or a scale no slide states
-    "mpp-and-downscale": ({"patches": {"mpp": 1.0}}, ["config.yaml", "`patches.mpp`", "`patches.downscale`", "keep one"]),
-    "min-area-px-and-um2": ({"predict": {"min_area": 5, "min_area_um2": 40.0}}, ["`predict.min_area_um2`", "`predict.min_area`"]),
-    "um2-without-pixel-size": ({"predict": {"max_hole_um2": 40.0}}, ["b, c", "no pixel size", "`predict.max_hole_um2`", "`mpp` column", "default_mpp"]),
+    "mpp-and-downscale": (
+        {"patches": {"mpp": 1.0}},
+        ["config.yaml", "`patches.mpp`", "`patches.downscale`", "keep one"],
+    ),
+    "min-area-px-and-um2": (
+        {"predict": {"min_area": 5, "min_area_um2": 40.0}},
+        ["`predict.min_area_um2`", "`predict.min_area`"],
+    ),
+    "um2-without-pixel-size": (
+        {"predict": {"max_hole_um2": 40.0}},
+        ["b, c", "no pixel size", "`predict.max_hole_um2`", "`mpp` column", "default_mpp"],
+    ),
 }
 
 
@@ -277,7 +392,18 @@ def dry_run(folder: Path, slides: Path, overlay: dict) -> subprocess.CompletedPr
     write(str(folder / "sheet.csv"), "slide_id,image,mask,split\n" + "\n".join(rows) + "\n")
     config = {k: {**BASE.get(k, {}), **v} if isinstance(v, dict) else v for k, v in {**BASE, **overlay}.items()}
     write_config(folder, config)
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(folder), "-n", "--cores", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(SNAKEFILE),
+        "--directory",
+        str(folder),
+        "-n",
+        "--cores",
+        "1",
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=folder, timeout=120)
 
 

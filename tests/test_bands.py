@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import zarr
 
-from wsiseg.store.bands import BandReader
 from wsiseg.patches import grid_positions
+from wsiseg.store.bands import BandReader
 from wsiseg.store.slide import SlideStore, build_pyramid, compressor, create_level, interleave, level_count, multiscales
 
 
@@ -15,7 +15,9 @@ def store(tmp_path_factory):
     path = tmp_path_factory.mktemp("bands") / "s.zarr"
     h, w, chunk = 1300, 1100, 256
     root = zarr.open_group(path, mode="w", zarr_format=2)
-    create_level(root, "0", (3, h, w), chunk, compressor())[:] = np.random.default_rng(0).integers(0, 256, (3, h, w), dtype=np.uint8)
+    create_level(root, "0", (3, h, w), chunk, compressor())[:] = np.random.default_rng(0).integers(
+        0, 256, (3, h, w), dtype=np.uint8
+    )
     levels = level_count(h, w, chunk)
     build_pyramid(root, levels, chunk, compressor(), "mean")
     root.attrs.update({"multiscales": multiscales("s", levels, "mean"), "wsiseg": {"slide_id": "s"}})
@@ -31,7 +33,9 @@ def test_bands_equal_read_image_and_decode_each_chunk_once(store, ds, tile, over
     import wsiseg.store.bands as bands
 
     original = bands.read_region
-    monkeypatch.setattr(bands, "read_region", lambda a, y0, y1, *rest, **kw: reads.append((y0, y1)) or original(a, y0, y1, *rest, **kw))
+    monkeypatch.setattr(
+        bands, "read_region", lambda a, y0, y1, *rest, **kw: reads.append((y0, y1)) or original(a, y0, y1, *rest, **kw)
+    )
     reader = BandReader(store, ds, width)
     for i, y in enumerate(ys):
         if i % 3 == 1:
@@ -53,5 +57,7 @@ def test_bands_must_go_down_and_interleave_matches_numpy(store):
     assert np.array_equal(interleave(planar[:1]), planar[:1].transpose(1, 2, 0))
     for planes in (planar, planar[:1]):  # into a view of a larger buffer
         buffer = np.zeros((7, 9, len(planes)), np.uint8)
-        assert interleave(planes, out=buffer[1:6, 2:9]) is not None and np.array_equal(buffer[1:6, 2:9], planes.transpose(1, 2, 0))
+        assert interleave(planes, out=buffer[1:6, 2:9]) is not None and np.array_equal(
+            buffer[1:6, 2:9], planes.transpose(1, 2, 0)
+        )
         assert not buffer[0].any() and not buffer[:, :2].any()

@@ -9,7 +9,10 @@ from wsiseg.nn.losses import build_loss
 
 
 def test_canonical_sorts_keys_but_keeps_the_augmentation_pipeline_order():
-    config = {"train": {"lr": 0.1, "augment": {"vflip": 0.5, "blur": 0.1, "hflip": 0.5}, "loss": {"dice": 1, "bce": 1}}, "seed": 0}
+    config = {
+        "train": {"lr": 0.1, "augment": {"vflip": 0.5, "blur": 0.1, "hflip": 0.5}, "loss": {"dice": 1, "bce": 1}},
+        "seed": 0,
+    }
     result = canonical(config)
     assert list(result) == ["seed", "train"] and list(result["train"]) == ["augment", "loss", "lr"]
     assert list(result["train"]["loss"]) == ["bce", "dice"]
@@ -28,25 +31,35 @@ def test_schema_problem_names_the_file_that_sets_the_key(tmp_path):
     base, overlay = tmp_path / "config.yaml", tmp_path / "overlay.yaml"
     base.write_text("train:\n  epochs: 3\n")
     overlay.write_text("train:\n  epoch: 5\n")
-    schema = {"type": "object", "additionalProperties": False, "properties": {
-        "train": {"type": "object", "additionalProperties": False, "properties": {"epochs": {"type": "integer"}}}}}
+    schema = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "train": {"type": "object", "additionalProperties": False, "properties": {"epochs": {"type": "integer"}}}
+        },
+    }
     line = schema_problem({"train": {"epochs": 3, "epoch": 5}}, schema, [base, overlay])
     assert line == f"{overlay}: unknown key `train.epoch` (did you mean `epochs`?)"
 
 
 def test_plan_problems_on_a_sound_config_is_empty():
-    config = {"train": {"arch": "unetplusplus", "encoder": "tu-resnet10t"}, "predict": {"tile": 256, "overlap": 64},
-              "patches": {"size": 64, "downscale": 2, "min_coverage": 0.1, "max_coverage": 0.9}}
-    assert plan_problems(config, {"a": "train", "b": "val"}, lambda path: (300, 300), {"a": "a.tif", "b": "b.tif"}) == []
+    config = {
+        "train": {"arch": "unetplusplus", "encoder": "tu-resnet10t"},
+        "predict": {"tile": 256, "overlap": 64},
+        "patches": {"size": 64, "downscale": 2, "min_coverage": 0.1, "max_coverage": 0.9},
+    }
+    assert (
+        plan_problems(config, {"a": "train", "b": "val"}, lambda path: (300, 300), {"a": "a.tif", "b": "b.tif"}) == []
+    )
 
 
 def test_image_shape_reads_headers_only(tmp_path):
     import cv2
     import numpy as np
     import tifffile
+    from test_ingest_safety import png_declaring
 
     from wsiseg.config.checks import image_shape
-    from test_ingest_safety import png_declaring
 
     cv2.imwrite(str(tmp_path / "a.png"), np.zeros((30, 50, 3), np.uint8))
     cv2.imwrite(str(tmp_path / "a.jpg"), np.zeros((31, 51, 3), np.uint8))

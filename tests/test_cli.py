@@ -9,7 +9,9 @@ STAGES = ["demo", "convert", "patches", "train", "predict", "report", "dicomseg"
 
 
 def test_help_lists_one_subcommand_per_stage():
-    out = subprocess.run([sys.executable, "-m", "wsiseg.cli", "--help"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "wsiseg.cli", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     for stage in STAGES:
         assert f"    {stage} " in out
 
@@ -22,7 +24,9 @@ def test_stage_functions_are_importable():
     from wsiseg.report import make_report
     from wsiseg.train import train_model
 
-    assert all(callable(f) for f in (convert_slide, generate_demo, extract_patches, predict_slide, make_report, train_model))
+    assert all(
+        callable(f) for f in (convert_slide, generate_demo, extract_patches, predict_slide, make_report, train_model)
+    )
 
 
 def test_cli_convert_reports_bad_input_clearly(tmp_path, capsys):
@@ -52,7 +56,10 @@ def _effective_config() -> dict:
     schema = yaml.safe_load((root / "workflow" / "schemas" / "config.schema.yaml").read_text())
     config = yaml.safe_load((root / "config" / "config.yaml").read_text())
     return {
-        section: {k: config.get(section, {}).get(k, spec.get("default")) for k, spec in schema["properties"][section]["properties"].items()}
+        section: {
+            k: config.get(section, {}).get(k, spec.get("default"))
+            for k, spec in schema["properties"][section]["properties"].items()
+        }
         for section in SECTIONS.values()
     }
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from wsiseg.store.codecs import PlanarJpeg
 from wsiseg.convert import convert_slide
+from wsiseg.store.codecs import PlanarJpeg
 from wsiseg.store.slide import SlideStore
 
 GBM40 = Path(__file__).resolve().parents[2] / "shared" / "data" / "gbm40" / "images"
@@ -87,5 +87,7 @@ def test_ome_zarr_py_reads_a_jpeg_store_after_importing_the_codec(he_tiff, tmp_p
         "node = next(iter(reader.Reader(io.parse_url(sys.argv[1]))())); "
         "print(tuple(np.asarray(node.data[0][:, :64, :64]).shape), int(np.asarray(node.data[0][:, :64, :64]).mean()))"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(store)], capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(store)], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert out[:3] == ["(3,", "64,", "64)"] and abs(int(out[3]) - source[:64, :64].mean()) < 3

@@ -38,5 +38,9 @@ def test_every_key_of_the_default_config_is_documented():
     schema = yaml.safe_load(SCHEMA.read_text())
     documented = {key for key, _ in _keys(schema)}
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    used = {f"{k}.{kk}" if isinstance(v, dict) else k for k, v in config.items() for kk in (v if isinstance(v, dict) else [None])}
+    used = {
+        f"{k}.{kk}" if isinstance(v, dict) else k
+        for k, v in config.items()
+        for kk in (v if isinstance(v, dict) else [None])
+    }
     assert used <= documented, sorted(used - documented)

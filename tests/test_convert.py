@@ -7,8 +7,8 @@ import tifffile
 import zarr
 
 from wsiseg import rle
-from wsiseg.convert import convert_slide
 from wsiseg.annotations.masks import MaskError
+from wsiseg.convert import convert_slide
 from wsiseg.errors import SlideError
 from wsiseg.store.slide import SlideStore
 
@@ -30,7 +30,9 @@ def test_level0_equals_tifffile_and_pyramid_is_ngff(rgb_tiff, tmp_path):
 
 
 def test_demo_slide_with_rle_mask(tiny_demo, tmp_path):
-    out = convert_slide(tiny_demo / "demo_0.tiff", tmp_path / "d.zarr", mask=tiny_demo / "train.csv", slide_id="demo_0", chunk=128)
+    out = convert_slide(
+        tiny_demo / "demo_0.tiff", tmp_path / "d.zarr", mask=tiny_demo / "train.csv", slide_id="demo_0", chunk=128
+    )
     store = SlideStore(out)
     np.testing.assert_array_equal(store.levels[0][:].transpose(1, 2, 0), tifffile.imread(tiny_demo / "demo_0.tiff"))
     table = pd.read_csv(tiny_demo / "train.csv").set_index("id")
@@ -125,7 +127,9 @@ def test_store_validates_with_standard_ome_ngff_readers(rgb_tiff, tmp_path):
     from ome_zarr_models.v04.image_label import ImageLabel
 
     path, image = rgb_tiff
-    (tmp_path / "a.json").write_text(json.dumps([{"geometry": {"type": "Polygon", "coordinates": [[[5, 5], [50, 5], [50, 40], [5, 5]]]}}]))
+    (tmp_path / "a.json").write_text(
+        json.dumps([{"geometry": {"type": "Polygon", "coordinates": [[[5, 5], [50, 5], [50, 40], [5, 5]]]}}])
+    )
     out = convert_slide(path, tmp_path / "s.zarr", mask=tmp_path / "a.json", chunk=128)
     nodes = list(reader_module.Reader(io.parse_url(str(out)))())
     root = next(n for n in nodes if n.load(reader_module.Multiscales) and not n.load(reader_module.Label))
@@ -172,7 +176,13 @@ def test_config_schema_convert_block_matches_convert_slide():
         {"tile": (256, 256), "compression": "zlib"},
         {"rowsperstrip": 24, "compression": "zlib"},
     ],
-    ids=["tiles-equal-chunks", "tiles-across-chunks", "tiles-inside-chunks", "tiles-larger-than-chunks", "stripped-bands"],
+    ids=[
+        "tiles-equal-chunks",
+        "tiles-across-chunks",
+        "tiles-inside-chunks",
+        "tiles-larger-than-chunks",
+        "stripped-bands",
+    ],
 )
 def test_one_pass_pyramid_equals_pyramid_built_from_level0(tmp_path, storage):
     """Blocks (tiled: chunks taken from the decoded tiles, whatever their size) and bands (stripped) build
@@ -259,7 +269,9 @@ def test_the_log_says_where_converts_time_went(tmp_path, caplog, storage, option
     pooling, waiting for the writer threads): steps that add up to no more than the image's time."""
     import logging
 
-    y, x = np.mgrid[0:300, 0:420]  # smooth: a JPEG tile's 1/2-scale decode then matches its 2x2 mean, as tile copy checks
+    y, x = np.mgrid[
+        0:300, 0:420
+    ]  # smooth: a JPEG tile's 1/2-scale decode then matches its 2x2 mean, as tile copy checks
     image = np.stack([120 + 60 * np.sin(x / 9 + c) * np.cos(y / 13) for c in range(3)], -1).astype(np.uint8)
     tifffile.imwrite(tmp_path / "s.tif", image, photometric="rgb", **storage)
     with caplog.at_level(logging.INFO, logger="wsiseg"):

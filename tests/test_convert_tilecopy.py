@@ -62,7 +62,9 @@ def _write(path, image: np.ndarray, variant: str, tile: int = TILE):
     ``ycbcr-tables`` / ``aperio`` (RGB, no colour-space marker) with shared JPEGTables."""
     if variant in ("ycbcr", "rgb"):
         args = {"outcolorspace": "rgb"} if variant == "rgb" else {}
-        tifffile.imwrite(path, image, tile=(tile, tile), compression="jpeg", photometric="rgb", compressionargs={"level": 90, **args})
+        tifffile.imwrite(
+            path, image, tile=(tile, tile), compression="jpeg", photometric="rgb", compressionargs={"level": 90, **args}
+        )
         return
     h, w = image.shape[:2]
     rgb = variant == "aperio"
@@ -71,12 +73,23 @@ def _write(path, image: np.ndarray, variant: str, tile: int = TILE):
         for x in range(0, w, tile):
             piece = np.zeros((tile, tile, 3), np.uint8)
             piece[: min(tile, h - y), : min(tile, w - x)] = image[y : y + tile, x : x + tile]
-            space = {"colorspace": "rgb", "outcolorspace": "rgb"} if rgb else {"colorspace": "rgb", "outcolorspace": "ycbcr"}
+            space = (
+                {"colorspace": "rgb", "outcolorspace": "rgb"}
+                if rgb
+                else {"colorspace": "rgb", "outcolorspace": "ycbcr"}
+            )
             stream, tables = _abbreviate(imagecodecs.jpeg8_encode(piece, level=90, **space), rgb)
             streams.append(stream)
     tifffile.imwrite(
-        path, iter(streams), shape=image.shape, dtype=np.uint8, tile=(tile, tile), compression="jpeg", photometric="rgb",
-        compressionargs={"outcolorspace": "rgb" if rgb else "ycbcr"}, extratags=[(347, 7, len(tables), tables, True)],
+        path,
+        iter(streams),
+        shape=image.shape,
+        dtype=np.uint8,
+        tile=(tile, tile),
+        compression="jpeg",
+        photometric="rgb",
+        compressionargs={"outcolorspace": "rgb" if rgb else "ycbcr"},
+        extratags=[(347, 7, len(tables), tables, True)],
     )
 
 
@@ -169,7 +182,10 @@ def test_small_slides_are_copied_with_their_few_levels(shape, levels, tmp_path):
     _write(path, _image()[: shape[0], : shape[1]], "aperio")
     store = convert_slide(path, tmp_path / "s.zarr", chunk=TILE, compression="jpeg")
     group = zarr.open_group(store, mode="r")
-    assert group.attrs["wsiseg"]["level0"]["path"] == "tile-copy" and len(group.attrs["multiscales"][0]["datasets"]) == levels
+    assert (
+        group.attrs["wsiseg"]["level0"]["path"] == "tile-copy"
+        and len(group.attrs["multiscales"][0]["datasets"]) == levels
+    )
     np.testing.assert_array_equal(_level(store, 0), tifffile.imread(path))
     if levels > 1:
         assert _level(store, 1).shape == (200, 250, 3)

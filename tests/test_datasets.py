@@ -77,7 +77,13 @@ from wsiseg.store.slide import SlideStore  # noqa: E402
 
 def converted(row, tmp_path, **options) -> SlideStore:
     """The sample-sheet row converted to a store."""
-    out = convert_slide(row["image"], tmp_path / f"{row['slide_id']}.zarr", mask=row["mask"] or None, slide_id=row["slide_id"], **options)
+    out = convert_slide(
+        row["image"],
+        tmp_path / f"{row['slide_id']}.zarr",
+        mask=row["mask"] or None,
+        slide_id=row["slide_id"],
+        **options,
+    )
     return SlideStore(out)
 
 
@@ -113,7 +119,13 @@ def test_touching_nuclei_stay_separate_objects_with_instance_ids(tmp_path):
 def test_hubmap_hpa_sheet_groups_by_organ_and_decodes_the_rle_column(tmp_path):
     truth = make_hpa(tmp_path / "hpa")
     sheet = dataset_samples("hubmap-hpa", tmp_path / "hpa").set_index("slide_id", drop=False)
-    assert sheet["group"].to_dict() == {"1000": "kidney", "1037": "lung", "1074": "spleen", "1111": "kidney", "1148": "lung"}
+    assert sheet["group"].to_dict() == {
+        "1000": "kidney",
+        "1037": "lung",
+        "1074": "spleen",
+        "1111": "kidney",
+        "1148": "lung",
+    }
     assert set(sheet["split"]) == {"train", "val"} and sheet["mask"].str.endswith("train.csv").all()
     store = converted(sheet.loc["1074"], tmp_path)
     np.testing.assert_array_equal(store.mask_plane(0), truth["1074"])
@@ -162,7 +174,9 @@ def test_colormap_sheet_suggests_the_palette_and_masks_map_to_classes(tmp_path, 
 
 def test_pairs_split_table_fixes_listed_ids(tmp_path):
     truth = make_colormap(tmp_path / "p", count=5)
-    pd.DataFrame({"id": ["tile_00", "tile_01", "tile_02"], "split": ["val", "test", "train"]}).to_csv(tmp_path / "p" / "splits.csv", index=False)
+    pd.DataFrame({"id": ["tile_00", "tile_01", "tile_02"], "split": ["val", "test", "train"]}).to_csv(
+        tmp_path / "p" / "splits.csv", index=False
+    )
     sheet = dataset_samples("pairs", tmp_path / "p").set_index("slide_id")
     assert sheet.loc[["tile_00", "tile_01", "tile_02"], "split"].tolist() == ["val", "test", "train"]
     assert set(sheet.loc[["tile_03", "tile_04"], "split"]) <= {"train", "val"} and len(sheet) == len(truth)
@@ -174,10 +188,17 @@ def test_pairs_split_table_fixes_listed_ids(tmp_path):
 def test_pairs_split_table_may_fix_every_split(tmp_path):
     make_colormap(tmp_path / "p", count=4)
     splits = {"tile_00": "train", "tile_01": "train", "tile_02": "val", "tile_03": "test"}
-    pd.DataFrame({"id": list(splits), "split": list(splits.values())}).to_csv(tmp_path / "p" / "splits.csv", index=False)
+    pd.DataFrame({"id": list(splits), "split": list(splits.values())}).to_csv(
+        tmp_path / "p" / "splits.csv", index=False
+    )
     assert dataset_samples("pairs", tmp_path / "p").set_index("slide_id")["split"].to_dict() == splits
-    pd.DataFrame({"id": list(splits), "split": ["train", "train", "train", "test"]}).to_csv(tmp_path / "p" / "splits.csv", index=False)
-    with pytest.raises(DatasetLayoutError, match=r"splits.csv: no labelled image is 'val' \(labelled images by split: \{'train': 3, 'test': 1\}"):
+    pd.DataFrame({"id": list(splits), "split": ["train", "train", "train", "test"]}).to_csv(
+        tmp_path / "p" / "splits.csv", index=False
+    )
+    with pytest.raises(
+        DatasetLayoutError,
+        match=r"splits.csv: no labelled image is 'val' \(labelled images by split: \{'train': 3, 'test': 1\}",
+    ):
         dataset_samples("pairs", tmp_path / "p")
 
 

@@ -4,11 +4,10 @@ import json
 import numpy as np
 import pandas as pd
 import tifffile
+from conftest import TINY
 
 from wsiseg import rle
 from wsiseg.demo import generate_demo
-
-from conftest import TINY
 
 
 def _digest(folder):
@@ -43,6 +42,8 @@ def test_demo_layout_and_annotation_formats(tiny_demo):
 
 def test_glomeruli_are_darker_than_surrounding_tissue(tiny_demo):
     image = tifffile.imread(tiny_demo / "demo_0.tiff").astype(float)
-    mask = rle.decode(pd.read_csv(tiny_demo / "train.csv").set_index("id").loc["demo_0", "encoding"], (384, 512)).astype(bool)
+    mask = rle.decode(
+        pd.read_csv(tiny_demo / "train.csv").set_index("id").loc["demo_0", "encoding"], (384, 512)
+    ).astype(bool)
     assert image[mask].mean() < image[~mask].mean() - 20
     assert np.isfinite(image).all()

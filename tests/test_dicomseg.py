@@ -10,8 +10,8 @@ from conftest import write_prediction
 from wsi_formats import SVS_MPP, tissue_like, write_dicom, write_svs
 
 from wsiseg.dicomseg import DicomSegError, write_dicom_seg
-from wsiseg.store.prediction import Prediction
 from wsiseg.readers.slide import SourceSlide
+from wsiseg.store.prediction import Prediction
 
 
 def prediction(path, mask, mpp=None, slide_id="s1"):
@@ -37,7 +37,10 @@ def test_binary_mask_at_the_chosen_level_reads_back_equal(tmp_path):
     assert seg.number_of_segments == 1 and seg.get_segment_description(1).segment_label == "glomerulus"
     level1 = Prediction(store).mask_plane(1)  # 350 x 450: the finest level within 500 px
     assert (seg.TotalPixelMatrixRows, seg.TotalPixelMatrixColumns) == level1.shape
-    assert [float(v) for v in seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing] == [0.0005, 0.0005]
+    assert [float(v) for v in seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing] == [
+        0.0005,
+        0.0005,
+    ]
     assert "level 1 (downsample 2)" in seg.ContentDescription
     np.testing.assert_array_equal(seg.get_total_pixel_matrix(combine_segments=True), level1)
     again = hd.seg.segread(write_dicom_seg(store, tmp_path / "again.dcm", max_side=500))
@@ -70,7 +73,9 @@ def test_a_dicom_slide_is_referenced(tmp_path):
 
 def test_unknown_pixel_size_is_one_clear_line(tmp_path):
     store = prediction(tmp_path / "s1.zarr", blobs((300, 400)))
-    with pytest.raises(DicomSegError, match=r"s1.zarr: the slide's pixel size is unknown, and a DICOM Segmentation needs one"):
+    with pytest.raises(
+        DicomSegError, match=r"s1.zarr: the slide's pixel size is unknown, and a DICOM Segmentation needs one"
+    ):
         write_dicom_seg(store, tmp_path / "s1.dcm")
     assert not (tmp_path / "s1.dcm").exists()
 
@@ -104,7 +109,18 @@ def test_workflow_plans_a_segmentation_per_predicted_slide_and_reads_a_dicom_fol
 
     def planned(dicom_seg: bool) -> dict[str, int]:
         write_config(tmp_path, {"samples": "sheet.csv", "report": {"dicom_seg": dicom_seg}})
-        cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(tmp_path), "-n", "--cores", "1"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--snakefile",
+            str(SNAKEFILE),
+            "--directory",
+            str(tmp_path),
+            "-n",
+            "--cores",
+            "1",
+        ]
         result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
         assert result.returncode == 0, (result.stdout + result.stderr)[-2000:]
         table = (result.stdout + result.stderr).split("Job stats:", 1)[1].split("total", 1)[0]

@@ -10,10 +10,10 @@ import pytest
 import tifffile
 
 from wsiseg import convert as convert_module
-from wsiseg.store import slide as store_module
-from wsiseg.convert import convert_slide
 from wsiseg.annotations.masks import MaskError
+from wsiseg.convert import convert_slide
 from wsiseg.errors import SlideError
+from wsiseg.store import slide as store_module
 from wsiseg.store.slide import SlideStore
 
 

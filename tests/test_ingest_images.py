@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from wsiseg.readers import tiff as tiff_module
 from wsiseg.convert import convert_slide
 from wsiseg.errors import SlideError
+from wsiseg.readers import tiff as tiff_module
 from wsiseg.readers.slide import SourceSlide
 from wsiseg.readers.tiff import StripStreamReader
 from wsiseg.store.slide import SlideStore
@@ -157,7 +157,9 @@ def test_huge_strip_that_cannot_be_streamed_is_rejected_up_front(rgb, tmp_path, 
     monkeypatch.setattr(tiff_module, "MAX_SEGMENT_BYTES", 4096)
     path = tmp_path / "lzw.tif"
     tifffile.imwrite(path, rgb, photometric="rgb", rowsperstrip=H, compression="lzw")
-    with pytest.raises(SlideError, match=r"lzw.tif: strips of 0 MiB decoded each; LZW strips cannot be decoded piecewise"):
+    with pytest.raises(
+        SlideError, match=r"lzw.tif: strips of 0 MiB decoded each; LZW strips cannot be decoded piecewise"
+    ):
         SourceSlide(path)
 
 

@@ -11,8 +11,8 @@ import pytest
 import tifffile
 import zarr
 
-from wsiseg.convert import convert_slide
 from wsiseg.annotations.masks import MaskError, load_palette, parse_palette
+from wsiseg.convert import convert_slide
 from wsiseg.store.slide import SlideStore
 
 H, W = 120, 160
@@ -44,8 +44,10 @@ def test_polygons_crossing_or_outside_the_image_are_clipped_with_a_warning(image
     with caplog.at_level(logging.WARNING, logger="wsiseg.annotations.masks"):
         mask = labels_of(image, tmp_path / "p.geojson", tmp_path)
     warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert any("p.geojson: 1 of 3 polygon(s) lie entirely outside the 160x120 image" in m and "1 cross its border" in m
-               for m in warning), warning
+    assert any(
+        "p.geojson: 1 of 3 polygon(s) lie entirely outside the 160x120 image" in m and "1 cross its border" in m
+        for m in warning
+    ), warning
     assert mask[102:, 142:].all()  # the crossing polygon, clipped at the image border
     assert mask[15, 15] == 1 and mask[60, 80] == 0
 
@@ -94,7 +96,9 @@ def test_unknown_palette_colours_are_listed(image, tmp_path):
     rgb = colour_mask()
     rgb[100:110, 0:10] = (1, 2, 3)
     (tmp_path / "c.png").write_bytes(imagecodecs.png_encode(rgb))
-    with pytest.raises(MaskError, match=r"c.png: 2 colour\(s\) not in the palette: #0080ff \(3600 px\), #010203 \(100 px\)"):
+    with pytest.raises(
+        MaskError, match=r"c.png: 2 colour\(s\) not in the palette: #0080ff \(3600 px\), #010203 \(100 px\)"
+    ):
         convert_slide(image, tmp_path / "x.zarr", mask=tmp_path / "c.png", palette={"#ff0000": 1})
     assert not (tmp_path / "x.zarr").exists()
 

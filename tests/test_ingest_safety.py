@@ -16,8 +16,8 @@ import tifffile
 from skimage.draw import polygon as draw_polygon
 
 from wsiseg import convert as convert_module
-from wsiseg.convert import convert_many, convert_slide
 from wsiseg.annotations.masks import MaskError, PolygonMask
+from wsiseg.convert import convert_many, convert_slide
 from wsiseg.errors import SlideError
 from wsiseg.store.slide import SlideStore
 
@@ -71,7 +71,9 @@ def test_nan_and_inf_pixels_do_not_blacken_a_float_slide(tmp_path, caplog):
         out = convert_slide(path, tmp_path / "f.zarr", uint16="percentile", chunk=64)
     level0 = SlideStore(out).levels[0][:]  # (3, H, W)
     assert level0[:, 100, 200].min() > 150 and level0[:, 100, 2].max() < 20  # the ramp is stretched, not black
-    assert level0[:, 5, 7].tolist() == [0, 0, 0] and level0[1, 50, 60] == 0 and level0[:, 100, 100].tolist() == [0, 0, 0]
+    assert (
+        level0[:, 5, 7].tolist() == [0, 0, 0] and level0[1, 50, 60] == 0 and level0[:, 100, 100].tolist() == [0, 0, 0]
+    )
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("float.tif: 3 pixel(s) with NaN or infinite values mapped to 0" in m for m in warnings), warnings
 
@@ -79,7 +81,9 @@ def test_nan_and_inf_pixels_do_not_blacken_a_float_slide(tmp_path, caplog):
 def test_a_slide_without_any_finite_pixel_is_an_error(tmp_path):
     path = tmp_path / "allnan.tif"
     tifffile.imwrite(path, np.full((64, 80), np.nan, np.float32), tile=(32, 32))
-    with pytest.raises(SlideError, match=r"allnan.tif: no finite pixel value \(all [\d,]+ values sampled .* NaN or infinite\)"):
+    with pytest.raises(
+        SlideError, match=r"allnan.tif: no finite pixel value \(all [\d,]+ values sampled .* NaN or infinite\)"
+    ):
         convert_slide(path, tmp_path / "x.zarr", uint16="percentile")
     assert no_store_left(tmp_path)
 
@@ -89,10 +93,15 @@ def test_a_slide_without_any_finite_pixel_is_an_error(tmp_path):
 
 
 def test_points_only_geojson_for_a_training_slide_is_refused_before_the_image_work(slide, tmp_path, monkeypatch):
-    mask = write_geojson(tmp_path / "points.geojson", [{"type": "Point", "coordinates": [10 * i, 10]} for i in range(3)])
+    mask = write_geojson(
+        tmp_path / "points.geojson", [{"type": "Point", "coordinates": [10 * i, 10]} for i in range(3)]
+    )
     image_work_forbidden(monkeypatch)
-    with pytest.raises(MaskError, match=r"points.geojson: .*train/val slide 'slide' is empty \(3 features: 3 Point, "
-                                        r"0 polygons inside the 260x200 image\).*convert.allow_empty_mask: true"):
+    with pytest.raises(
+        MaskError,
+        match=r"points.geojson: .*train/val slide 'slide' is empty \(3 features: 3 Point, "
+        r"0 polygons inside the 260x200 image\).*convert.allow_empty_mask: true",
+    ):
         convert_slide(slide, tmp_path / "x.zarr", mask=mask, require_foreground=True)
     assert no_store_left(tmp_path)
 
@@ -101,7 +110,9 @@ def test_polygons_all_outside_the_image_and_an_empty_rle_row(slide, tmp_path, mo
     outside = write_geojson(tmp_path / "far.json", [square(1000, 1000, 1100, 1100), square(-50, 10, -10, 40)])
     pd.DataFrame({"id": ["slide"], "encoding": [""]}).to_csv(tmp_path / "rle.csv", index=False)
     image_work_forbidden(monkeypatch)
-    with pytest.raises(MaskError, match=r"far.json: .*empty \(2 features: 2 Polygon, 0 polygons inside the 260x200 image\)"):
+    with pytest.raises(
+        MaskError, match=r"far.json: .*empty \(2 features: 2 Polygon, 0 polygons inside the 260x200 image\)"
+    ):
         convert_slide(slide, tmp_path / "x.zarr", mask=outside, require_foreground=True)
     with pytest.raises(MaskError, match=r"rle.csv: .*empty \(the row for id 'slide' has 0 run\(s\)\)"):
         convert_slide(slide, tmp_path / "x.zarr", mask=tmp_path / "rle.csv", require_foreground=True)
@@ -111,11 +122,16 @@ def test_polygons_all_outside_the_image_and_an_empty_rle_row(slide, tmp_path, mo
 def test_empty_mask_image_or_pixel_free_polygon_is_refused_once_rasterised_and_leaves_no_store(slide, tmp_path):
     mask = tmp_path / "blank.png"
     mask.write_bytes(imagecodecs.png_encode(np.zeros((H, W), np.uint8)))
-    with pytest.raises(MaskError, match=r"blank.png: .*empty \(mask image read with mask_threshold 0: 0 foreground pixels"):
+    with pytest.raises(
+        MaskError, match=r"blank.png: .*empty \(mask image read with mask_threshold 0: 0 foreground pixels"
+    ):
         convert_slide(slide, tmp_path / "x.zarr", mask=mask, require_foreground=True)
     tiny = write_geojson(tmp_path / "tiny.json", [square(10.2, 10.2, 10.8, 10.8)])  # inside, but between pixel centres
-    with pytest.raises(MaskError, match=r"tiny.json: .*empty \(1 feature: 1 Polygon, 1 polygon inside the 260x200 image: "
-                                        r"0 foreground pixels once rasterised\)"):
+    with pytest.raises(
+        MaskError,
+        match=r"tiny.json: .*empty \(1 feature: 1 Polygon, 1 polygon inside the 260x200 image: "
+        r"0 foreground pixels once rasterised\)",
+    ):
         convert_slide(slide, tmp_path / "x.zarr", mask=tiny, require_foreground=True)
     assert no_store_left(tmp_path)
 
@@ -197,8 +213,10 @@ def test_a_polygon_with_200000_vertices_rasterises_in_seconds(tmp_path):
     got = rasterise([{"type": "Polygon", "coordinates": [ring]}], tmp_path, shape, chunk=256)
     seconds = time.perf_counter() - start
     assert seconds < 20, seconds
-    area = 0.5 * abs(np.dot(np.asarray(ring)[:-1, 0], np.roll(np.asarray(ring)[:-1, 1], 1))
-                     - np.dot(np.asarray(ring)[:-1, 1], np.roll(np.asarray(ring)[:-1, 0], 1)))
+    area = 0.5 * abs(
+        np.dot(np.asarray(ring)[:-1, 0], np.roll(np.asarray(ring)[:-1, 1], 1))
+        - np.dot(np.asarray(ring)[:-1, 1], np.roll(np.asarray(ring)[:-1, 0], 1))
+    )
     assert abs(got.sum() - area) / area < 0.01  # the pixels cover the polygon's area
 
 
@@ -208,7 +226,9 @@ def test_a_polygon_with_200000_vertices_rasterises_in_seconds(tmp_path):
 
 def test_huge_rle_value_names_the_file_and_value(slide, tmp_path):
     pd.DataFrame({"id": ["slide"], "encoding": ["1 10000000000000000000000"]}).to_csv(tmp_path / "t.csv", index=False)
-    with pytest.raises(MaskError, match=r"t.csv \(id slide\): RLE value 10000000000000000000000 is too large for any image"):
+    with pytest.raises(
+        MaskError, match=r"t.csv \(id slide\): RLE value 10000000000000000000000 is too large for any image"
+    ):
         convert_slide(slide, tmp_path / "x.zarr", mask=tmp_path / "t.csv")
     assert no_store_left(tmp_path)
 
@@ -231,8 +251,11 @@ def test_tiff_header_declaring_more_pixels_than_its_tiles_cover(slide, tmp_path)
     data[length_at : length_at + struct.calcsize(fmt)] = struct.pack(fmt, 900)
     bad = tmp_path / "edited.tif"
     bad.write_bytes(bytes(data))
-    with pytest.raises(SlideError, match=r"edited.tif: the header declares 1000x900 px, which needs 240 tiles of 64x64, "
-                                         r"but the file lists only 20"):
+    with pytest.raises(
+        SlideError,
+        match=r"edited.tif: the header declares 1000x900 px, which needs 240 tiles of 64x64, "
+        r"but the file lists only 20",
+    ):
         convert_slide(bad, tmp_path / "x.zarr")
     assert no_store_left(tmp_path)
 
@@ -278,7 +301,9 @@ def test_png_declaring_100000_squared_pixels_is_refused_before_decoding(slide, t
 def test_jpeg_size_read_from_its_frame_header_and_the_limit_can_be_raised(tmp_path):
     path = tmp_path / "photo.jpg"
     path.write_bytes(imagecodecs.jpeg8_encode(np.full((120, 90, 3), 128, np.uint8)))
-    with pytest.raises(SlideError, match=r"photo.jpg: the JPEG header declares 90x120 px \(10,800 px\), over the limit of 10,000 px"):
+    with pytest.raises(
+        SlideError, match=r"photo.jpg: the JPEG header declares 90x120 px \(10,800 px\), over the limit of 10,000 px"
+    ):
         convert_slide(path, tmp_path / "x.zarr", max_decoded_pixels=10_000)
     out = convert_slide(path, tmp_path / "ok.zarr", max_decoded_pixels=10_800)
     assert SlideStore(out).levels[0].shape == (3, 120, 90)

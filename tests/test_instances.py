@@ -9,14 +9,16 @@ import zarr
 from skimage.measure import label
 
 from wsiseg.imaging.instances import min_distance_px, split_mask, split_touching
+from wsiseg.imaging.stain import fit_normaliser
 from wsiseg.nn.module import load_model
 from wsiseg.predict import PredictParams, predict_slide
 from wsiseg.report import match_objects
-from wsiseg.imaging.stain import fit_normaliser
 from wsiseg.store.slide import SlideStore
 
 
-def touching_pairs(shape: tuple[int, int], centres: list[tuple[int, int]], radius: int = 9) -> tuple[np.ndarray, np.ndarray]:
+def touching_pairs(
+    shape: tuple[int, int], centres: list[tuple[int, int]], radius: int = 9
+) -> tuple[np.ndarray, np.ndarray]:
     """(binary mask, object ids): a pair of overlapping discs at each centre (the second ``1.6 * radius`` to the right)."""
     ids = np.zeros(shape, np.int32)
     for k, (y, x) in enumerate(centres):
@@ -45,7 +47,9 @@ def test_min_distance_is_micrometres_over_pixel_size_else_the_pixel_fallback():
 def test_split_by_bands_equals_splitting_the_whole_mask():
     binary, _ = touching_pairs((200, 80), [(15 + 45 * k, 25) for k in range(4)])
     whole = split_touching(binary, 6)
-    store = zarr.open_array(zarr.storage.MemoryStore(), mode="w", shape=binary.shape, chunks=(32, 32), dtype=np.uint8, zarr_format=2)
+    store = zarr.open_array(
+        zarr.storage.MemoryStore(), mode="w", shape=binary.shape, chunks=(32, 32), dtype=np.uint8, zarr_format=2
+    )
     store[:] = binary
     split_mask(store, 6, band=32, margin=40)
     np.testing.assert_array_equal(store[:], whole)  # cuts through exactly symmetric necks too (no ties)
@@ -56,12 +60,19 @@ def test_prediction_splits_objects_and_applies_the_models_stain_normaliser(tiny_
     slides, ckpt = tiny_trained
     params = PredictParams(tile=64, overlap=16, min_tissue=0)
     plain = predict_slide(slides["demo_2"], ckpt, tmp_path / "plain.zarr", params)
-    split = predict_slide(slides["demo_2"], ckpt, tmp_path / "split.zarr", PredictParams(**{**params.__dict__, "split_objects": "watershed", "split_min_distance_um": 2.5}))  # 5 px at the demo's 0.5 um/px
+    split = predict_slide(
+        slides["demo_2"],
+        ckpt,
+        tmp_path / "split.zarr",
+        PredictParams(**{**params.__dict__, "split_objects": "watershed", "split_min_distance_um": 2.5}),
+    )  # 5 px at the demo's 0.5 um/px
     expected = split_touching(zarr.open_group(plain, mode="r")["labels/mask/0"][:], 5)
     np.testing.assert_array_equal(zarr.open_group(split, mode="r")["labels/mask/0"][:], expected)
     model = load_model(ckpt)
     image = np.asarray(SlideStore(slides["demo_0"]).levels[0][:]).transpose(1, 2, 0)
-    model.hparams["stain"] = fit_normaliser("reinhard", [255 - image])  # a deliberately wrong reference: must change the output
+    model.hparams["stain"] = fit_normaliser(
+        "reinhard", [255 - image]
+    )  # a deliberately wrong reference: must change the output
     stained = predict_slide(slides["demo_2"], ckpt, tmp_path / "stained.zarr", params, models=[model])
     a, b = (zarr.open_group(p, mode="r")["0"][0].astype(int) for p in (plain, stained))
     assert np.abs(a - b).mean() > 1

@@ -75,7 +75,11 @@ def test_stores_written_before_markers_are_recognised_by_their_metadata(tmp_path
 
 @pytest.mark.parametrize(
     "output, message",
-    [("in/slide.tif", "the output is the input"), ("in", "would contain the input"), ("in/slide.tif/x.zarr", "lies inside the input")],
+    [
+        ("in/slide.tif", "the output is the input"),
+        ("in", "would contain the input"),
+        ("in/slide.tif/x.zarr", "lies inside the input"),
+    ],
 )
 def test_outputs_overlapping_inputs_are_refused(tmp_path, output, message):
     (tmp_path / "in").mkdir()
@@ -104,7 +108,9 @@ def test_a_killed_conversion_leaves_a_temporary_that_the_next_run_removes(tmp_pa
     image = np.random.default_rng(0).integers(0, 256, (4096, 4096, 3), dtype=np.uint8)
     tifffile.imwrite(tmp_path / "big.tif", image, tile=(256, 256), photometric="rgb", compression="zlib")
     cmd = [sys.executable, "-m", "wsiseg.cli", "convert", "big.tif", "big.zarr", "--chunk", "128", "--workers", "1"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.time() + 60
     while not list(tmp_path.glob(".big.zarr.tmp-*/0")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)

@@ -35,7 +35,9 @@ def spatial(data: list, meta: dict) -> list[tuple[int, ...]]:
 @pytest.fixture
 def annotated_slide(rgb_tiff, tmp_path):
     path, _ = rgb_tiff
-    (tmp_path / "a.json").write_text(json.dumps([{"geometry": {"type": "Polygon", "coordinates": [[[5, 5], [50, 5], [50, 40], [5, 5]]]}}]))
+    (tmp_path / "a.json").write_text(
+        json.dumps([{"geometry": {"type": "Polygon", "coordinates": [[[5, 5], [50, 5], [50, 40], [5, 5]]]}}])
+    )
     return convert_slide(path, tmp_path / "s.zarr", mask=tmp_path / "a.json", chunk=128)
 
 
@@ -53,7 +55,11 @@ def test_slide_labels_are_a_2d_labels_layer_over_the_image(annotated_slide):
 def prediction(tiny_trained, tmp_path_factory):
     slides, ckpt = tiny_trained
     out = tmp_path_factory.mktemp("ngff") / "p.zarr"
-    return predict_slide(slides["demo_2"], ckpt.parent, out, PARAMS, class_name="glomerulus", config_hash="abc123"), slides["demo_2"], ckpt
+    return (
+        predict_slide(slides["demo_2"], ckpt.parent, out, PARAMS, class_name="glomerulus", config_hash="abc123"),
+        slides["demo_2"],
+        ckpt,
+    )
 
 
 def test_prediction_store_validates_as_ome_ngff_image_with_labels(prediction):
@@ -82,7 +88,10 @@ def test_ome_zarr_reader_returns_an_image_and_a_label_node(prediction):
     images = [n for n in nodes if n.load(reader.Multiscales) and not n.load(reader.Label)]
     labels = [n for n in nodes if n.load(reader.Label)]
     assert len(images) == 1 and len(labels) == 1
-    assert images[0].data[0].shape == (1, 192, 256) and labels[0].data[0].shape == (384, 512)  # probabilities: the model's grid
+    assert images[0].data[0].shape == (1, 192, 256) and labels[0].data[0].shape == (
+        384,
+        512,
+    )  # probabilities: the model's grid
 
 
 def test_napari_overlays_prediction_layers_on_the_slide(prediction):

@@ -6,8 +6,8 @@ import tifffile
 import zarr
 
 from wsiseg.convert import convert_slide
-from wsiseg.patches import PatchParams, extract_patches, grid_positions, select_patches
 from wsiseg.imaging.tissue import tissue_mask
+from wsiseg.patches import PatchParams, extract_patches, grid_positions, select_patches
 
 CELL = 32
 # foreground rows per 32x32 cell of a 4x4 grid: coverage = rows / 32
@@ -43,7 +43,9 @@ def test_grid_positions_cover_the_axis():
 
 
 def test_coverage_filter_keeps_exactly_the_expected_patches(known_slide, tmp_path):
-    params = PatchParams(size=CELL, stride=CELL, downscale=1, min_coverage=0.1, max_coverage=0.9, negative_ratio=0.0, min_tissue=0.5)
+    params = PatchParams(
+        size=CELL, stride=CELL, downscale=1, min_coverage=0.1, max_coverage=0.9, negative_ratio=0.0, min_tissue=0.5
+    )
     table = extract_patches(known_slide, tmp_path / "p.zarr", tmp_path / "p.csv", params)
     kept = set(zip(table["row"], table["col"]))
     expected = {divmod(k, 4) for k, c in enumerate(COVERAGE.ravel()) if 0.1 <= c <= 0.9}
@@ -89,14 +91,19 @@ def test_absolute_negatives_and_random_cells_are_recorded(known_slide, tmp_path)
     assert table["reason"].value_counts().to_dict() == {"positive": 5, "random": 3, "negative": 2}
     assert (table.loc[table["reason"] == "negative", "coverage"] == 0).all()
     positives = {divmod(k, 4) for k, c in enumerate(COVERAGE.ravel()) if 0.1 <= c <= 0.9}
-    assert not set(zip(table.loc[table["reason"] != "positive", "row"], table.loc[table["reason"] != "positive", "col"])) & positives
+    assert (
+        not set(zip(table.loc[table["reason"] != "positive", "row"], table.loc[table["reason"] != "positive", "col"]))
+        & positives
+    )
     assert len(set(zip(table["row"], table["col"]))) == len(table)  # no cell kept twice
     assert (table["level"] == 0).all() and (table["downscale"] == 1).all()
 
 
 @pytest.mark.parametrize("method", ["saturation", "otsu", "otsu_gray"])
 def test_tissue_artifact_marks_the_white_row_as_background(known_slide, tmp_path, method):
-    params = PatchParams(size=CELL, stride=CELL, downscale=1, tissue_method=method, negative_ratio=0, random=16)  # keeps every cell
+    params = PatchParams(
+        size=CELL, stride=CELL, downscale=1, tissue_method=method, negative_ratio=0, random=16
+    )  # keeps every cell
     table = extract_patches(known_slide, tmp_path / "p.zarr", tmp_path / "p.csv", params, out_tissue=tmp_path / "t.png")
     tissue = cv2.imread(str(tmp_path / "t.png"), cv2.IMREAD_GRAYSCALE)
     assert tissue.shape == (4 * CELL, 4 * CELL)
@@ -123,7 +130,13 @@ def palette_slide(tmp_path):
     mask[64:80, 64:96] = (255, 0, 0)  # ... of which 1/4 turns class 1: 12.5% class 1, 37.5% class 2
     tifffile.imwrite(tmp_path / "img.tif", image, photometric="rgb")
     tifffile.imwrite(tmp_path / "mask.tif", mask, photometric="rgb")
-    return convert_slide(tmp_path / "img.tif", tmp_path / "m.zarr", mask=tmp_path / "mask.tif", chunk=64, palette={"#ff0000": 1, "#0000ff": 2})
+    return convert_slide(
+        tmp_path / "img.tif",
+        tmp_path / "m.zarr",
+        mask=tmp_path / "mask.tif",
+        chunk=64,
+        palette={"#ff0000": 1, "#0000ff": 2},
+    )
 
 
 def test_multiclass_masks_give_per_class_coverage(palette_slide, tmp_path):
@@ -138,10 +151,14 @@ def test_multiclass_masks_give_per_class_coverage(palette_slide, tmp_path):
     for n, row in table.iterrows():  # stored labels agree with the index (at 2x down, areas are exact here)
         labels = store["masks"][n]
         np.testing.assert_allclose([(labels == 1).mean(), (labels == 2).mean()], [row["coverage_1"], row["coverage_2"]])
-    binary = extract_patches(palette_slide, tmp_path / "b.zarr", tmp_path / "b.csv", PatchParams(**{**params.__dict__, "classes": 1}))
+    binary = extract_patches(
+        palette_slide, tmp_path / "b.zarr", tmp_path / "b.csv", PatchParams(**{**params.__dict__, "classes": 1})
+    )
     assert "coverage_1" not in binary and set(np.unique(zarr.open_group(tmp_path / "b.zarr")["masks"][:])) == {0, 1}
     with pytest.raises(ValueError, match="label 2 found, but patches.classes is 2"):
-        extract_patches(palette_slide, tmp_path / "c.zarr", tmp_path / "c.csv", PatchParams(**{**params.__dict__, "classes": 2}))
+        extract_patches(
+            palette_slide, tmp_path / "c.zarr", tmp_path / "c.csv", PatchParams(**{**params.__dict__, "classes": 2})
+        )
 
 
 def test_slide_smaller_than_a_patch_gives_one_padded_patch(tmp_path):

@@ -7,9 +7,9 @@ import pytest
 import torch
 import zarr
 
+from wsiseg.imaging.postprocess import clean_mask, postprocess_mask
 from wsiseg.nn.data import to_tensor
 from wsiseg.nn.module import SegmentationModule, load_model
-from wsiseg.imaging.postprocess import clean_mask, postprocess_mask
 from wsiseg.predict import PredictParams, blend_window, predict_batch, predict_slide
 from wsiseg.store.prediction import Prediction
 from wsiseg.store.slide import SlideStore
@@ -70,10 +70,14 @@ def test_ensemble_of_one_model_twice_equals_the_model(tiny_trained, tmp_path):
 
 def test_non_tissue_tiles_are_skipped(tiny_trained, tmp_path):
     slides, ckpt = tiny_trained
-    out = predict_slide(slides["demo_2"], ckpt, tmp_path / "p.zarr", PredictParams(tile=64, overlap=16, min_tissue=0.5, chunk=128))
+    out = predict_slide(
+        slides["demo_2"], ckpt, tmp_path / "p.zarr", PredictParams(tile=64, overlap=16, min_tissue=0.5, chunk=128)
+    )
     root = zarr.open_group(out, mode="r")
     assert root.attrs["tiles_skipped"] > 0
-    assert root["labels/mask/0"].shape == (384, 512) and len(root["labels/mask"].attrs["multiscales"][0]["datasets"]) >= 2
+    assert (
+        root["labels/mask/0"].shape == (384, 512) and len(root["labels/mask"].attrs["multiscales"][0]["datasets"]) >= 2
+    )
 
 
 def test_blend_windows():
@@ -87,7 +91,9 @@ def test_blend_windows():
 def test_bad_tta_op_is_rejected_before_work(tiny_trained, tmp_path):
     slides, ckpt = tiny_trained
     with pytest.raises(ValueError, match="unknown TTA op"):
-        predict_slide(slides["demo_2"], ckpt, tmp_path / "p.zarr", PredictParams(tile=64, overlap=16, tta=("transpose",)))
+        predict_slide(
+            slides["demo_2"], ckpt, tmp_path / "p.zarr", PredictParams(tile=64, overlap=16, tta=("transpose",))
+        )
 
 
 def test_clean_mask_removes_small_objects_and_fills_holes():
@@ -112,12 +118,18 @@ def test_band_processing_gives_the_same_result_as_whole_mask():
 def test_multiclass_model_writes_class_probabilities_and_argmax(tiny_trained, tmp_path):
     slides, _ = tiny_trained
     torch.manual_seed(0)
-    module = SegmentationModule(encoder_depth=3, decoder_channels=[16, 8, 4], classes=3, loss={"ce": 1.0}, downscale=2.0, patch_size=64)
+    module = SegmentationModule(
+        encoder_depth=3, decoder_channels=[16, 8, 4], classes=3, loss={"ce": 1.0}, downscale=2.0, patch_size=64
+    )
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, tmp_path / "mc.ckpt")
-    out = predict_slide(slides["demo_2"], tmp_path / "mc.ckpt", tmp_path / "p.zarr", PredictParams(tile=64, overlap=16, min_tissue=0))
+    out = predict_slide(
+        slides["demo_2"], tmp_path / "mc.ckpt", tmp_path / "p.zarr", PredictParams(tile=64, overlap=16, min_tissue=0)
+    )
     root = zarr.open_group(out, mode="r")
     prob, mask = root["0"][:].astype(int), root["labels/mask/0"][:]
-    assert prob.shape == (3, 192, 256) and mask.shape == (384, 512) and root.attrs["classes"] == 3  # probabilities on the model's grid
+    assert (
+        prob.shape == (3, 192, 256) and mask.shape == (384, 512) and root.attrs["classes"] == 3
+    )  # probabilities on the model's grid
     assert np.abs(prob.sum(axis=0) - 255).max() <= 3  # softmax over classes
     prob = Prediction(out).probabilities(0) * 255  # upsampled to level 0 as the mask was made
     chosen = np.take_along_axis(prob, mask[None].astype(int), axis=0)[0]
@@ -127,7 +139,9 @@ def test_multiclass_model_writes_class_probabilities_and_argmax(tiny_trained, tm
 
 def test_prediction_store_matches_slide_and_threshold(tiny_trained, tmp_path):
     slides, ckpt = tiny_trained
-    out = predict_slide(slides["demo_2"], ckpt, tmp_path / "p.zarr", PredictParams(tile=64, overlap=16, threshold=0.4, min_tissue=0))
+    out = predict_slide(
+        slides["demo_2"], ckpt, tmp_path / "p.zarr", PredictParams(tile=64, overlap=16, threshold=0.4, min_tissue=0)
+    )
     root = zarr.open_group(out, mode="r")
     assert root["0"].shape == (1, 192, 256)  # the model's grid (downscale 2)
     scale = root.attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"]
@@ -158,7 +172,9 @@ def test_vertical_strips_give_the_whole_width_result(tiny_trained, tmp_path, ext
     stores = []
     for strip in (100_000, 64):  # the demo's 256-px-wide model grid: one strip, or four
         params = PredictParams(tile=64, overlap=16, chunk=64, strip=strip, **extra)
-        stores.append(zarr.open_group(predict_slide(slides["demo_2"], ckpt, tmp_path / f"s{strip}.zarr", params), mode="r"))
+        stores.append(
+            zarr.open_group(predict_slide(slides["demo_2"], ckpt, tmp_path / f"s{strip}.zarr", params), mode="r")
+        )
     whole, strips = stores
     assert whole.attrs["tiles_total"] == strips.attrs["tiles_total"]
     for key in ("0", "1", "2", "labels/mask/0", "labels/mask/1", "labels/mask/3"):
@@ -285,7 +301,8 @@ def test_the_log_says_where_predicts_time_went(tiny_trained, tmp_path, caplog):
 
 
 @pytest.mark.parametrize(
-    "device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"))]
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"))],
 )
 def test_precast_weights_give_autocasts_outputs_without_casting_them_per_batch(tiny_trained, device):
     """On a GPU predict runs a copy of each model whose convolution weights are already in autocast's
@@ -308,8 +325,11 @@ def test_precast_weights_give_autocasts_outputs_without_casting_them_per_batch(t
         return out, sum(e.count for e in prof.key_averages() if e.key == "aten::_to_copy")
 
     calls = []
-    hooks = [m.register_forward_pre_hook(lambda conv, _: calls.append(1 + (conv.bias is not None)))
-             for m in model.modules() if type(m) is torch.nn.Conv2d]
+    hooks = [
+        m.register_forward_pre_hook(lambda conv, _: calls.append(1 + (conv.bias is not None)))
+        for m in model.modules()
+        if type(m) is torch.nn.Conv2d
+    ]
     (expected, casts), (got, cast_casts) = run(model), run(cast)
     for hook in hooks:
         hook.remove()
@@ -340,7 +360,10 @@ def test_precast_falls_back_to_the_model_where_casting_once_breaks_it(tiny_train
 
     probe = torch.randn(1, 3, 64, 64)
     cast = precast_checked(model, torch.bfloat16, probe)
-    assert cast is not model and next(m for m in cast.modules() if type(m) is torch.nn.Conv2d).weight.dtype == torch.bfloat16
+    assert (
+        cast is not model
+        and next(m for m in cast.modules() if type(m) is torch.nn.Conv2d).weight.dtype == torch.bfloat16
+    )
     fragile = Float32Head().eval()
     with caplog.at_level(logging.WARNING, logger="wsiseg"):
         assert precast_checked(fragile, torch.bfloat16, probe) is fragile

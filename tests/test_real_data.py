@@ -19,7 +19,9 @@ from wsiseg.train import TrainParams, train_model
 GBM40 = Path(__file__).resolve().parents[2] / "shared" / "data" / "gbm40"
 TRAIN, VAL, TEST = ["gbm01", "gbm02", "gbm03", "gbm04"], ["gbm25"], ["gbm30", "gbm35"]
 
-pytestmark = pytest.mark.skipif(not (GBM40 / "images").is_dir(), reason=f"real H&E data not found at {GBM40} (see its SOURCE.md)")
+pytestmark = pytest.mark.skipif(
+    not (GBM40 / "images").is_dir(), reason=f"real H&E data not found at {GBM40} (see its SOURCE.md)"
+)
 
 
 def threshold_dice(store: Path) -> float:
@@ -35,12 +37,20 @@ def test_two_epochs_of_the_tiny_model_beat_a_threshold_on_held_out_real_crops(tm
     # patches, 26 steps; at stride 64 or batch 4 the BatchNorm statistics have not settled after 2 epochs)
     stores, patches = {}, {}
     for cid in TRAIN + VAL + TEST:
-        stores[cid] = convert_slide(GBM40 / "images" / f"{cid}.tif", tmp_path / f"{cid}.zarr", mask=GBM40 / "annotations" / f"{cid}.geojson", slide_id=cid, chunk=256)
+        stores[cid] = convert_slide(
+            GBM40 / "images" / f"{cid}.tif",
+            tmp_path / f"{cid}.zarr",
+            mask=GBM40 / "annotations" / f"{cid}.geojson",
+            slide_id=cid,
+            chunk=256,
+        )
     params = PatchParams(size=128, downscale=2, stride=32, min_coverage=0.01, max_coverage=1.0, min_tissue=0.0)
     for cid in TRAIN + VAL:
         patches[cid] = tmp_path / f"p_{cid}.zarr"
         extract_patches(stores[cid], patches[cid], tmp_path / f"p_{cid}.csv", params)
-    tiny = TrainParams(encoder_depth=3, decoder_channels=(32, 16, 8), batch_size=8, epochs=2, lr=3e-3, accelerator="cpu")
+    tiny = TrainParams(
+        encoder_depth=3, decoder_channels=(32, 16, 8), batch_size=8, epochs=2, lr=3e-3, accelerator="cpu"
+    )
     train_model([patches[c] for c in TRAIN], [patches[c] for c in VAL], tmp_path / "model", tiny, threads=2)
     predict = PredictParams(tile=256, overlap=64, min_tissue=0)
     for cid in TEST:

@@ -3,14 +3,23 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import tifffile
 import shapely.geometry
+import tifffile
 import zarr
+from conftest import write_prediction
 
 from wsiseg import rle
 from wsiseg.convert import convert_slide
-from conftest import write_prediction
-from wsiseg.report import confusion_matrix, encode_store, export_geojson, make_report, match_objects, scores, slide_metrics, submission_table
+from wsiseg.report import (
+    confusion_matrix,
+    encode_store,
+    export_geojson,
+    make_report,
+    match_objects,
+    scores,
+    slide_metrics,
+    submission_table,
+)
 
 
 def test_scores_hand_computed():
@@ -36,11 +45,15 @@ def test_report_metrics_submission_and_overlays(tmp_path):
     truth[10:30, 10:30] = 1  # 400 px
     tifffile.imwrite(tmp_path / "img.tif", image, photometric="rgb")
     tifffile.imwrite(tmp_path / "truth.tif", truth)
-    slides = {s: convert_slide(tmp_path / "img.tif", tmp_path / f"{s}.zarr", mask=tmp_path / "truth.tif") for s in ("a", "b")}
+    slides = {
+        s: convert_slide(tmp_path / "img.tif", tmp_path / f"{s}.zarr", mask=tmp_path / "truth.tif") for s in ("a", "b")
+    }
     pred_a = np.zeros_like(truth)
     pred_a[20:40, 10:30] = 1  # overlaps half: tp 200, fp 200, fn 200
     preds = {"a": write_prediction(tmp_path / "pa.zarr", pred_a), "b": write_prediction(tmp_path / "pb.zarr", truth)}
-    table = make_report(preds, slides, {"a": "test", "b": "val"}, tmp_path / "sub.csv", tmp_path / "m.csv", tmp_path / "ov")
+    table = make_report(
+        preds, slides, {"a": "test", "b": "val"}, tmp_path / "sub.csv", tmp_path / "m.csv", tmp_path / "ov"
+    )
     metrics = pd.read_csv(tmp_path / "m.csv").set_index("slide_id")
     assert metrics.loc["b", "object_f1"] == 1.0 and metrics.loc["a", "objects_matched"] == 0
     assert metrics.loc["a", "dice"] == pytest.approx(0.5) and metrics.loc["a", "tp"] == 200
@@ -80,7 +93,10 @@ def test_geojson_export_traces_objects_with_holes(tmp_path):
 
 
 def test_sample_submission_fixes_order_and_rejects_unknown_ids(tmp_path):
-    masks = {s: write_prediction(tmp_path / f"{s}.zarr", np.eye(8, dtype=np.uint8) * (i + 1) // (i + 1)) for i, s in enumerate("abc")}
+    masks = {
+        s: write_prediction(tmp_path / f"{s}.zarr", np.eye(8, dtype=np.uint8) * (i + 1) // (i + 1))
+        for i, s in enumerate("abc")
+    }
     pd.DataFrame({"id": ["c", "a"], "predicted": ["", ""]}).to_csv(tmp_path / "sample.csv", index=False)
     table = submission_table(masks, ["a", "b", "c"], tmp_path / "sample.csv")
     assert table["id"].tolist() == ["c", "a"] and table["predicted"].tolist() == [rle.encode(np.eye(8))] * 2
@@ -114,7 +130,9 @@ def test_multiclass_metrics_per_class(tmp_path):
     assert export_geojson(store, tmp_path / "p.geojson", class_names=["background", "tumour", "stroma"]) == 3
     features = json.loads((tmp_path / "p.geojson").read_text())["features"]  # class 2 is split in two by class 1
     assert sorted(f["properties"]["classification"]["name"] for f in features) == ["stroma", "stroma", "tumour"]
-    assert {f["properties"]["measurements"]["Mean probability"] for f in features} == {1.0}  # each its own class's channel
+    assert {f["properties"]["measurements"]["Mean probability"] for f in features} == {
+        1.0
+    }  # each its own class's channel
 
 
 def test_group_means_give_per_organ_scores(tmp_path):
@@ -128,7 +146,11 @@ def test_group_means_give_per_organ_scores(tmp_path):
     slides = {s: convert_slide(tmp_path / "img.tif", tmp_path / f"{s}.zarr", mask=tmp_path / "truth.tif") for s in ids}
     preds = {s: write_prediction(tmp_path / f"p{s}.zarr", truth if s != "k2" else np.zeros_like(truth)) for s in ids}
     make_report(
-        preds, slides, dict.fromkeys(ids, "val"), tmp_path / "sub.csv", tmp_path / "m.csv",
+        preds,
+        slides,
+        dict.fromkeys(ids, "val"),
+        tmp_path / "sub.csv",
+        tmp_path / "m.csv",
         groups={"k1": "kidney", "k2": "kidney", "l1": "lung"},
     )
     metrics = pd.read_csv(tmp_path / "m.csv").set_index("slide_id")

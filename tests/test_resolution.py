@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import tifffile
 import zarr
+from conftest import SNAKEFILE, write_config
 from skimage.measure import label
 
 from wsiseg import rle
@@ -31,19 +32,32 @@ from wsiseg.resolution import (
 )
 from wsiseg.store.slide import SlideStore
 
-from conftest import SNAKEFILE, write_config
-
 IMAGE = np.random.default_rng(0).integers(0, 256, size=(96, 128, 3), dtype=np.uint8)
 
 
 def _ome(path):
     path = path.with_name(path.stem + ".ome.tif")  # tifffile writes OME-XML for .ome.tif names
-    tifffile.imwrite(path, IMAGE, metadata={"axes": "YXS", "PhysicalSizeX": 250, "PhysicalSizeY": 250, "PhysicalSizeXUnit": "nm", "PhysicalSizeYUnit": "nm"})
+    tifffile.imwrite(
+        path,
+        IMAGE,
+        metadata={
+            "axes": "YXS",
+            "PhysicalSizeX": 250,
+            "PhysicalSizeY": 250,
+            "PhysicalSizeXUnit": "nm",
+            "PhysicalSizeYUnit": "nm",
+        },
+    )
     return path
 
 
 def _svs(path):
-    tifffile.imwrite(path, IMAGE, tile=(64, 64), description="Aperio Image Library v12.0.15\r\n128x96 [0,0 128x96] (64x64) JPEG/RGB Q=70|AppMag = 20|MPP = 0.4990|Filename = s")
+    tifffile.imwrite(
+        path,
+        IMAGE,
+        tile=(64, 64),
+        description="Aperio Image Library v12.0.15\r\n128x96 [0,0 128x96] (64x64) JPEG/RGB Q=70|AppMag = 20|MPP = 0.4990|Filename = s",
+    )
     return path
 
 
@@ -119,8 +133,8 @@ def test_sample_sheet_overrides_the_slide_and_the_default_fills_in():
 def test_store_scales_are_micrometres_and_viewers_read_them(tmp_path):
     """Slide stores carry the real scale per level, valid NGFF (ome-zarr-models), and bioio reads
     the source's pixel size back: sizes measured in napari, QuPath or bioio are right."""
-    from bioio import BioImage
     import bioio_ome_zarr
+    from bioio import BioImage
     from ome_zarr_models.v04 import Image
 
     _svs(tmp_path / "s.svs.tif")
@@ -141,7 +155,9 @@ def test_store_scales_are_micrometres_and_viewers_read_them(tmp_path):
 
 def test_png_gets_the_configured_default_or_stays_unknown(tmp_path):
     cv2.imwrite(str(tmp_path / "a.png"), IMAGE)
-    known = zarr.open_group(convert_slide(tmp_path / "a.png", tmp_path / "k.zarr", default_mpp=0.65, chunk=32), mode="r")
+    known = zarr.open_group(
+        convert_slide(tmp_path / "a.png", tmp_path / "k.zarr", default_mpp=0.65, chunk=32), mode="r"
+    )
     assert known.attrs["wsiseg"]["mpp_source"] == "convert.default_mpp"
     assert known.attrs["multiscales"][0]["datasets"][1]["coordinateTransformations"][0]["scale"] == [1.0, 1.3, 1.3]
     unknown = zarr.open_group(convert_slide(tmp_path / "a.png", tmp_path / "u.zarr"), mode="r")
@@ -178,7 +194,9 @@ def _rescan(tiny_demo: Path, folder: Path, slide_id: str = "demo_2") -> dict[flo
         pixels = image if factor == 1 else cv2.resize(image, size, interpolation=cv2.INTER_CUBIC)
         truth = mask if factor == 1 else cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
         path = folder / f"scan_{factor}x.tif"
-        tifffile.imwrite(path, pixels, tile=(128, 128), photometric="rgb", resolution=(1e4 / mpp,) * 2, resolutionunit="CENTIMETER")
+        tifffile.imwrite(
+            path, pixels, tile=(128, 128), photometric="rgb", resolution=(1e4 / mpp,) * 2, resolutionunit="CENTIMETER"
+        )
         cv2.imwrite(str(folder / f"scan_{factor}x.png"), truth.astype(np.uint8) * 255)
         out[mpp] = (path, folder / f"scan_{factor}x.png")
     return out
@@ -188,7 +206,10 @@ def _rescan(tiny_demo: Path, folder: Path, slide_id: str = "demo_2") -> dict[flo
 def rescanned(tiny_demo, tmp_path_factory):
     folder = tmp_path_factory.mktemp("rescan")
     scans = _rescan(tiny_demo, folder)
-    stores = {mpp: convert_slide(image, folder / f"{mpp}.zarr", mask=mask, slide_id=f"s{mpp}", chunk=128) for mpp, (image, mask) in scans.items()}
+    stores = {
+        mpp: convert_slide(image, folder / f"{mpp}.zarr", mask=mask, slide_id=f"s{mpp}", chunk=128)
+        for mpp, (image, mask) in scans.items()
+    }
     return folder, scans, stores
 
 
@@ -238,13 +259,28 @@ def test_mixed_resolution_sheet_predicts_each_slide_at_the_model_scale(rescanned
     bare = tmp_path / "bare.tif"  # the 0.5 um/px scan re-saved without any metadata: the sheet says it
     tifffile.imwrite(bare, tifffile.imread(scans[0.5][0]), tile=(128, 128), photometric="rgb")
     sheet = tmp_path / "sheet.csv"
-    sheet.write_text(f"slide_id,image,mask,split,mpp\nfine,{fine},{fine_mask},test,\ncoarse,{bare},{scans[0.5][1]},test,0.5\n")
+    sheet.write_text(
+        f"slide_id,image,mask,split,mpp\nfine,{fine},{fine_mask},test,\ncoarse,{bare},{scans[0.5][1]},test,0.5\n"
+    )
     config = {
-        "results": "out", "samples": str(sheet), "demo": {"enabled": False},
-        "convert": {"chunk": 128}, "predict": {"model": str(ckpt), "tile": 64, "overlap": 16},
+        "results": "out",
+        "samples": str(sheet),
+        "demo": {"enabled": False},
+        "convert": {"chunk": 128},
+        "predict": {"model": str(ckpt), "tile": 64, "overlap": 16},
     }
     write_config(tmp_path, config)
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(tmp_path), "--cores", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(SNAKEFILE),
+        "--directory",
+        str(tmp_path),
+        "--cores",
+        "2",
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
     out = tmp_path / "out"
@@ -264,15 +300,38 @@ def test_physical_scale_without_a_pixel_size_stops_the_dry_run(tmp_path):
         _bare(tmp_path / f"{name}.tif")
     mask = rle.encode(np.ones(IMAGE.shape[:2], bool))
     (tmp_path / "m.csv").write_text(f"id,encoding\na,{mask}\nb,{mask}\nc,{mask}\n")
-    (tmp_path / "sheet.csv").write_text("slide_id,image,mask,split\na,a.tif,m.csv,train\nb,b.tif,m.csv,val\nc,c.tif,,test\n")
+    (tmp_path / "sheet.csv").write_text(
+        "slide_id,image,mask,split\na,a.tif,m.csv,train\nb,b.tif,m.csv,val\nc,c.tif,,test\n"
+    )
     write_config(tmp_path, {"results": "out", "samples": "sheet.csv", "patches": {"size": 32, "mpp": 1.0}})
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(tmp_path), "-n", "--cores", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(SNAKEFILE),
+        "--directory",
+        str(tmp_path),
+        "-n",
+        "--cores",
+        "1",
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
     lines = [line for line in (result.stdout + result.stderr).splitlines() if "wsiseg: config error" in line]
     assert result.returncode != 0 and len(lines) == 1, (result.stdout + result.stderr)[-2000:]
-    assert all(w in lines[0] for w in ("a, b, c", "no pixel size", "`patches.mpp`", "`mpp` column", "convert.default_mpp"))
+    assert all(
+        w in lines[0] for w in ("a, b, c", "no pixel size", "`patches.mpp`", "`mpp` column", "convert.default_mpp")
+    )
     # the second way works: a default pixel size for slides that state none
-    write_config(tmp_path, {"results": "out", "samples": "sheet.csv", "patches": {"size": 32, "mpp": 1.0}, "convert": {"default_mpp": 0.5}})
+    write_config(
+        tmp_path,
+        {
+            "results": "out",
+            "samples": "sheet.csv",
+            "patches": {"size": 32, "mpp": 1.0},
+            "convert": {"default_mpp": 0.5},
+        },
+    )
     assert subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path).returncode == 0
 
 

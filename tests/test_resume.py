@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from test_train import write_store
+
 from wsiseg.train import TrainParams, fingerprint, resume_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,9 +32,40 @@ def stores(tmp_path_factory) -> tuple[Path, Path]:
 def train_command(stores: tuple[Path, Path], out: Path, num_workers: int = 0) -> list[str]:
     """The ``wsiseg train`` command line of a tiny 3-epoch CPU run."""
     train, val = stores
-    return [sys.executable, "-m", "wsiseg.cli", "train", "--train", str(train), "--val", str(val), "--out-dir", str(out),
-            "--epochs", "3", "--batch-size", "8", "--lr", "0.003", "--encoder-depth", "3", "--decoder-channels", "32", "16", "8",
-            "--accelerator", "cpu", "--threads", "1", "--seed", "11", "--num-workers", str(num_workers), "--augment", *AUGMENT]
+    return [
+        sys.executable,
+        "-m",
+        "wsiseg.cli",
+        "train",
+        "--train",
+        str(train),
+        "--val",
+        str(val),
+        "--out-dir",
+        str(out),
+        "--epochs",
+        "3",
+        "--batch-size",
+        "8",
+        "--lr",
+        "0.003",
+        "--encoder-depth",
+        "3",
+        "--decoder-channels",
+        "32",
+        "16",
+        "8",
+        "--accelerator",
+        "cpu",
+        "--threads",
+        "1",
+        "--seed",
+        "11",
+        "--num-workers",
+        str(num_workers),
+        "--augment",
+        *AUGMENT,
+    ]
 
 
 def run(command: list[str]) -> str:
@@ -56,11 +87,15 @@ def kill_after_a_checkpoint(command: list[str], out: Path) -> int:
     """Start ``command`` in its own process group and SIGKILL the group as soon as epoch 0's ``last.ckpt`` exists;
     the epoch of the checkpoint left behind (1 when a busy machine let the run save epoch 1's before the kill)."""
     last = out / "lightning" / "checkpoints" / "last.ckpt"
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    process = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 240
         while not last.exists():
-            assert process.poll() is None, f"training ended before its first checkpoint: {process.stderr.read().decode()}"
+            assert process.poll() is None, (
+                f"training ended before its first checkpoint: {process.stderr.read().decode()}"
+            )
             assert time.monotonic() < deadline, "no last.ckpt after 240 s"
             time.sleep(0.005)
         os.killpg(process.pid, signal.SIGKILL)
@@ -127,8 +162,12 @@ def test_default_profile_resumes_an_incomplete_run(stores, tmp_path):
     assert params.resume is True  # ... and train continues from lightning/checkpoints/last.ckpt (not an output)
     schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
     assert schema["properties"]["train"]["properties"]["resume"]["default"] is True
-    assert (yaml.safe_load((ROOT / "config" / "config.yaml").read_text()).get("train") or {}).get("resume", True) is True
-    assert "shadow:" not in (ROOT / "workflow" / "rules" / "train.smk").read_text()  # lightning/ lives in the real folder
+    assert (yaml.safe_load((ROOT / "config" / "config.yaml").read_text()).get("train") or {}).get(
+        "resume", True
+    ) is True
+    assert (
+        "shadow:" not in (ROOT / "workflow" / "rules" / "train.smk").read_text()
+    )  # lightning/ lives in the real folder
     key, work = fingerprint(params, stores), tmp_path / "lightning"
     assert resume_checkpoint(work, key) is None  # first attempt: fresh
     (work / "checkpoints").mkdir()

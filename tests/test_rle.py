@@ -46,7 +46,13 @@ def test_band_encoding_equals_whole_mask_encoding(width):
 
 @pytest.mark.parametrize(
     "text, message",
-    [("5 10", "past the image end"), ("1 3 2 2", "overlap"), ("1 2 3", "odd number"), ("0 2", "below 1"), ("1 x", "non-integer")],
+    [
+        ("5 10", "past the image end"),
+        ("1 3 2 2", "overlap"),
+        ("1 2 3", "odd number"),
+        ("0 2", "below 1"),
+        ("1 x", "non-integer"),
+    ],
 )
 def test_invalid_rle_names_the_problem(text, message):
     with pytest.raises(rle.RLEError, match=message):

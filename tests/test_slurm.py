@@ -16,10 +16,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
+from conftest import SNAKEFILE, write_config
 from slurm_cluster import PARTITION, PID_FILES, SlurmCluster, alive, install
 from test_workflow import ROOT, TINY_CONFIG, scheduled
-from conftest import SNAKEFILE, write_config
 
 PROFILE = ROOT / "workflow" / "profiles" / "slurm"
 PLACEHOLDERS = {"slurm_partition": PARTITION, "slurm_account": "wsiseg_test"}

@@ -8,13 +8,12 @@ import cv2
 import numpy as np
 import pytest
 from skimage.color import combine_stains, rgb_from_hed
+from test_train import TINY, write_store
 
+from wsiseg.imaging.stain import HEDJitter, fit_normaliser, fit_training_normaliser, hed_jitter, normalise_image
 from wsiseg.nn.augment import build_augmentation, reseed
 from wsiseg.nn.module import load_model
-from wsiseg.imaging.stain import HEDJitter, fit_normaliser, fit_training_normaliser, hed_jitter, normalise_image
 from wsiseg.train import TrainParams, train_model
-
-from test_train import TINY, write_store
 
 # another lab's dyes: a bluer haematoxylin and a more orange eosin (rows: H, E, DAB optical densities)
 OTHER_LAB = np.array([[0.50, 0.80, 0.35], [0.05, 0.85, 0.45], [0.27, 0.57, 0.78]])
@@ -27,7 +26,9 @@ def he_image(stains: np.ndarray = rgb_from_hed, seed: int = 0, size: int = 128) 
     for _ in range(12):
         cv2.circle(nuclei, tuple(int(v) for v in rng.integers(0, size, 2)), int(rng.integers(5, 12)), 1.0, -1)
     noise = rng.random((2, size, size))
-    concentrations = np.stack([0.08 * nuclei + 0.015 + 0.02 * noise[0], 0.04 - 0.02 * nuclei + 0.02 * noise[1], np.zeros((size, size))], -1)
+    concentrations = np.stack(
+        [0.08 * nuclei + 0.015 + 0.02 * noise[0], 0.04 - 0.02 * nuclei + 0.02 * noise[1], np.zeros((size, size))], -1
+    )
     return (np.clip(combine_stains(concentrations, stains), 0, 1) * 255).astype(np.uint8)
 
 

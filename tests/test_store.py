@@ -3,8 +3,8 @@
 import errno
 import os
 import time
-from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -47,7 +47,9 @@ def test_file_systems_refusing_direct_io_get_plain_writes(tmp_path, monkeypatch)
     assert calls.count(True) == 1  # asked once per folder
 
 
-@pytest.mark.parametrize("kind,direct", [("ext4", True), ("xfs", True), ("nfs4", False), ("lustre", False), ("tmpfs", False)])
+@pytest.mark.parametrize(
+    "kind,direct", [("ext4", True), ("xfs", True), ("nfs4", False), ("lustre", False), ("tmpfs", False)]
+)
 def test_direct_io_only_on_local_disk_file_systems(tmp_path, monkeypatch, kind, direct):
     """Network file systems keep the page cache (direct writes to NFS wait for the server one by one)."""
     if not hasattr(os, "O_DIRECT"):
@@ -110,7 +112,9 @@ def test_stores_read_back_the_same_with_and_without_direct_io(tmp_path, monkeypa
 
 def _tiles(image: np.ndarray, th: int, tw: int) -> list[tuple[int, int, np.ndarray]]:
     return [
-        (y, x, image[y : y + th, x : x + tw].copy()) for y in range(0, image.shape[0], th) for x in range(0, image.shape[1], tw)
+        (y, x, image[y : y + th, x : x + tw].copy())
+        for y in range(0, image.shape[0], th)
+        for x in range(0, image.shape[1], tw)
     ]
 
 
@@ -209,7 +213,11 @@ def test_pyramid_from_chunk_files_equals_pooling_through_zarr(tmp_path, how, cha
         for y in range(0, h, chunk):
             for x in range(0, w, chunk):
                 if not (y < 128 and 128 <= x < 256):
-                    level0[..., y : y + chunk, x : x + chunk] = (image[y : y + chunk, x : x + chunk].transpose(2, 0, 1) if channels else image[y : y + chunk, x : x + chunk, 0])
+                    level0[..., y : y + chunk, x : x + chunk] = (
+                        image[y : y + chunk, x : x + chunk].transpose(2, 0, 1)
+                        if channels
+                        else image[y : y + chunk, x : x + chunk, 0]
+                    )
         store.build_pyramid(group, levels, chunk, make(), how, workers=2)
         groups[name] = group
     assert not (tmp_path / "files.zarr" / "0" / ("0.0.2" if channels else "0.2")).exists()
@@ -232,7 +240,14 @@ def test_region_from_chunk_files_equals_zarrs_read_padded_and_interleaved(tmp_pa
     array = create_level(root, "0", shape, 256, compressor())
     data = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
     array[..., :512, :] = data[..., :512, :]  # the chunk rows below 512 have no files
-    boxes = [(0, 700, 0, 900), (100, 300, 250, 700), (-40, 90, 850, 1000), (650, 760, -10, 30), (800, 900, 0, 50), (512, 700, 0, 900)]
+    boxes = [
+        (0, 700, 0, 900),
+        (100, 300, 250, 700),
+        (-40, 90, 850, 1000),
+        (650, 760, -10, 30),
+        (800, 900, 0, 50),
+        (512, 700, 0, 900),
+    ]
     for y0, y1, x0, x1 in boxes:
         expected = store.interleave(store.read_padded(array, y0, y1, x0, x1, 255))
         got = store.read_region(array, y0, y1, x0, x1, 255)
@@ -242,7 +257,10 @@ def test_region_from_chunk_files_equals_zarrs_read_padded_and_interleaved(tmp_pa
         assert np.array_equal(buffer[5:], expected) and not buffer[:5].any()
     memory = zarr.create_array(zarr.storage.MemoryStore(), shape=shape, chunks=(*shape[:-2], 256, 256), dtype=np.uint8)
     memory[:] = data  # no chunk files: zarr reads
-    assert np.array_equal(store.read_region(memory, 100, 300, 250, 700, 255), store.interleave(store.read_padded(memory, 100, 300, 250, 700, 255)))
+    assert np.array_equal(
+        store.read_region(memory, 100, 300, 250, 700, 255),
+        store.interleave(store.read_padded(memory, 100, 300, 250, 700, 255)),
+    )
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
@@ -254,10 +272,19 @@ def test_label_planes_read_as_zarr_reads_them(tmp_path, dtype):
     data = np.random.default_rng(0).integers(0, 3, (1000, 777), dtype=dtype)
     array[:640] = data[:640]  # the chunk rows below 640 have no files
     data[640:] = 0
-    for rows, cols in [(slice(None), slice(None)), (slice(5, 300), slice(700, 900)), (slice(990, 2000), slice(None, 10)),
-                       (slice(-10, None), slice(3, 3)), (slice(500, 400), slice(None)), (slice(600, 700), slice(128, 512))]:
+    for rows, cols in [
+        (slice(None), slice(None)),
+        (slice(5, 300), slice(700, 900)),
+        (slice(990, 2000), slice(None, 10)),
+        (slice(-10, None), slice(3, 3)),
+        (slice(500, 400), slice(None)),
+        (slice(600, 700), slice(128, 512)),
+    ]:
         got = store.read_plane(array, rows, cols)
-        assert got.dtype == dtype and got.shape == data[rows, cols].shape and np.array_equal(got, data[rows, cols]), (rows, cols)
+        assert got.dtype == dtype and got.shape == data[rows, cols].shape and np.array_equal(got, data[rows, cols]), (
+            rows,
+            cols,
+        )
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")

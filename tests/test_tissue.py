@@ -10,10 +10,10 @@ import tifffile
 import zarr
 
 from wsiseg.convert import convert_slide
+from wsiseg.imaging.tissue import METHODS, TissueMap, choose_method, tissue_mask
 from wsiseg.predict import PredictParams, predict_slide
 from wsiseg.report import make_report
 from wsiseg.store.slide import SlideStore
-from wsiseg.imaging.tissue import METHODS, TissueMap, choose_method, tissue_mask
 
 BLOBS = [(60, 70, 28), (190, 300, 45), (300, 110, 35), (110, 420, 38), (300, 420, 25)]  # (y, x, radius)
 
@@ -51,7 +51,9 @@ def test_auto_picks_a_method_that_suits_each_kind_of_image():
     rng = np.random.default_rng(0)
     he, he_tissue = _he(rng)
     fluo, fluo_tissue = _fluorescence(rng)
-    gray_bf = np.where(he_tissue[:, :, None], np.uint8(140), np.uint8(238)).repeat(3, axis=2)  # unstained, grey on white
+    gray_bf = np.where(he_tissue[:, :, None], np.uint8(140), np.uint8(238)).repeat(
+        3, axis=2
+    )  # unstained, grey on white
     glass = np.clip(rng.normal(240, 3, (384, 512, 3)), 0, 255).astype(np.uint8)
     assert choose_method(he) == "saturation"
     assert choose_method(fluo) == "fluorescence"
@@ -93,7 +95,9 @@ def fluorescence_slide(tmp_path_factory):
     rgb, blobs = _fluorescence(np.random.default_rng(3))
     tifffile.imwrite(work / "fluo.tif", rgb[:, :, 0], tile=(128, 128), photometric="minisblack")
     tifffile.imwrite(work / "fluo_mask.tif", blobs.astype(np.uint8))
-    slide = convert_slide(work / "fluo.tif", work / "fluo.zarr", mask=work / "fluo_mask.tif", slide_id="fluo", chunk=128, mpp=0.5)  # the demo model's scanner
+    slide = convert_slide(
+        work / "fluo.tif", work / "fluo.zarr", mask=work / "fluo_mask.tif", slide_id="fluo", chunk=128, mpp=0.5
+    )  # the demo model's scanner
     return slide, blobs
 
 
@@ -119,7 +123,9 @@ def test_tissue_fraction_is_the_share_of_tissue_in_the_box_counting_outside_as_b
         height, width = (int(v) for v in rng.integers(1, 40 * f, 2))
         ys, xs = max(0, y0 // f), max(0, x0 // f)
         ye, xe = max(ys + 1, -(-(y0 + height) // f)), max(xs + 1, -(-(x0 + width) // f))
-        expected = tissue.mask[ys:ye, xs:xe].sum() / ((ye - ys) * (xe - xs))  # cells past the edge count in the area, as 0
+        expected = tissue.mask[ys:ye, xs:xe].sum() / (
+            (ye - ys) * (xe - xs)
+        )  # cells past the edge count in the area, as 0
         assert tissue.fraction(y0, x0, height, width) == pytest.approx(expected, abs=1e-12), (y0, x0, height, width)
     assert tissue.fraction(0, 0, h * f, w * f) == pytest.approx(tissue.mask.mean())
     assert tissue.fraction(h * f + 5, 0, 10, 10) == 0.0
@@ -135,7 +141,12 @@ def test_predict_falls_back_to_every_tile_with_a_warning(tiny_trained, fluoresce
     total = attrs["tissue"]["tiles_total"]
     assert total == attrs["tiles_total"] > 0
     assert attrs["tissue"] == {
-        "method": "saturation", "requested": "saturation", "share": 0.0, "tiles_skipped": 0, "tiles_total": total, "fallback": True,
+        "method": "saturation",
+        "requested": "saturation",
+        "share": 0.0,
+        "tiles_skipped": 0,
+        "tiles_total": total,
+        "fallback": True,
     }
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "predicting every tile" in r.getMessage()]
     assert len(warnings) == 1 and "saturation" in warnings[0].getMessage()
@@ -160,14 +171,21 @@ def test_predict_without_fallback_empties_the_slide(tiny_trained, fluorescence_s
     assert not root["0"][:].any()
     with caplog.at_level(logging.WARNING, logger="wsiseg"):
         make_report({"fluo": out}, {"fluo": slide}, {"fluo": "val"}, tmp_path / "sub.csv", tmp_path / "m.csv")
-    assert any("was skipped as non-tissue" in r.getMessage() and "prediction is empty" in r.getMessage() for r in caplog.records)
+    assert any(
+        "was skipped as non-tissue" in r.getMessage() and "prediction is empty" in r.getMessage()
+        for r in caplog.records
+    )
 
 
-def test_predict_auto_detects_fluorescence_and_skips_only_background(tiny_trained, fluorescence_slide, tmp_path, caplog):
+def test_predict_auto_detects_fluorescence_and_skips_only_background(
+    tiny_trained, fluorescence_slide, tmp_path, caplog
+):
     _, ckpt = tiny_trained
     slide, blobs = fluorescence_slide
     with caplog.at_level(logging.INFO, logger="wsiseg"):
-        out = predict_slide(slide, ckpt, tmp_path / "p.zarr", PredictParams(tile=64, overlap=16, chunk=128, min_tissue=0.05))
+        out = predict_slide(
+            slide, ckpt, tmp_path / "p.zarr", PredictParams(tile=64, overlap=16, chunk=128, min_tissue=0.05)
+        )
     tissue = zarr.open_group(out, mode="r").attrs["tissue"]
     assert tissue["method"] == "fluorescence" and tissue["requested"] == "auto" and not tissue["fallback"]
     assert 0 < tissue["tiles_skipped"] < tissue["tiles_total"]
@@ -187,7 +205,9 @@ def test_predict_auto_keeps_saturation_on_he_slides(tiny_trained, tmp_path):
 def test_unknown_predict_tissue_method_fails_before_work(tiny_trained, tmp_path):
     slides, ckpt = tiny_trained
     with pytest.raises(ValueError, match="predict.tissue_method 'dapi'"):
-        predict_slide(slides["demo_2"], ckpt, tmp_path / "p.zarr", PredictParams(tile=64, overlap=16, tissue_method="dapi"))
+        predict_slide(
+            slides["demo_2"], ckpt, tmp_path / "p.zarr", PredictParams(tile=64, overlap=16, tissue_method="dapi")
+        )
     assert not (tmp_path / "p.zarr").exists()
 
 
@@ -196,9 +216,15 @@ def test_config_schema_offers_the_tissue_methods_with_predict_defaults():
 
     import yaml
 
-    schema = yaml.safe_load((Path(__file__).parents[1] / "workflow/schemas/config.schema.yaml").read_text())["properties"]
+    schema = yaml.safe_load((Path(__file__).parents[1] / "workflow/schemas/config.schema.yaml").read_text())[
+        "properties"
+    ]
     predict = schema["predict"]["properties"]
-    assert set(predict["tissue_method"]["enum"]) == set(schema["patches"]["properties"]["tissue_method"]["enum"]) == set(METHODS)
+    assert (
+        set(predict["tissue_method"]["enum"])
+        == set(schema["patches"]["properties"]["tissue_method"]["enum"])
+        == set(METHODS)
+    )
     for key in ("tissue_method", "tissue_fallback", "min_tissue", "tissue_saturation"):
         assert predict[key]["default"] == getattr(PredictParams(), key), key
 

@@ -13,9 +13,9 @@ import torch
 import zarr
 
 from wsiseg.nn.augment import TRANSFORMS, build_augmentation
-from wsiseg.samples.folds import assign_folds, fold_split
 from wsiseg.nn.losses import LOSSES, build_loss
 from wsiseg.nn.module import load_model
+from wsiseg.samples.folds import assign_folds, fold_split
 from wsiseg.train import TrainParams, train_model
 
 SIZE = 64
@@ -121,7 +121,9 @@ def test_training_writes_artifacts_and_is_deterministic(binary, tmp_path):
 
 
 def test_binary_training_lowers_the_loss(binary, tmp_path):
-    params = TrainParams(**{**TINY, "epochs": 3}, loss={"lovasz": 1.0, "focal": 1.0}, augment={"hflip": 0.5, "affine": 0.3, "hsv": 0.3})
+    params = TrainParams(
+        **{**TINY, "epochs": 3}, loss={"lovasz": 1.0, "focal": 1.0}, augment={"hflip": 0.5, "affine": 0.3, "hsv": 0.3}
+    )
     metrics = train_model(*binary, tmp_path, params, threads=2)
     assert metrics["train_loss"].iloc[-1] < metrics["train_loss"].iloc[0]
     assert metrics["val_dice"].iloc[-1] > 0.5
@@ -130,7 +132,15 @@ def test_binary_training_lowers_the_loss(binary, tmp_path):
 def test_multiclass_training_lowers_the_loss_and_logs_dice_per_class(multiclass, tmp_path):
     params = TrainParams(**{**TINY, "epochs": 3}, loss={"ce": 1.0, "dice": 1.0}, class_weights=(0.5, 1.0, 1.0))
     metrics = train_model(*multiclass, tmp_path, params, threads=2)
-    assert list(metrics.columns) == ["epoch", "train_loss", "val_loss", "val_dice", "val_iou", "val_dice_1", "val_dice_2"]
+    assert list(metrics.columns) == [
+        "epoch",
+        "train_loss",
+        "val_loss",
+        "val_dice",
+        "val_iou",
+        "val_dice_1",
+        "val_dice_2",
+    ]
     assert metrics["train_loss"].iloc[-1] < metrics["train_loss"].iloc[0]
     np.testing.assert_allclose(metrics["val_dice"], metrics[["val_dice_1", "val_dice_2"]].mean(axis=1), atol=1e-4)
     model = load_model(tmp_path / "model.ckpt")
@@ -196,7 +206,9 @@ class FlatDice(pl.Callback):
 
 
 def test_early_stopping_with_onecycle_and_accumulation(binary, tmp_path):
-    params = TrainParams(**{**TINY, "epochs": 4}, scheduler="onecycle", accumulate_grad_batches=2, early_stopping_patience=2)
+    params = TrainParams(
+        **{**TINY, "epochs": 4}, scheduler="onecycle", accumulate_grad_batches=2, early_stopping_patience=2
+    )
     metrics = train_model(*binary, tmp_path, params, threads=2, callbacks=[FlatDice()])
     assert len(metrics) == 3  # best at epoch 0, then 2 epochs without improvement
 
@@ -224,11 +236,25 @@ def test_kfold_workflow_trains_every_fold_and_predicts_with_all(tmp_path):
     config = {**TINY_CONFIG, "train": {**TINY_CONFIG["train"], "folds": 2}}  # the tiny demo has 2 train+val slides
     result = snakemake(tmp_path, config, "-n")
     assert result.returncode == 0, result.stdout[-3000:]
-    assert scheduled(result) == {"demo": 1, "convert": 3, "patches": 2, "train": 2, "train_folds": 1, "predict": 2, "report": 1, "all": 1}
+    assert scheduled(result) == {
+        "demo": 1,
+        "convert": 3,
+        "patches": 2,
+        "train": 2,
+        "train_folds": 1,
+        "predict": 2,
+        "report": 1,
+        "all": 1,
+    }
     predict_jobs = [job for job in result.stdout.split("Job ")[1:] if "Missing output files: out/predictions/" in job]
-    assert len(predict_jobs) == 2 and all(f"out/models/tiny/fold{k}/model.ckpt" in job for job in predict_jobs for k in range(2))
+    assert len(predict_jobs) == 2 and all(
+        f"out/models/tiny/fold{k}/model.ckpt" in job for job in predict_jobs for k in range(2)
+    )
     too_many = snakemake(tmp_path, {**config, "train": {**config["train"], "folds": 3}}, "-n")
-    assert too_many.returncode != 0 and "`train.folds` = 3 needs at least 3 train/val slides" in too_many.stdout + too_many.stderr
+    assert (
+        too_many.returncode != 0
+        and "`train.folds` = 3 needs at least 3 train/val slides" in too_many.stdout + too_many.stderr
+    )
 
 
 def test_cli_flags_give_the_same_params_as_config():
@@ -236,12 +262,38 @@ def test_cli_flags_give_the_same_params_as_config():
     from wsiseg.config.schema import from_args, from_mapping
 
     args = build_parser().parse_args(
-        ["train", "--train", "a.zarr", "--val", "b.zarr", "--out-dir", "m", "--loss", "lovasz", "dice=0.5",
-         "--augment", "hflip=0.3", "affine={p: 0.2, rotate: [-10, 10]}", "--class-weights", "1", "2", "--scheduler", "onecycle"]
+        [
+            "train",
+            "--train",
+            "a.zarr",
+            "--val",
+            "b.zarr",
+            "--out-dir",
+            "m",
+            "--loss",
+            "lovasz",
+            "dice=0.5",
+            "--augment",
+            "hflip=0.3",
+            "affine={p: 0.2, rotate: [-10, 10]}",
+            "--class-weights",
+            "1",
+            "2",
+            "--scheduler",
+            "onecycle",
+        ]
     )
     cli = from_args(TrainParams, args, skip=("extra",))
-    config = from_mapping(TrainParams, {"loss": {"lovasz": None, "dice": 0.5}, "augment": {"hflip": 0.3, "affine": {"p": 0.2, "rotate": [-10, 10]}},
-                                        "class_weights": [1, 2], "scheduler": "onecycle"}, "train")
+    config = from_mapping(
+        TrainParams,
+        {
+            "loss": {"lovasz": None, "dice": 0.5},
+            "augment": {"hflip": 0.3, "affine": {"p": 0.2, "rotate": [-10, 10]}},
+            "class_weights": [1, 2],
+            "scheduler": "onecycle",
+        },
+        "train",
+    )
     assert cli == config
     assert build_loss(cli.loss).weights == {"lovasz": 1.0, "dice": 0.5}
     assert cli.augment["affine"] == {"p": 0.2, "rotate": [-10, 10]} and cli.epochs == TrainParams().epochs

@@ -7,12 +7,18 @@ import numpy as np
 import pytest
 import shapely
 import zarr
+from conftest import write_prediction
 from geojson_pydantic import FeatureCollection
 from shapely.geometry import shape
 
-from conftest import write_prediction
+from wsiseg.imaging.vector import (
+    label_objects,
+    mask_geometries,
+    object_geometries,
+    object_measurements,
+    qupath_features,
+)
 from wsiseg.report import export_geojson, match_objects, objects
-from wsiseg.imaging.vector import label_objects, mask_geometries, object_geometries, object_measurements, qupath_features
 
 
 def tricky_masks() -> dict[str, np.ndarray]:
@@ -127,7 +133,10 @@ def test_features_have_uuid_ids_qupath_properties_and_validate():
     assert [f["id"] for f in again] == ids  # the same objects get the same ids
     assert [f["id"] for f in qupath_features(mask, "glomerulus", (0, 0, 0), "s2")] != ids  # ids differ between slides
     props = features[0]["properties"]
-    assert props["objectType"] == "detection" and props["classification"] == {"name": "glomerulus", "color": [230, 30, 30]}
+    assert props["objectType"] == "detection" and props["classification"] == {
+        "name": "glomerulus",
+        "color": [230, 30, 30],
+    }
     with pytest.raises(ValueError, match="object_type"):
         list(qupath_features(mask, "x", (0, 0, 0), object_type="cell"))
 

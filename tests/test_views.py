@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-
 from conftest import write_prediction
+
 from wsiseg.convert import convert_slide
-from wsiseg.report import make_report
 from wsiseg.imaging.views import PREDICTION_COLOUR, TRUTH_COLOUR, draw_overlay, overlay_title, scores_html
+from wsiseg.report import make_report
 
 
 @pytest.fixture
@@ -65,16 +65,20 @@ def test_overlay_without_truth_says_so(tmp_path, figures):
 def test_scores_table_rows_means_and_escaping():
     table = pd.DataFrame(
         {
-            "slide_id": ["a<b", "c", "mean:kidney", "mean"], "split": ["val", "test", "all", "all"],
-            "group": ["kidney", "kidney", "kidney", "all"], "dice": [0.91234, 0.5, 0.70617, 0.70617],
-            "iou": [0.8, 0.33, 0.565, 0.565], "object_f1": [1.0, math.nan, 1.0, 1.0],
-            "objects_true": [3, 2, 5, 5], "objects_matched": [3, 0, 3, 3],
+            "slide_id": ["a<b", "c", "mean:kidney", "mean"],
+            "split": ["val", "test", "all", "all"],
+            "group": ["kidney", "kidney", "kidney", "all"],
+            "dice": [0.91234, 0.5, 0.70617, 0.70617],
+            "iou": [0.8, 0.33, 0.565, 0.565],
+            "object_f1": [1.0, math.nan, 1.0, 1.0],
+            "objects_true": [3, 2, 5, 5],
+            "objects_matched": [3, 0, 3, 3],
         }
     )
     html = scores_html(table)
     assert '<table id="wsiseg-scores">' in html and "a&lt;b" in html and "<b" not in html.replace("<body", "")
     assert "0.912" in html and "3 of 3" in html and "0 of 2" in html and "–" in html
-    assert "kidney (mean)" in html and "all slides (mean)" in html and html.count("<tr class=\"mean\">") == 2
+    assert "kidney (mean)" in html and "all slides (mean)" in html and html.count('<tr class="mean">') == 2
     assert "No slide with ground truth" in scores_html(table.iloc[:0])
 
 
@@ -84,13 +88,22 @@ def test_make_report_writes_scores_and_titled_overlays(tmp_path, figures):
     truth[10:30, 10:30] = 1
     tifffile.imwrite(tmp_path / "img.tif", image, photometric="rgb")
     tifffile.imwrite(tmp_path / "truth.tif", truth)
-    slides = {"a": convert_slide(tmp_path / "img.tif", tmp_path / "a.zarr", mask=tmp_path / "truth.tif"),
-              "u": convert_slide(tmp_path / "img.tif", tmp_path / "u.zarr")}
+    slides = {
+        "a": convert_slide(tmp_path / "img.tif", tmp_path / "a.zarr", mask=tmp_path / "truth.tif"),
+        "u": convert_slide(tmp_path / "img.tif", tmp_path / "u.zarr"),
+    }
     half = np.zeros_like(truth)
     half[20:40, 10:30] = 1  # Dice 0.5
     preds = {"a": write_prediction(tmp_path / "pa.zarr", half), "u": write_prediction(tmp_path / "pu.zarr", truth)}
-    make_report(preds, slides, {"a": "val", "u": "test"}, tmp_path / "sub.csv", tmp_path / "m.csv", tmp_path / "ov",
-                scores_html=tmp_path / "scores.html")
+    make_report(
+        preds,
+        slides,
+        {"a": "val", "u": "test"},
+        tmp_path / "sub.csv",
+        tmp_path / "m.csv",
+        tmp_path / "ov",
+        scores_html=tmp_path / "scores.html",
+    )
     assert [f.axes[0].get_title() for f in figures] == ["a — Dice 0.500", "u — no ground truth"]
     html = (tmp_path / "scores.html").read_text()
     assert "<td" in html and "0.500" in html and "all slides (mean)" in html and ">u<" not in html
@@ -99,8 +112,15 @@ def test_make_report_writes_scores_and_titled_overlays(tmp_path, figures):
 def test_curves_have_integer_epoch_ticks(tmp_path, figures):
     from wsiseg.train import plot_curves
 
-    metrics = pd.DataFrame({"epoch": [0, 1, 2], "train_loss": [1.0, 0.7, 0.5], "val_loss": [0.9, 0.8, 0.6],
-                            "val_dice": [0.3, 0.5, 0.6], "val_iou": [0.2, 0.35, 0.45]})
+    metrics = pd.DataFrame(
+        {
+            "epoch": [0, 1, 2],
+            "train_loss": [1.0, 0.7, 0.5],
+            "val_loss": [0.9, 0.8, 0.6],
+            "val_dice": [0.3, 0.5, 0.6],
+            "val_iou": [0.2, 0.35, 0.45],
+        }
+    )
     plot_curves(metrics, tmp_path / "curves.png")
     plot_curves(metrics.iloc[:1], tmp_path / "one.png")  # a single epoch: no -0.04 .. 0.04 ticks either
     for fig in figures:
@@ -121,9 +141,26 @@ def test_cli_report_writes_scores_and_detections(tmp_path):
     tifffile.imwrite(tmp_path / "truth.tif", truth)
     convert_slide(tmp_path / "img.tif", tmp_path / "zarr" / "s1.zarr", mask=tmp_path / "truth.tif")
     write_prediction(tmp_path / "pred" / "s1.zarr", truth)
-    pd.DataFrame({"slide_id": ["s1"], "image": ["img.tif"], "mask": ["truth.tif"], "split": ["val"]}).to_csv(tmp_path / "s.csv", index=False)
-    main(["report", "--samples", str(tmp_path / "s.csv"), "--slides", str(tmp_path / "zarr"), "--predictions", str(tmp_path / "pred"),
-          "--out-dir", str(tmp_path / "out"), "--object-type", "detection", "--class-name", "glomerulus"])
+    pd.DataFrame({"slide_id": ["s1"], "image": ["img.tif"], "mask": ["truth.tif"], "split": ["val"]}).to_csv(
+        tmp_path / "s.csv", index=False
+    )
+    main(
+        [
+            "report",
+            "--samples",
+            str(tmp_path / "s.csv"),
+            "--slides",
+            str(tmp_path / "zarr"),
+            "--predictions",
+            str(tmp_path / "pred"),
+            "--out-dir",
+            str(tmp_path / "out"),
+            "--object-type",
+            "detection",
+            "--class-name",
+            "glomerulus",
+        ]
+    )
     features = json.loads((tmp_path / "out" / "geojson" / "s1.geojson").read_text())["features"]
     assert len(features) == 2 and {f["properties"]["objectType"] for f in features} == {"detection"}
     assert sorted(f["properties"]["measurements"]["Area px^2"] for f in features) == [140, 144]

@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 import yaml
 import zarr
+from conftest import SNAKEFILE, write_config
 
 from wsiseg import rle
-from conftest import SNAKEFILE, write_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = {
@@ -38,7 +38,18 @@ pytestmark = pytest.mark.slow
 def snakemake(workdir: Path, config: dict, *args: str) -> subprocess.CompletedProcess:
     """Run snakemake on this repository's Snakefile in ``workdir`` with ``config``."""
     write_config(workdir, config)
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(workdir), "--cores", "2", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(SNAKEFILE),
+        "--directory",
+        str(workdir),
+        "--cores",
+        "2",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
 
 
@@ -78,7 +89,11 @@ def test_every_artifact_is_written(finished):
     assert card["slides"] == {"train": ["demo_0"], "val": ["demo_1"]}
     for slide in ("demo_1", "demo_2"):  # val and test slides are predicted
         root = zarr.open_group(out / "predictions" / f"{slide}.zarr", mode="r")
-        assert root["labels/mask/0"].shape == (384, 512) and root["0"].shape == (1, 192, 256)  # probabilities: the model grid
+        assert root["labels/mask/0"].shape == (384, 512) and root["0"].shape == (
+            1,
+            192,
+            256,
+        )  # probabilities: the model grid
         assert root.attrs["provenance"]["checkpoints"][0]["sha256"] == card["checkpoints"][0]["sha256"]
         assert (out / "overlays" / f"{slide}.png").exists()
         assert json.loads((out / "geojson" / f"{slide}.geojson").read_text())["type"] == "FeatureCollection"
@@ -132,8 +147,16 @@ window.addEventListener("load", () => setTimeout(measure, 250));
 def chromium(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """Headless Chromium (Debian's ``chromium``) with ``args``; a private profile per call."""
     browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--hide-scrollbars",
-             f"--user-data-dir={cwd / 'chromium-profile'}", "--window-size=1400,900", "--virtual-time-budget=15000"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--hide-scrollbars",
+        f"--user-data-dir={cwd / 'chromium-profile'}",
+        "--window-size=1400,900",
+        "--virtual-time-budget=15000",
+    ]
     return subprocess.run([browser, *flags, *args], capture_output=True, text=True, cwd=cwd, timeout=180)
 
 
@@ -155,16 +178,26 @@ def test_report_landing_page_shows_the_scores_table_in_chromium(finished, tmp_pa
     assert found, "the report did not render (no probe result in the DOM)"
     probe = json.loads(html.unescape(found[1]))
     assert probe["found"], "no scores table on the landing page"
-    assert probe["width"] > 200 and probe["height"] > 40 and probe["visibility"] == "visible" and probe["display"] == "table"
+    assert (
+        probe["width"] > 200
+        and probe["height"] > 40
+        and probe["visibility"] == "visible"
+        and probe["display"] == "table"
+    )
     assert 0 <= probe["left"] < probe["viewport"][0] and 0 <= probe["top"] < probe["viewport"][1], probe  # on screen
     assert probe["onTop"], "the scores table is covered by something else"
     metrics = pd.read_csv(finished / "out" / "metrics.csv").set_index("slide_id")
     rows = {r[0]: r for r in probe["rows"]}
     assert set(rows) == {"demo_1", "demo_2", "all slides (mean)"}
     for slide, label in (("demo_1", "demo_1"), ("demo_2", "demo_2"), ("mean", "all slides (mean)")):
-        assert rows[label][2] == f"{metrics.loc[slide, 'dice']:.3f}" and rows[label][3] == f"{metrics.loc[slide, 'iou']:.3f}"
+        assert (
+            rows[label][2] == f"{metrics.loc[slide, 'dice']:.3f}"
+            and rows[label][3] == f"{metrics.loc[slide, 'iou']:.3f}"
+        )
     # a screenshot of the landing page for a person to look at (kept next to the run's outputs)
-    shot = chromium(f"--screenshot={finished / 'report-landing.png'}", (finished / "landing.html").as_uri(), cwd=tmp_path)
+    shot = chromium(
+        f"--screenshot={finished / 'report-landing.png'}", (finished / "landing.html").as_uri(), cwd=tmp_path
+    )
     assert shot.returncode == 0 and (finished / "report-landing.png").stat().st_size > 10_000, shot.stderr[-2000:]
 
 
@@ -251,9 +284,22 @@ def test_misspelled_config_key_stops_at_parse_time(finished):
 
 def test_reordered_config_reruns_nothing(finished):
     """The same values with every section's keys in another order schedule no job."""
-    reordered = {k: dict(reversed(list(v.items()))) if isinstance(v, dict) else v for k, v in reversed(list(TINY_CONFIG.items()))}
+    reordered = {
+        k: dict(reversed(list(v.items()))) if isinstance(v, dict) else v for k, v in reversed(list(TINY_CONFIG.items()))
+    }
     write_config(finished, yaml.dump(reordered, sort_keys=False))
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(finished), "--cores", "2", "-n"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(SNAKEFILE),
+        "--directory",
+        str(finished),
+        "--cores",
+        "2",
+        "-n",
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=finished)
     assert result.returncode == 0 and scheduled(result) == {}, result.stdout[-2000:]
 
@@ -265,7 +311,10 @@ def test_trained_model_folder_predicts_a_new_cohort(finished):
     rows = pd.read_csv(demo / "samples.csv", keep_default_na=False)
     rows[rows["split"] == "test"].to_csv(finished / "cohort.csv", index=False)
     config = {
-        **TINY_CONFIG, "results": "cohort", "demo": {"enabled": False}, "samples": "cohort.csv",
+        **TINY_CONFIG,
+        "results": "cohort",
+        "demo": {"enabled": False},
+        "samples": "cohort.csv",
         "predict": {**TINY_CONFIG["predict"], "model": "out/models/tiny"},
     }
     assert scheduled(snakemake(finished, config, "-n")) == {"convert": 1, "predict": 1, "report": 1, "all": 1}
@@ -296,7 +345,17 @@ def test_killed_run_recovers_with_the_default_profile(tmp_path):
 
     config = {**TINY_CONFIG, "train": {**TINY_CONFIG["train"], "epochs": 2}}
     write_config(tmp_path, config)
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(tmp_path), "--cores", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(SNAKEFILE),
+        "--directory",
+        str(tmp_path),
+        "--cores",
+        "2",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     last = tmp_path / "out" / "models" / "tiny" / "lightning" / "checkpoints" / "last.ckpt"
     deadline = time.time() + 300
@@ -312,7 +371,8 @@ def test_killed_run_recovers_with_the_default_profile(tmp_path):
     subprocess.run(cmd + ["--unlock"], check=True, capture_output=True)
     rerun = subprocess.run(
         cmd[:-2] + ["--profile", str(ROOT / "workflow" / "profiles" / "default"), "--cores", "2"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-3000:]
     jobs = rerun.stdout + rerun.stderr
@@ -324,11 +384,34 @@ def test_killed_run_recovers_with_the_default_profile(tmp_path):
     patches = tmp_path / "out" / "patches"
     train = config["train"]
     subprocess.run(
-        [sys.executable, "-m", "wsiseg.cli", "train", "--train", str(patches / "demo_0.zarr"), "--val", str(patches / "demo_1.zarr"),
-         "--out-dir", str(tmp_path / "uninterrupted"), "--encoder-depth", str(train["encoder_depth"]),
-         "--decoder-channels", *map(str, train["decoder_channels"]), "--epochs", "2", "--batch-size", str(train["batch_size"]),
-         "--accelerator", "cpu", "--seed", str(config["seed"]), "--threads", "2"],
-        check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "wsiseg.cli",
+            "train",
+            "--train",
+            str(patches / "demo_0.zarr"),
+            "--val",
+            str(patches / "demo_1.zarr"),
+            "--out-dir",
+            str(tmp_path / "uninterrupted"),
+            "--encoder-depth",
+            str(train["encoder_depth"]),
+            "--decoder-channels",
+            *map(str, train["decoder_channels"]),
+            "--epochs",
+            "2",
+            "--batch-size",
+            str(train["batch_size"]),
+            "--accelerator",
+            "cpu",
+            "--seed",
+            str(config["seed"]),
+            "--threads",
+            "2",
+        ],
+        check=True,
+        capture_output=True,
     )
     resumed = torch.load(tmp_path / "out" / "models" / "tiny" / "model.ckpt", weights_only=True)["state_dict"]
     reference = torch.load(tmp_path / "uninterrupted" / "model.ckpt", weights_only=True)["state_dict"]
@@ -336,5 +419,6 @@ def test_killed_run_recovers_with_the_default_profile(tmp_path):
     differ = [k for k in reference if not torch.equal(resumed[k], reference[k])]
     assert not differ, f"{len(differ)} of {len(reference)} tensors differ"
     pd.testing.assert_frame_equal(
-        pd.read_csv(tmp_path / "out" / "models" / "tiny" / "metrics.csv"), pd.read_csv(tmp_path / "uninterrupted" / "metrics.csv")
+        pd.read_csv(tmp_path / "out" / "models" / "tiny" / "metrics.csv"),
+        pd.read_csv(tmp_path / "uninterrupted" / "metrics.csv"),
     )

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import yaml
 import zarr
-
 from layouts import PALETTE, make_colormap, make_dsb2018, make_hpa, make_kidney, make_monuseg
 from test_workflow import ROOT, scheduled, snakemake
+
 from wsiseg.cli import main
 
 pytestmark = pytest.mark.slow
@@ -24,7 +24,13 @@ MAKERS = {
     "pairs": make_colormap,  # RGB masks: any non-black pixel is foreground
     "colormap": make_colormap,
 }
-TINY_TRAIN = {"encoder": "resnet18", "encoder_depth": 3, "decoder_channels": [32, 16, 8], "batch_size": 8, "accelerator": "cpu"}
+TINY_TRAIN = {
+    "encoder": "resnet18",
+    "encoder_depth": 3,
+    "decoder_channels": [32, 16, 8],
+    "batch_size": 8,
+    "accelerator": "cpu",
+}
 
 
 def dataset_workdir(tmp_path, fmt: str):
@@ -70,8 +76,12 @@ def test_dsb2018_small_images_run_grouped_end_to_end(tmp_path):
     1 predict jobs; prediction tiles (128 px) larger than the images are padded; object counts use the instance ids."""
     work = dataset_workdir(tmp_path, "dsb2018")
     config = example(
-        "dsb2018", slides_per_job=4, model_name="tiny",
-        patches={"size": 64, "stride": 32}, train={**TINY_TRAIN, "epochs": 6, "lr": 0.005}, predict={"tile": 128, "overlap": 32, "tta": ["hflip"]},
+        "dsb2018",
+        slides_per_job=4,
+        model_name="tiny",
+        patches={"size": 64, "stride": 32},
+        train={**TINY_TRAIN, "epochs": 6, "lr": 0.005},
+        predict={"tile": 128, "overlap": 32, "tta": ["hflip"]},
     )
     plan = scheduled(snakemake(work, config, "-n"))
     assert plan["convert_batch"] == 3 and plan["patches_batch"] == 2 and plan["predict_batch"] == 1
@@ -80,7 +90,10 @@ def test_dsb2018_small_images_run_grouped_end_to_end(tmp_path):
     assert result.returncode == 0, result.stderr[-5000:]
     out = work / "out"
     sheet = pd.read_csv(work / "samples.csv", keep_default_na=False).set_index("slide_id")
-    counts = {p.parent.parent.name: len(list(p.parent.glob("*.png"))) for p in (work / "data" / "dsb2018").glob("stage1_train/*/masks/m000.png")}
+    counts = {
+        p.parent.parent.name: len(list(p.parent.glob("*.png")))
+        for p in (work / "data" / "dsb2018").glob("stage1_train/*/masks/m000.png")
+    }
     metrics = pd.read_csv(out / "metrics.csv").set_index("slide_id")
     val = sheet.index[sheet["split"] == "val"]
     assert sorted(metrics.index[:-1]) == sorted(val)
@@ -96,17 +109,35 @@ def test_dsb2018_small_images_run_grouped_end_to_end(tmp_path):
     # the report subcommand finds the grouped stores and scores them as the workflow did
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(work)
-        assert main(["report", "--samples", "samples.csv", "--slides", "out/zarr", "--predictions", "out/predictions", "--out-dir", "cli"]) == 0
+        assert (
+            main(
+                [
+                    "report",
+                    "--samples",
+                    "samples.csv",
+                    "--slides",
+                    "out/zarr",
+                    "--predictions",
+                    "out/predictions",
+                    "--out-dir",
+                    "cli",
+                ]
+            )
+            == 0
+        )
     pd.testing.assert_frame_equal(pd.read_csv(work / "cli" / "metrics.csv"), pd.read_csv(out / "metrics.csv"))
 
 
 def test_colormap_multiclass_runs_end_to_end_with_class_names(tmp_path):
     work = dataset_workdir(tmp_path, "colormap")
     config = example(
-        "colormap", slides_per_job=1, model_name="tiny",
+        "colormap",
+        slides_per_job=1,
+        model_name="tiny",
         convert={"chunk": 128, "palette": PALETTE},
         patches={"size": 64, "downscale": 1, "stride": 32, "classes": 3, "min_tissue": 0.0},
-        train={**TINY_TRAIN, "epochs": 2}, predict={"tile": 64, "overlap": 16, "tta": []},
+        train={**TINY_TRAIN, "epochs": 2},
+        predict={"tile": 64, "overlap": 16, "tta": []},
         report={"class_names": ["background", "tumour", "stroma"]},
     )
     result = snakemake(work, config)

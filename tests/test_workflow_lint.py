@@ -6,10 +6,10 @@ import ast
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 from conftest import SNAKEFILE, write_config
 
@@ -27,7 +27,12 @@ CONDA_NAME = {
     "openslide": "openslide-python",
 }
 # pip distribution name -> conda-forge package name, where they differ
-PIP_TO_CONDA = {"torch": "pytorch", "opencv-python-headless": "py-opencv", "matplotlib": "matplotlib-base", "openslide-bin": "openslide"}
+PIP_TO_CONDA = {
+    "torch": "pytorch",
+    "opencv-python-headless": "py-opencv",
+    "matplotlib": "matplotlib-base",
+    "openslide-bin": "openslide",
+}
 STDLIB = set(sys.stdlib_module_names)
 
 
@@ -56,7 +61,9 @@ def _imports(path: Path, seen: set[Path]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             if node.level:  # relative import inside wsiseg
                 base = path.parent / Path(*(node.module or "").split("."))
-                targets = [base.with_suffix(".py")] if node.module else [path.parent / f"{a.name}.py" for a in node.names]
+                targets = (
+                    [base.with_suffix(".py")] if node.module else [path.parent / f"{a.name}.py" for a in node.names]
+                )
                 for target in targets:
                     if target.exists():
                         found |= _imports(target, seen)
@@ -75,14 +82,18 @@ def _imports(path: Path, seen: set[Path]) -> set[str]:
 def _optional_imports(tree: ast.AST) -> set[int]:
     """Import nodes (ids) inside a ``try`` that catches ImportError: optional, with a fallback (e.g. the
     openslide-bin wheel's library, where conda's env has a system OpenSlide that openslide-python finds)."""
+
     def catches(handler: ast.ExceptHandler) -> bool:
         types = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
         return any(isinstance(t, ast.Name) and t.id in ("ImportError", "ModuleNotFoundError") for t in types)
 
     return {
         id(sub)
-        for node in ast.walk(tree) if isinstance(node, ast.Try) and any(catches(h) for h in node.handlers)
-        for child in node.body for sub in ast.walk(child) if isinstance(sub, (ast.Import, ast.ImportFrom))
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Try) and any(catches(h) for h in node.handlers)
+        for child in node.body
+        for sub in ast.walk(child)
+        if isinstance(sub, (ast.Import, ast.ImportFrom))
     }
 
 
@@ -99,7 +110,12 @@ def _env_packages(env: dict) -> dict[str, str]:
 
 ENV_FILES = sorted((ROOT / "workflow" / "envs").glob("*.yaml"))
 # conda-forge package -> the pip distribution whose installed version the tests run
-CONDA_TO_PIP = {"pytorch": "torch", "py-opencv": "opencv-python-headless", "matplotlib-base": "matplotlib", "openslide": "openslide-bin"}
+CONDA_TO_PIP = {
+    "pytorch": "torch",
+    "py-opencv": "opencv-python-headless",
+    "matplotlib-base": "matplotlib",
+    "openslide": "openslide-bin",
+}
 
 
 @pytest.mark.parametrize("env_file", ENV_FILES, ids=lambda p: p.name)
@@ -109,16 +125,23 @@ def test_env_pins_are_the_versions_the_tests_run(env_file):
 
     from packaging.requirements import Requirement
 
-    wanted = {Requirement(d).name.lower(): Requirement(d) for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
+    wanted = {
+        Requirement(d).name.lower(): Requirement(d)
+        for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    }
     for name, pin in _env_packages(yaml.safe_load(env_file.read_text())).items():
         if name == "python":
             assert pin == f"{sys.version_info.major}.{sys.version_info.minor}", f"{env_file.name}: python {pin}"
             continue
         dist = CONDA_TO_PIP.get(name, name)
         installed = version(dist)
-        assert ".".join(installed.split(".")[:2]) == pin, f"{env_file.name}: {name} ={pin} but the tests run {dist} {installed}"
+        assert ".".join(installed.split(".")[:2]) == pin, (
+            f"{env_file.name}: {name} ={pin} but the tests run {dist} {installed}"
+        )
         if dist.lower() in wanted:
-            assert wanted[dist.lower()].specifier.contains(installed, prereleases=True), f"pyproject's {wanted[dist.lower()]} excludes {installed}"
+            assert wanted[dist.lower()].specifier.contains(installed, prereleases=True), (
+                f"pyproject's {wanted[dist.lower()]} excludes {installed}"
+            )
 
 
 @pytest.mark.parametrize("env_file", ENV_FILES, ids=lambda p: p.name)
@@ -182,7 +205,9 @@ def test_envs_are_pinned_major_minor_and_match_pyproject(env_file):
 
 def test_every_pyproject_dependency_is_in_some_env():
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    in_envs = set().union(*(_env_packages(yaml.safe_load(p.read_text())) for p in (ROOT / "workflow" / "envs").glob("*.yaml")))
+    in_envs = set().union(
+        *(_env_packages(yaml.safe_load(p.read_text())) for p in (ROOT / "workflow" / "envs").glob("*.yaml"))
+    )
     names = {PIP_TO_CONDA.get(n, n) for n in (re.match(r"[A-Za-z0-9_.-]+", d)[0] for d in deps)}
     assert names - {"snakemake"} <= in_envs, sorted(names - in_envs - {"snakemake"})
 
@@ -190,8 +215,20 @@ def test_every_pyproject_dependency_is_in_some_env():
 def test_snakemake_lint_is_clean(tmp_path):
     write_config(tmp_path, (ROOT / "config" / "config.yaml").read_text())
     result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--lint", "--snakefile", str(SNAKEFILE), "--directory", str(tmp_path), "--cores", "1"],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--lint",
+            "--snakefile",
+            str(SNAKEFILE),
+            "--directory",
+            str(tmp_path),
+            "--cores",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
@@ -212,7 +249,10 @@ def test_catalog_files_are_in_place():
     assert set(catalog["usage"]) >= {"mandatory-flags", "software-stack-deployment", "report"}
     assert catalog["usage"]["software-stack-deployment"]["conda"] is True
     license_text = (ROOT / "LICENSE").read_text()
-    assert license_text.startswith("MIT License") and tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["license"] == "MIT"
+    assert (
+        license_text.startswith("MIT License")
+        and tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["license"] == "MIT"
+    )
     assert "## Unreleased" in (ROOT / "CHANGELOG.md").read_text()
 
 

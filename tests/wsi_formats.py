@@ -15,7 +15,9 @@ def tissue_like(height: int, width: int, seed: int = 0) -> np.ndarray:
     """Smooth RGB content with some noise (compresses like tissue, unlike pure noise)."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width]
-    base = np.stack([128 + 100 * np.sin(xx / 37.0), 128 + 100 * np.cos(yy / 23.0), 128 + 60 * np.sin((xx + yy) / 51.0)], -1)
+    base = np.stack(
+        [128 + 100 * np.sin(xx / 37.0), 128 + 100 * np.cos(yy / 23.0), 128 + 60 * np.sin((xx + yy) / 51.0)], -1
+    )
     return np.clip(base + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8)
 
 
@@ -27,10 +29,22 @@ def write_svs(path: Path, image: np.ndarray, mpp: float = SVS_MPP, compression: 
     options = {"photometric": "rgb", "metadata": None}
     with tifffile.TiffWriter(path) as tw:
         tw.write(image, tile=(256, 256), compression=compression, description=desc, **options)
-        tw.write(np.ascontiguousarray(image[::16, ::16]), compression=compression, description="Aperio Image Library\r\nthumbnail", **options)
-        tw.write(np.ascontiguousarray(image[::4, ::4]), tile=(256, 256), compression=compression, description=desc, **options)
-        tw.write(np.full((64, 96, 3), 200, np.uint8), compression=compression, description="Aperio Image Library\r\nlabel 96x64",
-                 subfiletype=1, **options)
+        tw.write(
+            np.ascontiguousarray(image[::16, ::16]),
+            compression=compression,
+            description="Aperio Image Library\r\nthumbnail",
+            **options,
+        )
+        tw.write(
+            np.ascontiguousarray(image[::4, ::4]), tile=(256, 256), compression=compression, description=desc, **options
+        )
+        tw.write(
+            np.full((64, 96, 3), 200, np.uint8),
+            compression=compression,
+            description="Aperio Image Library\r\nlabel 96x64",
+            subfiletype=1,
+            **options,
+        )
     return path
 
 
@@ -55,18 +69,26 @@ def _philips_xml(spacings_mm: list[float]) -> str:
         return f'<Attribute Name="{name}" Group="{group}" Element="{element}" PMSVR="{kind}">{value}</Attribute>'
 
     def spacing(mm: float) -> str:
-        return attribute("DICOM_PIXEL_SPACING", "0x0028", "0x0030", "IDoubleArray", f"&quot;{mm}&quot; &quot;{mm}&quot;")
+        return attribute(
+            "DICOM_PIXEL_SPACING", "0x0028", "0x0030", "IDoubleArray", f"&quot;{mm}&quot; &quot;{mm}&quot;"
+        )
 
     representations = "".join(
         f'<DataObject ObjectType="PixelDataRepresentation">{spacing(mm)}'
-        f'{attribute("PIIM_PIXEL_DATA_REPRESENTATION_NUMBER", "0x1001", "0x8B02", "IUInt16", n)}</DataObject>'
+        f"{attribute('PIIM_PIXEL_DATA_REPRESENTATION_NUMBER', '0x1001', '0x8B02', 'IUInt16', n)}</DataObject>"
         for n, mm in enumerate(spacings_mm)
     )
     image = (
         '<DataObject ObjectType="DPScannedImage">'
         + attribute("PIM_DP_IMAGE_TYPE", "0x301D", "0x1004", "IString", "WSI")
         + spacing(spacings_mm[0])
-        + attribute("PIIM_PIXEL_DATA_REPRESENTATION_SEQUENCE", "0x1001", "0x8B01", "IDataObjectArray", f"<Array>{representations}</Array>")
+        + attribute(
+            "PIIM_PIXEL_DATA_REPRESENTATION_SEQUENCE",
+            "0x1001",
+            "0x8B01",
+            "IDataObjectArray",
+            f"<Array>{representations}</Array>",
+        )
         + "</DataObject>"
     )
     scanned = attribute("PIM_DP_SCANNED_IMAGES", "0x301D", "0x1003", "IDataObjectArray", f"<Array>{image}</Array>")
@@ -76,7 +98,13 @@ def _philips_xml(spacings_mm: list[float]) -> str:
 def write_philips(path: Path, image: np.ndarray, mpp: float = SVS_MPP) -> Path:
     """A Philips TIFF (the vendor format OpenSlide's philips driver reads): JPEG tiles, level 0 and a
     2x-reduced level, ``Philips`` software tag and the ``DPUfsImport`` XML description."""
-    options = {"tile": (256, 256), "compression": "jpeg", "photometric": "rgb", "metadata": None, "software": "Philips DP v1.0"}
+    options = {
+        "tile": (256, 256),
+        "compression": "jpeg",
+        "photometric": "rgb",
+        "metadata": None,
+        "software": "Philips DP v1.0",
+    }
     with tifffile.TiffWriter(path) as tw:
         tw.write(image, description=_philips_xml([mpp / 1000, mpp / 500]), **options)
         tw.write(np.ascontiguousarray(image[::2, ::2]), subfiletype=1, **options)

@@ -14,20 +14,29 @@ from wsiseg.config.schema import add_arguments, add_schema_arguments, from_args
 def _demo(args) -> None:
     from wsiseg.demo import DemoSpec, generate_demo
 
-    samples = generate_demo(args.outdir, DemoSpec(slides=args.slides, height=args.height, width=args.width, seed=args.seed))
+    samples = generate_demo(
+        args.outdir, DemoSpec(slides=args.slides, height=args.height, width=args.width, seed=args.seed)
+    )
     print(f"wrote {len(samples)} slides and {Path(args.outdir) / 'samples.csv'}")
 
 
 def _convert(args) -> None:
-    from wsiseg.convert import convert_slide
     from wsiseg.annotations.masks import load_palette
     from wsiseg.config.schema import schema_section
+    from wsiseg.convert import convert_slide
 
     options = {k: getattr(args, k) for k in schema_section("convert") if k != "palette" and hasattr(args, k)}
     palette = load_palette(args.palette) if args.palette else None
     convert_slide(
-        args.image, args.out, mask=args.mask, slide_id=args.slide_id, palette=palette,
-        require_foreground=args.require_foreground, workers=args.workers, mpp=args.mpp, **options,
+        args.image,
+        args.out,
+        mask=args.mask,
+        slide_id=args.slide_id,
+        palette=palette,
+        require_foreground=args.require_foreground,
+        workers=args.workers,
+        mpp=args.mpp,
+        **options,
     )
 
 
@@ -51,14 +60,23 @@ def _patches(args) -> None:
 def _train(args) -> None:
     from wsiseg.train import TrainParams, train_model
 
-    metrics = train_model(args.train, args.val, args.out_dir, from_args(TrainParams, args, skip=("extra",)), threads=args.threads)
+    metrics = train_model(
+        args.train, args.val, args.out_dir, from_args(TrainParams, args, skip=("extra",)), threads=args.threads
+    )
     print(metrics.to_string(index=False))
 
 
 def _predict(args) -> None:
     from wsiseg.predict import PredictParams, predict_slide
 
-    predict_slide(args.slide, args.checkpoints, args.out, from_args(PredictParams, args), class_names=args.class_names, class_name=args.class_name)
+    predict_slide(
+        args.slide,
+        args.checkpoints,
+        args.out,
+        from_args(PredictParams, args),
+        class_names=args.class_names,
+        class_name=args.class_name,
+    )
 
 
 def _report(args) -> None:
@@ -97,8 +115,13 @@ def _dicom_seg(args) -> None:
     from wsiseg.dicomseg import write_dicom_seg
 
     out = write_dicom_seg(
-        args.prediction, args.out, source=args.source, class_name=args.class_name, class_names=args.class_names,
-        max_side=args.max_side, mpp=args.mpp,
+        args.prediction,
+        args.out,
+        source=args.source,
+        class_name=args.class_name,
+        class_names=args.class_names,
+        max_side=args.max_side,
+        mpp=args.mpp,
     )
     print(f"wrote {out}")
 
@@ -123,31 +146,52 @@ def _samples_args(p: argparse.ArgumentParser) -> None:
 
     p.description += "\n\nlayouts:" + "".join(f"\n  {name:14} {text}" for name, text in LAYOUTS.items())
     p.add_argument("root", help="dataset folder")
-    p.add_argument("--format", required=True, choices=list(DATASET_FORMATS),
-                   help="download layout of ROOT (README: 'Datasets in their download layout')")
+    p.add_argument(
+        "--format",
+        required=True,
+        choices=list(DATASET_FORMATS),
+        help="download layout of ROOT (README: 'Datasets in their download layout')",
+    )
     p.add_argument("--val-fraction", type=float, default=0.2, help="share of labelled slides used for validation")
     p.add_argument("--seed", type=int, default=0, help="random seed of the train/val draw (default: 0)")
 
 
 def _convert_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("image", help="slide: TIFF/BigTIFF/OME-TIFF/SVS, a vendor format OpenSlide reads (NDPI, MRXS, SCN, BIF, ...), "
-                   "a DICOM WSI (folder of .dcm files or one file), PNG or JPEG")
+    p.add_argument(
+        "image",
+        help="slide: TIFF/BigTIFF/OME-TIFF/SVS, a vendor format OpenSlide reads (NDPI, MRXS, SCN, BIF, ...), "
+        "a DICOM WSI (folder of .dcm files or one file), PNG or JPEG",
+    )
     p.add_argument("out", help="output .zarr directory")
-    p.add_argument("--mask", help="RLE table (.csv), GeoJSON (.json/.geojson) or Aperio (.xml) polygons, "
-                   "mask image, or a folder of one mask image per object")
+    p.add_argument(
+        "--mask",
+        help="RLE table (.csv), GeoJSON (.json/.geojson) or Aperio (.xml) polygons, "
+        "mask image, or a folder of one mask image per object",
+    )
     p.add_argument("--slide-id", help="id of the slide (row id in an RLE table); default: image file stem")
     # every key of config `convert:`, with its schema type, default and description
     add_schema_arguments(p, "convert", skip=("palette",))
-    p.add_argument("--palette", help='RGB mask colours -> classes: JSON (\'{"#ff0000": 1}\' or [[r,g,b], ...]) or a .json file')
-    p.add_argument("--require-foreground", action="store_true",
-                   help="the annotation must mark some foreground (the workflow sets this for train/val slides)")
+    p.add_argument(
+        "--palette", help="RGB mask colours -> classes: JSON ('{\"#ff0000\": 1}' or [[r,g,b], ...]) or a .json file"
+    )
+    p.add_argument(
+        "--require-foreground",
+        action="store_true",
+        help="the annotation must mark some foreground (the workflow sets this for train/val slides)",
+    )
     p.add_argument("--workers", type=int, help="decode/compress threads (default: all available CPUs)")
-    p.add_argument("--mpp", type=float, help="pixel size in micrometres per pixel: overrides the slide's metadata "
-                   "(the sample sheet's `mpp` column in the workflow)")
+    p.add_argument(
+        "--mpp",
+        type=float,
+        help="pixel size in micrometres per pixel: overrides the slide's metadata "
+        "(the sample sheet's `mpp` column in the workflow)",
+    )
 
 
 def _info_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("paths", nargs="+", metavar="PATH", help="slide image (TIFF, SVS, OME-TIFF, PNG, ...) or wsiseg .zarr store")
+    p.add_argument(
+        "paths", nargs="+", metavar="PATH", help="slide image (TIFF, SVS, OME-TIFF, PNG, ...) or wsiseg .zarr store"
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per path instead of text")
 
 
@@ -176,8 +220,17 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("slide", help="converted slide .zarr")
     p.add_argument("out", help="output prediction .zarr")
-    p.add_argument("checkpoints", nargs="+", help="model folder from train (with model.json) or model.ckpt (several: ensemble mean)")
-    p.add_argument("--class-names", nargs="+", default=None, help="a name per class index (0 = background) for the probability channels and mask labels")
+    p.add_argument(
+        "checkpoints",
+        nargs="+",
+        help="model folder from train (with model.json) or model.ckpt (several: ensemble mean)",
+    )
+    p.add_argument(
+        "--class-names",
+        nargs="+",
+        default=None,
+        help="a name per class index (0 = background) for the probability channels and mask labels",
+    )
     p.add_argument("--class-name", default="foreground", help="name of the foreground class of a binary model")
     add_arguments(p, PredictParams, section="predict")
 
@@ -186,13 +239,23 @@ def _report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", required=True, help="sample sheet CSV")
     p.add_argument("--slides", default="results/zarr", help="folder of converted slide stores")
     p.add_argument("--predictions", default="results/predictions", help="folder of prediction stores")
-    p.add_argument("--out-dir", default="results", help="writes submission.csv, metrics.csv, scores.html, overlays/ and geojson/ here (default: results)")
+    p.add_argument(
+        "--out-dir",
+        default="results",
+        help="writes submission.csv, metrics.csv, scores.html, overlays/ and geojson/ here (default: results)",
+    )
     p.add_argument("--sample-submission", help="Kaggle sample submission CSV: fixes the ids and row order")
     p.add_argument("--object-iou", type=float, default=0.5, help="IoU above which predicted and true objects match")
     p.add_argument("--class-name", default="foreground", help="class name of the exported GeoJSON objects")
-    p.add_argument("--class-names", nargs="+", metavar="NAME", help="multi-class: name of class 0 (background), 1, 2, ...")
-    p.add_argument("--object-type", choices=["annotation", "detection"], default="annotation",
-                   help="QuPath object type of the GeoJSON objects: annotation (editable) or detection (many nuclei/cells)")
+    p.add_argument(
+        "--class-names", nargs="+", metavar="NAME", help="multi-class: name of class 0 (background), 1, 2, ..."
+    )
+    p.add_argument(
+        "--object-type",
+        choices=["annotation", "detection"],
+        default="annotation",
+        help="QuPath object type of the GeoJSON objects: annotation (editable) or detection (many nuclei/cells)",
+    )
 
 
 def _dicom_seg_args(p: argparse.ArgumentParser) -> None:
@@ -200,12 +263,20 @@ def _dicom_seg_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("prediction", help="prediction store (.zarr) from `wsiseg predict`")
     p.add_argument("out", help="output DICOM Segmentation (.dcm)")
-    p.add_argument("--source", help="the slide as the sample sheet lists it: a DICOM WSI (folder or file) is referenced")
+    p.add_argument(
+        "--source", help="the slide as the sample sheet lists it: a DICOM WSI (folder or file) is referenced"
+    )
     p.add_argument("--class-name", default="foreground", help="segment label of a binary model's class")
-    p.add_argument("--class-names", nargs="+", metavar="NAME", help="multi-class: name of class 0 (background), 1, 2, ...")
+    p.add_argument(
+        "--class-names", nargs="+", metavar="NAME", help="multi-class: name of class 0 (background), 1, 2, ..."
+    )
     spec = schema_section("report")["dicom_seg_max_side"]
-    p.add_argument("--max-side", type=int, default=spec["default"],
-                   help=" ".join(spec["description"].split()) + f" (default: {spec['default']})")
+    p.add_argument(
+        "--max-side",
+        type=int,
+        default=spec["default"],
+        help=" ".join(spec["description"].split()) + f" (default: {spec['default']})",
+    )
     p.add_argument("--mpp", type=float, help="level-0 pixel size in um (default: the store's, else the DICOM source's)")
 
 
@@ -231,7 +302,12 @@ STAGES: dict[str, tuple[str, str | None, Callable[[argparse.ArgumentParser], Non
         _info_args,
         _info,
     ),
-    "convert": ("slide (TIFF/SVS, OpenSlide formats, DICOM WSI, PNG) + mask -> OME-NGFF zarr", None, _convert_args, _convert),
+    "convert": (
+        "slide (TIFF/SVS, OpenSlide formats, DICOM WSI, PNG) + mask -> OME-NGFF zarr",
+        None,
+        _convert_args,
+        _convert,
+    ),
     "patches": ("extract training patches filtered by mask coverage", None, _patches_args, _patches),
     "train": ("train a segmentation-models-pytorch model with Lightning", None, _train_args, _train),
     "predict": ("tiled, blended inference over a converted slide", None, _predict_args, _predict),
@@ -255,7 +331,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
     for name, (help_text, description, add_args, run) in STAGES.items():
         p = sub.add_parser(
-            name, help=help_text, description=description or help_text[0].upper() + help_text[1:],
+            name,
+            help=help_text,
+            description=description or help_text[0].upper() + help_text[1:],
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         if only in (None, name):

@@ -12,16 +12,12 @@ from typing import Collection, Iterator, Sequence
 import numpy as np
 import zarr
 
-from wsiseg.readers.registry import describe
-from wsiseg.utils.io import atomic_path, check_output
-from wsiseg.utils.logs import StepTimes, progress
 from wsiseg.annotations.masks import MaskError, MaskSource, open_mask
-from wsiseg.utils.prefetch import prefetch
-from wsiseg.resolution import choose
-from wsiseg.readers.raster import MAX_DECODED_PIXELS
-from wsiseg.readers.slide import SourceSlide
 from wsiseg.readers.base import default_workers
-from wsiseg.store.tilecopy import TileCopy, copy_plan, write_copied
+from wsiseg.readers.raster import MAX_DECODED_PIXELS
+from wsiseg.readers.registry import describe
+from wsiseg.readers.slide import SourceSlide
+from wsiseg.resolution import choose
 from wsiseg.store.slide import (
     LABEL_AXES,
     LOSSY,
@@ -40,6 +36,10 @@ from wsiseg.store.slide import (
     write_grid,
     write_levels,
 )
+from wsiseg.store.tilecopy import TileCopy, copy_plan, write_copied
+from wsiseg.utils.io import atomic_path, check_output
+from wsiseg.utils.logs import StepTimes, progress
+from wsiseg.utils.prefetch import prefetch
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,14 @@ INSTANCE_MAX_SIDE = 8192  # the object metrics' level-0 limit (wsiseg.report.obj
 
 
 def write_image(
-    root: zarr.Group, source: SourceSlide, levels: int, chunk: int, codec, slide_id: str, workers: int, tile_copy: bool = False,
+    root: zarr.Group,
+    source: SourceSlide,
+    levels: int,
+    chunk: int,
+    codec,
+    slide_id: str,
+    workers: int,
+    tile_copy: bool = False,
     times: StepTimes | None = None,
 ) -> dict:
     """Write the image pyramid: by square blocks for tiled TIFFs, else by full-width bands; return how level 0 was made
@@ -66,12 +73,17 @@ def write_image(
             log.info(
                 "convert %s: level 0 = the TIFF's own JPEG tiles, copied (bit-identical to the source decode, not re-encoded); "
                 "level 1 from their DCT-scaled 1/2 decode, levels 1.. JPEG quality %d",
-                slide_id, codec.level,
+                slide_id,
+                codec.level,
             )
             write_copied(root, source, plan, levels, chunk, codec, slide_id, workers, times=times)
             return {"path": "tile-copy", "why": "tiled JPEG TIFF, tiles the size of the chunks"}
-        log.info("convert %s: JPEG tiles not copied, %s: decoding and re-encoding level 0 (JPEG quality %d)",
-                 slide_id, plan, codec.level)
+        log.info(
+            "convert %s: JPEG tiles not copied, %s: decoding and re-encoding level 0 (JPEG quality %d)",
+            slide_id,
+            plan,
+            codec.level,
+        )
         why = f"tiles not copied: {plan}"
     else:
         why = "tile copy off" if codec.codec_id == "wsiseg_jpeg" else "lossless store"
@@ -83,7 +95,14 @@ def write_image(
 
 
 def write_blocks(
-    root: zarr.Group, source: SourceSlide, levels: int, chunk: int, codec, slide_id: str, workers: int, inner: int = 3,
+    root: zarr.Group,
+    source: SourceSlide,
+    levels: int,
+    chunk: int,
+    codec,
+    slide_id: str,
+    workers: int,
+    inner: int = 3,
     times: StepTimes | None = None,
 ) -> None:
     """Convert a tiled slide by square blocks of ``chunk * 2**inner`` pixels: memory independent of slide size.
@@ -102,16 +121,28 @@ def write_blocks(
     for k in range(inner + 1):
         arrays.append(create_level(root, str(k), (3, h, w), chunk, codec))
         h, w = (h + 1) // 2, (w + 1) // 2
-    corners = [(y, x, min(height, y + side), min(width, x + side)) for y in range(0, height, side) for x in range(0, width, side)]
-    blocks = prefetch((y, x, chunk_grid(source.read_pieces(y, y1, x, x1), y, y1, x, x1, chunk)) for y, x, y1, x1 in corners)
+    corners = [
+        (y, x, min(height, y + side), min(width, x + side))
+        for y in range(0, height, side)
+        for x in range(0, width, side)
+    ]
+    blocks = prefetch(
+        (y, x, chunk_grid(source.read_pieces(y, y1, x, x1), y, y1, x, x1, chunk)) for y, x, y1, x1 in corners
+    )
     above = None  # levels inner+1.. built from the blocks' level inner, in memory
     if levels > inner + 1:  # (then inner >= 3)
-        above = BlockPyramid(root, arrays[inner].shape, levels - inner - 1, chunk, codec, "mean", workers, first=inner + 1)
+        above = BlockPyramid(
+            root, arrays[inner].shape, levels - inner - 1, chunk, codec, "mean", workers, first=inner + 1
+        )
     times = times or StepTimes()
     with closing(blocks), chunk_writers(workers) as executor, above or nullcontext():
         waiting = times.waiting("waiting for decoded tiles", blocks)
-        for y, x, grid in progress(waiting, total=len(corners), desc=f"convert {slide_id}", unit="block", mininterval=10):
-            with times.step("pooling"):  # while the chunks are encoded and written; tiles the size of a chunk as they are
+        for y, x, grid in progress(
+            waiting, total=len(corners), desc=f"convert {slide_id}", unit="block", mininterval=10
+        ):
+            with times.step(
+                "pooling"
+            ):  # while the chunks are encoded and written; tiles the size of a chunk as they are
                 pending = write_grid(arrays[0], y, x, grid, executor, wait=False)
                 if inner:
                     pending += write_levels(arrays, 1, y, x, halve_grid(grid, "mean"), executor, above)
@@ -121,7 +152,14 @@ def write_blocks(
 
 
 def write_bands(
-    root: zarr.Group, source: SourceSlide, levels: int, chunk: int, codec, slide_id: str, workers: int, times: StepTimes | None = None
+    root: zarr.Group,
+    source: SourceSlide,
+    levels: int,
+    chunk: int,
+    codec,
+    slide_id: str,
+    workers: int,
+    times: StepTimes | None = None,
 ) -> None:
     """Stream level 0 in chunk-high full-width bands and build the mean pyramid on the fly."""
     height, width = source.shape
@@ -129,7 +167,9 @@ def write_bands(
     bands = prefetch(band for _, band in source.bands(chunk))
     with closing(bands), PyramidWriter(root, (3, height, width), levels, chunk, codec, "mean", workers) as pyramid:
         waiting = times.waiting("waiting for decoded bands", bands)
-        for band in progress(waiting, total=-(-height // chunk), desc=f"convert {slide_id}", unit="band", mininterval=10):
+        for band in progress(
+            waiting, total=-(-height // chunk), desc=f"convert {slide_id}", unit="band", mininterval=10
+        ):
             with times.step("pooling, waiting for the writer threads"):
                 pyramid.add(band)
 
@@ -210,11 +250,23 @@ def open_inputs(
     Raises on bad input before anything is written (see :func:`convert_slide` for the options), including
     an annotation known to be empty without rasterising it (RLE, polygons) when ``require_foreground``."""
     with SourceSlide(
-        image, uint16=uint16, percentiles=percentiles, channels=channels, workers=workers,
-        max_decoded_pixels=max_decoded_pixels, reader=reader,
+        image,
+        uint16=uint16,
+        percentiles=percentiles,
+        channels=channels,
+        workers=workers,
+        max_decoded_pixels=max_decoded_pixels,
+        reader=reader,
     ) as source:
         annotation = (
-            open_mask(mask, slide_id, source.shape, palette=palette, threshold=mask_threshold, max_decoded_pixels=max_decoded_pixels)
+            open_mask(
+                mask,
+                slide_id,
+                source.shape,
+                palette=palette,
+                threshold=mask_threshold,
+                max_decoded_pixels=max_decoded_pixels,
+            )
             if mask
             else None
         )
@@ -295,8 +347,18 @@ def convert_slide(
     check_output(out, "convert", (image, mask), folder=True)
     slide_id = slide_id or Path(image).stem
     inputs = open_inputs(
-        image, mask, slide_id, uint16, percentiles, channels, palette, mask_threshold, workers,
-        require_foreground=require_foreground, allow_empty_mask=allow_empty_mask, max_decoded_pixels=max_decoded_pixels,
+        image,
+        mask,
+        slide_id,
+        uint16,
+        percentiles,
+        channels,
+        palette,
+        mask_threshold,
+        workers,
+        require_foreground=require_foreground,
+        allow_empty_mask=allow_empty_mask,
+        max_decoded_pixels=max_decoded_pixels,
         reader=reader,
     )
     with inputs as (source, annotation):
@@ -307,30 +369,57 @@ def convert_slide(
         pixel = choose(source.pixel_size, mpp, default_mpp)
         log.info(
             "convert %s: %dx%d px %s, pixel size %s, %d levels, chunk %d -> %s",
-            slide_id, width, height, source.dtype, pixel, levels, chunk, out,
+            slide_id,
+            width,
+            height,
+            source.dtype,
+            pixel,
+            levels,
+            chunk,
+            out,
         )
         found = describe(source.reader)
-        log.info("convert %s: read by %s (%s), levels %s, associated images %s", slide_id, found["backend"], found["vendor"],
-                 found["levels"], found["associated"] or "none")
+        log.info(
+            "convert %s: read by %s (%s), levels %s, associated images %s",
+            slide_id,
+            found["backend"],
+            found["vendor"],
+            found["levels"],
+            found["associated"] or "none",
+        )
         with atomic_path(out, stage="convert", inputs=(image, mask), folder=True) as tmp:
             root = zarr.open_group(tmp, mode="w", zarr_format=2)
             if annotation is not None:
-                share = write_labels(root, annotation, levels, chunk, label_codec, workers or default_workers(), pixel.mpp)
+                share = write_labels(
+                    root, annotation, levels, chunk, label_codec, workers or default_workers(), pixel.mpp
+                )
                 log.info("convert %s: mask from %s, %.2f%% labelled", slide_id, mask, 100 * share)
-                if share == 0 and require_foreground and not annotation.empty:  # (known-empty ones were checked on opening)
-                    check_foreground(mask, slide_id, f"{annotation.found}: 0 foreground pixels once rasterised", allow_empty_mask)
+                if (
+                    share == 0 and require_foreground and not annotation.empty
+                ):  # (known-empty ones were checked on opening)
+                    check_foreground(
+                        mask, slide_id, f"{annotation.found}: 0 foreground pixels once rasterised", allow_empty_mask
+                    )
             times, start = StepTimes(), time.perf_counter()
-            made = write_image(root, source, levels, chunk, codec, slide_id, workers or default_workers(), jpeg_tile_copy, times)
+            made = write_image(
+                root, source, levels, chunk, codec, slide_id, workers or default_workers(), jpeg_tile_copy, times
+            )
             seconds = time.perf_counter() - start
             log.info(
-                "convert %s: image written in %.2f s (%.0f MB/s of level 0, %s); main thread: %s", slide_id, seconds,
-                height * width * 3 / max(seconds, 1e-9) / 1e6, made["path"], times.summary() or "-",
+                "convert %s: image written in %.2f s (%.0f MB/s of level 0, %s); main thread: %s",
+                slide_id,
+                seconds,
+                height * width * 3 / max(seconds, 1e-9) / 1e6,
+                made["path"],
+                times.summary() or "-",
                 extra={"step_seconds": {"image": seconds, **times.seconds}},
             )
             if source.intensity.nonfinite:
                 log.warning(
                     "%s: %d pixel(s) with NaN or infinite values mapped to 0 (intensity %r)",
-                    image, source.intensity.nonfinite, source.intensity,
+                    image,
+                    source.intensity.nonfinite,
+                    source.intensity,
                 )
             root.update_attributes(
                 {
@@ -372,8 +461,13 @@ def convert_many(
     out_dir.mkdir(parents=True, exist_ok=True)
     return [
         convert_slide(
-            image, out_dir / f"{slide_id}.zarr", mask=mask or None, slide_id=slide_id, require_foreground=slide_id in needs,
-            mpp=mpp[0] if mpp else None, **options,
+            image,
+            out_dir / f"{slide_id}.zarr",
+            mask=mask or None,
+            slide_id=slide_id,
+            require_foreground=slide_id in needs,
+            mpp=mpp[0] if mpp else None,
+            **options,
         )
         for slide_id, image, mask, *mpp in progress(items, desc="convert", unit="slide", mininterval=10)
     ]

@@ -22,8 +22,8 @@ import pandas as pd
 import tifffile
 
 from wsiseg import rle
-from wsiseg.utils.io import atomic_path
 from wsiseg.errors import ConfigError
+from wsiseg.utils.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,9 @@ def _smooth_noise(rng: np.random.Generator, height: int, width: int, cell: int) 
     return cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
 
 
-def _dots(rng: np.random.Generator, canvas: np.ndarray, where: np.ndarray, count: int, colour, radius: tuple[int, int]) -> None:
+def _dots(
+    rng: np.random.Generator, canvas: np.ndarray, where: np.ndarray, count: int, colour, radius: tuple[int, int]
+) -> None:
     ys, xs = np.nonzero(where)
     if not len(ys) or count <= 0:
         return
@@ -75,7 +77,9 @@ def _dots(rng: np.random.Generator, canvas: np.ndarray, where: np.ndarray, count
         cv2.circle(canvas, (int(x), int(y)), int(r), colour, thickness=-1)
 
 
-def synthesize_slide(rng: np.random.Generator, spec: DemoSpec) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, int]]]:
+def synthesize_slide(
+    rng: np.random.Generator, spec: DemoSpec
+) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, int]]]:
     """Make one slide: RGB image, binary mask and the (x, y, r) circles of the glomeruli."""
     h, w = spec.height, spec.width
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -114,14 +118,19 @@ def synthesize_slide(rng: np.random.Generator, spec: DemoSpec) -> tuple[np.ndarr
     return out, mask, circles
 
 
-def write_pyramid_tiff(path: str | Path, image: np.ndarray, tile: int = 256, min_size: int = 128, mpp: float | None = None) -> None:
+def write_pyramid_tiff(
+    path: str | Path, image: np.ndarray, tile: int = 256, min_size: int = 128, mpp: float | None = None
+) -> None:
     """Write ``image`` as a tiled, JPEG-compressed, pyramidal (SubIFD) TIFF, atomically; with ``mpp``
     (micrometres per pixel) every level gets its resolution tags in pixels per centimetre."""
     levels = [image]
     while min(levels[-1].shape[:2]) // 2 >= min_size:
         prev = levels[-1]
         levels.append(cv2.resize(prev, (prev.shape[1] // 2, prev.shape[0] // 2), interpolation=cv2.INTER_AREA))
-    options = dict(tile=(tile, tile), compression="jpeg", compressionargs={"level": 90}, photometric="rgb", metadata=None)
+    options = dict(
+        tile=(tile, tile), compression="jpeg", compressionargs={"level": 90}, photometric="rgb", metadata=None
+    )
+
     def resolution(k: int) -> dict:
         return {"resolution": (1e4 / (mpp * 2**k),) * 2, "resolutionunit": "CENTIMETER"} if mpp else {}
 

@@ -25,17 +25,15 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-
-from wsiseg.utils.io import atomic_path
-from wsiseg.store.prediction import Prediction
 from wsiseg.errors import DicomSegError
+from wsiseg.store.prediction import Prediction
+from wsiseg.utils.io import atomic_path
 
 log = logging.getLogger(__name__)
 
 WSM_IMAGE = "1.2.840.10008.5.1.4.1.1.77.1.6"  # VL Whole Slide Microscopy Image Storage
 TILE = 512  # frame side of the Segmentation
 MAX_SIDE = 8192
-
 
 
 def slide_uid(slide_id: str, role: str) -> str:
@@ -143,7 +141,9 @@ def write_dicom_seg(
                 f"{prediction}: prediction shape {pred.shape} differs from the DICOM slide {source} "
                 f"({reference.TotalPixelMatrixRows}, {reference.TotalPixelMatrixColumns})"
             )
-        spacing = [float(v) * factor for v in reference.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing]
+        spacing = [
+            float(v) * factor for v in reference.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
+        ]
     elif mpp:
         reference = source_description(slide_id, pred.shape, float(mpp))
         spacing = [float(mpp) / 1000 * factor] * 2
@@ -155,8 +155,12 @@ def write_dicom_seg(
     names = segment_names(pred, class_name, class_names)
     mask = pred.mask_plane(k)
     if mask.max(initial=0) > len(names):
-        raise DicomSegError(f"{prediction}: mask values up to {int(mask.max())} but only {len(names)} segment(s) {names}")
-    algorithm = hd.AlgorithmIdentificationSequence(name="wsiseg", family=codes.cid7162.ArtificialIntelligence, version=wsiseg_version())
+        raise DicomSegError(
+            f"{prediction}: mask values up to {int(mask.max())} but only {len(names)} segment(s) {names}"
+        )
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="wsiseg", family=codes.cid7162.ArtificialIntelligence, version=wsiseg_version()
+    )
     descriptions = [
         hd.seg.SegmentDescription(
             segment_number=i,
@@ -169,7 +173,12 @@ def write_dicom_seg(
         )
         for i, name in enumerate(names, start=1)
     ]
-    measures = hd.PixelMeasuresSequence(pixel_spacing=spacing, slice_thickness=float(reference.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].get("SliceThickness") or 0.001))
+    measures = hd.PixelMeasuresSequence(
+        pixel_spacing=spacing,
+        slice_thickness=float(
+            reference.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].get("SliceThickness") or 0.001
+        ),
+    )
     description = f"level {k} (downsample {factor}) of the wsiseg prediction of {slide_id}"
     seg = hd.seg.Segmentation(
         source_images=[reference],
@@ -196,6 +205,15 @@ def write_dicom_seg(
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         seg.save_as(tmp)
-    log.info("dicomseg %s: %s, %dx%d px, %d segment(s) %s, %d non-empty frame(s) -> %s", slide_id, description,
-             mask.shape[1], mask.shape[0], len(names), names, int(seg.NumberOfFrames), out)
+    log.info(
+        "dicomseg %s: %s, %dx%d px, %d segment(s) %s, %d non-empty frame(s) -> %s",
+        slide_id,
+        description,
+        mask.shape[1],
+        mask.shape[0],
+        len(names),
+        names,
+        int(seg.NumberOfFrames),
+        out,
+    )
     return out

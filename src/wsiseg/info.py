@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from wsiseg.resolution import PixelSize
 from wsiseg.errors import SlideError
 from wsiseg.readers.slide import SourceSlide
+from wsiseg.resolution import PixelSize
 
 
 def source_info(path: str | Path, reader: str = "auto") -> dict:
@@ -81,8 +81,25 @@ def format_info(info: dict) -> str:
         if not pixel.known:
             lines.append("             set it with a sample-sheet `mpp` column or `convert.default_mpp`")
         else:
-            lines.append(f"  extent     {info['width'] * pixel.mpp / 1000:.2f} x {info['height'] * pixel.mpp / 1000:.2f} mm")
-    for key in ("backend", "vendor", "channels", "dtype", "levels", "associated", "axes", "scales", "labels", "prob_downscale", "patches", "size", "downscale", "patch_mpp"):
+            lines.append(
+                f"  extent     {info['width'] * pixel.mpp / 1000:.2f} x {info['height'] * pixel.mpp / 1000:.2f} mm"
+            )
+    for key in (
+        "backend",
+        "vendor",
+        "channels",
+        "dtype",
+        "levels",
+        "associated",
+        "axes",
+        "scales",
+        "labels",
+        "prob_downscale",
+        "patches",
+        "size",
+        "downscale",
+        "patch_mpp",
+    ):
         if key in info:
             lines.append(f"  {key:<10} {json.dumps(info[key])}")
     return "\n".join(lines)

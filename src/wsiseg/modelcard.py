@@ -19,15 +19,14 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from wsiseg.utils.io import atomic_path
 from wsiseg.errors import ModelError
+from wsiseg.utils.io import atomic_path
 
 CARD = "model.json"
 CARD_FORMAT = "wsiseg-model-card/1"
 # config keys that do not change what a run computes: left out of provenance hashes
 NOT_RESULTS = ("results", "resources", "slides_per_job", "samples", "demo")
 LABEL_COLOURS = [(230, 30, 30), (30, 160, 30), (30, 80, 230), (230, 180, 0), (180, 30, 180), (0, 180, 180)]
-
 
 
 def wsiseg_version() -> str:
@@ -122,9 +121,14 @@ class ModelSpec:
             digest = self._sums[str(checkpoint)]
             expected = self.expected.get(str(checkpoint))
             if verify and expected and expected != digest:
-                raise ModelError(f"{checkpoint}: sha256 {digest[:12]}… differs from its model card's {expected[:12]}… (file changed or replaced)")
+                raise ModelError(
+                    f"{checkpoint}: sha256 {digest[:12]}… differs from its model card's {expected[:12]}… (file changed or replaced)"
+                )
             entries.append({"path": str(checkpoint), "sha256": digest})
-        cards = [{"path": str(Path(f) / CARD), "name": c.get("name"), "config_hash": c.get("config_hash")} for f, c in self.cards.items()]
+        cards = [
+            {"path": str(Path(f) / CARD), "name": c.get("name"), "config_hash": c.get("config_hash")}
+            for f, c in self.cards.items()
+        ]
         return {"checkpoints": entries, "model_cards": cards, "wsiseg_version": wsiseg_version()}
 
 
@@ -207,7 +211,8 @@ def write_model_card(
         "name": out_dir.name,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "architecture": {
-            k: hparams.get(k) for k in ("arch", "encoder", "encoder_depth", "decoder_channels", "encoder_weights", "loss")
+            k: hparams.get(k)
+            for k in ("arch", "encoder", "encoder_depth", "decoder_channels", "encoder_weights", "loss")
         },
         "classes": classes,
         "class_names": names,

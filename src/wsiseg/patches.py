@@ -13,15 +13,29 @@ import numpy as np
 import pandas as pd
 import zarr
 
+from wsiseg.imaging.tissue import TissueMap
+from wsiseg.resolution import slide_downscale
+from wsiseg.store.slide import SlideStore, StoreError, compressor, read_padded
 from wsiseg.utils.io import atomic_path, check_output
 from wsiseg.utils.logs import progress
-from wsiseg.resolution import slide_downscale
-from wsiseg.store.slide import SlideStore, StoreError, read_padded, compressor
-from wsiseg.imaging.tissue import TissueMap
 
 log = logging.getLogger(__name__)
 
-INDEX_COLUMNS = ["slide_id", "index", "row", "col", "x", "y", "level", "downscale", "size", "coverage", "tissue", "reason", "mpp"]
+INDEX_COLUMNS = [
+    "slide_id",
+    "index",
+    "row",
+    "col",
+    "x",
+    "y",
+    "level",
+    "downscale",
+    "size",
+    "coverage",
+    "tissue",
+    "reason",
+    "mpp",
+]
 REASONS = ("positive", "negative", "random")
 
 
@@ -62,7 +76,9 @@ def _draw(reasons: np.ndarray, candidates: np.ndarray, count: int, reason: str, 
         reasons.flat[np.sort(rng.choice(candidates, size=count, replace=False))] = reason
 
 
-def select_patches(coverage: np.ndarray, tissue: np.ndarray, params: PatchParams, rng: np.random.Generator) -> np.ndarray:
+def select_patches(
+    coverage: np.ndarray, tissue: np.ndarray, params: PatchParams, rng: np.random.Generator
+) -> np.ndarray:
     """Reason codes per grid cell: ``positive``, ``negative``, ``random`` or '' (dropped).
 
     Positives have ``min_coverage <= coverage <= max_coverage``; negatives are
@@ -95,10 +111,14 @@ def read_labels(store: SlideStore, y0: int, x0: int, size: int, downscale: float
     span = int(round(size * downscale))
     block = read_padded(store.mask_levels[0], y0, y0 + span, x0, x0 + span, 0)[0]
     if block.max() >= classes:
-        raise StoreError(f"{store.path}: label {block.max()} found, but patches.classes is {classes} (labels 0..{classes - 1})")
+        raise StoreError(
+            f"{store.path}: label {block.max()} found, but patches.classes is {classes} (labels 0..{classes - 1})"
+        )
     if span == size:
         return block
-    shares = [cv2.resize((block == c).astype(np.float32), (size, size), interpolation=cv2.INTER_AREA) for c in range(classes)]
+    shares = [
+        cv2.resize((block == c).astype(np.float32), (size, size), interpolation=cv2.INTER_AREA) for c in range(classes)
+    ]
     return np.argmax(np.stack(shares), axis=0).astype(np.uint8)
 
 
@@ -141,10 +161,18 @@ def extract_patches(
     if not store.has_mask:
         raise StoreError(f"{slide}: patches need a ground-truth mask (training/validation slides)")
     size = params.size
-    ds = slide_downscale(store.pixel_size, params.mpp, None if params.mpp else params.downscale, str(slide), "`patches.mpp`")
+    ds = slide_downscale(
+        store.pixel_size, params.mpp, None if params.mpp else params.downscale, str(slide), "`patches.mpp`"
+    )
     patch_mpp = round(store.pixel_size.mpp * ds, 6) if store.pixel_size.known else None
     if params.mpp and ds < 1:
-        log.warning("patches %s: %s is coarser than patches.mpp %g: patches are upsampled %.2fx", store.slide_id, store.pixel_size, params.mpp, 1 / ds)
+        log.warning(
+            "patches %s: %s is coarser than patches.mpp %g: patches are upsampled %.2fx",
+            store.slide_id,
+            store.pixel_size,
+            params.mpp,
+            1 / ds,
+        )
     classes = params.classes or label_classes(store)
     stride = params.stride or max(1, size // 2)
     dh, dw = store.dims(ds)
@@ -166,24 +194,57 @@ def extract_patches(
     reasons = select_patches(coverage, tissue, params, rng)
     kept = np.argwhere(reasons != "")
     counts = {r: int((reasons == r).sum()) for r in REASONS}
-    log.info("patches %s: %d grid cells, %s, tissue %.1f%% of the slide", store.slide_id, reasons.size, counts, 100 * tissue_map.share)
+    log.info(
+        "patches %s: %d grid cells, %s, tissue %.1f%% of the slide",
+        store.slide_id,
+        reasons.size,
+        counts,
+        100 * tissue_map.share,
+    )
     level = store.level_for(ds)
     records = []
     codec = compressor()
     with atomic_path(out_zarr, stage="patches", inputs=(slide,), folder=True) as tmp:
         root = zarr.open_group(tmp, mode="w", zarr_format=2)
-        images = root.create_array("images", shape=(len(kept), size, size, 3), chunks=(1, size, size, 3), dtype="uint8", compressors=codec)
-        masks = root.create_array("masks", shape=(len(kept), size, size), chunks=(1, size, size), dtype="uint8", compressors=codec)
+        images = root.create_array(
+            "images", shape=(len(kept), size, size, 3), chunks=(1, size, size, 3), dtype="uint8", compressors=codec
+        )
+        masks = root.create_array(
+            "masks", shape=(len(kept), size, size), chunks=(1, size, size), dtype="uint8", compressors=codec
+        )
         for n, (i, j) in enumerate(progress(kept, desc=f"patches {store.slide_id}", unit="patch", mininterval=5)):
             y, x = int(round(rows[i] * ds)), int(round(cols[j] * ds))
             images[n] = store.read_image(y, x, (size, size), ds)
             masks[n] = read_labels(store, y, x, size, ds, classes)
             per_class = list(shares[i, j, 1:]) if classes > 1 else []
-            records.append((store.slide_id, n, i, j, x, y, level, ds, size, coverage[i, j], *per_class, tissue[i, j], reasons[i, j], patch_mpp))
+            records.append(
+                (
+                    store.slide_id,
+                    n,
+                    i,
+                    j,
+                    x,
+                    y,
+                    level,
+                    ds,
+                    size,
+                    coverage[i, j],
+                    *per_class,
+                    tissue[i, j],
+                    reasons[i, j],
+                    patch_mpp,
+                )
+            )
         root.update_attributes(
             {
-                "slide_id": store.slide_id, "size": size, "downscale": ds, "classes": classes, "tissue_share": tissue_map.share,
-                "mpp": store.pixel_size.mpp, "mpp_source": store.pixel_size.source, "patch_mpp": patch_mpp,
+                "slide_id": store.slide_id,
+                "size": size,
+                "downscale": ds,
+                "classes": classes,
+                "tissue_share": tissue_map.share,
+                "mpp": store.pixel_size.mpp,
+                "mpp_source": store.pixel_size.source,
+                "patch_mpp": patch_mpp,
             }
         )
     table = pd.DataFrame(records, columns=_index_columns(classes))
@@ -192,7 +253,9 @@ def extract_patches(
     return table
 
 
-def extract_patches_many(slides: Sequence[str | Path], out_dir: str | Path, params: PatchParams = PatchParams()) -> pd.DataFrame:
+def extract_patches_many(
+    slides: Sequence[str | Path], out_dir: str | Path, params: PatchParams = PatchParams()
+) -> pd.DataFrame:
     """:func:`extract_patches` for each slide store: ``out_dir/{slide}.zarr``, ``.csv`` and ``.tissue.png`` each.
 
     Returns the concatenated index tables (for datasets of many small images)."""
@@ -201,5 +264,9 @@ def extract_patches_many(slides: Sequence[str | Path], out_dir: str | Path, para
     tables = []
     for slide in progress(slides, desc="patches", unit="slide", mininterval=10):
         stem = Path(slide).stem
-        tables.append(extract_patches(slide, out_dir / f"{stem}.zarr", out_dir / f"{stem}.csv", params, out_dir / f"{stem}.tissue.png"))
+        tables.append(
+            extract_patches(
+                slide, out_dir / f"{stem}.zarr", out_dir / f"{stem}.csv", params, out_dir / f"{stem}.tissue.png"
+            )
+        )
     return pd.concat(tables, ignore_index=True)

@@ -19,17 +19,28 @@ import pandas as pd
 from skimage.measure import label
 
 from wsiseg import rle
+from wsiseg.errors import SampleSheetError, StoreError
 from wsiseg.imaging import vector, views
-from wsiseg.utils.io import atomic_path
 from wsiseg.store.prediction import Prediction, write_provenance
 from wsiseg.store.slide import SlideStore
-from wsiseg.errors import SampleSheetError, StoreError
+from wsiseg.utils.io import atomic_path
 
 log = logging.getLogger(__name__)
 
 METRIC_COLUMNS = [
-    "slide_id", "split", "dice", "iou", "precision", "recall",
-    "object_f1", "objects_true", "objects_pred", "objects_matched", "tp", "fp", "fn",
+    "slide_id",
+    "split",
+    "dice",
+    "iou",
+    "precision",
+    "recall",
+    "object_f1",
+    "objects_true",
+    "objects_pred",
+    "objects_matched",
+    "tp",
+    "fp",
+    "fn",
 ]
 
 
@@ -128,7 +139,9 @@ def objects(mask: np.ndarray, instances: bool = False) -> tuple[np.ndarray, int]
     return (compact, len(ids) - 1) if ids[0] == 0 else (compact + 1, len(ids))
 
 
-def match_objects(pred: np.ndarray, truth: np.ndarray, iou: float = 0.5, truth_instances: bool = False) -> tuple[int, int, int]:
+def match_objects(
+    pred: np.ndarray, truth: np.ndarray, iou: float = 0.5, truth_instances: bool = False
+) -> tuple[int, int, int]:
     """(true objects, predicted objects, matched pairs with IoU > ``iou``) of two masks.
 
     Objects are connected components; ``truth_instances`` says ``truth``
@@ -145,7 +158,9 @@ def match_objects(pred: np.ndarray, truth: np.ndarray, iou: float = 0.5, truth_i
     return nt, np_, int(np.count_nonzero(inter / union > iou))
 
 
-def object_scores(prediction: str | Path, slide: str | Path, iou: float = 0.5, max_side: int = 8192) -> dict[str, float]:
+def object_scores(
+    prediction: str | Path, slide: str | Path, iou: float = 0.5, max_side: int = 8192
+) -> dict[str, float]:
     """Object-level F1 at IoU > ``iou`` (glomeruli / nuclei counts) on a level of at most ``max_side`` px.
 
     True objects are the slide's instance ids where the store has them and
@@ -162,8 +177,12 @@ def object_scores(prediction: str | Path, slide: str | Path, iou: float = 0.5, m
 
 
 def overlay(
-    prediction: str | Path, slide: str | Path, out: str | Path, max_side: int = 1024,
-    slide_id: str | None = None, dice: float | None = None,
+    prediction: str | Path,
+    slide: str | Path,
+    out: str | Path,
+    max_side: int = 1024,
+    slide_id: str | None = None,
+    dice: float | None = None,
 ) -> None:
     """Low-resolution PNG of the slide with the prediction (cyan) and ground-truth (yellow) outlines,
     a legend, and ``slide_id — Dice`` as title (see :func:`wsiseg.imaging.views.draw_overlay`)."""
@@ -207,7 +226,11 @@ def export_geojson(
     labels = pred.mask_plane(k)
     probability = pred.probabilities(k)
     classes = int(pred.attrs.get("classes", 1))
-    layers = [(class_name, labels > 0, 1)] if classes == 1 else [(class_label(c, class_names), labels == c, c) for c in range(1, classes)]
+    layers = (
+        [(class_name, labels > 0, 1)]
+        if classes == 1
+        else [(class_label(c, class_names), labels == c, c) for c in range(1, classes)]
+    )
     slide_id = str(pred.attrs.get("slide_id", pred.path.stem))
     features = []
     for name, mask, c in layers:
@@ -229,7 +252,9 @@ def submission_table(predictions: Mapping[str, str | Path], ids: list[str], samp
             raise SampleSheetError(f"{sample}: sample submission needs an 'id' column, found {list(wanted.columns)}")
         missing = [i for i in wanted["id"] if i not in predictions]
         if missing:
-            raise SampleSheetError(f"{sample}: no prediction for id(s) {missing}; add them to the sample sheet as test slides")
+            raise SampleSheetError(
+                f"{sample}: no prediction for id(s) {missing}; add them to the sample sheet as test slides"
+            )
         extra = sorted(set(ids) - set(wanted["id"]))
         if extra:
             log.warning("%s: test slides %s are not in the sample submission and are left out", sample, extra)
@@ -244,7 +269,11 @@ def slide_metrics(
     m = confusion_matrix(prediction, slide)
     tp, fp, fn = foreground_counts(m)
     return {
-        **scores(tp, fp, fn), **object_scores(prediction, slide, object_iou), "tp": tp, "fp": fp, "fn": fn,
+        **scores(tp, fp, fn),
+        **object_scores(prediction, slide, object_iou),
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
         **class_dice(m, class_names),
     }
 
@@ -272,12 +301,16 @@ def warn_tissue(slide_id: str, info: Mapping) -> None:
     if info["tissue_fallback"]:
         log.warning(
             "report %s: tissue detection (%s) found almost no tissue; every tile was predicted instead "
-            "(set predict.tissue_method to suit these slides)", slide_id, info["tissue_method"],
+            "(set predict.tissue_method to suit these slides)",
+            slide_id,
+            info["tissue_method"],
         )
     elif info["tiles_total"] and info["tiles_skipped"] == info["tiles_total"]:
         log.warning(
             "report %s: every tile (%d) was skipped as non-tissue by tissue detection (%s): the prediction is empty",
-            slide_id, info["tiles_total"], info["tissue_method"] or "unknown method",
+            slide_id,
+            info["tiles_total"],
+            info["tissue_method"] or "unknown method",
         )
 
 
@@ -289,9 +322,13 @@ def summary_rows(table: pd.DataFrame, per_class: list[str]) -> list[dict]:
     for slide_id, group, subset in subsets + [("mean", "all", table)]:
         rows.append(
             {
-                "slide_id": slide_id, "split": "all", **({"group": group} if "group" in table else {}),
+                "slide_id": slide_id,
+                "split": "all",
+                **({"group": group} if "group" in table else {}),
                 **{c: subset[c].mean() for c in (*MEAN_COLUMNS, *per_class)},
-                **{c: pd.to_numeric(subset[c]).sum(min_count=1) for c in SUM_COLUMNS},  # tile counts: NaN when unrecorded
+                **{
+                    c: pd.to_numeric(subset[c]).sum(min_count=1) for c in SUM_COLUMNS
+                },  # tile counts: NaN when unrecorded
             }
         )
     return rows
@@ -342,21 +379,40 @@ def make_report(
         warn_tissue(slide_id, tissue)
         if geojson_dir is not None:
             export_geojson(
-                predictions[slide_id], Path(geojson_dir) / f"{slide_id}.geojson", class_name,
-                class_names=class_names, object_type=object_type,
+                predictions[slide_id],
+                Path(geojson_dir) / f"{slide_id}.geojson",
+                class_name,
+                class_names=class_names,
+                object_type=object_type,
             )
         dice = None
         if SlideStore(slides[slide_id]).has_mask:
             values = slide_metrics(predictions[slide_id], slides[slide_id], object_iou, class_names)
-            rows.append({"slide_id": slide_id, "split": splits[slide_id], **({"group": groups[slide_id]} if groups else {}), **values, **tissue})
+            rows.append(
+                {
+                    "slide_id": slide_id,
+                    "split": splits[slide_id],
+                    **({"group": groups[slide_id]} if groups else {}),
+                    **values,
+                    **tissue,
+                }
+            )
             log.info("report %s: dice %.4f, object F1 %.4f", slide_id, rows[-1]["dice"], rows[-1]["object_f1"])
             dice = rows[-1]["dice"]
         if overlay_dir is not None:
-            overlay(predictions[slide_id], slides[slide_id], Path(overlay_dir) / f"{slide_id}.png", slide_id=slide_id, dice=dice)
+            overlay(
+                predictions[slide_id],
+                slides[slide_id],
+                Path(overlay_dir) / f"{slide_id}.png",
+                slide_id=slide_id,
+                dice=dice,
+            )
     per_class = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in columns]
     table = pd.DataFrame(rows, columns=columns + per_class)
     if len(table):
-        table = pd.concat([table, pd.DataFrame(summary_rows(table, per_class), columns=table.columns)], ignore_index=True)
+        table = pd.concat(
+            [table, pd.DataFrame(summary_rows(table, per_class), columns=table.columns)], ignore_index=True
+        )
     with atomic_path(metrics) as tmp:
         table.to_csv(tmp, index=False, float_format="%.6f")
     if scores_html is not None:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from typing import Mapping
+
 from wsiseg.errors import ResolutionError
 
 SQUARE_TOLERANCE = 0.01  # relative difference between x and y pixel size still called square
 MIN_MPP, MAX_MPP = 0.01, 1000.0  # plausible range: electron-microscopy-like to macro images
-
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,9 @@ def square(x_um: float, y_um: float, source: str, where: str) -> PixelSize:
     """The pixel size from its x and y extent in micrometres; non-square or implausible values are an error naming ``where``."""
     for value in (x_um, y_um):
         if not math.isfinite(value) or not MIN_MPP <= value <= MAX_MPP:
-            raise ResolutionError(f"{where}: pixel size {value:g} um from {source} is outside {MIN_MPP:g}..{MAX_MPP:g} um")
+            raise ResolutionError(
+                f"{where}: pixel size {value:g} um from {source} is outside {MIN_MPP:g}..{MAX_MPP:g} um"
+            )
     if abs(x_um - y_um) > SQUARE_TOLERANCE * max(x_um, y_um):
         raise ResolutionError(
             f"{where}: non-square pixels ({x_um:g} x {y_um:g} um from {source}); resample the slide to square pixels "
@@ -90,7 +92,18 @@ def choose(found: PixelSize, sheet_mpp: float | None = None, default_mpp: float 
 # ---------------------------------------------------------------------------
 # TIFF metadata (tifffile): OME-XML, Aperio SVS, Philips, Leica SCN, resolution tags
 
-UM_PER_UNIT = {"pm": 1e-6, "Å": 1e-4, "nm": 1e-3, "µm": 1.0, "um": 1.0, "μm": 1.0, "micron": 1.0, "mm": 1e3, "cm": 1e4, "m": 1e6}
+UM_PER_UNIT = {
+    "pm": 1e-6,
+    "Å": 1e-4,
+    "nm": 1e-3,
+    "µm": 1.0,
+    "um": 1.0,
+    "μm": 1.0,
+    "micron": 1.0,
+    "mm": 1e3,
+    "cm": 1e4,
+    "m": 1e6,
+}
 PLACEHOLDER_DPI = (72.0, 96.0)  # what image editors write when they know nothing about the pixel size
 UM_PER_RESUNIT = {2: 25400.0, 3: 10000.0}  # TIFF ResolutionUnit: 2 inch, 3 centimetre (1 = no unit)
 
@@ -222,7 +235,9 @@ def unknown_scale_message(where: str, purpose: str) -> str:
     )
 
 
-def slide_downscale(pixel: PixelSize, target_mpp: float | None, downscale: float | None, where: str, purpose: str) -> float:
+def slide_downscale(
+    pixel: PixelSize, target_mpp: float | None, downscale: float | None, where: str, purpose: str
+) -> float:
     """Level-0 pixels per model pixel for a slide of ``pixel`` size: ``target_mpp / mpp`` at a physical scale,
     else ``downscale`` (slides without a pixel size); an error naming ``where`` when neither applies."""
     if target_mpp is not None and pixel.known:

@@ -11,10 +11,10 @@ from __future__ import annotations
 from typing import Iterator
 
 import numpy as np
+
 from wsiseg.errors import RLEError
 
 __all__ = ["encode", "decode", "parse", "decode_band", "encode_bands", "RLEError"]
-
 
 
 ROWS = 1 << 20  # pixels per row chunk scanned at once (about a megabyte: stays in cache)
@@ -160,7 +160,9 @@ def parse(rle: str | float | None, shape: tuple[int, int], source: str = "RLE") 
         )
     if len(starts) > 1 and (starts[1:] < ends[:-1]).any():
         bad = int(np.argmax(starts[1:] < ends[:-1])) + 1
-        raise RLEError(f"{source}: RLE runs overlap or are out of order at pair {bad + 1} (start {int(starts[bad]) + 1})")
+        raise RLEError(
+            f"{source}: RLE runs overlap or are out of order at pair {bad + 1} (start {int(starts[bad]) + 1})"
+        )
     return starts, lengths
 
 

@@ -21,13 +21,13 @@ import zarr
 from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
+from wsiseg.config.params import RUNTIME_KEYS, TrainParams
+from wsiseg.errors import ConfigError, PatchError, SampleSheetError
+from wsiseg.imaging.stain import fit_training_normaliser
 from wsiseg.nn.data import MAIN, PatchDataModule, derive_seed, seed_globals
-from wsiseg.utils.io import OutputError, atomic_path, check_disjoint
 from wsiseg.nn.module import SegmentationModule
 from wsiseg.resolution import SQUARE_TOLERANCE
-from wsiseg.config.params import RUNTIME_KEYS, TrainParams
-from wsiseg.imaging.stain import fit_training_normaliser
-from wsiseg.errors import ConfigError, PatchError, SampleSheetError
+from wsiseg.utils.io import OutputError, atomic_path, check_disjoint
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,9 @@ def _patch_meta(stores: Sequence[str | Path]) -> tuple[float | None, float | Non
             raise PatchError(f"patch stores were cut at different pixel sizes (um/px): {named}")
         mpp = round(sum(mpps) / len(mpps), 6)
     elif len(downscales) != 1:
-        raise PatchError(f"patch stores disagree on the downscale and not all record a pixel size: {sorted(downscales)}")
+        raise PatchError(
+            f"patch stores disagree on the downscale and not all record a pixel size: {sorted(downscales)}"
+        )
     size, classes = shapes.pop()
     return (downscales.pop() if len(downscales) == 1 else None), mpp, size, classes
 
@@ -62,7 +64,10 @@ def _patch_meta(stores: Sequence[str | Path]) -> tuple[float | None, float | Non
 def fingerprint(params: TrainParams, stores: Sequence[str | Path]) -> str:
     """Hash of everything that decides what a run learns: params (minus :data:`RUNTIME_KEYS`) and the patch stores."""
     settings = {k: v for k, v in asdict(params).items() if k not in RUNTIME_KEYS}
-    data = [(str(Path(s).resolve()), Path(s).stat().st_mtime_ns, zarr.open_group(s, mode="r")["images"].shape[0]) for s in stores]
+    data = [
+        (str(Path(s).resolve()), Path(s).stat().st_mtime_ns, zarr.open_group(s, mode="r")["images"].shape[0])
+        for s in stores
+    ]
     text = json.dumps({"params": settings, "data": data}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -126,7 +131,9 @@ def plot_curves(metrics: pd.DataFrame, out: str | Path) -> None:
     ax2.set(xlabel="epoch", ylim=(0, 1), title="Validation")
     ax2.legend()
     for ax in (ax1, ax2):
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True, min_n_ticks=1))  # whole epochs, one run too
+        ax.xaxis.set_major_locator(
+            matplotlib.ticker.MaxNLocator(integer=True, min_n_ticks=1)
+        )  # whole epochs, one run too
     fig.tight_layout()
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
@@ -166,7 +173,11 @@ class EpochHistory(Callback):
 
     def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:  # the values sent to the logger (callbacks may alter callback_metrics)
-            self._val = {k: float(v) for k, v in trainer.logged_metrics.items() if (k in EPOCH_METRICS and k.startswith("val_")) or re.fullmatch(r"val_dice_\d+", k)}
+            self._val = {
+                k: float(v)
+                for k, v in trainer.logged_metrics.items()
+                if (k in EPOCH_METRICS and k.startswith("val_")) or re.fullmatch(r"val_dice_\d+", k)
+            }
 
     def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         """Record the epoch (runs before ModelCheckpoint saves it: non-monitoring callbacks go first)."""
@@ -217,7 +228,12 @@ def summarise_folds(
 
 
 def _module(
-    params: TrainParams, downscale: float | None, mpp: float | None, patch_size: int, classes: int, stain: dict | None = None
+    params: TrainParams,
+    downscale: float | None,
+    mpp: float | None,
+    patch_size: int,
+    classes: int,
+    stain: dict | None = None,
 ) -> SegmentationModule:
     """The LightningModule for ``params`` at the patch stores' resolution and class count (``stain``: the fitted normaliser)."""
     return SegmentationModule(
@@ -253,17 +269,31 @@ class EpochLog(Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         self.start = self.last = time.monotonic()
 
-    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, module: pl.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
         if time.monotonic() - self.last >= self.interval:
             self.last = time.monotonic()
-            log.info("train: epoch %d/%d, batch %d/%d", trainer.current_epoch + 1, trainer.max_epochs, batch_idx + 1, trainer.num_training_batches)
+            log.info(
+                "train: epoch %d/%d, batch %d/%d",
+                trainer.current_epoch + 1,
+                trainer.max_epochs,
+                batch_idx + 1,
+                trainer.num_training_batches,
+            )
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k in EPOCH_METRICS}
         text = ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
-        log.info("train: epoch %d/%d done in %.0f s: %s", trainer.current_epoch + 1, trainer.max_epochs, time.monotonic() - self.start, text)
+        log.info(
+            "train: epoch %d/%d done in %.0f s: %s",
+            trainer.current_epoch + 1,
+            trainer.max_epochs,
+            time.monotonic() - self.start,
+            text,
+        )
 
 
 def _on_gpu(params: TrainParams) -> bool:
@@ -347,18 +377,36 @@ def train_model(
     downscale, mpp, patch_size, classes = _patch_meta(stores)
     stain = fit_training_normaliser(params.stain_normalise, params.stain_reference, train_patches)
     workers = loader_workers(params, threads)
-    data = PatchDataModule(train_patches, val_patches, params.batch_size, workers, params.augment, params.seed, classes, stain)
+    data = PatchDataModule(
+        train_patches, val_patches, params.batch_size, workers, params.augment, params.seed, classes, stain
+    )
     module = _module(params, downscale, mpp, patch_size, classes, stain)
     work = out_dir / "lightning"
     resume_from = resume_checkpoint(work, fingerprint(params, stores), params.resume)
-    checkpoint = ModelCheckpoint(dirpath=work / "checkpoints", monitor="val_dice", mode="max", save_top_k=1, save_last=True, filename="best")
-    stopping = [EarlyStopping("val_dice", mode="max", patience=params.early_stopping_patience)] if params.early_stopping_patience else []
+    checkpoint = ModelCheckpoint(
+        dirpath=work / "checkpoints", monitor="val_dice", mode="max", save_top_k=1, save_last=True, filename="best"
+    )
+    stopping = (
+        [EarlyStopping("val_dice", mode="max", patience=params.early_stopping_patience)]
+        if params.early_stopping_patience
+        else []
+    )
     history = EpochHistory()
     trainer = _trainer(params, work, [EpochSeed(params.seed), history, *callbacks, *stopping, checkpoint])
-    log.info("train: %d train / %d val patch stores, %d class(es), %d loader worker(s), %s", len(train_patches), len(val_patches), classes,
-             workers, asdict(params))
+    log.info(
+        "train: %d train / %d val patch stores, %d class(es), %d loader worker(s), %s",
+        len(train_patches),
+        len(val_patches),
+        classes,
+        workers,
+        asdict(params),
+    )
     if resume_from:
-        log.info("train: resuming the interrupted run from %s (epoch %d)", resume_from, torch.load(resume_from, weights_only=True)["epoch"] + 1)
+        log.info(
+            "train: resuming the interrupted run from %s (epoch %d)",
+            resume_from,
+            torch.load(resume_from, weights_only=True)["epoch"] + 1,
+        )
     trainer.fit(module, datamodule=data, ckpt_path=resume_from)
     metrics = history.table(work / "logs")
     with atomic_path(out_dir / "metrics.csv") as tmp:
@@ -368,7 +416,9 @@ def train_model(
         shutil.copyfile(checkpoint.best_model_path, tmp)
     from wsiseg.modelcard import write_model_card
 
-    write_model_card(out_dir, dict(module.hparams), train_patches, val_patches, metrics, config, class_names, class_name)
+    write_model_card(
+        out_dir, dict(module.hparams), train_patches, val_patches, metrics, config, class_names, class_name
+    )
     _mark_complete(work)
     log.info("train: best val_dice %.4f -> %s", float(checkpoint.best_model_score), out_dir / "model.ckpt")
     return metrics

@@ -2,9 +2,9 @@
 
 import torch
 
-from wsiseg.utils.logs import log_to
 from wsiseg.config.schema import from_mapping
 from wsiseg.predict import PredictParams, predict_slide
+from wsiseg.utils.logs import log_to
 
 with log_to(snakemake.log[0]):
     torch.set_num_threads(snakemake.threads)

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from wsiseg.utils.logs import log_to
 from wsiseg.report import make_report
+from wsiseg.utils.logs import log_to
 
 with log_to(snakemake.log[0]):
     make_report(

@@ -2,10 +2,10 @@
 
 from pathlib import Path
 
-from wsiseg.utils.logs import log_to
-from wsiseg.config.schema import from_mapping
 from wsiseg.config.params import UNTRACKED_KEYS
+from wsiseg.config.schema import from_mapping
 from wsiseg.train import TrainParams, train_model
+from wsiseg.utils.logs import log_to
 
 with log_to(snakemake.log[0]):
     # num_workers and resume come from the config, not params: editing them never retrains

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import Counter
 import xml.etree.ElementTree as ET
+from collections import Counter
 from pathlib import Path
 from typing import Iterator, Protocol, Sequence
 
@@ -33,16 +33,14 @@ import shapely
 from shapely.geometry import MultiPolygon, Polygon, box, shape
 
 from wsiseg import rle
-from wsiseg.errors import SlideError
+from wsiseg.errors import MaskError, SlideError
 from wsiseg.readers.base import guarded
 from wsiseg.readers.registry import open_reader
-from wsiseg.errors import MaskError
 
 log = logging.getLogger(__name__)
 
 Block = tuple[int, int, np.ndarray]  # (y0, x0, uint8 mask block)
 RLE_COLUMNS = ("encoding", "rle", "predicted")
-
 
 
 class MaskSource(Protocol):
@@ -279,7 +277,12 @@ class PolygonMask:
         if len(inside) < len(polygons) or crosses.any():
             log.warning(
                 "%s: %d of %d polygon(s) lie entirely outside the %dx%d image (ignored), %d cross its border (clipped)",
-                path, len(polygons) - len(inside), len(polygons), width, height, int(crosses.sum()),
+                path,
+                len(polygons) - len(inside),
+                len(polygons),
+                width,
+                height,
+                int(crosses.sum()),
             )
         noun = "region" if reader is read_aperio else "feature"
         total = sum(kinds.values())
@@ -370,7 +373,9 @@ def parse_palette(palette, source: str = "palette") -> dict[int, int]:
     elif isinstance(palette, (list, tuple)):
         items = [(colour, index) for index, colour in enumerate(palette)]
     else:
-        raise MaskError(f"{source}: expected a mapping colour -> class or a list of [r, g, b], got {type(palette).__name__}")
+        raise MaskError(
+            f"{source}: expected a mapping colour -> class or a list of [r, g, b], got {type(palette).__name__}"
+        )
     table = {0: 0}
     for colour, index in items:
         key = _colour_key(colour, source)
@@ -386,7 +391,9 @@ def load_palette(text: str) -> dict | list:
     try:
         return json.loads(path.read_text() if path.suffix.lower() == ".json" and path.is_file() else text)
     except json.JSONDecodeError as err:
-        raise MaskError(f"palette {text!r}: not JSON ({err}); expected e.g. '{{\"#ff0000\": 1}}' or a .json file") from None
+        raise MaskError(
+            f"palette {text!r}: not JSON ({err}); expected e.g. '{{\"#ff0000\": 1}}' or a .json file"
+        ) from None
 
 
 def _colour_key(colour, source: str) -> int:
@@ -427,7 +434,9 @@ class ImageMask:
         self.empty = None  # known only once read
         self.found = "mask image read with a palette" if palette else f"mask image read with mask_threshold {threshold}"
         try:
-            self.reader, self._tif = open_reader(path, max_decoded_pixels=max_decoded_pixels, reader="tifffile")  # masks: exact values
+            self.reader, self._tif = open_reader(
+                path, max_decoded_pixels=max_decoded_pixels, reader="tifffile"
+            )  # masks: exact values
         except SlideError as err:
             raise MaskError(str(err)) from None
         if tuple(self.reader.shape) != tuple(shape):
@@ -438,9 +447,11 @@ class ImageMask:
             raise MaskError(
                 f"{path}: a palette needs an 8-bit RGB mask image, got {self.reader.channels} channel(s) of {self.reader.dtype}"
             )
-        self.classes = BINARY if palette is None else {
-            index: ((key >> 16) & 255, (key >> 8) & 255, key & 255) for key, index in palette.items() if index
-        }
+        self.classes = (
+            BINARY
+            if palette is None
+            else {index: ((key >> 16) & 255, (key >> 8) & 255, key & 255) for key, index in palette.items() if index}
+        )
         self._keys = np.array(sorted(palette), np.uint32) if palette else None
         self._values = np.array([palette[k] for k in sorted(palette)], np.uint8) if palette else None
 
@@ -451,7 +462,13 @@ class ImageMask:
         unknown: dict[int, int] = {}
         try:
             for y0, raw in guarded(self.reader.bands(chunk), self.path):
-                yield y0, 0, self._classes(raw, unknown) if self.palette else (raw > self.threshold).any(axis=2).astype(np.uint8)
+                yield (
+                    y0,
+                    0,
+                    self._classes(raw, unknown)
+                    if self.palette
+                    else (raw > self.threshold).any(axis=2).astype(np.uint8),
+                )
         finally:
             self.close()
         if unknown:

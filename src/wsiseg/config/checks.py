@@ -12,26 +12,103 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
+
 from wsiseg.errors import ConfigError
 
 # segmentation-models-pytorch 0.6 architectures and encoders (tests check these
 # against the installed smp); timm encoders are any name starting with "tu-".
-ARCHS = ("DPT", "DeepLabV3", "DeepLabV3Plus", "FPN", "Linknet", "MAnet", "PAN", "PSPNet", "Segformer", "UPerNet", "Unet", "UnetPlusPlus")
-ENCODERS = (
-    "densenet121", "densenet161", "densenet169", "densenet201", "dpn107", "dpn131", "dpn68", "dpn68b", "dpn92", "dpn98",
-    "efficientnet-b0", "efficientnet-b1", "efficientnet-b2", "efficientnet-b3", "efficientnet-b4", "efficientnet-b5",
-    "efficientnet-b6", "efficientnet-b7", "inceptionresnetv2", "inceptionv4", "mit_b0", "mit_b1", "mit_b2", "mit_b3",
-    "mit_b4", "mit_b5", "mobilenet_v2", "mobileone_s0", "mobileone_s1", "mobileone_s2", "mobileone_s3", "mobileone_s4",
-    "resnet101", "resnet152", "resnet18", "resnet34", "resnet50", "resnext101_32x16d", "resnext101_32x32d",
-    "resnext101_32x48d", "resnext101_32x4d", "resnext101_32x8d", "resnext50_32x4d", "se_resnet101", "se_resnet152",
-    "se_resnet50", "se_resnext101_32x4d", "se_resnext50_32x4d", "senet154", "timm-efficientnet-b0", "timm-efficientnet-b1",
-    "timm-efficientnet-b2", "timm-efficientnet-b3", "timm-efficientnet-b4", "timm-efficientnet-b5", "timm-efficientnet-b6",
-    "timm-efficientnet-b7", "timm-efficientnet-b8", "timm-efficientnet-l2", "timm-skresnet18", "timm-skresnet34",
-    "timm-skresnext50_32x4d", "timm-tf_efficientnet_lite0", "timm-tf_efficientnet_lite1", "timm-tf_efficientnet_lite2",
-    "timm-tf_efficientnet_lite3", "timm-tf_efficientnet_lite4", "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16",
-    "vgg16_bn", "vgg19", "vgg19_bn", "xception",
+ARCHS = (
+    "DPT",
+    "DeepLabV3",
+    "DeepLabV3Plus",
+    "FPN",
+    "Linknet",
+    "MAnet",
+    "PAN",
+    "PSPNet",
+    "Segformer",
+    "UPerNet",
+    "Unet",
+    "UnetPlusPlus",
 )
-
+ENCODERS = (
+    "densenet121",
+    "densenet161",
+    "densenet169",
+    "densenet201",
+    "dpn107",
+    "dpn131",
+    "dpn68",
+    "dpn68b",
+    "dpn92",
+    "dpn98",
+    "efficientnet-b0",
+    "efficientnet-b1",
+    "efficientnet-b2",
+    "efficientnet-b3",
+    "efficientnet-b4",
+    "efficientnet-b5",
+    "efficientnet-b6",
+    "efficientnet-b7",
+    "inceptionresnetv2",
+    "inceptionv4",
+    "mit_b0",
+    "mit_b1",
+    "mit_b2",
+    "mit_b3",
+    "mit_b4",
+    "mit_b5",
+    "mobilenet_v2",
+    "mobileone_s0",
+    "mobileone_s1",
+    "mobileone_s2",
+    "mobileone_s3",
+    "mobileone_s4",
+    "resnet101",
+    "resnet152",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnext101_32x16d",
+    "resnext101_32x32d",
+    "resnext101_32x48d",
+    "resnext101_32x4d",
+    "resnext101_32x8d",
+    "resnext50_32x4d",
+    "se_resnet101",
+    "se_resnet152",
+    "se_resnet50",
+    "se_resnext101_32x4d",
+    "se_resnext50_32x4d",
+    "senet154",
+    "timm-efficientnet-b0",
+    "timm-efficientnet-b1",
+    "timm-efficientnet-b2",
+    "timm-efficientnet-b3",
+    "timm-efficientnet-b4",
+    "timm-efficientnet-b5",
+    "timm-efficientnet-b6",
+    "timm-efficientnet-b7",
+    "timm-efficientnet-b8",
+    "timm-efficientnet-l2",
+    "timm-skresnet18",
+    "timm-skresnet34",
+    "timm-skresnext50_32x4d",
+    "timm-tf_efficientnet_lite0",
+    "timm-tf_efficientnet_lite1",
+    "timm-tf_efficientnet_lite2",
+    "timm-tf_efficientnet_lite3",
+    "timm-tf_efficientnet_lite4",
+    "vgg11",
+    "vgg11_bn",
+    "vgg13",
+    "vgg13_bn",
+    "vgg16",
+    "vgg16_bn",
+    "vgg19",
+    "vgg19_bn",
+    "xception",
+)
 
 
 def _suggest(word: str, choices: Iterable[str]) -> str:
@@ -85,7 +162,9 @@ def schema_problem(config: Mapping, schema: Mapping, configfiles: Sequence[str |
     Unknown keys name the closest valid key; values outside an enum name the closest choice."""
     from jsonschema import Draft202012Validator
 
-    errors = sorted(Draft202012Validator(schema).iter_errors(config), key=lambda e: (len(e.path), list(map(str, e.path))))
+    errors = sorted(
+        Draft202012Validator(schema).iter_errors(config), key=lambda e: (len(e.path), list(map(str, e.path)))
+    )
     if not errors:
         return None
     error = errors[0]
@@ -113,7 +192,11 @@ def check_schema(config: Mapping, schema_file: str | Path, configfiles: Sequence
 
 
 # (section, physical key, pixel key): two ways to set one thing
-EXCLUSIVE = (("patches", "mpp", "downscale"), ("predict", "min_area_um2", "min_area"), ("predict", "max_hole_um2", "max_hole"))
+EXCLUSIVE = (
+    ("patches", "mpp", "downscale"),
+    ("predict", "min_area_um2", "min_area"),
+    ("predict", "max_hole_um2", "max_hole"),
+)
 
 
 def _rank(path: Sequence[str], configfiles: Sequence[str | Path]) -> int:
@@ -181,21 +264,33 @@ def plan_problems(
     problems = []
     train, predict, patches = config["train"], config["predict"], config["patches"]
     if train["arch"].lower() not in {a.lower() for a in ARCHS}:
-        problems.append(f"`train.arch` is {train['arch']!r}, not a segmentation-models-pytorch architecture{_suggest(train['arch'], ARCHS)}; choose from {', '.join(ARCHS)}")
+        problems.append(
+            f"`train.arch` is {train['arch']!r}, not a segmentation-models-pytorch architecture{_suggest(train['arch'], ARCHS)}; choose from {', '.join(ARCHS)}"
+        )
     encoder = train["encoder"]
     if encoder not in ENCODERS and not encoder.startswith("tu-"):
-        problems.append(f"`train.encoder` is {encoder!r}, not a segmentation-models-pytorch encoder{_suggest(encoder, ENCODERS)} (timm encoders: `tu-<timm name>`)")
+        problems.append(
+            f"`train.encoder` is {encoder!r}, not a segmentation-models-pytorch encoder{_suggest(encoder, ENCODERS)} (timm encoders: `tu-<timm name>`)"
+        )
     if predict["overlap"] >= predict["tile"]:
-        problems.append(f"`predict.overlap` ({predict['overlap']}) must be smaller than `predict.tile` ({predict['tile']})")
+        problems.append(
+            f"`predict.overlap` ({predict['overlap']}) must be smaller than `predict.tile` ({predict['tile']})"
+        )
     if patches.get("max_coverage", 1) < patches.get("min_coverage", 0):
-        problems.append(f"`patches.min_coverage` ({patches['min_coverage']}) is above `patches.max_coverage` ({patches['max_coverage']})")
+        problems.append(
+            f"`patches.min_coverage` ({patches['min_coverage']}) is above `patches.max_coverage` ({patches['max_coverage']})"
+        )
     labelled = [s for s, split in splits.items() if split in ("train", "val")]
     if training and not train.get("folds"):
         for split in ("train", "val"):
             if not any(v == split for v in splits.values()):
-                problems.append(f"the sample sheet has no `{split}` slide: training needs at least one train and one val slide with a mask (or set `train.folds: k` to draw validation folds)")
+                problems.append(
+                    f"the sample sheet has no `{split}` slide: training needs at least one train and one val slide with a mask (or set `train.folds: k` to draw validation folds)"
+                )
     if training and train.get("folds") and len(labelled) < train["folds"]:
-        problems.append(f"`train.folds` = {train['folds']} needs at least {train['folds']} train/val slides, the sample sheet has {len(labelled)}")
+        problems.append(
+            f"`train.folds` = {train['folds']} needs at least {train['folds']} train/val slides, the sample sheet has {len(labelled)}"
+        )
     scale_problem = _scale_problem(config, splits, pixel_size_of, model_resolution, training)
     if scale_problem:
         return [*problems, scale_problem]
@@ -205,7 +300,11 @@ def plan_problems(
         shapes = {s: shape_of(images[s]) for s in labelled}
         if all(shape is not None for shape in shapes.values()) and all(spans[s] > max(shapes[s]) for s in labelled):
             h, w = max(shapes.values(), key=lambda hw: hw[0] * hw[1])
-            how = "`patches.size` x `patches.mpp` / the slide's pixel size" if patches.get("mpp") else "`patches.size` x `patches.downscale`"
+            how = (
+                "`patches.size` x `patches.mpp` / the slide's pixel size"
+                if patches.get("mpp")
+                else "`patches.size` x `patches.downscale`"
+            )
             problems.append(
                 f"{how} = {max(spans.values())} level-0 px is larger than every train/val slide "
                 f"(largest {w}x{h} px): lower `patches.size` or `patches.{'mpp' if patches.get('mpp') else 'downscale'}`"
@@ -241,7 +340,9 @@ def _scale_problem(
         if predict.get(key) is not None:
             needs[f"`predict.{key}`"] = predicted
     if model_resolution and model_resolution.get("mpp") and model_resolution.get("downscale") is None:
-        needs[f"`predict.model` (trained at {model_resolution['mpp']:g} um/px on slides of several pixel sizes)"] = predicted
+        needs[f"`predict.model` (trained at {model_resolution['mpp']:g} um/px on slides of several pixel sizes)"] = (
+            predicted
+        )
     for purpose, slide_ids in needs.items():
         unknown = [s for s in dict.fromkeys(slide_ids) if not pixel_size_of(s).known]
         if unknown:
@@ -257,10 +358,10 @@ def image_pixel_size(path: str | Path, reader: str = "auto") -> Any:
     """Level 0's :class:`~wsiseg.resolution.PixelSize` as a slide states it, from the metadata of the backend
     that convert will use (``reader``: ``convert.reader``), without decoding pixels.  Unknown for PNG/JPEG
     (they state none and would be decoded whole) and for files that cannot be opened (convert reports those)."""
-    from wsiseg.resolution import UNKNOWN
     from wsiseg.readers.raster import MAX_DECODED_PIXELS, RASTER_SUFFIXES
-    from wsiseg.readers.tiff import MAX_SEGMENT_BYTES
     from wsiseg.readers.registry import open_reader
+    from wsiseg.readers.tiff import MAX_SEGMENT_BYTES
+    from wsiseg.resolution import UNKNOWN
 
     path = Path(path)
     if not path.exists() or path.suffix.lower() in RASTER_SUFFIXES:

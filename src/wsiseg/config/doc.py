@@ -62,7 +62,11 @@ def _default(spec: Mapping[str, Any]) -> str:
 
 def _text(spec: Mapping[str, Any]) -> str:
     parts = [" ".join(str(spec.get("description", "")).split())]
-    bounds = [f"{name} {spec[key]}" for key, name in (("minimum", "≥"), ("exclusiveMinimum", ">"), ("maximum", "≤")) if key in spec]
+    bounds = [
+        f"{name} {spec[key]}"
+        for key, name in (("minimum", "≥"), ("exclusiveMinimum", ">"), ("maximum", "≤"))
+        if key in spec
+    ]
     if bounds:
         parts.append(f"({', '.join(bounds)})")
     return " ".join(p for p in parts if p).replace("|", "\\|")

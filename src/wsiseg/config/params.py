@@ -44,7 +44,9 @@ class TrainParams:
     early_stopping_patience: int = 0  # epochs without a better val_dice before stopping; 0 = off
     channels_last: bool = False
     compile: bool = False
-    num_workers: int | str = "auto"  # auto: 0 on CPU; on a GPU one per core but one, at most 8 (wsiseg.train.loader_workers)
+    num_workers: int | str = (
+        "auto"  # auto: 0 on CPU; on a GPU one per core but one, at most 8 (wsiseg.train.loader_workers)
+    )
     accelerator: str = "auto"
     devices: int | str = "auto"
     precision: str = "auto"  # auto: 16-mixed on a GPU, 32 on CPU
@@ -71,11 +73,12 @@ class PredictParams:
     max_hole: int = 0  # level-0 px: smaller holes in objects are filled
     min_area_um2: float | None = None  # as min_area, in um^2 (needs the slide's pixel size; overrides min_area)
     max_hole_um2: float | None = None  # as max_hole, in um^2 (needs the slide's pixel size; overrides max_hole)
-    split_objects: str | None = None  # watershed: separate touching objects (nuclei); None = off (wsiseg.imaging.instances)
+    split_objects: str | None = (
+        None  # watershed: separate touching objects (nuclei); None = off (wsiseg.imaging.instances)
+    )
     split_min_distance_um: float = 3.0  # closest two object centres may be, in um (level-0 mpp known)
     split_min_distance_px: int = 12  # the same in level-0 px, used when the slide's pixel size is unknown
     chunk: int = 512
     prefetch: int = 4  # batches read ahead by the background reader
     strip: int = 8192  # model-grid columns predicted at a time (wider slides go in strips): bounds memory
     device: str = "auto"
-

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
 import yaml
+
 from wsiseg.errors import ConfigError
 
 P = TypeVar("P")
@@ -47,7 +48,9 @@ def add_schema_arguments(parser: argparse.ArgumentParser, section: str, skip: tu
             continue
         kinds = spec.get("type") if isinstance(spec.get("type"), list) else [spec.get("type")]
         flag, default = "--" + name.replace("_", "-"), spec.get("default")
-        kind = {"integer": int, "number": float, "string": str}.get(next((k for k in kinds if k != "null"), "string"), str)
+        kind = {"integer": int, "number": float, "string": str}.get(
+            next((k for k in kinds if k != "null"), "string"), str
+        )
         options: dict[str, Any] = {"default": default, "help": _help(section, name, default)}
         if "boolean" in kinds:
             options["action"] = argparse.BooleanOptionalAction
@@ -107,7 +110,9 @@ def _scalar(hint) -> tuple[type, bool]:
     return str, False  # unions such as int | str: keep the text
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = (), section: str | None = None) -> None:
+def add_arguments(
+    parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = (), section: str | None = None
+) -> None:
     """Add one ``--flag`` per field of dataclass ``cls`` (defaults and types from the class,
     help from config section ``section`` of the schema).
 
@@ -125,7 +130,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
         elif kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
         else:
-            parser.add_argument(flag, type=kind, nargs="+" if many else None, default=default, metavar=kind.__name__.upper(), help=text)
+            parser.add_argument(
+                flag, type=kind, nargs="+" if many else None, default=default, metavar=kind.__name__.upper(), help=text
+            )
 
 
 def from_args(cls: type[P], args: argparse.Namespace, skip: tuple[str, ...] = ()) -> P:

@@ -52,7 +52,9 @@ def watershed_instances(binary: np.ndarray, min_distance: int, row0: int = 0) ->
     exact = cv2.distanceTransform(binary.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
     distance = cv2.GaussianBlur(exact, (0, 0), 1.0).astype(np.float64) + _tie_breaker(binary.shape, row0)
     peaks = peak_local_max(distance, min_distance=min_distance, labels=components, exclude_border=False)
-    peaks = peaks[np.lexsort(peaks.T[::-1])]  # ids in raster order: which side of a cut is carved does not depend on the band
+    peaks = peaks[
+        np.lexsort(peaks.T[::-1])
+    ]  # ids in raster order: which side of a cut is carved does not depend on the band
     markers = np.zeros(binary.shape, np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
     seeded = np.zeros(count + 1, bool)

@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 import zarr
 from skimage.color import hed2rgb, rgb2hed
+
 from wsiseg.errors import ConfigError, PatchError, SlideError
 
 METHODS = ("macenko", "reinhard")
@@ -101,7 +102,9 @@ def fit_normaliser(method: str, images: Iterable[np.ndarray]) -> dict[str, Any]:
         return {"method": method, "mean": lab.mean(axis=0).tolist(), "std": lab.std(axis=0).tolist()}
     fitted = macenko_stains(pixels)
     if fitted is None:
-        raise ConfigError(f"stain normalisation: the reference has fewer than {MIN_PIXELS} stained pixels; give a reference image with tissue")
+        raise ConfigError(
+            f"stain normalisation: the reference has fewer than {MIN_PIXELS} stained pixels; give a reference image with tissue"
+        )
     stains, _, max_conc = fitted
     return {"method": method, "stains": stains.tolist(), "max_concentrations": max_conc.tolist()}
 
@@ -113,7 +116,9 @@ def normalise_image(image: np.ndarray, normaliser: Mapping[str, Any] | None) -> 
     if normaliser["method"] == "reinhard":
         lab = _lab(image)
         std = lab.std(axis=0)
-        out = (lab - lab.mean(axis=0)) / np.maximum(std, 1e-6) * np.asarray(normaliser["std"]) + np.asarray(normaliser["mean"])
+        out = (lab - lab.mean(axis=0)) / np.maximum(std, 1e-6) * np.asarray(normaliser["std"]) + np.asarray(
+            normaliser["mean"]
+        )
         rgb = cv2.cvtColor(out.reshape(image.shape).astype(np.float32), cv2.COLOR_LAB2RGB)
         return (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
     fitted = macenko_stains(image)
@@ -144,7 +149,9 @@ def reference_pixels(path: str | Path) -> np.ndarray:
         if tif is not None:
             tif.close()
     if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] < 3:
-        raise SlideError(f"{path}: a stain reference must be an 8-bit RGB image, found {pixels.dtype} with shape {pixels.shape}")
+        raise SlideError(
+            f"{path}: a stain reference must be an 8-bit RGB image, found {pixels.dtype} with shape {pixels.shape}"
+        )
     return pixels[..., :3]
 
 
@@ -161,5 +168,5 @@ def fit_training_normaliser(
     index = [(a, i) for a in arrays for i in range(a.shape[0])]
     if not index:
         raise PatchError(f"train.stain_normalise: no training patches in {list(map(str, patch_stores))} to fit it on")
-    picks = np.linspace(0, len(index) - 1, min(count, len(index))).round().astype(int) 
+    picks = np.linspace(0, len(index) - 1, min(count, len(index))).round().astype(int)
     return fit_normaliser(method, [np.asarray(index[k][0][index[k][1]]) for k in picks])

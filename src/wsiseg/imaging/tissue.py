@@ -24,9 +24,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from wsiseg.utils.io import atomic_path
-from wsiseg.store.slide import SlideStore, interleave
 from wsiseg.errors import ConfigError
+from wsiseg.store.slide import SlideStore, interleave
+from wsiseg.utils.io import atomic_path
 
 METHODS = ("saturation", "otsu", "otsu_gray", "fluorescence", "auto")
 
@@ -103,7 +103,9 @@ def _mask(image: _Channels, saturation: float, method: str) -> np.ndarray:
     if method == "auto":
         method = _choose(image, saturation)
     if method == "fluorescence":
-        background = float(np.percentile(cv2.medianBlur(image.gray, 5), 1))  # the darkest background, e.g. an offset or glow
+        background = float(
+            np.percentile(cv2.medianBlur(image.gray, 5), 1)
+        )  # the darkest background, e.g. an offset or glow
         return _otsu_above(image.gray, background + saturation * 255)
     if method == "otsu_gray":
         return _otsu_above(255 - image.gray, saturation * 255)
@@ -149,7 +151,9 @@ class TissueMap:
         if ys >= h or xs >= w:
             return 0.0
         if self._sums is None:  # summed-area table: each query is four lookups, not a sum over its window
-            self._sums = cv2.integral(self.mask.view(np.uint8), sdepth=cv2.CV_32S if self.mask.size < 2**31 else cv2.CV_64F)
+            self._sums = cv2.integral(
+                self.mask.view(np.uint8), sdepth=cv2.CV_32S if self.mask.size < 2**31 else cv2.CV_64F
+            )
         s, y1, x1 = self._sums, min(ye, h), min(xe, w)
         inside = s[y1, x1] - s[ys, x1] - s[y1, xs] + s[ys, xs]
         # the box may reach past the slide: count that part as non-tissue

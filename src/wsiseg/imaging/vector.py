@@ -22,6 +22,7 @@ from rasterio.transform import Affine
 from shapely.geometry import MultiPolygon, Polygon, mapping, shape
 from shapely.geometry.polygon import orient
 from skimage.measure import label
+
 from wsiseg.errors import ConfigError
 
 # Namespace of the feature ids: uuid5(NAMESPACE, slide/class/geometry) is the same for the same object.
@@ -56,7 +57,9 @@ def object_geometries(labels: np.ndarray, scale: float = 1.0) -> dict[int, Polyg
     for value, polygons in sorted(parts.items()):
         geometry = polygons[0] if len(polygons) == 1 else MultiPolygon(polygons)
         if not geometry.is_valid:  # not seen from pixel-edge tracing; repair rather than emit an invalid object
-            pieces = [g for g in shapely.get_parts(shapely.get_parts(shapely.make_valid(geometry))) if isinstance(g, Polygon)]
+            pieces = [
+                g for g in shapely.get_parts(shapely.get_parts(shapely.make_valid(geometry))) if isinstance(g, Polygon)
+            ]
             geometry = pieces[0] if len(pieces) == 1 else MultiPolygon(pieces)
         out[value] = _oriented(geometry)
     return out

@@ -50,8 +50,14 @@ def draw_overlay(
         halo = [effects.withStroke(linewidth=width + 2.0, foreground="black")]
         padded = np.pad(np.asarray(mask[:h, :w]) > 0, 1).astype(np.float32)  # outlines close at the image border
         if padded.any():
-            ax.contour(np.arange(-1, padded.shape[1] - 1), np.arange(-1, padded.shape[0] - 1), padded, levels=[0.5],
-                       colors=[colour], linewidths=width).set_path_effects(halo)
+            ax.contour(
+                np.arange(-1, padded.shape[1] - 1),
+                np.arange(-1, padded.shape[0] - 1),
+                padded,
+                levels=[0.5],
+                colors=[colour],
+                linewidths=width,
+            ).set_path_effects(halo)
         handles.append(Line2D([], [], color=colour, linewidth=width, path_effects=halo, label=name))
     ax.set(xlim=(-0.5, w - 0.5), ylim=(h - 0.5, -0.5), xticks=[], yticks=[])
     ax.set_title(title, fontsize=12)
@@ -93,7 +99,7 @@ def scores_html(table: pd.DataFrame) -> str:
     columns = [("slide", "slide_id"), ("split", "split")] + ([("group", "group")] if "group" in table else [])
     columns += [("Dice", "dice"), ("IoU", "iou"), ("object F1", "object_f1")]
     columns += [(f"Dice {c[5:]}", c) for c in table.columns if c.startswith("dice_")]
-    head = "".join(f'<th{NAME if key in names else ""}>{html.escape(name)}</th>' for name, key in columns)
+    head = "".join(f"<th{NAME if key in names else ''}>{html.escape(name)}</th>" for name, key in columns)
     head += "<th>objects found</th>"
     body = []
     for row in table.to_dict("records"):
@@ -101,13 +107,19 @@ def scores_html(table: pd.DataFrame) -> str:
         summary = label == "mean" or label.startswith("mean:")
         if summary:
             row = {**row, "slide_id": "all slides (mean)" if label == "mean" else f"{label[5:]} (mean)", "split": ""}
-        cells = "".join(f'<td{NAME if key in names else ""}>{_cell(row.get(key))}</td>' for _, key in columns)
+        cells = "".join(f"<td{NAME if key in names else ''}>{_cell(row.get(key))}</td>" for _, key in columns)
         found = row.get("objects_matched"), row.get("objects_true")
-        cells += "<td>–</td>" if any(v is None or pd.isna(v) for v in found) else f"<td>{int(found[0])} of {int(found[1])}</td>"
-        body.append(f'<tr{MEAN if summary else ""}>{cells}</tr>')
+        cells += (
+            "<td>–</td>"
+            if any(v is None or pd.isna(v) for v in found)
+            else f"<td>{int(found[0])} of {int(found[1])}</td>"
+        )
+        body.append(f"<tr{MEAN if summary else ''}>{cells}</tr>")
     return (
-        SCORES_STYLE + f'<table id="wsiseg-scores">\n<thead><tr>{head}</tr></thead>\n<tbody>\n'
-        + "\n".join(body) + "\n</tbody>\n</table>\n"
+        SCORES_STYLE
+        + f'<table id="wsiseg-scores">\n<thead><tr>{head}</tr></thead>\n<tbody>\n'
+        + "\n".join(body)
+        + "\n</tbody>\n</table>\n"
     )
 
 

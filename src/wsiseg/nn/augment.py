@@ -27,15 +27,17 @@ import albumentations as A
 import cv2
 import numpy as np
 
-from wsiseg.imaging.stain import HEDJitter
 from wsiseg.errors import ConfigError
+from wsiseg.imaging.stain import HEDJitter
 
 Factory = Callable[..., A.BasicTransform]
 
 
 def _affine(p: float, **kw: Any) -> A.Affine:
     """Shift-scale-rotate; mirrored borders so no black corners enter the patch."""
-    defaults = dict(scale=(0.9, 1.1), translate_percent=(-0.0625, 0.0625), rotate=(-45, 45), border_mode=cv2.BORDER_REFLECT_101)
+    defaults = dict(
+        scale=(0.9, 1.1), translate_percent=(-0.0625, 0.0625), rotate=(-45, 45), border_mode=cv2.BORDER_REFLECT_101
+    )
     return A.Affine(p=p, **{**defaults, **kw})
 
 

@@ -19,9 +19,9 @@ import torch
 import zarr
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from wsiseg.nn.augment import build_augmentation, reseed, seed_states
-from wsiseg.imaging.stain import normalise_image
 from wsiseg.errors import PatchError
+from wsiseg.imaging.stain import normalise_image
+from wsiseg.nn.augment import build_augmentation, reseed, seed_states
 
 # ImageNet statistics: what smp encoders (and their pretrained weights) expect
 MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
@@ -94,7 +94,11 @@ class PatchDataset(Dataset):
     A ``stain`` normaliser (:mod:`wsiseg.imaging.stain`) is applied to each patch as read, before augmentation."""
 
     def __init__(
-        self, stores: Sequence[str | Path], augment: A.Compose | None = None, classes: int = 1, seed: int = 0,
+        self,
+        stores: Sequence[str | Path],
+        augment: A.Compose | None = None,
+        classes: int = 1,
+        seed: int = 0,
         stain: Mapping[str, Any] | None = None,
     ):
         self.paths = [str(p) for p in stores]
@@ -168,7 +172,9 @@ class PatchDataModule(pl.LightningDataModule):
         self.augment_spec, self.seed, self.classes, self.stain = augment, seed, classes, stain
 
     def setup(self, stage: str | None = None) -> None:
-        self.train_set = PatchDataset(self.train_stores, build_augmentation(self.augment_spec, self.seed), self.classes, self.seed, self.stain)
+        self.train_set = PatchDataset(
+            self.train_stores, build_augmentation(self.augment_spec, self.seed), self.classes, self.seed, self.stain
+        )
         self.val_set = PatchDataset(self.val_stores, classes=self.classes, seed=self.seed, stain=self.stain)
         if not len(self.train_set):
             raise PatchError(f"no training patches in {self.train_stores}: loosen patches.min_coverage/max_coverage")

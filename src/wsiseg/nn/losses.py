@@ -17,6 +17,7 @@ from typing import Callable, Mapping, Sequence
 import segmentation_models_pytorch as smp
 import torch
 from torch import nn
+
 from wsiseg.errors import ConfigError
 
 BINARY_ONLY = {"bce"}
@@ -63,7 +64,9 @@ class WeightedLoss(nn.Module):
         return total
 
 
-def build_loss(weights: Mapping[str, float], classes: int = 1, class_weights: Sequence[float] | None = None) -> WeightedLoss:
+def build_loss(
+    weights: Mapping[str, float], classes: int = 1, class_weights: Sequence[float] | None = None
+) -> WeightedLoss:
     """A :class:`WeightedLoss` from ``{name: weight}`` (names in :data:`LOSSES`).
 
     ``classes == 1`` is binary (``bce`` allowed, ``ce`` not); ``classes >= 2``
@@ -77,7 +80,9 @@ def build_loss(weights: Mapping[str, float], classes: int = 1, class_weights: Se
     wrong = sorted(set(weights) & (MULTICLASS_ONLY if binary else BINARY_ONLY))
     if wrong:
         hint = "use 'bce' for a binary model" if binary else "use 'ce' for a multi-class model"
-        raise ConfigError(f"train.loss: {wrong} does not apply to a {'binary' if binary else 'multi-class'} model; {hint}")
+        raise ConfigError(
+            f"train.loss: {wrong} does not apply to a {'binary' if binary else 'multi-class'} model; {hint}"
+        )
     active = {name: 1.0 if w is None else float(w) for name, w in sorted(weights.items()) if w is None or float(w) != 0}
     if not active:
         raise ConfigError("train.loss: needs at least one loss with a non-zero weight")

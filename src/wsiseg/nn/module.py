@@ -11,10 +11,10 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
-from wsiseg.utils.io import check_input_file
-from wsiseg.nn.losses import build_loss
 from wsiseg.config.params import DEFAULT_LOSS
 from wsiseg.errors import ConfigError, ModelError
+from wsiseg.nn.losses import build_loss
+from wsiseg.utils.io import check_input_file
 
 
 def build_network(
@@ -33,7 +33,9 @@ def build_network(
     if decoder_channels is not None:
         kwargs["decoder_channels"] = list(decoder_channels)
     try:
-        return smp.create_model(arch, encoder_name=encoder, encoder_weights=encoder_weights, in_channels=3, classes=classes, **kwargs)
+        return smp.create_model(
+            arch, encoder_name=encoder, encoder_weights=encoder_weights, in_channels=3, classes=classes, **kwargs
+        )
     except (KeyError, ValueError, TypeError) as err:
         raise ConfigError(f"cannot build smp model arch={arch!r} encoder={encoder!r}: {err}") from None
 
@@ -111,7 +113,9 @@ class SegmentationModule(pl.LightningModule):
         if self.hparams.channels_last:
             self.net.to(memory_format=torch.channels_last)
         if self.hparams.compile and stage == "fit":
-            self.__dict__["_compiled"] = torch.compile(self.net)  # not a registered submodule: state_dict keys stay clean
+            self.__dict__["_compiled"] = torch.compile(
+                self.net
+            )  # not a registered submodule: state_dict keys stay clean
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (n, classes, h, w) for normalised images (n, 3, h, w)."""
@@ -172,7 +176,13 @@ def load_model(checkpoint: str | Path, map_location: str | torch.device = "cpu")
     """Rebuild a trained :class:`SegmentationModule` from a checkpoint, loading tensors only.
 
     Uses ``torch.load(weights_only=True)``: a checkpoint cannot run code."""
-    path = check_input_file(checkpoint, "checkpoint", ModelError, missing=FileNotFoundError, empty_note=", not a checkpoint (an interrupted copy?)")
+    path = check_input_file(
+        checkpoint,
+        "checkpoint",
+        ModelError,
+        missing=FileNotFoundError,
+        empty_note=", not a checkpoint (an interrupted copy?)",
+    )
     with open(path, "rb") as handle:
         head = handle.read(4)
     if head != b"PK\x03\x04":  # torch.save writes a zip archive
@@ -181,13 +191,17 @@ def load_model(checkpoint: str | Path, map_location: str | torch.device = "cpu")
         ckpt = torch.load(checkpoint, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
         # torch's message is a page of advice on weights_only; the short of it:
-        raise ModelError(f"{checkpoint}: refused: the file holds Python objects other than tensors, which could run code "
-                         "when loaded (wsiseg loads tensors only; use a checkpoint written by wsiseg train)") from None
+        raise ModelError(
+            f"{checkpoint}: refused: the file holds Python objects other than tensors, which could run code "
+            "when loaded (wsiseg loads tensors only; use a checkpoint written by wsiseg train)"
+        ) from None
     except Exception as err:
         reason = " ".join(str(err).split())[:200] or type(err).__name__
         raise ModelError(f"{checkpoint}: not a PyTorch checkpoint ({reason})") from None
     if not isinstance(ckpt, dict) or "hyper_parameters" not in ckpt or "state_dict" not in ckpt:
-        raise ModelError(f"{checkpoint}: not a wsiseg checkpoint (no hyper_parameters/state_dict; use a model.ckpt written by wsiseg train)")
+        raise ModelError(
+            f"{checkpoint}: not a wsiseg checkpoint (no hyper_parameters/state_dict; use a model.ckpt written by wsiseg train)"
+        )
     hparams = upgrade_hparams(ckpt["hyper_parameters"])
     hparams["encoder_weights"] = None  # trained weights follow; never download again
     hparams["compile"] = False  # inference code compiles (or not) on its own

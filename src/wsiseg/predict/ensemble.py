@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import torch
-from wsiseg.nn.module import load_model
+
 from wsiseg.errors import ConfigError, ModelError
+from wsiseg.nn.module import load_model
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,9 @@ def load_ensemble(checkpoints: Sequence[str | Path], device: torch.device) -> li
     models = [load_model(c, map_location=device).to(device) for c in checkpoints]
     scales = {training_resolution(m) for m in models}
     if len(scales) != 1:
-        raise ModelError(f"checkpoints {list(map(str, checkpoints))} were trained at different resolutions (um/px, downscale) {sorted(scales, key=str)}")
+        raise ModelError(
+            f"checkpoints {list(map(str, checkpoints))} were trained at different resolutions (um/px, downscale) {sorted(scales, key=str)}"
+        )
     stains = {json.dumps(m.hparams.get("stain"), sort_keys=True) for m in models}
     if len(stains) != 1:  # one tile batch feeds every member: they must agree on its colours
         raise ModelError(f"checkpoints {list(map(str, checkpoints))} were trained with different stain normalisers")
@@ -85,8 +88,13 @@ GPU_DTYPE = torch.float16  # predict's autocast precision on a GPU (16-mixed)
 # layers whose weights autocast casts to its lower precision before every call (exactly these types: a
 # subclass may use its weights otherwise, e.g. standardise them in float32 first)
 AUTOCAST_WEIGHTS = (
-    torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d,
-    torch.nn.ConvTranspose3d, torch.nn.Linear,
+    torch.nn.Conv1d,
+    torch.nn.Conv2d,
+    torch.nn.Conv3d,
+    torch.nn.ConvTranspose1d,
+    torch.nn.ConvTranspose2d,
+    torch.nn.ConvTranspose3d,
+    torch.nn.Linear,
 )
 
 
@@ -120,15 +128,22 @@ def precast_checked(model: torch.nn.Module, dtype: torch.dtype, tile: torch.Tens
     return cast
 
 
-def forward_views(models: Sequence[torch.nn.Module], batch: torch.Tensor, tta: Sequence[str] = ()) -> list[tuple[torch.Tensor, Callable]]:
+def forward_views(
+    models: Sequence[torch.nn.Module], batch: torch.Tensor, tta: Sequence[str] = ()
+) -> list[tuple[torch.Tensor, Callable]]:
     """The logits of every model on every TTA view of ``batch``, each with the function that maps it back
     (the model's work alone; :func:`average_probabilities` does the rest)."""
     autocast = batch.device.type == "cuda"
-    with torch.inference_mode(), torch.autocast(batch.device.type, dtype=GPU_DTYPE if autocast else None, enabled=autocast):
+    with (
+        torch.inference_mode(),
+        torch.autocast(batch.device.type, dtype=GPU_DTYPE if autocast else None, enabled=autocast),
+    ):
         return [(model(forward(batch)), inverse) for model in models for forward, inverse in tta_pairs(tta)]
 
 
-def average_probabilities(outputs: Sequence[tuple[torch.Tensor, Callable]], out: torch.Tensor | None = None) -> torch.Tensor:
+def average_probabilities(
+    outputs: Sequence[tuple[torch.Tensor, Callable]], out: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean probability over :func:`forward_views`'s outputs (element-wise work: one thread on the CPU),
     summed into ``out`` when given (contiguous, the outputs' shape: e.g. a buffer reused batch after batch,
     which spares allocating and page-faulting fresh memory for every batch)."""
@@ -151,7 +166,9 @@ def ready_models(models: Sequence[torch.nn.Module], device: torch.device, tile: 
     if device.type != "cuda":
         return list(models)
     noise = torch.Generator(device).manual_seed(0)
-    probe = torch.randn((1, 3, tile, tile), generator=noise, device=device).contiguous(memory_format=torch.channels_last)
+    probe = torch.randn((1, 3, tile, tile), generator=noise, device=device).contiguous(
+        memory_format=torch.channels_last
+    )
     return [precast_checked(model, GPU_DTYPE, probe) for model in models]
 
 

@@ -13,6 +13,8 @@ from typing import Callable, Iterator, Sequence
 import cv2
 import numpy as np
 import torch
+
+from wsiseg.errors import ConfigError
 from wsiseg.imaging.stain import normalise_batch
 from wsiseg.nn.data import MEAN, STD
 from wsiseg.predict.ensemble import average_probabilities, forward_views
@@ -20,7 +22,6 @@ from wsiseg.predict.plan import TilePlan
 from wsiseg.store.slide import PyramidWriter, interleave
 from wsiseg.utils.logs import StepTimes
 from wsiseg.utils.prefetch import prefetch
-from wsiseg.errors import ConfigError
 
 
 def blend_window(size: int, mode: str = "gaussian", overlap: int = 0) -> np.ndarray:
@@ -79,7 +80,9 @@ class TileNormaliser:
         """Rows of ``width * channels`` interleaved scales and offsets (on the CPU)."""
         if (width, channels) not in self._rows:
             mean, std = MEAN[:channels], STD[:channels]
-            self._rows[width, channels] = tuple(torch.from_numpy(np.tile(v, width).astype(np.float32)) for v in (1 / std, -mean / std))
+            self._rows[width, channels] = tuple(
+                torch.from_numpy(np.tile(v, width).astype(np.float32)) for v in (1 / std, -mean / std)
+            )
         return self._rows[width, channels]
 
     def _take(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -115,7 +118,9 @@ class TileNormaliser:
         rows = torch.from_numpy(out).view(n, h, w * c)
         for i, tile in enumerate(tiles):
             tile = torch.from_numpy(tile if tile.flags.writeable else tile.copy())
-            for a in range(0, h, self.ROWS):  # cast, then scale and shift in one pass, in place, while the block is in cache
+            for a in range(
+                0, h, self.ROWS
+            ):  # cast, then scale and shift in one pass, in place, while the block is in cache
                 block = rows[i, a : a + self.ROWS]
                 torch.addcmul(shift, block.copy_(tile[a : a + self.ROWS].reshape(-1, w * c)), scale, out=block)
         return out
@@ -217,19 +222,33 @@ class BandWriter:
     arg-max for multi-class models."""
 
     def __init__(
-        self, prob: PyramidWriter, mask: PyramidWriter, size: tuple[int, int], downscale: float, threshold: float, model_grid: bool,
+        self,
+        prob: PyramidWriter,
+        mask: PyramidWriter,
+        size: tuple[int, int],
+        downscale: float,
+        threshold: float,
+        model_grid: bool,
         columns: tuple[int, int, int] | None = None,
     ):
         """``columns`` (left, b0, b1): bands hold model columns from ``b0 - left``; columns [b0, b1) are written
         (a strip; the columns beside it are upsampling context).  Default: the whole width."""
-        self.prob, self.mask, self.downscale, self.threshold, self.model_grid = prob, mask, downscale, threshold, model_grid
+        self.prob, self.mask, self.downscale, self.threshold, self.model_grid = (
+            prob,
+            mask,
+            downscale,
+            threshold,
+            model_grid,
+        )
         self.height = size[0]
         left, b0, b1 = columns or (0, 0, int(math.ceil(size[1] / downscale)))
         self.left, self.cols = left, b1 - b0  # model columns: context before the strip, and the strip's
         self.skip = int(round(left * downscale))  # level-0 columns of context before the strip
         self.width = min(size[1], int(round(b1 * downscale))) - int(round(b0 * downscale))  # level-0 columns written
         self.top = 0  # first model row not yet upsampled
-        self.carry: np.ndarray | None = None  # (channels, ctx + 1, width): the row above self.top (ctx = 1 below the first band), and self.top's
+        self.carry: np.ndarray | None = (
+            None  # (channels, ctx + 1, width): the row above self.top (ctx = 1 below the first band), and self.top's
+        )
 
     def write(self, y0: int, band: np.ndarray) -> None:
         """Write a (channels, rows, width) probability band that starts at model-resolution row ``y0``
@@ -298,7 +317,14 @@ def _single_thread() -> None:
 
 
 def blend_rows(
-    plan: TilePlan, strip: tuple[int, int], models, device: torch.device, writer: BandWriter, channels: int, bar, times: StepTimes
+    plan: TilePlan,
+    strip: tuple[int, int],
+    models,
+    device: torch.device,
+    writer: BandWriter,
+    channels: int,
+    bar,
+    times: StepTimes,
 ) -> None:
     """Predict every tile row of ``plan`` in model columns ``strip`` with ``models`` (from :func:`ready_models`) and
     hand the blended rows to ``writer``.
@@ -310,8 +336,14 @@ def blend_rows(
     memory holds a few bands, never the slide.  Each thread's steps are timed into ``times``."""
     T, (b0, b1) = plan.tile, strip
     cover = plan.strip_tiles(b0, b1)
-    left, c0, c1 = min(cover), max(0, b0 - 1), min(plan.width, b1 + 1)  # band origin; strip with a context column each side
-    blender = Blender(channels, T, max(cover) + T - left, blend_window(T, plan.params.blend, plan.params.overlap), device)
+    left, c0, c1 = (
+        min(cover),
+        max(0, b0 - 1),
+        min(plan.width, b1 + 1),
+    )  # band origin; strip with a context column each side
+    blender = Blender(
+        channels, T, max(cover) + T - left, blend_window(T, plan.params.blend, plan.params.overlap), device
+    )
     to_batch = TileNormaliser(device)
 
     def finish_row(r: int) -> None:
@@ -340,12 +372,16 @@ def blend_rows(
     init = _single_thread if device.type == "cpu" else None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsiseg-blender", initializer=init) as blend:
         pending: deque = deque()
-        for r, xs, tiles in times.waiting("model: waiting for tiles", prefetch(batches(), plan.params.prefetch, init, "wsiseg-reader")):
+        for r, xs, tiles in times.waiting(
+            "model: waiting for tiles", prefetch(batches(), plan.params.prefetch, init, "wsiseg-reader")
+        ):
             if tiles is None:
                 pending.append(blend.submit(finish_row, r))
             else:
                 with times.step("model: forward"):  # on a GPU: queueing the work (it runs asynchronously)
-                    outputs = forward_views(models, to_batch(tiles), plan.params.tta)  # the model only: the rest in the blender
+                    outputs = forward_views(
+                        models, to_batch(tiles), plan.params.tta
+                    )  # the model only: the rest in the blender
                 pending.append(blend.submit(add, xs, outputs, tiles))
             with times.step("model: waiting for the blender"):
                 while len(pending) > plan.params.prefetch:  # the blender at most a few batches behind

@@ -9,6 +9,7 @@ import math
 from typing import Iterator
 
 import numpy as np
+
 from wsiseg.config.params import PredictParams
 from wsiseg.imaging.tissue import TissueMap
 from wsiseg.patches import grid_positions
@@ -35,7 +36,14 @@ class TilePlan:
         self.tissue = TissueMap(store, params.tissue_saturation, method=params.tissue_method)
         span = int(math.ceil(self.tile * self.downscale))
         self.keep = np.array(
-            [[self.tissue.fraction(int(y * self.downscale), int(x * self.downscale), span, span) >= params.min_tissue for x in self.xs] for y in self.ys]
+            [
+                [
+                    self.tissue.fraction(int(y * self.downscale), int(x * self.downscale), span, span)
+                    >= params.min_tissue
+                    for x in self.xs
+                ]
+                for y in self.ys
+            ]
         )
         self.total = int(self.keep.size)
         kept = int(self.keep.sum())
@@ -45,7 +53,12 @@ class TilePlan:
                 "predict %s: tissue detection (%s) kept %d of %d tiles (tissue %.2f%% of the slide, below "
                 "predict.tissue_fallback %g): it does not suit this slide, predicting every tile instead; "
                 "set predict.tissue_method (e.g. fluorescence for bright-on-dark images) to skip background",
-                store.slide_id, self.tissue.method, kept, self.total, 100 * self.tissue.share, params.tissue_fallback,
+                store.slide_id,
+                self.tissue.method,
+                kept,
+                self.total,
+                100 * self.tissue.share,
+                params.tissue_fallback,
             )
             self.keep[:] = True
         self.skipped = self.total - int(self.keep.sum())
@@ -77,8 +90,12 @@ class TilePlan:
     def info(self) -> dict:
         """Tissue detection summary for the prediction store's attributes."""
         return {
-            "method": self.tissue.method, "requested": self.tissue.requested, "share": round(self.tissue.share, 6),
-            "tiles_skipped": self.skipped, "tiles_total": self.total, "fallback": bool(self.fallback),
+            "method": self.tissue.method,
+            "requested": self.tissue.requested,
+            "share": round(self.tissue.share, 6),
+            "tiles_skipped": self.skipped,
+            "tiles_total": self.total,
+            "fallback": bool(self.fallback),
         }
 
     def batches(self, b0: int, b1: int) -> Iterator[tuple[int, list[int], list[np.ndarray] | None]]:

@@ -44,7 +44,9 @@ from typing import Sequence
 
 import torch
 import zarr
+
 from wsiseg.config.params import PredictParams
+from wsiseg.errors import ConfigError
 from wsiseg.imaging.instances import METHODS as SPLIT_METHODS
 from wsiseg.imaging.instances import min_distance_px, split_mask
 from wsiseg.imaging.postprocess import postprocess_mask
@@ -75,7 +77,6 @@ from wsiseg.store.slide import (
 )
 from wsiseg.utils.io import atomic_path, check_output, release_memory
 from wsiseg.utils.logs import StepTimes, progress
-from wsiseg.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,10 @@ log = logging.getLogger(__name__)
 def object_limits(params: PredictParams, pixel: PixelSize, where: str) -> tuple[int, int]:
     """(min_area, max_hole) in level-0 pixels: the ``_um2`` settings converted with the slide's pixel size, else the pixel ones."""
     limits = []
-    for px, um2, key in ((params.min_area, params.min_area_um2, "min_area_um2"), (params.max_hole, params.max_hole_um2, "max_hole_um2")):
+    for px, um2, key in (
+        (params.min_area, params.min_area_um2, "min_area_um2"),
+        (params.max_hole, params.max_hole_um2, "max_hole_um2"),
+    ):
         if um2 is None:
             limits.append(int(px))
         elif not pixel.known:
@@ -136,20 +140,36 @@ def predict_slide(
     if model_mpp and not pixel.known:
         log.warning(
             "predict %s: the slide states no pixel size; reading it at the model's training downscale %g. If its pixel size "
-            "differs from the training slides', set its `mpp` column in the sample sheet or `convert.default_mpp`", store.slide_id, ds,
+            "differs from the training slides', set its `mpp` column in the sample sheet or `convert.default_mpp`",
+            store.slide_id,
+            ds,
         )
     min_area, max_hole = object_limits(params, pixel, str(slide))
     classes = int(models[0].hparams.get("classes", 1))
     plan = TilePlan(store, ds, params)
     log.info(
         "predict %s: %dx%d at downscale %g (slide %s, model %s), %d tiles of %d px, %d model(s) x %d TTA view(s) on %s",
-        store.slide_id, plan.width, plan.height, ds, pixel, f"{model_mpp:g} um/px" if model_mpp else "pixel scale",
-        plan.total, plan.tile, len(models), 1 + len(params.tta), device,
+        store.slide_id,
+        plan.width,
+        plan.height,
+        ds,
+        pixel,
+        f"{model_mpp:g} um/px" if model_mpp else "pixel scale",
+        plan.total,
+        plan.tile,
+        len(models),
+        1 + len(params.tta),
+        device,
     )
     log.info(
         "predict %s: tissue method %s%s, tissue %.1f%% of the slide, %d of %d tiles skipped (min_tissue %g)",
-        store.slide_id, plan.tissue.method, " (auto)" if params.tissue_method == "auto" else "", 100 * plan.tissue.share,
-        plan.skipped, plan.total, params.min_tissue,
+        store.slide_id,
+        plan.tissue.method,
+        " (auto)" if params.tissue_method == "auto" else "",
+        100 * plan.tissue.share,
+        plan.skipped,
+        plan.total,
+        params.min_tissue,
     )
     provenance = {**provenance_job.result(), "config_hash": config_hash}
     card_names = spec.class_names if classes > 1 or class_name == "foreground" else None  # a given class_name wins
@@ -159,7 +179,9 @@ def predict_slide(
     # smaller unshuffled vs 5.6x; masks 115x vs 142x)
     codec = compressor("lz4", 5, "none")
     levels = level_count(store.height, store.width, params.chunk)
-    clean = bool(min_area or max_hole or params.split_objects) and classes == 1  # post-processing: mask pyramid afterwards
+    clean = (
+        bool(min_area or max_hole or params.split_objects) and classes == 1
+    )  # post-processing: mask pyramid afterwards
     size = (store.height, store.width)
     model_grid = ds > 1  # probabilities stored on the model's grid (a finer model's are stored at level 0)
     prob_size, prob_scale = ((plan.height, plan.width), ds) if model_grid else (size, 1.0)
@@ -175,7 +197,9 @@ def predict_slide(
             mask_direct = min(mask_levels, _aligned_levels(int(strips[0][1] * ds), params.chunk))
         else:
             prob_direct, mask_direct = prob_levels, mask_levels
-        bar = progress(total=len(plan.ys) * len(strips), desc=f"predict {store.slide_id}", unit="tile row", mininterval=5)
+        bar = progress(
+            total=len(plan.ys) * len(strips), desc=f"predict {store.slide_id}", unit="tile row", mininterval=5
+        )
         ready = ready_models(models, device, plan.tile)  # once for every strip
         times, start = StepTimes(), time.perf_counter()
         for i, (b0, b1) in enumerate(strips):
@@ -183,7 +207,15 @@ def predict_slide(
             level0 = int(round(b0 * ds))  # the strip's first level-0 column
             with (
                 PyramidWriter(
-                    root, (classes, *prob_size), prob_direct, params.chunk, codec, "mean", 1, b0 if model_grid else level0, i == 0
+                    root,
+                    (classes, *prob_size),
+                    prob_direct,
+                    params.chunk,
+                    codec,
+                    "mean",
+                    1,
+                    b0 if model_grid else level0,
+                    i == 0,
                 ) as prob,
                 PyramidWriter(mask_group, size, mask_direct, params.chunk, codec, "max", 1, level0, i == 0) as mask,
             ):
@@ -193,7 +225,10 @@ def predict_slide(
         bar.close()
         tiles_s = time.perf_counter() - start
         log.info(
-            "predict %s: tiles predicted in %.2f s; %s", store.slide_id, tiles_s, times.summary(),
+            "predict %s: tiles predicted in %.2f s; %s",
+            store.slide_id,
+            tiles_s,
+            times.summary(),
             extra={"step_seconds": {"tiles": tiles_s, **times.seconds}},
         )
         if prob_direct < prob_levels:
@@ -204,13 +239,22 @@ def predict_slide(
             if min_area or max_hole:
                 postprocess_mask(mask_group["0"], min_area, max_hole)
             if params.split_objects:
-                split_mask(mask_group["0"], min_distance_px(params.split_min_distance_um, pixel.mpp, params.split_min_distance_px))
+                split_mask(
+                    mask_group["0"],
+                    min_distance_px(params.split_min_distance_um, pixel.mpp, params.split_min_distance_px),
+                )
             build_pyramid(mask_group, levels, params.chunk, codec, "max")
         labels.attrs["labels"] = ["mask"]
         mask_group.update_attributes(label_attrs(levels, names, pixel.mpp))
         root.update_attributes(
             {
-                **image_attrs(f"{store.slide_id} probability", prob_levels, names[1:] if classes == 1 else names, pixel.mpp, prob_scale),
+                **image_attrs(
+                    f"{store.slide_id} probability",
+                    prob_levels,
+                    names[1:] if classes == 1 else names,
+                    pixel.mpp,
+                    prob_scale,
+                ),
                 "prob_downscale": prob_scale,
                 "slide_id": store.slide_id,
                 "class_names": names,
@@ -232,8 +276,12 @@ def predict_slide(
             }
         )
     log.info(
-        "predict %s: done, %d of %d tiles skipped as non-tissue (tissue method %s%s)", store.slide_id, plan.skipped, plan.total,
-        plan.tissue.method, ", fallback: every tile predicted" if plan.fallback else "",
+        "predict %s: done, %d of %d tiles skipped as non-tissue (tissue method %s%s)",
+        store.slide_id,
+        plan.skipped,
+        plan.total,
+        plan.tissue.method,
+        ", fallback: every tile predicted" if plan.fallback else "",
     )
     return Path(out)
 
@@ -251,9 +299,13 @@ def _check_params(params: PredictParams) -> None:
         raise ConfigError(f"predict.overlap ({params.overlap}) must be smaller than predict.tile ({params.tile})")
     tta_pairs(params.tta)
     if params.split_objects not in (None, *SPLIT_METHODS):
-        raise ConfigError(f"predict.split_objects {params.split_objects!r} is unknown; choose from {list(SPLIT_METHODS)} or null")
+        raise ConfigError(
+            f"predict.split_objects {params.split_objects!r} is unknown; choose from {list(SPLIT_METHODS)} or null"
+        )
     if params.tissue_method not in TISSUE_METHODS:
-        raise ConfigError(f"predict.tissue_method {params.tissue_method!r} is unknown; choose from {list(TISSUE_METHODS)}")
+        raise ConfigError(
+            f"predict.tissue_method {params.tissue_method!r} is unknown; choose from {list(TISSUE_METHODS)}"
+        )
 
 
 def predict_many(

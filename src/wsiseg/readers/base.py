@@ -16,15 +16,13 @@ import numpy as np
 import tifffile
 import zarr
 
-from wsiseg.resolution import UNKNOWN, PixelSize, ResolutionError, tiff_pixel_size
 from wsiseg.errors import SlideError
-
+from wsiseg.resolution import UNKNOWN, PixelSize, ResolutionError, tiff_pixel_size
 
 SAMPLE_SIDE = 2048  # pixels per side of the image used to compute percentiles
 
 Band = tuple[int, np.ndarray]  # (y0, (h, W, channels) rows)
 Piece = tuple[int, int, np.ndarray]  # (y, x, (h, w, channels) pixels) of a decoded tile or region
-
 
 
 def default_workers() -> int:

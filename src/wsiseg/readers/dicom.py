@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from wsiseg.resolution import UNKNOWN, PixelSize, stated
-from wsiseg.readers.base import PyramidReader
 from wsiseg.errors import SlideError
+from wsiseg.readers.base import PyramidReader
+from wsiseg.resolution import UNKNOWN, PixelSize, stated
 
 DICM = b"DICM"  # the magic at byte 128 of a DICOM Part 10 file
 
@@ -65,7 +65,9 @@ class DicomReader(PyramidReader):
             self._numbers = [level.level for level in self.wsi.levels]  # wsidicom's level: log2 of the downsample
             self.shape = self.levels[0]
             self.tile_side = max(self.wsi.tile_size.width, self.wsi.tile_size.height)
-            self.associated = [name for name, found in (("label", self.wsi.labels), ("overview", self.wsi.overviews)) if found]
+            self.associated = [
+                name for name, found in (("label", self.wsi.labels), ("overview", self.wsi.overviews)) if found
+            ]
             self.base_dataset = self.wsi.levels.base_level.datasets[0]
             self.pixel_size = _pixel_size(self.base_dataset, str(path))
             self.channels = int(self.base_dataset.SamplesPerPixel)
@@ -75,7 +77,9 @@ class DicomReader(PyramidReader):
 
     def _read(self, y0: int, y1: int, x0: int, x1: int, level: int = 0) -> np.ndarray:
         """Rows/columns of pyramid level ``level`` (an index into :attr:`levels`; coordinates in its pixels)."""
-        image = np.asarray(self.wsi.read_region((x0, y0), self._numbers[level], (x1 - x0, y1 - y0), threads=self.workers))
+        image = np.asarray(
+            self.wsi.read_region((x0, y0), self._numbers[level], (x1 - x0, y1 - y0), threads=self.workers)
+        )
         return image[:, :, None] if image.ndim == 2 else image[:, :, : self.channels]
 
     def close(self) -> None:

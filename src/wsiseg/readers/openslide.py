@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from wsiseg.resolution import UNKNOWN, PixelSize, stated
-from wsiseg.readers.base import Piece, PyramidReader
 from wsiseg.errors import SlideError
+from wsiseg.readers.base import Piece, PyramidReader
+from wsiseg.resolution import UNKNOWN, PixelSize, stated
 
 TILE = 1024  # side of the pieces a region is read in (OpenSlide's own tiles are 240-1024 px)
 

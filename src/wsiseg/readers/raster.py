@@ -8,10 +8,8 @@ import os
 import struct
 from pathlib import Path
 
-
 from wsiseg.errors import SlideError
 from wsiseg.readers.base import ArrayReader
-
 
 RASTER_SUFFIXES = {".png", ".jpg", ".jpeg"}
 MAX_DECODED_PIXELS = 1_000_000_000  # PNG/JPEG decoded whole: 3 GB as 8-bit RGB, 8 GB as 16-bit RGBA

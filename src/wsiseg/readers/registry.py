@@ -22,15 +22,14 @@ from pathlib import Path
 
 import tifffile
 
-from wsiseg.readers.dicom import DicomReader, is_dicom
-from wsiseg.utils.io import check_input_file
-from wsiseg.readers.openslide import OpenSlideReader, detect
-from wsiseg.readers.raster import RASTER_SUFFIXES, open_raster
 from wsiseg.errors import SlideError
 from wsiseg.readers import tiff
-from wsiseg.readers.tiff import open_tiff
 from wsiseg.readers.base import Reader, default_workers
-from wsiseg.readers.raster import MAX_DECODED_PIXELS
+from wsiseg.readers.dicom import DicomReader, is_dicom
+from wsiseg.readers.openslide import OpenSlideReader, detect
+from wsiseg.readers.raster import MAX_DECODED_PIXELS, RASTER_SUFFIXES, open_raster
+from wsiseg.readers.tiff import open_tiff
+from wsiseg.utils.io import check_input_file
 
 READERS = ("auto", "tifffile", "openslide", "dicom")
 TIFFFILE_VENDORS = (None, "generic-tiff", "aperio")  # OpenSlide's names of the formats tifffile reads as they are
@@ -75,7 +74,9 @@ def open_backend(path: str | Path, reader: str, workers: int, max_segment_bytes:
         raise SlideError(f"{path}: unknown reader {reader!r}; expected one of {', '.join(READERS)}")
     path = mrxs_file(Path(path))
     if path.is_dir() and not is_dicom(path):
-        raise SlideError(f"{path}: is a directory, expected an image file (or a DICOM WSI: a folder of .dcm files; it holds none)")
+        raise SlideError(
+            f"{path}: is a directory, expected an image file (or a DICOM WSI: a folder of .dcm files; it holds none)"
+        )
     if not path.is_dir():
         path = check_input_file(path, "image file", SlideError)
     backend = choose_backend(path) if reader == "auto" else reader
@@ -92,7 +93,12 @@ def describe(reader) -> dict:
     """Plain facts about an open reader: ``backend``, ``vendor``, ``levels`` ([h, w] each) and ``associated`` images."""
     if isinstance(reader, (OpenSlideReader, DicomReader)):
         backend = "openslide" if isinstance(reader, OpenSlideReader) else "dicom"
-        return {"backend": backend, "vendor": reader.vendor, "levels": [list(s) for s in reader.levels], "associated": reader.associated}
+        return {
+            "backend": backend,
+            "vendor": reader.vendor,
+            "levels": [list(s) for s in reader.levels],
+            "associated": reader.associated,
+        }
     series = getattr(reader, "series", None)
     if series is None:  # PNG/JPEG
         return {"backend": "imagecodecs", "vendor": None, "levels": [list(reader.shape)], "associated": []}
@@ -118,5 +124,9 @@ def open_reader(
     than ``max_decoded_pixels`` (default :data:`MAX_DECODED_PIXELS`) are
     refused before decoding; TIFFs are streamed and not limited."""
     return open_backend(
-        path, reader, workers or default_workers(), max_segment_bytes or tiff.MAX_SEGMENT_BYTES, max_decoded_pixels or MAX_DECODED_PIXELS
+        path,
+        reader,
+        workers or default_workers(),
+        max_segment_bytes or tiff.MAX_SEGMENT_BYTES,
+        max_decoded_pixels or MAX_DECODED_PIXELS,
     )

@@ -41,16 +41,14 @@ from typing import Iterator, Sequence
 import numpy as np
 import tifffile
 
-from wsiseg.resolution import PixelSize
 from wsiseg.errors import SlideError
 from wsiseg.readers.base import Band, Piece, guarded
 from wsiseg.readers.registry import open_reader
-
+from wsiseg.resolution import PixelSize
 
 UINT16_RULES = ("scale", "percentile")
 
 log = logging.getLogger(__name__)
-
 
 
 # ---------------------------------------------------------------------------
@@ -110,7 +108,7 @@ def intensity_map(path: Path, dtype: np.dtype, rule: str, percentiles: Sequence[
     """The uint8 mapping for pixels of ``dtype`` under ``rule`` (``sample()`` gives pixels for percentiles)."""
     if rule not in UINT16_RULES:
         raise SlideError(f"{path}: unknown uint16 rule {rule!r}; expected one of {UINT16_RULES}")
-    if dtype == np.uint8 or dtype == bool:
+    if dtype == np.uint8 or dtype == np.bool_:
         return IntensityMap("cast")
     if rule == "scale":
         if dtype != np.uint16:
@@ -126,8 +124,12 @@ def intensity_map(path: Path, dtype: np.dtype, rule: str, percentiles: Sequence[
             f"{path}: no finite pixel value (all {values.size:,} values sampled for `uint16: percentile` are NaN or infinite)"
         )
     if finite.size < values.size:
-        log.warning("%s: %d of %d sampled values are NaN or infinite; percentiles use the finite ones",
-                    path, values.size - finite.size, values.size)
+        log.warning(
+            "%s: %d of %d sampled values are NaN or infinite; percentiles use the finite ones",
+            path,
+            values.size - finite.size,
+            values.size,
+        )
     low, high = (float(v) for v in np.percentile(finite, [lo, hi]))
     return IntensityMap("stretch", low, high if high > low else low + 1.0)
 

@@ -20,7 +20,6 @@ import tifffile
 from wsiseg.errors import SlideError
 from wsiseg.readers.base import SAMPLE_SIDE, Band, Piece, ZarrReader
 
-
 STREAM_SEGMENT_BYTES = 64 * 2**20  # larger deflate/uncompressed strips are decoded row by row
 MAX_SEGMENT_BYTES = 512 * 2**20  # larger tiles/strips that cannot be streamed are rejected
 DEFLATE = {8, 32946}
@@ -39,7 +38,9 @@ class SegmentReader(ZarrReader):
         super().__init__(tif, path)
         self.page, self.workers, self.buffer_bytes = page, workers, buffer_bytes
         self._executor: ThreadPoolExecutor | None = None
-        self.segment_rows = page.tilelength if page.is_tiled else min(page.rowsperstrip or page.imagelength, page.imagelength)
+        self.segment_rows = (
+            page.tilelength if page.is_tiled else min(page.rowsperstrip or page.imagelength, page.imagelength)
+        )
 
     def bands(self, rows: int) -> Iterator[Band]:
         """Full-width bands of ``rows`` rows, top to bottom.
@@ -118,7 +119,9 @@ class SegmentReader(ZarrReader):
         return np.empty((max(0, min(rows, self.shape[0] - top)), self.shape[1], self.channels), self.dtype)
 
 
-def _paste(band: np.ndarray, top: int, segments: list[tuple[int, int, np.ndarray]]) -> list[tuple[int, int, np.ndarray]]:
+def _paste(
+    band: np.ndarray, top: int, segments: list[tuple[int, int, np.ndarray]]
+) -> list[tuple[int, int, np.ndarray]]:
     """Copy the parts of ``segments`` (y, x, pixels) overlapping ``band`` (image rows from ``top``); return those reaching below it."""
     bottom = top + band.shape[0]
     for y, x, pixels in segments:
@@ -241,7 +244,9 @@ def _check_extent(path: Path, pages) -> None:
     for page in pages:
         ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts) if n]
         if ends and max(ends) > size:
-            raise SlideError(f"{path}: truncated file: image data ends at byte {max(ends):,} but the file has {size:,} bytes")
+            raise SlideError(
+                f"{path}: truncated file: image data ends at byte {max(ends):,} but the file has {size:,} bytes"
+            )
 
 
 def _segment_bytes(page: tifffile.TiffPage) -> int:
@@ -259,7 +264,9 @@ def _check_segment_count(path: Path, pages) -> None:
         found = len(page.dataoffsets)
         if found < expected:
             kind = "tiles" if key.is_tiled else "strips"
-            size = f"{key.tilewidth}x{key.tilelength}" if key.is_tiled else f"{key.rowsperstrip or key.imagelength} rows"
+            size = (
+                f"{key.tilewidth}x{key.tilelength}" if key.is_tiled else f"{key.rowsperstrip or key.imagelength} rows"
+            )
             raise SlideError(
                 f"{path}: the header declares {key.imagewidth}x{key.imagelength} px, which needs {expected} {kind} "
                 f"of {size}, but the file lists only {found} (corrupt or edited TIFF header)"
@@ -280,7 +287,9 @@ def open_tiff(path: Path, workers: int, max_segment_bytes: int) -> tuple[ZarrRea
         if 0 in level.shape:
             raise SlideError(f"{path}: zero-size image {tuple(level.shape)}")
         if page.dtype is None:
-            raise SlideError(f"{path}: unsupported TIFF pixel format ({page.bitspersample}-bit, sample format {page.sampleformat})")
+            raise SlideError(
+                f"{path}: unsupported TIFF pixel format ({page.bitspersample}-bit, sample format {page.sampleformat})"
+            )
         _check_extent(path, level.pages)
         _check_segment_count(path, level.pages)
         single = len(level.pages) == 1 and page.imagedepth == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+
 from wsiseg.errors import ConfigError
 
 
@@ -17,7 +18,9 @@ def assign_folds(slides: Sequence[str], k: int, seed: int = 0) -> dict[str, int]
     if k < 2:
         raise ConfigError(f"train.folds: k-fold needs k >= 2, got {k}")
     if len(unique) < k:
-        raise ConfigError(f"train.folds = {k} needs at least {k} train/val slides with masks, the sample sheet has {len(unique)}")
+        raise ConfigError(
+            f"train.folds = {k} needs at least {k} train/val slides with masks, the sample sheet has {len(unique)}"
+        )
     order = np.random.default_rng(seed).permutation(len(unique))
     return {unique[i]: n % k for n, i in enumerate(order)}
 

@@ -36,16 +36,14 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from wsiseg.samples.sheet import COLUMNS, validate_samples
-from wsiseg.errors import SlideError
+from wsiseg.errors import DatasetLayoutError, SlideError
 from wsiseg.readers.registry import open_reader
-from wsiseg.errors import DatasetLayoutError
+from wsiseg.samples.sheet import COLUMNS, validate_samples
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".tiff", ".tif", ".svs", ".png", ".jpg", ".jpeg", ".bmp")
 HPA_COLUMNS = ["id", "organ", "img_height", "img_width", "rle"]
-
 
 
 def _images(folder: Path) -> dict[str, Path]:
@@ -74,7 +72,9 @@ def _sheet(rows: list[list[str]], val_fraction: float, seed: int, columns: list[
     sheet = pd.DataFrame([[r[0], r[1], r[2], r[3] or splits[r[0]], *r[4:]] for r in rows], columns=columns)
     labelled = sheet[sheet["mask"] != ""]
     if labelled.empty:
-        raise DatasetLayoutError("no labelled images (none has a mask): training needs at least one train and one val image")
+        raise DatasetLayoutError(
+            "no labelled images (none has a mask): training needs at least one train and one val image"
+        )
     for split in ("train", "val"):
         if not (labelled["split"] == split).any():
             raise DatasetLayoutError(
@@ -141,10 +141,14 @@ def hubmap_hpa(root: Path, val_fraction: float = 0.2, seed: int = 0) -> pd.DataF
     rows = []
     for r in table.itertuples(index=False):
         if r.id not in images:
-            raise DatasetLayoutError(f"{table_path}: id {r.id}: image {root / 'train_images' / (r.id + '.tiff')} not found")
+            raise DatasetLayoutError(
+                f"{table_path}: id {r.id}: image {root / 'train_images' / (r.id + '.tiff')} not found"
+            )
         shape, listed = _image_shape(images[r.id]), (int(r.img_height), int(r.img_width))
         if shape != listed:
-            raise DatasetLayoutError(f"{images[r.id]}: image is {shape[0]}x{shape[1]} (HxW) but {table_path} lists {listed[0]}x{listed[1]}")
+            raise DatasetLayoutError(
+                f"{images[r.id]}: image is {shape[0]}x{shape[1]} (HxW) but {table_path} lists {listed[0]}x{listed[1]}"
+            )
         rows.append([r.id, str(images[r.id]), str(table_path), "", r.organ, getattr(r, "pixel_size", "")])
     test_table = root / "test.csv"
     if test_table.is_file():
@@ -219,9 +223,14 @@ def pairs(root: Path, val_fraction: float = 0.2, seed: int = 0) -> pd.DataFrame:
         table = _read_table(root / "splits.csv", ["id", "split"])
         unknown = sorted(set(table["id"]) - set(images))
         if unknown:
-            raise DatasetLayoutError(f"{root / 'splits.csv'}: id(s) without an image in {root / 'images'}: {unknown[:5]}")
+            raise DatasetLayoutError(
+                f"{root / 'splits.csv'}: id(s) without an image in {root / 'images'}: {unknown[:5]}"
+            )
         fixed = dict(zip(table["id"], table["split"].str.strip()))
-    rows = [[s, str(p), str(masks[s]) if s in masks else "", fixed.get(s, "" if s in masks else "test")] for s, p in images.items()]
+    rows = [
+        [s, str(p), str(masks[s]) if s in masks else "", fixed.get(s, "" if s in masks else "test")]
+        for s, p in images.items()
+    ]
     return _sheet(rows, val_fraction, seed)
 
 

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from wsiseg.resolution import MAX_MPP, MIN_MPP
 from wsiseg.errors import SampleSheetError
+from wsiseg.resolution import MAX_MPP, MIN_MPP
 
 COLUMNS = ["slide_id", "image", "mask", "split"]
 OPTIONAL = ["group", "mpp"]
 SPLITS = ("train", "val", "test")
-
 
 
 def validate_samples(table: pd.DataFrame, source: str | Path, check_files: bool = True) -> pd.DataFrame:
@@ -37,9 +36,13 @@ def validate_samples(table: pd.DataFrame, source: str | Path, check_files: bool 
         if not row.slide_id:
             raise SampleSheetError(f"{source}: row {i}: empty slide_id")
         if not row.slide_id.replace("-", "").replace("_", "").replace(".", "").isalnum():
-            raise SampleSheetError(f"{source}: row {i}: slide_id {row.slide_id!r} may only hold letters, digits, '-', '_', '.'")
+            raise SampleSheetError(
+                f"{source}: row {i}: slide_id {row.slide_id!r} may only hold letters, digits, '-', '_', '.'"
+            )
         if row.split not in SPLITS:
-            raise SampleSheetError(f"{source}: row {i} ({row.slide_id}): unknown split {row.split!r}; use one of {list(SPLITS)}")
+            raise SampleSheetError(
+                f"{source}: row {i} ({row.slide_id}): unknown split {row.split!r}; use one of {list(SPLITS)}"
+            )
         if getattr(row, "mpp", ""):
             _check_mpp(row.mpp, f"{source}: row {i} ({row.slide_id})")
         if row.split in ("train", "val") and not row.mask:
@@ -61,7 +64,9 @@ def _check_mpp(value: str, where: str) -> None:
     except ValueError:
         raise SampleSheetError(f"{where}: mpp {value!r} is not a number (micrometres per pixel, e.g. 0.25)") from None
     if not MIN_MPP <= mpp <= MAX_MPP:  # the plausible range every pixel size is held to
-        raise SampleSheetError(f"{where}: mpp {value!r} must be {MIN_MPP:g}..{MAX_MPP:g} micrometres per pixel, e.g. 0.25")
+        raise SampleSheetError(
+            f"{where}: mpp {value!r} must be {MIN_MPP:g}..{MAX_MPP:g} micrometres per pixel, e.g. 0.25"
+        )
 
 
 def sheet_mpp(samples: pd.DataFrame, slide_id: str) -> float | None:

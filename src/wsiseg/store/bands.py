@@ -47,7 +47,9 @@ class BandReader:
             end = -(-ly1 // self.chunk) * self.chunk
             rows = self._buffer(end - self.top)
             rows[: len(self.rows)] = self.rows  # the rows kept; the new ones decoded straight into place
-            read_region(self.array, cached, end, self.col0, self.col0 + self.cols, self.fill, out=rows[len(self.rows) :])
+            read_region(
+                self.array, cached, end, self.col0, self.col0 + self.cols, self.fill, out=rows[len(self.rows) :]
+            )
             self.rows = rows
         block = self.rows[ly0 - self.top : ly1 - self.top]
         if block.shape[:2] != (height, self.width):

@@ -34,10 +34,10 @@ import cv2
 import numpy as np
 import zarr
 
-from wsiseg.utils.io import atomic_path
+from wsiseg.errors import StoreError
 from wsiseg.modelcard import label_colour, wsiseg_version
 from wsiseg.store.slide import LABEL_AXES, NGFF_VERSION, multiscales, read_plane
-from wsiseg.errors import StoreError
+from wsiseg.utils.io import atomic_path
 
 
 def image_attrs(name: str, levels: int, channels: Sequence[str], mpp: float | None = None, base: float = 1.0) -> dict:
@@ -53,7 +53,10 @@ def image_attrs(name: str, levels: int, channels: Sequence[str], mpp: float | No
         }
         for c, channel in enumerate(channels)
     ]
-    return {"multiscales": multiscales(name, levels, "mean", mpp=mpp, base=base), "omero": {"version": NGFF_VERSION, "name": name, "channels": omero}}
+    return {
+        "multiscales": multiscales(name, levels, "mean", mpp=mpp, base=base),
+        "omero": {"version": NGFF_VERSION, "name": name, "channels": omero},
+    }
 
 
 def label_attrs(levels: int, names: Sequence[str], mpp: float | None = None) -> dict:
@@ -64,7 +67,12 @@ def label_attrs(levels: int, names: Sequence[str], mpp: float | None = None) -> 
     properties = [{"label-value": v, "class": name} for v, name in enumerate(names)]
     return {
         "multiscales": multiscales("mask", levels, "max", LABEL_AXES, mpp),
-        "image-label": {"version": NGFF_VERSION, "colors": colors, "properties": properties, "source": {"image": "../../"}},
+        "image-label": {
+            "version": NGFF_VERSION,
+            "colors": colors,
+            "properties": properties,
+            "source": {"image": "../../"},
+        },
     }
 
 
@@ -111,12 +119,18 @@ class Prediction:
         while j + 1 < len(self.prob_levels) and self.prob_scale * 2.0 ** (j + 1) <= target + 1e-9:
             j += 1
         prob = np.asarray(self.prob_levels[j][:], np.float32) / 255.0
-        h, w = self.mask_levels[k].shape[-2:] if k < len(self.mask_levels) else (-(-self.height // 2**k), -(-self.width // 2**k))
+        h, w = (
+            self.mask_levels[k].shape[-2:]
+            if k < len(self.mask_levels)
+            else (-(-self.height // 2**k), -(-self.width // 2**k))
+        )
         factor = self.prob_scale * 2.0**j / target
         if factor == 1:
             return _fit(prob, h, w)
         size = (int(round(prob.shape[2] * factor)), int(round(prob.shape[1] * factor)))
-        resized = [cv2.resize(plane, size, interpolation=cv2.INTER_LINEAR if factor > 1 else cv2.INTER_AREA) for plane in prob]
+        resized = [
+            cv2.resize(plane, size, interpolation=cv2.INTER_LINEAR if factor > 1 else cv2.INTER_AREA) for plane in prob
+        ]
         return _fit(np.stack(resized), h, w)
 
     def level_for(self, max_side: int) -> int:
@@ -150,7 +164,11 @@ def write_provenance(predictions: Mapping[str, str | Path], out: str | Path, con
         sums = [c["sha256"] for c in made.get("checkpoints", [])]
         for entry in made.get("checkpoints", []):
             models.setdefault(entry["sha256"], entry["path"])
-        slides[slide_id] = {"models": sums, "config_hash": made.get("config_hash"), "wsiseg_version": made.get("wsiseg_version")}
+        slides[slide_id] = {
+            "models": sums,
+            "config_hash": made.get("config_hash"),
+            "wsiseg_version": made.get("wsiseg_version"),
+        }
         hashes.add(made.get("config_hash"))
         versions.add(made.get("wsiseg_version"))
     record = {

@@ -29,9 +29,9 @@ import numpy as np
 import zarr
 from zarr.storage import LocalStore
 
+from wsiseg.errors import StoreError
 from wsiseg.resolution import PixelSize
 from wsiseg.store.codecs import PlanarJpeg  # registers the wsiseg_jpeg codec for every reader of slide stores
-from wsiseg.errors import StoreError
 
 NGFF_VERSION = "0.4"
 AXES = [
@@ -40,7 +40,6 @@ AXES = [
     {"name": "x", "type": "space", "unit": "micrometer"},
 ]
 LABEL_AXES = AXES[1:]  # label images: (y, x), no channel axis (a 2-D labels layer in napari)
-
 
 
 SHUFFLES = {"bit": numcodecs.Blosc.BITSHUFFLE, "byte": numcodecs.Blosc.SHUFFLE, "none": numcodecs.Blosc.NOSHUFFLE}
@@ -76,7 +75,10 @@ def multiscales(
     if not mpp:
         axes = [{k: v for k, v in axis.items() if k != "unit"} for axis in axes]
     datasets = [
-        {"path": str(k), "coordinateTransformations": [{"type": "scale", "scale": [*lead, step * 2.0**k, step * 2.0**k]}]}
+        {
+            "path": str(k),
+            "coordinateTransformations": [{"type": "scale", "scale": [*lead, step * 2.0**k, step * 2.0**k]}],
+        }
         for k in range(levels)
     ]
     return [{"version": NGFF_VERSION, "name": name, "axes": axes, "datasets": datasets, "type": method}]
@@ -130,7 +132,9 @@ def halve(block: np.ndarray, how: str) -> np.ndarray:
     return half.reshape(block.shape[0] // 2, block.shape[1] // 2, c)
 
 
-def build_pyramid(group: zarr.Group, levels: int, chunk: int, codec, how: str, start: int = 1, workers: int = 2) -> None:
+def build_pyramid(
+    group: zarr.Group, levels: int, chunk: int, codec, how: str, start: int = 1, workers: int = 2
+) -> None:
     """Fill levels ``start``..levels-1 of ``group`` from the level below, one output chunk at a time.
 
     ``how`` is ``mean`` (images) or ``max`` (labels: small objects stay visible).  Where chunk files can
@@ -152,7 +156,9 @@ def build_pyramid(group: zarr.Group, levels: int, chunk: int, codec, how: str, s
                     pooled = _pool(block if c else block[None], how)
                     dst[..., y0 : y0 + chunk, x0 : x0 + chunk] = pooled if c else pooled[0]
                 continue
-            jobs = [executor.submit(_pool_chunk, src, dst, folders, y0 // chunk, x0 // chunk, how) for y0, x0 in corners]
+            jobs = [
+                executor.submit(_pool_chunk, src, dst, folders, y0 // chunk, x0 // chunk, how) for y0, x0 in corners
+            ]
             for job in jobs:
                 job.result()
 
@@ -248,7 +254,10 @@ def mount_of(path: str | Path) -> tuple[str, str, str]:
             continue
         point = fields[1].replace("\\040", " ")
         if (target == point or target.startswith(point.rstrip("/") + "/")) and len(point) >= best:
-            best, found = len(point), (fields[0], point, fields[2])  # a later mount on the same point hides earlier ones
+            best, found = (
+                len(point),
+                (fields[0], point, fields[2]),
+            )  # a later mount on the same point hides earlier ones
     return found
 
 
@@ -331,7 +340,9 @@ def interleave(planar: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         return cv2.merge(list(planar)).reshape(planar.shape[1], planar.shape[2], planar.shape[0])
     if planar.shape[0] == 1:
         out[:, :, 0] = planar[0]
-    elif (merged := cv2.merge(list(planar), dst=out)) is not out:  # OpenCV made its own array: a layout it could not write into
+    elif (
+        merged := cv2.merge(list(planar), dst=out)
+    ) is not out:  # OpenCV made its own array: a layout it could not write into
         out[:] = merged.reshape(out.shape)
     return out
 
@@ -346,7 +357,12 @@ def chunk_writers(workers: int, direct: bool = True) -> ThreadPoolExecutor:
 
 
 def write_block(
-    array: zarr.Array, y0: int, x0: int, block: np.ndarray, executor: ThreadPoolExecutor | None = None, wait: bool = True
+    array: zarr.Array,
+    y0: int,
+    x0: int,
+    block: np.ndarray,
+    executor: ThreadPoolExecutor | None = None,
+    wait: bool = True,
 ) -> list[Future]:
     """Write channel-last ``block`` (h, w, c) at (``y0``, ``x0``) of a (c, y, x) array (or (h, w, 1) of a (y, x) one).
 
@@ -395,7 +411,9 @@ def write_grid(
     return jobs
 
 
-def chunk_grid(pieces: list[tuple[int, int, np.ndarray]], y0: int, y1: int, x0: int, x1: int, chunk: int) -> list[list[np.ndarray]]:
+def chunk_grid(
+    pieces: list[tuple[int, int, np.ndarray]], y0: int, y1: int, x0: int, x1: int, chunk: int
+) -> list[list[np.ndarray]]:
     """Rows ``y0:y1``, columns ``x0:x1`` (a chunk corner at ``y0, x0``) as a chunk grid (see :func:`write_grid`)
     from channel-last ``(y, x, pixels)`` pieces that cover it.
 
@@ -462,8 +480,17 @@ class PyramidWriter:
     INFLIGHT = 2  # chunk rows written in the background at once (any level)
 
     def __init__(
-        self, group: zarr.Group, shape: tuple[int, ...], levels: int, chunk: int, codec, how: str, workers: int = 2,
-        x0: int = 0, create: bool = True, first: int = 0,
+        self,
+        group: zarr.Group,
+        shape: tuple[int, ...],
+        levels: int,
+        chunk: int,
+        codec,
+        how: str,
+        workers: int = 2,
+        x0: int = 0,
+        create: bool = True,
+        first: int = 0,
     ):
         """``x0``: level-0 column of the bands' first column (a vertical strip of the image; it must
         be a chunk corner at every level written); ``create``: make the level arrays, else write
@@ -498,7 +525,9 @@ class PyramidWriter:
     def _write(self, rows: np.ndarray, k: int) -> None:
         """Write chunk rows ``rows`` of level ``k`` without waiting (the caller goes on pooling and
         predicting); at most :attr:`INFLIGHT` of them at once, so memory stays a few chunk rows."""
-        self.inflight.append(write_block(self.arrays[k], self.written[k], self.x0 >> k, rows, self.executor, wait=False))
+        self.inflight.append(
+            write_block(self.arrays[k], self.written[k], self.x0 >> k, rows, self.executor, wait=False)
+        )
         self._wait(self.INFLIGHT)
         self.written[k] += rows.shape[0]
         if k + 1 < len(self.arrays):
@@ -533,7 +562,13 @@ class PyramidWriter:
 
 
 def write_levels(
-    arrays: list[zarr.Array], first: int, y: int, x: int, block: np.ndarray, executor: ThreadPoolExecutor, above: BlockPyramid | None
+    arrays: list[zarr.Array],
+    first: int,
+    y: int,
+    x: int,
+    block: np.ndarray,
+    executor: ThreadPoolExecutor,
+    above: BlockPyramid | None,
 ) -> list[Future]:
     """Write channel-last ``block``, level ``first`` of the square block at level-0 corner (``y``, ``x``), and its
     2x2 means into levels ``first``..``len(arrays) - 1`` (``arrays``: one per level from 0) without waiting; hand
@@ -561,13 +596,25 @@ class BlockPyramid:
     last block row and column can have odd sizes, so pooling piece by piece gives the same pixels as
     pooling the whole level (edge rows and columns repeated, as :func:`build_pyramid` does)."""
 
-    def __init__(self, group: zarr.Group, below: tuple[int, int, int], levels: int, chunk: int, codec, how: str, workers: int, first: int):
+    def __init__(
+        self,
+        group: zarr.Group,
+        below: tuple[int, int, int],
+        levels: int,
+        chunk: int,
+        codec,
+        how: str,
+        workers: int,
+        first: int,
+    ):
         """``below``: (c, h, w) of level ``first - 1``; ``levels``: how many levels to write from ``first`` on."""
         c, h, w = below
         self.width, self.how = w, how
         self.row: list[np.ndarray] = []  # this block row's pieces of level ``first`` so far
         self.filled = 0  # columns of level ``first - 1`` they cover
-        self.pyramid = PyramidWriter(group, (c, (h + 1) // 2, (w + 1) // 2), levels, chunk, codec, how, workers, first=first)
+        self.pyramid = PyramidWriter(
+            group, (c, (h + 1) // 2, (w + 1) // 2), levels, chunk, codec, how, workers, first=first
+        )
 
     def add(self, block: np.ndarray) -> None:
         """Pool channel-last ``block`` (h, w, c), the next block of level ``first - 1`` (left to right, then the
@@ -593,7 +640,9 @@ def read_padded(array: zarr.Array, y0: int, y1: int, x0: int, x1: int, fill: int
 
     A (y, x) label image reads as c = 1."""
     *c, h, w = array.shape
-    if array.dtype == np.uint8 and 0 <= y0 <= y1 <= h and 0 <= x0 <= x1 <= w:  # inside: zarr's own output, no fill and copy
+    if (
+        array.dtype == np.uint8 and 0 <= y0 <= y1 <= h and 0 <= x0 <= x1 <= w
+    ):  # inside: zarr's own output, no fill and copy
         inside = np.asarray(array[..., y0:y1, x0:x1])
         return inside if c else inside[None]
     out = np.full((*(c or [1]), y1 - y0, x1 - x0), fill, dtype=np.uint8)
@@ -617,7 +666,9 @@ def _region_readers() -> ThreadPoolExecutor:
         return _region_pool[1]
 
 
-def read_region(array: zarr.Array, y0: int, y1: int, x0: int, x1: int, fill: int, out: np.ndarray | None = None) -> np.ndarray:
+def read_region(
+    array: zarr.Array, y0: int, y1: int, x0: int, x1: int, fill: int, out: np.ndarray | None = None
+) -> np.ndarray:
     """``array[:, y0:y1, x0:x1]`` of a (c, y, x) uint8 array channel-last, (h, w, c), padded with ``fill`` outside
     the array; written into ``out`` when given (e.g. a slice of a larger buffer).  A (y, x) label image reads as c = 1.
 
@@ -643,13 +694,19 @@ def read_region(array: zarr.Array, y0: int, y1: int, x0: int, x1: int, fill: int
         ty0, ty1 = max(ry0, i * cy), min(ry1, (i + 1) * cy)  # the chunk's rows inside the region
         for j in range(rx0 // cx, -(-rx1 // cx)):
             tx0, tx1 = max(rx0, j * cx), min(rx1, (j + 1) * cx)
-            jobs.append(pool.submit(_place_chunk, array, folder, (i, j), out[ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0], (ty0, tx0)))
+            jobs.append(
+                pool.submit(
+                    _place_chunk, array, folder, (i, j), out[ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0], (ty0, tx0)
+                )
+            )
     for job in jobs:
         job.result()
     return out
 
 
-def _place_chunk(array: zarr.Array, folder: Path, ij: tuple[int, int], target: np.ndarray, origin: tuple[int, int]) -> None:
+def _place_chunk(
+    array: zarr.Array, folder: Path, ij: tuple[int, int], target: np.ndarray, origin: tuple[int, int]
+) -> None:
     """Decode chunk ``ij`` of ``array`` from its file and copy its part at array position ``origin`` (the
     top-left of ``target``) into channel-last ``target``; a chunk without a file is the fill value."""
     *c, _, _ = array.shape

@@ -35,13 +35,20 @@ import numpy as np
 import simplejpeg
 import zarr
 
+from wsiseg.errors import SlideError
 from wsiseg.store.codecs import PlanarJpeg
+from wsiseg.store.slide import (
+    BlockPyramid,
+    _direct_path,
+    chunk_writers,
+    create_level,
+    halve,
+    halve_into,
+    write_chunk_file,
+    write_levels,
+)
 from wsiseg.utils.logs import StepTimes, progress
 from wsiseg.utils.prefetch import prefetch
-from wsiseg.errors import SlideError
-from wsiseg.store.slide import (
-    BlockPyramid, _direct_path, chunk_writers, create_level, halve, halve_into, write_chunk_file, write_levels,
-)
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +107,9 @@ def copy_plan(source, chunk: int, codec) -> TileCopy | str:
     if page.jpegheader is not None:
         return "the tiles need a shared JPEG header (NDPI-style)"
     if (page.tilelength, page.tilewidth) != (chunk, chunk):
-        return f"its tiles are {page.tilewidth}x{page.tilelength} px, the store's chunks {chunk}x{chunk} (convert.chunk)"
+        return (
+            f"its tiles are {page.tilewidth}x{page.tilelength} px, the store's chunks {chunk}x{chunk} (convert.chunk)"
+        )
     if not source.as_decoded:
         return "its pixels are remapped (channels or intensity)"
     tables = page.jpegtables
@@ -138,7 +147,9 @@ def _check_tile(plan: TileCopy, codec: PlanarJpeg, index: int, data: bytes) -> s
     stream = plan.stream(data)
     try:
         # (1, h, w, 3) full tile -> (h, w, 3)
-        expected = page.decode(data, index, jpegtables=page.jpegtables, jpegheader=page.jpegheader, _fullsize=True)[0][0]
+        expected = page.decode(data, index, jpegtables=page.jpegtables, jpegheader=page.jpegheader, _fullsize=True)[0][
+            0
+        ]
         copied = codec.decode_rgb(stream)  # as the store's readers decode it (before splitting the planes)
         reduced = _half(plan, index, stream)
     except Exception as err:  # codec errors come in many types
@@ -153,7 +164,13 @@ def _check_tile(plan: TileCopy, codec: PlanarJpeg, index: int, data: bytes) -> s
 
 
 def _level1_chunk(
-    plan: TileCopy, tiles: dict[int, bytes], places: list, folders: list, key1: str, crop, codec: PlanarJpeg,
+    plan: TileCopy,
+    tiles: dict[int, bytes],
+    places: list,
+    folders: list,
+    key1: str,
+    crop,
+    codec: PlanarJpeg,
     level2: np.ndarray | None,
 ) -> None:
     """Copy the (up to 2x2) tiles of one level-1 chunk to their level-0 chunk files and decode them at 1/2
@@ -208,7 +225,14 @@ def _level0_only(plan: TileCopy, tiles: dict[int, bytes], places: list, folder: 
 
 
 def write_copied(
-    root: zarr.Group, source, plan: TileCopy, levels: int, chunk: int, codec: PlanarJpeg, slide_id: str, workers: int,
+    root: zarr.Group,
+    source,
+    plan: TileCopy,
+    levels: int,
+    chunk: int,
+    codec: PlanarJpeg,
+    slide_id: str,
+    workers: int,
     times: StepTimes | None = None,
 ) -> None:
     """Write the image pyramid of a slide whose JPEG tiles are copied as level 0 (see the module doc).
@@ -232,7 +256,11 @@ def write_copied(
     if any(f is None for f in folders):
         raise ValueError(f"{root.store}: chunk files cannot be written directly")
     encode_key = arrays[0].metadata.encode_chunk_key
-    corners = [(y, x, min(height, y + side), min(width, x + side)) for y in range(0, height, side) for x in range(0, width, side)]
+    corners = [
+        (y, x, min(height, y + side), min(width, x + side))
+        for y in range(0, height, side)
+        for x in range(0, width, side)
+    ]
 
     def tiles_of(y: int, x: int, y1: int, x1: int) -> list[int]:
         return [r * across + c for r in range(y // chunk, -(-y1 // chunk)) for c in range(x // chunk, -(-x1 // chunk))]
@@ -251,12 +279,20 @@ def write_copied(
 
     above = None  # levels inner+1.. built from the blocks' level inner, in memory
     if levels > inner + 1:  # (then inner = INNER >= 2: the blocks' level 2 and up are in memory)
-        above = BlockPyramid(root, arrays[inner].shape, levels - inner - 1, chunk, codec, "mean", workers, first=inner + 1)
+        above = BlockPyramid(
+            root, arrays[inner].shape, levels - inner - 1, chunk, codec, "mean", workers, first=inner + 1
+        )
     times = times or StepTimes()
-    with closing(blocks), chunk_writers(workers, direct=False) as executor, above or nullcontext():  # JPEG chunks: cached writes
+    with (
+        closing(blocks),
+        chunk_writers(workers, direct=False) as executor,
+        above or nullcontext(),
+    ):  # JPEG chunks: cached writes
         previous, pending = None, []  # the block whose levels 2.. are written while the next one's tiles decode
         waiting = times.waiting("waiting for tiles read", blocks)
-        for y, x, y1, x1, tiles in progress(waiting, total=len(corners), desc=f"convert {slide_id}", unit="block", mininterval=10):
+        for y, x, y1, x1, tiles in progress(
+            waiting, total=len(corners), desc=f"convert {slide_id}", unit="block", mininterval=10
+        ):
             if inner == 0:
                 places = [(i, encode_key((0, i // across, i % across)), None) for i in tiles_of(y, x, y1, x1)]
                 _level0_only(plan, tiles, places, folders[0])
@@ -268,7 +304,8 @@ def write_copied(
                     ty, tx = 2 * cy // chunk, 2 * cx // chunk  # its top-left tile
                     places = [
                         ((ty + r) * across + tx + c, encode_key((0, ty + r, tx + c)), (r, c))
-                        for r in range(2) for c in range(2)
+                        for r in range(2)
+                        for c in range(2)
                         if (ty + r) * chunk < height and (tx + c) * chunk < width
                     ]
                     key1 = encode_key((0, cy // chunk, cx // chunk))

@@ -25,10 +25,10 @@ import socket
 import uuid
 from pathlib import Path
 from typing import Iterable, Iterator
+
 from wsiseg.errors import OutputError, WsisegError
 
 MARKER = ".wsiseg-output.json"  # inside a folder output: which stage wrote it
-
 
 
 def _remove(path: Path) -> None:
@@ -39,7 +39,11 @@ def _remove(path: Path) -> None:
 
 
 def check_input_file(
-    path: str | Path, kind: str, error: type[Exception] = WsisegError, missing: type[Exception] | None = None, empty_note: str = ""
+    path: str | Path,
+    kind: str,
+    error: type[Exception] = WsisegError,
+    missing: type[Exception] | None = None,
+    empty_note: str = "",
 ) -> Path:
     """``path`` as a Path once it is an existing, non-empty regular file; otherwise one line naming it:
     a directory or an empty file (``empty_note`` appended) raise ``error``, a missing ``kind`` ``missing``
@@ -107,13 +111,17 @@ def check_output(
             raise OutputError(f"{target}: is a folder, expected a file path; refusing to replace it")
         found = output_stage(path)
         if found is None:
-            raise OutputError(f"{target}: exists and is not a wsiseg output; refusing to replace it (move it or choose another path)")
+            raise OutputError(
+                f"{target}: exists and is not a wsiseg output; refusing to replace it (move it or choose another path)"
+            )
         if stage is not None and found != stage:
             raise OutputError(f"{target}: holds a wsiseg {found} output, not a {stage} output; refusing to replace it")
     elif not path.is_file():
         raise OutputError(f"{target}: exists and is not a regular file; refusing to replace it")
     elif folder:
-        raise OutputError(f"{target}: is an existing file, not a wsiseg {stage or 'store'} folder; refusing to replace it")
+        raise OutputError(
+            f"{target}: is an existing file, not a wsiseg {stage or 'store'} folder; refusing to replace it"
+        )
     return path
 
 
@@ -169,7 +177,7 @@ def remove_leftovers(target: str | Path) -> list[Path]:
     for path in target.parent.iterdir():
         if not path.name.startswith(prefix):
             continue
-        match = _TMP.fullmatch(path.name[len(prefix):])
+        match = _TMP.fullmatch(path.name[len(prefix) :])
         if match is None:
             continue
         if match["host"] == host and _alive(int(match["pid"])):

@@ -56,7 +56,14 @@ class PlainProgress:
     """Progress as plain log lines (no carriage returns or terminal escape codes), for log files:
     one line at most every ``interval`` seconds and one at the end."""
 
-    def __init__(self, iterable: Iterable | None = None, total: int | None = None, desc: str = "", unit: str = "it", interval: float = 30.0):
+    def __init__(
+        self,
+        iterable: Iterable | None = None,
+        total: int | None = None,
+        desc: str = "",
+        unit: str = "it",
+        interval: float = 30.0,
+    ):
         self.iterable, self.desc, self.unit, self.interval = iterable, desc, unit, interval
         self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
         self.n, self.start = 0, time.monotonic()
@@ -88,7 +95,9 @@ class PlainProgress:
         """Log the final line (once)."""
         if not self.closed:
             self.closed = True
-            logging.getLogger("wsiseg.progress").info(self._line() + " done" if self.total is None or self.n >= self.total else self._line())
+            logging.getLogger("wsiseg.progress").info(
+                self._line() + " done" if self.total is None or self.n >= self.total else self._line()
+            )
 
     def __enter__(self) -> "PlainProgress":
         return self
@@ -97,7 +106,13 @@ class PlainProgress:
         self.close()
 
 
-def progress(iterable: Iterable | None = None, total: int | None = None, desc: str = "", unit: str = "it", mininterval: float = 10.0):
+def progress(
+    iterable: Iterable | None = None,
+    total: int | None = None,
+    desc: str = "",
+    unit: str = "it",
+    mininterval: float = 10.0,
+):
     """A tqdm bar on a terminal; :class:`PlainProgress` log lines when stderr is a file (logs under
     results/logs/ then hold readable periodic lines instead of carriage returns and escape codes)."""
     if sys.stderr.isatty():
@@ -147,4 +162,6 @@ class StepTimes:
         for name, seconds in self.seconds.items():
             thread, _, step = name.rpartition(": ")
             threads.setdefault(thread, []).append(f"{step} {seconds:.2f} s")
-        return "; ".join(f"{thread}: {', '.join(steps)}" if thread else ", ".join(steps) for thread, steps in threads.items())
+        return "; ".join(
+            f"{thread}: {', '.join(steps)}" if thread else ", ".join(steps) for thread, steps in threads.items()
+        )

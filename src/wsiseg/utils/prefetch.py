@@ -21,7 +21,9 @@ class prefetch(Iterator[T]):  # noqa: N801 - used like the generator function it
     items in hand.
     """
 
-    def __init__(self, items: Iterable[T], depth: int = 1, init: Callable[[], None] | None = None, name: str = "wsiseg-prefetch"):
+    def __init__(
+        self, items: Iterable[T], depth: int = 1, init: Callable[[], None] | None = None, name: str = "wsiseg-prefetch"
+    ):
         self._closed = True  # until the thread runs (close() and __del__ have nothing to stop before)
         self._ready: queue.Queue = queue.Queue()
         self._slots, self._stop, self._done = threading.Semaphore(max(1, depth)), threading.Event(), object()
@@ -58,7 +60,11 @@ class prefetch(Iterator[T]):  # noqa: N801 - used like the generator function it
 
 
 def _produce(
-    items: Iterable, init: Callable[[], None] | None, ready: queue.Queue, slots: threading.Semaphore, stop: threading.Event,
+    items: Iterable,
+    init: Callable[[], None] | None,
+    ready: queue.Queue,
+    slots: threading.Semaphore,
+    stop: threading.Event,
     done: object,
 ) -> None:
     """The producer thread of :class:`prefetch`: an item per free slot into ``ready`` until ``stop``, then ``done``
