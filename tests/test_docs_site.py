@@ -180,8 +180,10 @@ def test_every_page_renders_in_chromium_and_its_links_resolve(site, server, tmp_
         url = urljoin(server, page.relative_to(site).as_posix().removesuffix("index.html"))
         return page, _chromium("--dump-dom", url, profile=tmp_path / f"profile-{page.relative_to(site).as_posix().replace('/', '_')}")
 
-    with ThreadPoolExecutor(max_workers=3) as pool:
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 2)) as pool:
         rendered = list(pool.map(render, pages))
+
+    ids: dict[Path, set[str]] = {}  # anchors of each built page, parsed once
 
     problems = []
     for page, result in rendered:
@@ -207,7 +209,9 @@ def test_every_page_renders_in_chromium_and_its_links_resolve(site, server, tmp_
                 problems.append(f"{name}: link {href!r} -> {target.relative_to(site)} does not exist in the built site")
                 continue
             fragment = urlsplit(absolute).fragment
-            if fragment and target.suffix == ".html" and fragment not in _parse(target.read_text(encoding="utf-8")).ids:
+            if fragment and target.suffix == ".html" and target not in ids:
+                ids[target] = _parse(target.read_text(encoding="utf-8")).ids
+            if fragment and target.suffix == ".html" and fragment not in ids[target]:
                 problems.append(f"{name}: link {href!r}: no id {fragment!r} in {target.relative_to(site)}")
     assert not problems, "\n".join(problems)
 
