@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 PAGE = "reference/cli.md"
@@ -40,12 +42,23 @@ def _fenced(text: str) -> str:
     return f"{fence}text\n{text.rstrip()}\n{fence}\n"
 
 
-def render() -> str:
-    """Markdown: the top-level help, then one section per subcommand."""
-    from wsiseg.cli import build_parser
+def _build_parser(root: Path) -> argparse.ArgumentParser:
+    """``wsiseg.cli.build_parser()``; from ``src/`` when wsiseg is not installed (its
+    dependencies still have to be)."""
+    try:
+        from wsiseg.cli import build_parser
+    except ModuleNotFoundError as err:
+        if err.name != "wsiseg":
+            raise
+        sys.path.insert(0, str(root / "src"))
+        from wsiseg.cli import build_parser
+    return build_parser()
 
+
+def render(root: Path) -> str:
+    """Markdown: the top-level help, then one section per subcommand."""
     with _columns(WIDTH):
-        parser = build_parser()
+        parser = _build_parser(root)
         parts = ["## wsiseg\n", _fenced(parser.format_help())]
         for action in parser._actions:
             if not isinstance(action, argparse._SubParsersAction):
@@ -64,4 +77,4 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
         return markdown
     if MARKER not in markdown:
         raise ValueError(f"{PAGE}: the marker {MARKER} is missing")
-    return markdown.replace(MARKER, render())
+    return markdown.replace(MARKER, render(Path(config["config_file_path"]).parent))
