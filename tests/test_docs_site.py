@@ -28,7 +28,11 @@ from urllib.parse import unquote, urljoin, urlsplit
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS_PACKAGES = {"mkdocs": "mkdocs>=1.6", "material": "mkdocs-material>=9.5", "mkdocstrings_handlers.python": "mkdocstrings[python]>=0.26"}
+DOCS_PACKAGES = {
+    "mkdocs": "mkdocs>=1.6",
+    "material": "mkdocs-material>=9.5",
+    "mkdocstrings_handlers.python": "mkdocstrings[python]>=0.26",
+}
 
 
 def _missing_docs_packages() -> list[str]:
@@ -52,10 +56,14 @@ def _chromium_binary() -> str | None:
 
 
 pytestmark = [
-    pytest.mark.skipif(bool(_missing_docs_packages()),
-                       reason=f"documentation tools not installed: pip install {' '.join(repr(r) for r in _missing_docs_packages())}"),
-    pytest.mark.skipif(_chromium_binary() is None,
-                       reason="headless Chromium is not installed (/usr/bin/chromium or chromium on PATH; Debian: apt-get install -y chromium)"),
+    pytest.mark.skipif(
+        bool(_missing_docs_packages()),
+        reason=f"documentation tools not installed: pip install {' '.join(repr(r) for r in _missing_docs_packages())}",
+    ),
+    pytest.mark.skipif(
+        _chromium_binary() is None,
+        reason="headless Chromium is not installed (/usr/bin/chromium or chromium on PATH; Debian: apt-get install -y chromium)",
+    ),
 ]
 
 
@@ -114,9 +122,18 @@ def _free_port() -> int:
 
 
 def _chromium(*args: str, profile: Path, timeout: float = 60) -> subprocess.CompletedProcess:
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--hide-scrollbars", f"--user-data-dir={profile}"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        f"--user-data-dir={profile}",
+    ]
     return subprocess.run([_chromium_binary(), *flags, *args], capture_output=True, text=True, timeout=timeout)
 
 
@@ -124,8 +141,24 @@ def _chromium(*args: str, profile: Path, timeout: float = 60) -> subprocess.Comp
 def site(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("docs") / "site"
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
-    built = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(ROOT / "mkdocs.yml"),
-                            "--site-dir", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mkdocs",
+            "build",
+            "--strict",
+            "--config-file",
+            str(ROOT / "mkdocs.yml"),
+            "--site-dir",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     log = built.stdout + built.stderr
     assert built.returncode == 0, f"mkdocs build --strict failed:\n{log[-6000:]}"
     warnings = [line for line in log.splitlines() if line.startswith(("WARNING", "ERROR"))]
@@ -137,8 +170,11 @@ def site(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(site):
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(site)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(site)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{port}/"
     try:
         for _ in range(100):
@@ -157,8 +193,11 @@ def server(site):
 
 def _pages(site: Path) -> list[Path]:
     """Every page of the site: its HTML files outside assets/ and search/, 404.html aside."""
-    return sorted(p for p in site.rglob("*.html")
-                  if p.name != "404.html" and p.relative_to(site).parts[0] not in ("assets", "search"))
+    return sorted(
+        p
+        for p in site.rglob("*.html")
+        if p.name != "404.html" and p.relative_to(site).parts[0] not in ("assets", "search")
+    )
 
 
 def _target(site: Path, base: str, url: str) -> Path | None:
@@ -166,19 +205,28 @@ def _target(site: Path, base: str, url: str) -> Path | None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not url.startswith(base):
         return None
-    path = site / unquote(parts.path[len(urlsplit(base).path):])
+    path = site / unquote(parts.path[len(urlsplit(base).path) :])
     return path / "index.html" if url.split("#")[0].split("?")[0].endswith("/") or path.is_dir() else path
 
 
 def test_every_page_renders_in_chromium_and_its_links_resolve(site, server, tmp_path):
     pages = _pages(site)
-    expected = {"index.html", "getting-started/index.html", "how-to/own-slides/index.html", "reference/cli/index.html",
-                "reference/configuration/index.html", "reference/api/index.html", "explanation/how-it-works/index.html"}
+    expected = {
+        "index.html",
+        "getting-started/index.html",
+        "how-to/own-slides/index.html",
+        "reference/cli/index.html",
+        "reference/configuration/index.html",
+        "reference/api/index.html",
+        "explanation/how-it-works/index.html",
+    }
     assert expected <= {p.relative_to(site).as_posix() for p in pages}
 
     def render(page: Path) -> tuple[Path, subprocess.CompletedProcess]:
         url = urljoin(server, page.relative_to(site).as_posix().removesuffix("index.html"))
-        return page, _chromium("--dump-dom", url, profile=tmp_path / f"profile-{page.relative_to(site).as_posix().replace('/', '_')}")
+        return page, _chromium(
+            "--dump-dom", url, profile=tmp_path / f"profile-{page.relative_to(site).as_posix().replace('/', '_')}"
+        )
 
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 2)) as pool:
         rendered = list(pool.map(render, pages))
@@ -195,7 +243,9 @@ def test_every_page_renders_in_chromium_and_its_links_resolve(site, server, tmp_
         dom = _parse(result.stdout)
         title = _h1(dom)
         if not title or title != _h1(_parse(page.read_text(encoding="utf-8"))):
-            problems.append(f"{name}: H1 {title!r} in the browser, {_h1(_parse(page.read_text(encoding='utf-8')))!r} in the file")
+            problems.append(
+                f"{name}: H1 {title!r} in the browser, {_h1(_parse(page.read_text(encoding='utf-8')))!r} in the file"
+            )
         if "404" in title or "Error code: 404" in result.stdout:
             problems.append(f"{name}: a 404 page")
         if not dom.article:
@@ -224,7 +274,12 @@ def test_generated_reference_pages_hold_the_generated_text(site):
     config = (site / "reference" / "configuration" / "index.html").read_text(encoding="utf-8")
     assert "predict.threshold" in config and "train.encoder_weights" in config
     api = (site / "reference" / "api" / "index.html").read_text(encoding="utf-8")
-    for name in ("wsiseg.convert.convert_slide", "wsiseg.predict.predict_slide", "wsiseg.rle.encode", "wsiseg.modelcard"):
+    for name in (
+        "wsiseg.convert.convert_slide",
+        "wsiseg.predict.predict_slide",
+        "wsiseg.rle.encode",
+        "wsiseg.modelcard",
+    ):
         assert f'id="{name}"' in api, name
 
 
@@ -232,8 +287,13 @@ def test_landing_page_screenshot_is_a_non_blank_png(site, server, tmp_path):
     np = pytest.importorskip("numpy")
     image_module = pytest.importorskip("PIL.Image")
     shot = tmp_path / "landing.png"
-    result = _chromium(f"--screenshot={shot}", "--window-size=1280,900", "--virtual-time-budget=3000", server,
-                       profile=tmp_path / "profile-shot")
+    result = _chromium(
+        f"--screenshot={shot}",
+        "--window-size=1280,900",
+        "--virtual-time-budget=3000",
+        server,
+        profile=tmp_path / "profile-shot",
+    )
     assert result.returncode == 0 and shot.is_file(), result.stderr[-2000:]
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with image_module.open(shot) as img:

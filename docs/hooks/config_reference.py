@@ -18,7 +18,7 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
     source = Path(config["config_file_path"]).parent / "config" / "README.md"
     text = source.read_text(encoding="utf-8")
     note = (
-        "\n!!! info \"Generated\"\n"
+        '\n!!! info "Generated"\n'
         "    This page is `config/README.md`, generated from the config schema and read when the\n"
         "    site is built. `snakemake -n` checks a config against the same schema.\n"
     )
