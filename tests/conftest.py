@@ -7,24 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from support.stores import write_prediction  # noqa: F401  (re-exported for older imports)
+from support.workflow import SNAKEFILE, TINY, write_config  # noqa: F401
 
-from wsiseg.demo import DemoSpec, generate_demo
-
-ROOT = Path(__file__).resolve().parents[1]
-SNAKEFILE = ROOT / "workflow" / "Snakefile"
-
-
-def write_config(workdir: Path, config: dict | str) -> Path:
-    """Write a run's ``config/config.yaml`` (where workflow/Snakefile looks) in ``workdir``."""
-    import yaml
-
-    path = Path(workdir) / "config" / "config.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(config if isinstance(config, str) else yaml.safe_dump(config))
-    return path
-
-
-TINY = DemoSpec(slides=3, height=384, width=512, radius_min=30, radius_max=50, seed=7)
+from wsiseg.demo import generate_demo
 
 
 @pytest.fixture(scope="session")
@@ -43,37 +29,6 @@ def rgb_tiff(tmp_path) -> tuple[Path, np.ndarray]:
     path = tmp_path / "slide.tif"
     tifffile.imwrite(path, image, tile=(64, 64), compression="zlib", photometric="rgb")
     return path, image
-
-
-def write_prediction(path: Path, mask: np.ndarray, chunk: int = 16) -> Path:
-    """A prediction store holding ``mask`` (probability = mask x 255), in predict's OME-NGFF layout
-    (:mod:`wsiseg.store.prediction`): probability image at the root, ``labels/mask`` (y, x)."""
-    import zarr
-
-    from wsiseg.modelcard import label_names
-    from wsiseg.store.prediction import image_attrs, label_attrs
-    from wsiseg.store.slide import build_pyramid, compressor, create_level, level_count
-
-    root = zarr.open_group(path, mode="w", zarr_format=2)
-    levels = level_count(*mask.shape, chunk)
-    group = root.create_group("labels").create_group("mask")
-    create_level(group, "0", mask.shape, chunk, compressor())[:] = mask.astype(np.uint8)
-    classes = int(mask.max()) + 1 if mask.max() > 1 else 1  # label values > 1: multi-class, a channel per class
-    onehot = (mask > 0)[None] if classes == 1 else mask[None] == np.arange(classes)[:, None, None]
-    create_level(root, "0", onehot.shape, chunk, compressor())[:] = onehot.astype(np.uint8) * 255
-    build_pyramid(group, levels, chunk, compressor(), "max")
-    build_pyramid(root, levels, chunk, compressor(), "mean")
-    root["labels"].attrs["labels"] = ["mask"]
-    names = label_names(classes)
-    group.attrs.update(label_attrs(levels, names))
-    root.attrs.update(
-        {
-            **image_attrs(path.stem, levels, names[1:] if classes == 1 else names),
-            "slide_id": path.stem,
-            "classes": classes,
-        }
-    )
-    return path
 
 
 @pytest.fixture(scope="session")

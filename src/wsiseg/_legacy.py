@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import importlib.abc
 import importlib.machinery
+import importlib.util
 import sys
 import types
 from typing import Any, Callable
@@ -79,6 +80,8 @@ def forward_to(package: str, *modules: str) -> Callable[[str], Any]:
     (imported when first asked for, so importing the package costs nothing)."""
 
     def __getattr__(name: str) -> Any:
+        if importlib.util.find_spec(f"{package}.{name}") is not None:  # a submodule not imported yet
+            return importlib.import_module(f"{package}.{name}")
         for module in modules:
             found = getattr(importlib.import_module(module), name, _MISSING)
             if found is not _MISSING:

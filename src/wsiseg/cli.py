@@ -150,7 +150,7 @@ def _samples_args(p: argparse.ArgumentParser) -> None:
         "--format",
         required=True,
         choices=list(DATASET_FORMATS),
-        help="download layout of ROOT (README: 'Datasets in their download layout')",
+        help="download layout of ROOT (docs/how-to/public-datasets.md)",
     )
     p.add_argument("--val-fraction", type=float, default=0.2, help="share of labelled slides used for validation")
     p.add_argument("--seed", type=int, default=0, help="random seed of the train/val draw (default: 0)")

@@ -1,0 +1,98 @@
+import subprocess
+import sys
+
+import pytest
+from support.paths import ROOT
+
+from wsiseg.cli import main
+
+STAGES = ["demo", "convert", "patches", "train", "predict", "report", "dicomseg"]
+
+
+def test_help_lists_one_subcommand_per_stage():
+    out = subprocess.run(
+        [sys.executable, "-m", "wsiseg.cli", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    for stage in STAGES:
+        assert f"    {stage} " in out
+
+
+def test_stage_functions_are_importable():
+    from wsiseg.convert import convert_slide
+    from wsiseg.demo import generate_demo
+    from wsiseg.patches import extract_patches
+    from wsiseg.predict import predict_slide
+    from wsiseg.report import make_report
+    from wsiseg.train import train_model
+
+    assert all(
+        callable(f) for f in (convert_slide, generate_demo, extract_patches, predict_slide, make_report, train_model)
+    )
+
+
+def test_cli_convert_reports_bad_input_clearly(tmp_path, capsys):
+    bad = tmp_path / "bad.tif"
+    bad.write_text("nope")
+    assert main(["convert", str(bad), str(tmp_path / "o.zarr")]) == 1
+    err = capsys.readouterr().err
+    assert "wsiseg convert: error:" in err and "bad.tif" in err
+
+
+def test_unknown_subcommand_exits_nonzero():
+    with pytest.raises(SystemExit) as exc:
+        main(["bogus"])
+    assert exc.value.code == 2
+
+
+SECTIONS = {"convert": "convert", "patches": "patches", "train": "train", "predict": "predict"}
+
+
+def _effective_config() -> dict:
+    """config/config.yaml with the schema's defaults filled in (what a workflow run uses)."""
+
+    import yaml
+
+    root = ROOT
+    schema = yaml.safe_load((root / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    config = yaml.safe_load((root / "config" / "config.yaml").read_text())
+    return {
+        section: {
+            k: config.get(section, {}).get(k, spec.get("default"))
+            for k, spec in schema["properties"][section]["properties"].items()
+        }
+        for section in SECTIONS.values()
+    }
+
+
+def _actions(stage: str):
+    from wsiseg.cli import build_parser
+
+    parser = build_parser(stage)
+    sub = next(a for a in parser._actions if a.dest == "command")
+    return [a for a in sub.choices[stage]._actions if a.option_strings and a.dest != "help"]
+
+
+@pytest.mark.parametrize("stage", list(SECTIONS))
+def test_cli_defaults_equal_the_default_config(stage):
+    """`wsiseg STAGE` without options does what the workflow does with config/config.yaml."""
+    config = _effective_config()[SECTIONS[stage]]
+    compared = 0
+    for action in _actions(stage):
+        if action.dest not in config:
+            continue
+        default = list(action.default) if isinstance(action.default, tuple) else action.default
+        expected = config[action.dest]
+        if isinstance(expected, dict) and default is None:  # NAME=VALUE flags: None = the dataclass default
+            continue
+        assert default == expected, f"wsiseg {stage} --{action.dest}: CLI default {default!r}, config {expected!r}"
+        compared += 1
+    assert compared >= 5
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_option_explains_itself(stage):
+    for action in _actions(stage):
+        if action.dest == "version":
+            continue
+        text = (action.help or "").split("(default:")[0].strip()
+        assert text, f"wsiseg {stage} {action.option_strings[0]} has no help text"
