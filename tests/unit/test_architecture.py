@@ -153,3 +153,57 @@ def test_stores_and_checkpoints_written_before_the_move_load_unchanged(tmp_path)
     params = PredictParams(tile=128, overlap=32, batch_size=2)
     out = predict_slide(tmp_path / "s.zarr", tmp_path / "model" / "model.ckpt", tmp_path / "p.zarr", params)
     assert Prediction(out).shape == (200, 260)
+
+
+def test_code_is_linted_and_formatted():
+    """ruff's rules and format (pyproject.toml) hold for the package, tests, workflow scripts and benchmarks."""
+    pytest.importorskip("ruff")
+    paths = ["src", "tests", "workflow/scripts", "benchmarks", "docs/hooks"]
+    check = subprocess.run([sys.executable, "-m", "ruff", "check", *paths], cwd=ROOT, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout
+    form = subprocess.run(
+        [sys.executable, "-m", "ruff", "format", "--check", *paths], cwd=ROOT, capture_output=True, text=True
+    )
+    assert form.returncode == 0, form.stdout
+
+
+def test_wheel_ships_the_schema_so_convert_keeps_its_options(tmp_path):
+    """A non-editable install (a wheel in a fresh venv, away from the repository) builds every schema option."""
+    import venv
+
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("wsiseg-*.whl")
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    python = env_dir / "bin" / "python"
+    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True)
+    # the wheel's wsiseg, with this environment's dependencies (PyYAML, ...) behind it; run outside the repository
+    deps = [p for p in sys.path if p.endswith("site-packages")]
+    code = f"import sys; sys.path += {deps!r}; from wsiseg.cli import main; main(['convert', '--help'])"
+    out = subprocess.run([python, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert str(ROOT / "src") not in out.stdout + out.stderr
+    for option in ("--compression", "--chunk", "--reader", "--uint16", "--channels", "--default-mpp"):
+        assert option in out.stdout, f"{option} missing from `wsiseg convert --help` of the installed wheel"
+    where = subprocess.run(
+        [python, "-c", f"import sys; sys.path += {deps!r}; import wsiseg; print(wsiseg.__file__)"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert str(env_dir) in where, where
