@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
 
 from wsiseg import __version__
-from wsiseg.config.schema import add_arguments, add_schema_arguments, from_args
+from wsiseg.config.schema import add_arguments, from_args
 
 
 def _demo(args) -> None:
@@ -22,21 +23,19 @@ def _demo(args) -> None:
 
 def _convert(args) -> None:
     from wsiseg.annotations.masks import load_palette
-    from wsiseg.config.schema import schema_section
+    from wsiseg.config.params import ConvertParams
     from wsiseg.convert import convert_slide
 
-    options = {k: getattr(args, k) for k in schema_section("convert") if k != "palette" and hasattr(args, k)}
     palette = load_palette(args.palette) if args.palette else None
+    params = replace(from_args(ConvertParams, args, skip=("palette", "workers")), palette=palette, workers=args.workers)
     convert_slide(
         args.image,
         args.out,
         mask=args.mask,
         slide_id=args.slide_id,
-        palette=palette,
+        params=params,
         require_foreground=args.require_foreground,
-        workers=args.workers,
         mpp=args.mpp,
-        **options,
     )
 
 
@@ -79,7 +78,11 @@ def _predict(args) -> None:
     )
 
 
+REPORT_DICOM_KEYS = ("dicom_seg", "dicom_seg_max_side")  # config `report` keys of the dicom-seg subcommand
+
+
 def _report(args) -> None:
+    from wsiseg.config.params import ReportParams
     from wsiseg.report import make_report
     from wsiseg.samples.sheet import read_samples
     from wsiseg.store.layout import find_store
@@ -100,12 +103,8 @@ def _report(args) -> None:
         Path(args.out_dir) / "metrics.csv",
         Path(args.out_dir) / "overlays",
         Path(args.out_dir) / "geojson",
-        sample_submission=args.sample_submission,
-        object_iou=args.object_iou,
-        class_name=args.class_name,
-        class_names=args.class_names,
+        params=from_args(ReportParams, args, skip=REPORT_DICOM_KEYS),
         groups=samples["group"].to_dict() if "group" in samples else None,
-        object_type=args.object_type,
         scores_html=Path(args.out_dir) / "scores.html",
     )
     print(table.to_string(index=False))
@@ -169,8 +168,10 @@ def _convert_args(p: argparse.ArgumentParser) -> None:
         "mask image, or a folder of one mask image per object",
     )
     p.add_argument("--slide-id", help="id of the slide (row id in an RLE table); default: image file stem")
-    # every key of config `convert:`, with its schema type, default and description
-    add_schema_arguments(p, "convert", skip=("palette",))
+    from wsiseg.config.params import ConvertParams
+
+    # every key of config `convert:`, with the schema's description and choices
+    add_arguments(p, ConvertParams, skip=("palette", "workers"), section="convert")
     p.add_argument(
         "--palette", help="RGB mask colours -> classes: JSON ('{\"#ff0000\": 1}' or [[r,g,b], ...]) or a .json file"
     )
@@ -244,18 +245,10 @@ def _report_args(p: argparse.ArgumentParser) -> None:
         default="results",
         help="writes submission.csv, metrics.csv, scores.html, overlays/ and geojson/ here (default: results)",
     )
-    p.add_argument("--sample-submission", help="Kaggle sample submission CSV: fixes the ids and row order")
-    p.add_argument("--object-iou", type=float, default=0.5, help="IoU above which predicted and true objects match")
-    p.add_argument("--class-name", default="foreground", help="class name of the exported GeoJSON objects")
-    p.add_argument(
-        "--class-names", nargs="+", metavar="NAME", help="multi-class: name of class 0 (background), 1, 2, ..."
-    )
-    p.add_argument(
-        "--object-type",
-        choices=["annotation", "detection"],
-        default="annotation",
-        help="QuPath object type of the GeoJSON objects: annotation (editable) or detection (many nuclei/cells)",
-    )
+    from wsiseg.config.params import ReportParams
+
+    # every key of config `report:` that the report itself uses, with the schema's description and choices
+    add_arguments(p, ReportParams, skip=REPORT_DICOM_KEYS, section="report")
 
 
 def _dicom_seg_args(p: argparse.ArgumentParser) -> None:

@@ -5,16 +5,15 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import closing, contextmanager, nullcontext
-from inspect import signature
 from pathlib import Path
-from typing import Collection, Iterator, Sequence
+from typing import Any, Collection, Iterator, Sequence
 
 import numpy as np
 import zarr
 
 from wsiseg.annotations.masks import MaskError, MaskSource, open_mask
+from wsiseg.config.params import ConvertParams, with_options
 from wsiseg.readers.base import default_workers
-from wsiseg.readers.raster import MAX_DECODED_PIXELS
 from wsiseg.readers.registry import describe
 from wsiseg.readers.slide import SourceSlide
 from wsiseg.resolution import choose
@@ -234,16 +233,9 @@ def open_inputs(
     image: str | Path,
     mask: str | Path | None,
     slide_id: str,
-    uint16: str = "scale",
-    percentiles: Sequence[float] = (0.5, 99.5),
-    channels: Sequence[int] | None = None,
-    palette: dict | list | None = None,
-    mask_threshold: int = 0,
-    workers: int | None = None,
+    params: ConvertParams = ConvertParams(),
+    *,
     require_foreground: bool = False,
-    allow_empty_mask: bool = False,
-    max_decoded_pixels: int = MAX_DECODED_PIXELS,
-    reader: str = "auto",
 ) -> Iterator[tuple[SourceSlide, MaskSource | None]]:
     """The opened image and its annotation (None without ``mask``), validated against each other; closed on exit.
 
@@ -251,28 +243,28 @@ def open_inputs(
     an annotation known to be empty without rasterising it (RLE, polygons) when ``require_foreground``."""
     with SourceSlide(
         image,
-        uint16=uint16,
-        percentiles=percentiles,
-        channels=channels,
-        workers=workers,
-        max_decoded_pixels=max_decoded_pixels,
-        reader=reader,
+        uint16=params.uint16,
+        percentiles=params.percentiles,
+        channels=params.channels,
+        workers=params.workers,
+        max_decoded_pixels=params.max_decoded_pixels,
+        reader=params.reader,
     ) as source:
         annotation = (
             open_mask(
                 mask,
                 slide_id,
                 source.shape,
-                palette=palette,
-                threshold=mask_threshold,
-                max_decoded_pixels=max_decoded_pixels,
+                palette=params.palette,
+                threshold=params.mask_threshold,
+                max_decoded_pixels=params.max_decoded_pixels,
             )
             if mask
             else None
         )
         try:
             if annotation is not None and require_foreground and annotation.empty:
-                check_foreground(mask, slide_id, annotation.found, allow_empty_mask)
+                check_foreground(mask, slide_id, annotation.found, params.allow_empty_mask)
             yield source, annotation
         finally:
             close = getattr(annotation, "close", None)  # mask images hold an open file
@@ -284,27 +276,18 @@ def convert_slide(
     image: str | Path,
     out: str | Path,
     mask: str | Path | None = None,
+    *,
     slide_id: str | None = None,
-    chunk: int = 512,
-    compression: str = "lz4",
-    level: int = 5,
-    shuffle: str = "bit",
-    jpeg_quality: int = 90,
-    jpeg_tile_copy: bool = True,
-    uint16: str = "scale",
-    percentiles: Sequence[float] = (0.5, 99.5),
-    channels: Sequence[int] | None = None,
-    palette: dict | list | None = None,
-    mask_threshold: int = 0,
-    workers: int | None = None,
-    require_foreground: bool = False,
-    allow_empty_mask: bool = False,
-    max_decoded_pixels: int = MAX_DECODED_PIXELS,
+    params: ConvertParams | None = None,
     mpp: float | None = None,
-    default_mpp: float | None = None,
-    reader: str = "auto",
+    require_foreground: bool = False,
+    **options: Any,
 ) -> Path:
     """Convert ``image`` (and its ``mask`` annotation, if any) to an OME-NGFF zarr at ``out``.
+
+    ``params`` (:class:`~wsiseg.config.params.ConvertParams`, config ``convert``) says how; ``options`` are
+    single fields of it given as keywords (``chunk=256``), applied over ``params``.  The fields below are
+    ``params``' fields.
 
     A tiled image is converted by square blocks (:func:`write_blocks`: memory
     independent of the slide's size), other layouts are streamed in
@@ -343,30 +326,17 @@ def convert_slide(
     ``default_mpp``; it goes into the NGFF scales and the ``wsiseg``
     attributes (``mpp``, ``mpp_source``; None/"unknown" when nothing says).
     """
+    params = with_options(params or ConvertParams(), options)
+    chunk, compression, workers = params.chunk, params.compression, params.workers or default_workers()
     out = Path(out)
     check_output(out, "convert", (image, mask), folder=True)
     slide_id = slide_id or Path(image).stem
-    inputs = open_inputs(
-        image,
-        mask,
-        slide_id,
-        uint16,
-        percentiles,
-        channels,
-        palette,
-        mask_threshold,
-        workers,
-        require_foreground=require_foreground,
-        allow_empty_mask=allow_empty_mask,
-        max_decoded_pixels=max_decoded_pixels,
-        reader=reader,
-    )
-    with inputs as (source, annotation):
+    with open_inputs(image, mask, slide_id, params, require_foreground=require_foreground) as (source, annotation):
         height, width = source.shape
-        codec = compressor(compression, jpeg_quality if compression in LOSSY else level, shuffle)
+        codec = compressor(compression, params.jpeg_quality if compression in LOSSY else params.level, params.shuffle)
         label_codec = compressor("lz4", 5, "bit") if compression in LOSSY else codec
         levels = level_count(height, width, chunk)
-        pixel = choose(source.pixel_size, mpp, default_mpp)
+        pixel = choose(source.pixel_size, mpp, params.default_mpp)
         log.info(
             "convert %s: %dx%d px %s, pixel size %s, %d levels, chunk %d -> %s",
             slide_id,
@@ -390,20 +360,19 @@ def convert_slide(
         with atomic_path(out, stage="convert", inputs=(image, mask), folder=True) as tmp:
             root = zarr.open_group(tmp, mode="w", zarr_format=2)
             if annotation is not None:
-                share = write_labels(
-                    root, annotation, levels, chunk, label_codec, workers or default_workers(), pixel.mpp
-                )
+                share = write_labels(root, annotation, levels, chunk, label_codec, workers, pixel.mpp)
                 log.info("convert %s: mask from %s, %.2f%% labelled", slide_id, mask, 100 * share)
                 if (
                     share == 0 and require_foreground and not annotation.empty
                 ):  # (known-empty ones were checked on opening)
                     check_foreground(
-                        mask, slide_id, f"{annotation.found}: 0 foreground pixels once rasterised", allow_empty_mask
+                        mask,
+                        slide_id,
+                        f"{annotation.found}: 0 foreground pixels once rasterised",
+                        params.allow_empty_mask,
                     )
             times, start = StepTimes(), time.perf_counter()
-            made = write_image(
-                root, source, levels, chunk, codec, slide_id, workers or default_workers(), jpeg_tile_copy, times
-            )
+            made = write_image(root, source, levels, chunk, codec, slide_id, workers, params.jpeg_tile_copy, times)
             seconds = time.perf_counter() - start
             log.info(
                 "convert %s: image written in %.2f s (%.0f MB/s of level 0, %s); main thread: %s",
@@ -444,18 +413,20 @@ def convert_many(
     items: Sequence[Sequence],
     out_dir: str | Path,
     foreground_slides: Collection[str] = (),
-    **options,
+    params: ConvertParams | None = None,
+    **options: Any,
 ) -> list[Path]:
-    """Convert ``(slide_id, image, mask[, mpp])`` items to ``out_dir/{slide_id}.zarr`` with :func:`convert_slide` ``options``
-    (``mpp``: the sample sheet's pixel size, None or absent = the image's metadata or ``default_mpp``).
+    """Convert ``(slide_id, image, mask[, mpp])`` items to ``out_dir/{slide_id}.zarr`` with :func:`convert_slide`
+    (``params``, with ``options`` as single fields over it; ``mpp``: the sample sheet's pixel size, None or absent
+    = the image's metadata or ``default_mpp``).
 
     Every image and mask is opened and checked first, so a bad file stops
     the group before any conversion; for datasets of many small images.
     The slides in ``foreground_slides`` (train/val) get ``require_foreground``."""
-    checks = {k: v for k, v in options.items() if k in signature(open_inputs).parameters}
+    params = with_options(params or ConvertParams(), options)
     needs = set(foreground_slides)
     for slide_id, image, mask, *_ in items:
-        with open_inputs(image, mask or None, slide_id, require_foreground=slide_id in needs, **checks):
+        with open_inputs(image, mask or None, slide_id, params, require_foreground=slide_id in needs):
             pass
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -465,9 +436,9 @@ def convert_many(
             out_dir / f"{slide_id}.zarr",
             mask=mask or None,
             slide_id=slide_id,
+            params=params,
             require_foreground=slide_id in needs,
             mpp=mpp[0] if mpp else None,
-            **options,
         )
         for slide_id, image, mask, *mpp in progress(items, desc="convert", unit="slide", mininterval=10)
     ]

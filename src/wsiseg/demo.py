@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -22,25 +21,13 @@ import pandas as pd
 import tifffile
 
 from wsiseg import rle
+from wsiseg.config.params import DemoSpec
 from wsiseg.errors import ConfigError
 from wsiseg.utils.io import atomic_path
 
 log = logging.getLogger(__name__)
 
 SAMPLE_COLUMNS = ["slide_id", "image", "mask", "split"]
-
-
-@dataclass(frozen=True)
-class DemoSpec:
-    """Parameters of the synthetic slide set."""
-
-    slides: int = 4
-    height: int = 3000
-    width: int = 4000
-    radius_min: int = 45
-    radius_max: int = 100
-    seed: int = 0
-    mpp: float = 0.5  # micrometres per pixel, written as TIFF resolution tags (a 20x scan)
 
 
 def _splits(n: int) -> list[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -13,6 +12,7 @@ import numpy as np
 import pandas as pd
 import zarr
 
+from wsiseg.config.params import PatchParams
 from wsiseg.imaging.tissue import TissueMap
 from wsiseg.resolution import slide_downscale
 from wsiseg.store.slide import SlideStore, StoreError, compressor, read_padded
@@ -37,26 +37,6 @@ INDEX_COLUMNS = [
     "mpp",
 ]
 REASONS = ("positive", "negative", "random")
-
-
-@dataclass(frozen=True)
-class PatchParams:
-    """How patches are cut and which are kept."""
-
-    size: int = 128
-    downscale: float = 2.0  # level-0 pixels per patch pixel, for slides read by pixels (``mpp`` None)
-    mpp: float | None = None  # micrometres per patch pixel: each slide's downscale is mpp / its own pixel size
-    stride: int | None = None  # in patch pixels; default: size // 2 (half-overlapping patches)
-    min_coverage: float = 0.1
-    max_coverage: float = 0.9
-    negative_ratio: float = 0.5  # tissue-only negatives kept per positive patch
-    negatives: int | None = None  # tissue-only negatives per slide (overrides negative_ratio)
-    random: int = 0  # further grid cells drawn uniformly at random, whatever they hold
-    min_tissue: float = 0.25  # tissue share a negative patch needs
-    tissue_method: str = "otsu"  # saturation | otsu | otsu_gray | fluorescence | auto (see wsiseg.imaging.tissue)
-    tissue_saturation: float = 0.08  # fixed threshold, and the floor of the Otsu threshold
-    classes: int | None = None  # 1 = binary, k >= 2 = labels 0..k-1; None: from the label image
-    seed: int = 0
 
 
 def grid_positions(length: int, size: int, stride: int) -> list[int]:

@@ -12,13 +12,14 @@ import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from skimage.measure import label
 
 from wsiseg import rle
+from wsiseg.config.params import ReportParams, with_options
 from wsiseg.errors import SampleSheetError, StoreError
 from wsiseg.imaging import vector, views
 from wsiseg.store.prediction import Prediction, write_provenance
@@ -342,17 +343,19 @@ def make_report(
     metrics: str | Path,
     overlay_dir: str | Path | None = None,
     geojson_dir: str | Path | None = None,
-    sample_submission: str | Path | None = None,
-    object_iou: float = 0.5,
-    class_name: str = "foreground",
-    class_names: Sequence[str] | None = None,
+    *,
+    params: ReportParams | None = None,
     groups: Mapping[str, str] | None = None,
-    object_type: str = "annotation",
     scores_html: str | Path | None = None,
     provenance: str | Path | None = None,
     config_hash: str | None = None,
+    **options: Any,
 ) -> pd.DataFrame:
     """Write the submission (test slides), per-slide metrics (slides with masks), overlays and GeoJSON.
+
+    ``params`` (:class:`~wsiseg.config.params.ReportParams`, config ``report``: ``sample_submission``,
+    ``object_iou``, ``class_name``, ``class_names``, ``object_type``) says how; ``options`` are single fields of
+    it given as keywords (``object_iou=0.3``), applied over ``params``.
 
     ``predictions`` and ``slides`` map slide ids to prediction and converted
     slide stores; ``splits`` gives each slide's split, ``groups`` (optional)
@@ -372,6 +375,8 @@ def make_report(
     (:func:`wsiseg.store.prediction.write_provenance`).
     Returns the metrics table.
     """
+    params = with_options(params or ReportParams(), options)
+    class_name, class_names, object_iou = params.class_name, params.class_names, params.object_iou
     columns = METRIC_COLUMNS[:2] + (["group"] if groups else []) + METRIC_COLUMNS[2:] + TISSUE_COLUMNS
     rows = []
     for slide_id in sorted(predictions):
@@ -383,7 +388,7 @@ def make_report(
                 Path(geojson_dir) / f"{slide_id}.geojson",
                 class_name,
                 class_names=class_names,
-                object_type=object_type,
+                object_type=params.object_type,
             )
         dice = None
         if SlideStore(slides[slide_id]).has_mask:
@@ -420,5 +425,5 @@ def make_report(
     write_provenance(predictions, provenance or Path(metrics).with_name("provenance.json"), config_hash)
     test_ids = [s for s in sorted(predictions) if splits[s] == "test"]
     with atomic_path(submission) as tmp:
-        submission_table(predictions, test_ids, sample_submission).to_csv(tmp, index=False)
+        submission_table(predictions, test_ids, params.sample_submission).to_csv(tmp, index=False)
     return table

@@ -1,5 +1,7 @@
 """Snakemake wrapper: convert a group of small slides to OME-Zarr in one job."""
 
+from wsiseg.config.params import ConvertParams
+from wsiseg.config.schema import from_mapping
 from wsiseg.convert import convert_many
 from wsiseg.utils.logs import log_to
 
@@ -8,6 +10,5 @@ with log_to(snakemake.log[0]):
         snakemake.params.slides,
         snakemake.output[0],
         foreground_slides=snakemake.params.foreground,
-        workers=snakemake.threads,
-        **snakemake.params.convert,
+        params=from_mapping(ConvertParams, {**snakemake.params.convert, "workers": snakemake.threads}, "convert"),
     )

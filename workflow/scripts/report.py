@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+from wsiseg.config.params import ReportParams
+from wsiseg.config.schema import from_mapping
 from wsiseg.report import make_report
 from wsiseg.utils.logs import log_to
 
@@ -14,9 +16,9 @@ with log_to(snakemake.log[0]):
         snakemake.output.metrics,
         Path(snakemake.output.overlays[0]).parent,
         Path(snakemake.output.geojson[0]).parent,
+        params=from_mapping(ReportParams, snakemake.params.report, "report"),
         groups=snakemake.params.groups or None,
         scores_html=snakemake.output.scores,
         provenance=snakemake.output.provenance,
         config_hash=snakemake.params.config_hash,
-        **snakemake.params.report,
     )

@@ -1,13 +1,34 @@
-"""The parameter sets of the torch stages (config ``train`` and ``predict``) as plain dataclasses.
+"""One parameter set per stage, as plain frozen dataclasses: config ``demo``, ``convert``, ``patches``, ``train``,
+``predict`` and ``report``.
 
-Kept apart from the stage code so that the CLI (``wsiseg train --help``), the
-config checks and anything else that only needs the settings never import torch.
+Each field's default equals the config schema's (``config.schema.yaml``, tested), and each stage function takes
+its set, so the workflow, the CLI (``wsiseg <stage> --help`` builds its flags from these classes and the schema's
+help) and Python share one definition.  Kept apart from the stage code so that the CLI, the config checks and
+anything else that only needs the settings never import torch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping, TypeVar
+
+from wsiseg.readers.raster import MAX_DECODED_PIXELS
+
+P = TypeVar("P")
+
+
+def with_options(params: P, options: Mapping[str, Any]) -> P:
+    """``params`` with the fields named in ``options`` replaced (a stage function's single-field keywords,
+    ``convert_slide(..., chunk=256)``); an unknown name is a TypeError listing the known ones, as for any call."""
+    if not options:
+        return params
+    names = {f.name for f in dataclasses.fields(params)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise TypeError(f"unexpected option(s) {unknown} for {type(params).__name__}; known: {sorted(names)}")
+    return dataclasses.replace(params, **options)
+
 
 DEFAULT_LOSS = {"dice": 1.0, "bce": 1.0}
 
@@ -19,6 +40,61 @@ DEFAULT_LOSS = {"dice": 1.0, "bce": 1.0}
 UNTRACKED_KEYS = ("num_workers", "resume")
 # train keys an interrupted run may resume across (wsiseg.train.fingerprint leaves them out)
 RUNTIME_KEYS = (*UNTRACKED_KEYS, "devices")
+
+
+@dataclass(frozen=True)
+class DemoSpec:
+    """Parameters of the synthetic slide set."""
+
+    slides: int = 4
+    height: int = 3000
+    width: int = 4000
+    radius_min: int = 45
+    radius_max: int = 100
+    seed: int = 0
+    mpp: float = 0.5  # micrometres per pixel, written as TIFF resolution tags (a 20x scan)
+
+
+@dataclass(frozen=True)
+class ConvertParams:
+    """How a source slide becomes a slide store (config ``convert``; see :func:`wsiseg.convert.convert_slide`)."""
+
+    chunk: int = 512  # chunk side of every pyramid level
+    compression: str = "lz4"  # Blosc codec (zstd, lz4, zlib, blosclz) or jpeg (compact, lossy image pyramid)
+    level: int = 5  # Blosc compression level
+    jpeg_quality: int = 90
+    jpeg_tile_copy: bool = True  # jpeg: copy a tiled JPEG TIFF's tiles as level 0 instead of re-encoding
+    shuffle: str = "bit"  # Blosc shuffle: bit, byte or none
+    uint16: str = "scale"  # non-8-bit pixels to uint8: scale (/257) or percentile (stretch ``percentiles``)
+    percentiles: tuple[float, ...] = (0.5, 99.5)
+    channels: tuple[int, ...] | None = None  # three channel indices used as R, G, B
+    palette: Any = None  # RGB mask colours -> class indices (mapping or list of colours)
+    mask_threshold: int = 0  # mask images: foreground above this value
+    allow_empty_mask: bool = False  # a train/val annotation without foreground warns instead of failing
+    default_mpp: float | None = None  # pixel size for slides whose metadata states none
+    max_decoded_pixels: int = MAX_DECODED_PIXELS  # largest PNG/JPEG (decoded whole) accepted
+    reader: str = "auto"  # auto, tifffile, openslide or dicom
+    workers: int | None = None  # decode/compress threads (not in config: the job's threads; None = every core)
+
+
+@dataclass(frozen=True)
+class PatchParams:
+    """How patches are cut and which are kept."""
+
+    size: int = 128
+    downscale: float = 2.0  # level-0 pixels per patch pixel, for slides read by pixels (``mpp`` None)
+    mpp: float | None = None  # micrometres per patch pixel: each slide's downscale is mpp / its own pixel size
+    stride: int | None = None  # in patch pixels; default: size // 2 (half-overlapping patches)
+    min_coverage: float = 0.1
+    max_coverage: float = 0.9
+    negative_ratio: float = 0.5  # tissue-only negatives kept per positive patch
+    negatives: int | None = None  # tissue-only negatives per slide (overrides negative_ratio)
+    random: int = 0  # further grid cells drawn uniformly at random, whatever they hold
+    min_tissue: float = 0.25  # tissue share a negative patch needs
+    tissue_method: str = "otsu"  # saturation | otsu | otsu_gray | fluorescence | auto (see wsiseg.imaging.tissue)
+    tissue_saturation: float = 0.08  # fixed threshold, and the floor of the Otsu threshold
+    classes: int | None = None  # 1 = binary, k >= 2 = labels 0..k-1; None: from the label image
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -82,3 +158,16 @@ class PredictParams:
     prefetch: int = 4  # batches read ahead by the background reader
     strip: int = 8192  # model-grid columns predicted at a time (wider slides go in strips): bounds memory
     device: str = "auto"
+
+
+@dataclass(frozen=True)
+class ReportParams:
+    """How predictions are scored and exported (config ``report``; see :func:`wsiseg.report.make_report`)."""
+
+    sample_submission: str | None = None  # Kaggle sample submission CSV: fixes the ids and row order
+    object_iou: float = 0.5  # IoU above which a predicted and a true object match
+    class_name: str = "foreground"  # name of a binary model's class (GeoJSON classification)
+    object_type: str = "annotation"  # QuPath object type of the GeoJSON objects: annotation or detection
+    class_names: tuple[str, ...] | None = None  # multi-class: a name per class index, 0 = background
+    dicom_seg: bool = False  # also write each test slide's mask as a DICOM Segmentation
+    dicom_seg_max_side: int = 8192  # the DICOM Segmentation's level: the finest at most this many px a side

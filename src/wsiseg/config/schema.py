@@ -39,35 +39,6 @@ def _help(section: str | None, name: str, default: Any) -> str:
     return f"{text} (default: {shown})".replace("%", "%%").strip()
 
 
-def add_schema_arguments(parser: argparse.ArgumentParser, section: str, skip: tuple[str, ...] = ()) -> list[str]:
-    """Add one ``--flag`` per key of config section ``section`` with the schema's type, choices,
-    default and description; returns the keys added."""
-    added = []
-    for name, spec in schema_section(section).items():
-        if name in skip:
-            continue
-        kinds = spec.get("type") if isinstance(spec.get("type"), list) else [spec.get("type")]
-        flag, default = "--" + name.replace("_", "-"), spec.get("default")
-        kind = {"integer": int, "number": float, "string": str}.get(
-            next((k for k in kinds if k != "null"), "string"), str
-        )
-        options: dict[str, Any] = {"default": default, "help": _help(section, name, default)}
-        if "boolean" in kinds:
-            options["action"] = argparse.BooleanOptionalAction
-        elif "array" in kinds:
-            items = spec.get("items", {})
-            options["type"] = {"integer": int, "number": float}.get(items.get("type"), str)
-            count = spec.get("minItems")
-            options["nargs"] = count if count and count == spec.get("maxItems") else "+"
-        else:
-            options["type"] = kind
-            if spec.get("enum"):
-                options["choices"] = spec["enum"]
-        parser.add_argument(flag, **options)
-        added.append(name)
-    return added
-
-
 def from_mapping(cls: type[P], mapping: Mapping[str, Any], section: str) -> P:
     """Build dataclass ``cls`` from a config ``mapping``; unknown keys are an error naming ``section``."""
     names = {f.name for f in dataclasses.fields(cls)}
@@ -113,15 +84,17 @@ def _scalar(hint) -> tuple[type, bool]:
 def add_arguments(
     parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = (), section: str | None = None
 ) -> None:
-    """Add one ``--flag`` per field of dataclass ``cls`` (defaults and types from the class,
-    help from config section ``section`` of the schema).
+    """Add one ``--flag`` per field of dataclass ``cls``: default and type from the class; help, choices (``enum``)
+    and fixed list lengths (``minItems`` = ``maxItems``) from config section ``section`` of the schema.
 
     Mapping fields take ``name=value`` words (``--loss dice=1 bce=0.5``)."""
     hints = typing.get_type_hints(cls)
+    specs = schema_section(section) if section else {}
     for f in dataclasses.fields(cls):
         if f.name in skip or f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             continue
         kind, many = _scalar(hints[f.name])
+        spec = specs.get(f.name, {})
         flag = "--" + f.name.replace("_", "-")
         default = _default(f)
         text = _help(section, f.name, default)
@@ -130,9 +103,16 @@ def add_arguments(
         elif kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
         else:
-            parser.add_argument(
-                flag, type=kind, nargs="+" if many else None, default=default, metavar=kind.__name__.upper(), help=text
-            )
+            count = spec.get("minItems")
+            options: dict[str, Any] = {"type": kind, "default": default, "help": text}
+            if many:
+                options["nargs"] = count if count and count == spec.get("maxItems") else "+"
+            choices = [c for c in spec.get("enum", ()) if c is not None]
+            if choices:
+                options["choices"] = choices
+            else:
+                options["metavar"] = kind.__name__.upper()
+            parser.add_argument(flag, **options)
 
 
 def from_args(cls: type[P], args: argparse.Namespace, skip: tuple[str, ...] = ()) -> P:

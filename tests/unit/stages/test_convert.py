@@ -5,7 +5,6 @@ import pandas as pd
 import pytest
 import tifffile
 import zarr
-from support.paths import ROOT
 
 from wsiseg import rle
 from wsiseg.annotations.masks import MaskError
@@ -151,20 +150,6 @@ def test_chunk_size_and_compressor_are_configurable(rgb_tiff, tmp_path):
     assert array.chunks == (3, 64, 64)
     codec = array.metadata.compressor
     assert (codec.cname, codec.clevel) == ("lz4", 3)
-
-
-def test_config_schema_convert_block_matches_convert_slide():
-    """The convert rule passes `convert:` as keywords: every key must exist, with the same default."""
-    import inspect
-
-    import yaml
-
-    schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
-    keys = schema["properties"]["convert"]["properties"]
-    parameters = inspect.signature(convert_slide).parameters
-    for key, spec in keys.items():
-        default = parameters[key].default
-        assert spec["default"] == (list(default) if isinstance(default, tuple) else default), key
 
 
 @pytest.mark.parametrize(
