@@ -172,7 +172,7 @@ def plain_decode(path: Path, workers: int | None) -> dict:
 def io_floor(store: Path, workdir: Path) -> dict:
     """Time to write as many files of the same total size as ``store`` holds, the way convert writes its
     chunk files (:func:`wsiseg.store.slide.write_file`: O_DIRECT where allowed), in one thread: this disk's write floor."""
-    from wsiseg.store.slide import direct_io, write_file
+    from wsiseg.store.chunks import direct_io, write_file
 
     files = [f for f in store.rglob("*") if f.is_file()]
     total = sum(f.stat().st_size for f in files)
@@ -273,7 +273,7 @@ def workdir_file_system(workdir: Path) -> dict:
     Without a journal (this VM's root file system) ext4 checks each new inode against recently deleted
     ones, which made creating a store's thousands of chunk files 2-3x dearer after earlier runs'
     deletions: not what a cluster's file systems (journaled ext4, xfs, Lustre, NFS) do."""
-    from wsiseg.store.slide import mount_of
+    from wsiseg.store.chunks import mount_of
 
     device, point, kind = mount_of(workdir)
     journal = Path(f"/proc/fs/jbd2/{Path(device).name}-8").exists() if kind == "ext4" else None

@@ -37,7 +37,9 @@ import zarr
 
 import wsiseg  # noqa: F401  (first: sets wsiseg's OpenMP wait policy before torch loads, as the CLI does)
 from wsiseg.nn.module import SegmentationModule
-from wsiseg.store.slide import build_pyramid, compressor, create_level, level_count, multiscales
+from wsiseg.store.chunks import compressor, create_level
+from wsiseg.store.ngff import multiscales
+from wsiseg.store.pyramid import build_pyramid, level_count
 
 TINY = dict(encoder_depth=3, decoder_channels=[16, 8, 4])
 DEMO = dict(encoder_depth=4, decoder_channels=[128, 64, 32, 16])

@@ -107,7 +107,8 @@ def write_store(path: Path, size: int) -> Path:
     """A prediction store holding :func:`make_mask` as its level-0 mask (512² chunks, Blosc-lz4 unshuffled: predict's codec)."""
     import zarr
 
-    from wsiseg.store.slide import LABEL_AXES, compressor, create_level, multiscales
+    from wsiseg.store.chunks import compressor, create_level
+    from wsiseg.store.ngff import LABEL_AXES, multiscales
 
     mask = make_mask(size)
     root = zarr.open_group(path, mode="w", zarr_format=2)

@@ -17,22 +17,15 @@ from wsiseg.readers.base import default_workers
 from wsiseg.readers.registry import describe
 from wsiseg.readers.slide import SourceSlide
 from wsiseg.resolution import choose
-from wsiseg.store.slide import (
-    LABEL_AXES,
-    LOSSY,
-    NGFF_VERSION,
+from wsiseg.store.chunks import LOSSY, chunk_writers, compressor, create_level, write_block, write_grid
+from wsiseg.store.ngff import LABEL_AXES, NGFF_VERSION, multiscales
+from wsiseg.store.pyramid import (
     BlockPyramid,
     PyramidWriter,
     build_pyramid,
     chunk_grid,
-    chunk_writers,
-    compressor,
-    create_level,
     halve_grid,
     level_count,
-    multiscales,
-    write_block,
-    write_grid,
     write_levels,
 )
 from wsiseg.store.tilecopy import TileCopy, copy_plan, write_copied

@@ -13,9 +13,11 @@ import pandas as pd
 import zarr
 
 from wsiseg.config.params import PatchParams
+from wsiseg.errors import StoreError
 from wsiseg.imaging.tissue import TissueMap
 from wsiseg.resolution import slide_downscale
-from wsiseg.store.slide import SlideStore, StoreError, compressor, read_padded
+from wsiseg.store.chunks import compressor, read_padded
+from wsiseg.store.slide import SlideStore
 from wsiseg.utils.io import atomic_path, check_output
 from wsiseg.utils.logs import progress
 

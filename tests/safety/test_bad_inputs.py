@@ -86,7 +86,7 @@ def nan_tiff(path: str) -> str:
 
 
 def bomb(path: str) -> str:
-    from test_ingest_safety import png_declaring
+    from support.images import png_declaring
 
     return write(path, png_declaring(100_000, 100_000))
 

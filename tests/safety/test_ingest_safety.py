@@ -6,7 +6,6 @@ import json
 import logging
 import struct
 import time
-import zlib
 
 import imagecodecs
 import numpy as np
@@ -14,6 +13,7 @@ import pandas as pd
 import pytest
 import tifffile
 from skimage.draw import polygon as draw_polygon
+from support.images import png_declaring
 
 from wsiseg import convert as convert_module
 from wsiseg.annotations.masks import MaskError, PolygonMask
@@ -268,17 +268,6 @@ def test_a_directory_given_as_the_image(tmp_path):
 
 # ---------------------------------------------------------------------------
 # 5. Decompression bombs
-
-
-def png_declaring(width: int, height: int) -> bytes:
-    """A small, well-formed PNG whose IHDR declares ``width`` x ``height`` RGB pixels (its IDAT holds one row)."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\x00" + b"\x00" * 3 * min(width, 1000))
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def test_png_declaring_100000_squared_pixels_is_refused_before_decoding(slide, tmp_path, monkeypatch):

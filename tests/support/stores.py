@@ -13,8 +13,9 @@ def write_prediction(path: Path, mask: np.ndarray, chunk: int = 16) -> Path:
     import zarr
 
     from wsiseg.modelcard import label_names
+    from wsiseg.store.chunks import compressor, create_level
     from wsiseg.store.prediction import image_attrs, label_attrs
-    from wsiseg.store.slide import build_pyramid, compressor, create_level, level_count
+    from wsiseg.store.pyramid import build_pyramid, level_count
 
     root = zarr.open_group(path, mode="w", zarr_format=2)
     levels = level_count(*mask.shape, chunk)

@@ -6,8 +6,7 @@ import subprocess
 import sys
 
 import pandas as pd
-from support.workflow import SNAKEFILE, write_config
-from test_workflow import TINY_CONFIG
+from support.workflow import SNAKEFILE, TINY_CONFIG, write_config
 
 DEPLOYED = f'''configfile: "config/config.yaml"
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from support.paths import ROOT
 from support.slurm_cluster import PARTITION, PID_FILES, SlurmCluster, alive, install
-from support.workflow import SNAKEFILE, write_config
-from test_workflow import ROOT, TINY_CONFIG, scheduled
+from support.workflow import SNAKEFILE, TINY_CONFIG, scheduled, write_config
 
 PROFILE = ROOT / "workflow" / "profiles" / "slurm"
 PLACEHOLDERS = {"slurm_partition": PARTITION, "slurm_account": "wsiseg_test"}

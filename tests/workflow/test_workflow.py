@@ -16,48 +16,9 @@ import pytest
 import yaml
 import zarr
 from support.paths import ROOT
-from support.workflow import SNAKEFILE, write_config
+from support.workflow import SNAKEFILE, TINY_CONFIG, scheduled, snakemake, write_config
 
 from wsiseg import rle
-
-TINY_CONFIG = {
-    "results": "out",
-    "samples": "unused.csv",
-    "seed": 1,
-    "model_name": "tiny",
-    "demo": {"enabled": True, "slides": 3, "height": 384, "width": 512, "radius_min": 30, "radius_max": 50},
-    "convert": {"chunk": 128},
-    "patches": {"size": 64, "downscale": 2, "stride": 32, "min_coverage": 0.05},
-    "train": {"encoder_depth": 3, "decoder_channels": [32, 16, 8], "epochs": 1, "batch_size": 8, "accelerator": "cpu"},
-    "predict": {"tile": 64, "overlap": 16},
-}
-
-
-def snakemake(workdir: Path, config: dict, *args: str) -> subprocess.CompletedProcess:
-    """Run snakemake on this repository's Snakefile in ``workdir`` with ``config``."""
-    write_config(workdir, config)
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(SNAKEFILE),
-        "--directory",
-        str(workdir),
-        "--cores",
-        "2",
-        *args,
-    ]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
-
-
-def scheduled(result: subprocess.CompletedProcess) -> dict[str, int]:
-    """Job counts per rule from a dry run's 'Job stats' table."""
-    text = result.stdout + result.stderr
-    if "Nothing to be done" in text:
-        return {}
-    table = text.split("Job stats:", 1)[1].split("total", 1)[0]
-    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
 
 
 @pytest.fixture(scope="module")

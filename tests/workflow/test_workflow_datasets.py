@@ -10,7 +10,8 @@ import pytest
 import yaml
 import zarr
 from support.layouts import PALETTE, make_colormap, make_dsb2018, make_hpa, make_kidney, make_monuseg
-from test_workflow import ROOT, scheduled, snakemake
+from support.paths import ROOT
+from support.workflow import scheduled, snakemake
 
 from wsiseg.cli import main
 

@@ -25,7 +25,8 @@ import cv2
 import numpy as np
 
 from wsiseg.errors import ConfigError
-from wsiseg.store.slide import SlideStore, interleave
+from wsiseg.store.chunks import interleave
+from wsiseg.store.slide import SlideStore
 from wsiseg.utils.io import atomic_path
 
 METHODS = ("saturation", "otsu", "otsu_gray", "fluorescence", "auto")

@@ -19,7 +19,8 @@ from wsiseg.imaging.stain import normalise_batch
 from wsiseg.nn.data import MEAN, STD
 from wsiseg.predict.ensemble import average_probabilities, forward_views
 from wsiseg.predict.plan import TilePlan
-from wsiseg.store.slide import PyramidWriter, interleave
+from wsiseg.store.chunks import interleave
+from wsiseg.store.pyramid import PyramidWriter
 from wsiseg.utils.logs import StepTimes
 from wsiseg.utils.prefetch import prefetch
 

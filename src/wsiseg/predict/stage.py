@@ -67,14 +67,10 @@ from wsiseg.resolution import (
     slide_downscale,
     unknown_scale_message,
 )
+from wsiseg.store.chunks import compressor
 from wsiseg.store.prediction import image_attrs, label_attrs
-from wsiseg.store.slide import (
-    PyramidWriter,
-    SlideStore,
-    build_pyramid,
-    compressor,
-    level_count,
-)
+from wsiseg.store.pyramid import PyramidWriter, build_pyramid, level_count
+from wsiseg.store.slide import SlideStore
 from wsiseg.utils.io import atomic_path, check_output, release_memory
 from wsiseg.utils.logs import StepTimes, progress
 

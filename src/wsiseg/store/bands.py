@@ -15,7 +15,8 @@ import math
 import cv2
 import numpy as np
 
-from wsiseg.store.slide import SlideStore, read_region
+from wsiseg.store.chunks import read_region
+from wsiseg.store.slide import SlideStore
 
 
 class BandReader:

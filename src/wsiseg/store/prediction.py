@@ -36,7 +36,8 @@ import zarr
 
 from wsiseg.errors import StoreError
 from wsiseg.modelcard import label_colour, wsiseg_version
-from wsiseg.store.slide import LABEL_AXES, NGFF_VERSION, multiscales, read_plane
+from wsiseg.store.chunks import read_plane
+from wsiseg.store.ngff import LABEL_AXES, NGFF_VERSION, multiscales
 from wsiseg.utils.io import atomic_path
 
 

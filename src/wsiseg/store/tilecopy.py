@@ -36,17 +36,9 @@ import simplejpeg
 import zarr
 
 from wsiseg.errors import SlideError
+from wsiseg.store.chunks import chunk_writers, create_level, direct_path, write_chunk_file
 from wsiseg.store.codecs import PlanarJpeg
-from wsiseg.store.slide import (
-    BlockPyramid,
-    _direct_path,
-    chunk_writers,
-    create_level,
-    halve,
-    halve_into,
-    write_chunk_file,
-    write_levels,
-)
+from wsiseg.store.pyramid import BlockPyramid, halve, halve_into, write_levels
 from wsiseg.utils.logs import StepTimes, progress
 from wsiseg.utils.prefetch import prefetch
 
@@ -252,7 +244,7 @@ def write_copied(
     for k in range(inner + 1):
         arrays.append(create_level(root, str(k), (3, h, w), chunk, codec))
         h, w = (h + 1) // 2, (w + 1) // 2
-    folders = [_direct_path(a) for a in arrays[:2]]
+    folders = [direct_path(a) for a in arrays[:2]]
     if any(f is None for f in folders):
         raise ValueError(f"{root.store}: chunk files cannot be written directly")
     encode_key = arrays[0].metadata.encode_chunk_key

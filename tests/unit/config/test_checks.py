@@ -57,7 +57,7 @@ def test_image_shape_reads_headers_only(tmp_path):
     import cv2
     import numpy as np
     import tifffile
-    from test_ingest_safety import png_declaring
+    from support.images import png_declaring
 
     from wsiseg.config.checks import image_shape
 

@@ -172,7 +172,8 @@ def test_chunk_size_and_compressor_are_configurable(rgb_tiff, tmp_path):
 def test_one_pass_pyramid_equals_pyramid_built_from_level0(tmp_path, storage):
     """Blocks (tiled: chunks taken from the decoded tiles, whatever their size) and bands (stripped) build
     every level on the fly; level 0 is what tifffile decodes and each level equals the 2x2 mean of the one below."""
-    from wsiseg.store.slide import build_pyramid, compressor, create_level
+    from wsiseg.store.chunks import compressor, create_level
+    from wsiseg.store.pyramid import build_pyramid
 
     image = np.random.default_rng(4).integers(0, 256, (700, 1100, 3), dtype=np.uint8)  # several blocks, odd halves
     tifffile.imwrite(tmp_path / "s.tif", image, photometric="rgb", **storage)

@@ -6,7 +6,10 @@ import zarr
 
 from wsiseg.patches import grid_positions
 from wsiseg.store.bands import BandReader
-from wsiseg.store.slide import SlideStore, build_pyramid, compressor, create_level, interleave, level_count, multiscales
+from wsiseg.store.chunks import compressor, create_level, interleave
+from wsiseg.store.ngff import multiscales
+from wsiseg.store.pyramid import build_pyramid, level_count
+from wsiseg.store.slide import SlideStore
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,8 @@ import zarr
 import wsiseg.store.tilecopy
 from wsiseg.convert import convert_slide
 from wsiseg.errors import SlideError
-from wsiseg.store.slide import SlideStore, halve
+from wsiseg.store.pyramid import halve
+from wsiseg.store.slide import SlideStore
 
 TILE = 256
 SHAPE = (600, 700)  # edge tiles on both sides

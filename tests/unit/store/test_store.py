@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import zarr
 
-from wsiseg.store import slide as store
-from wsiseg.store.slide import SlideStore, compressor, create_level, write_block, write_file
+from wsiseg.store import chunks, ngff, pyramid
+from wsiseg.store.chunks import compressor, create_level, write_block, write_file
+from wsiseg.store.slide import SlideStore
 
 
 @pytest.mark.parametrize("size", [0, 1, 4095, 4096, 4097, 3 * 2**20 + 5])
@@ -39,8 +40,8 @@ def test_file_systems_refusing_direct_io_get_plain_writes(tmp_path, monkeypatch)
         return real_open(path, flags, *args)
 
     monkeypatch.setattr(os, "open", refusing_open)
-    monkeypatch.setattr(store, "_direct_folders", {})
-    monkeypatch.setattr(store, "file_system", lambda path: "ext4")
+    monkeypatch.setattr(chunks, "_direct_folders", {})
+    monkeypatch.setattr(chunks, "file_system", lambda path: "ext4")
     for name in ("a", "b"):
         write_file(tmp_path / name, b"chunk " + name.encode())
     assert (tmp_path / "a").read_bytes() == b"chunk a" and (tmp_path / "b").read_bytes() == b"chunk b"
@@ -54,8 +55,8 @@ def test_direct_io_only_on_local_disk_file_systems(tmp_path, monkeypatch, kind, 
     """Network file systems keep the page cache (direct writes to NFS wait for the server one by one)."""
     if not hasattr(os, "O_DIRECT"):
         pytest.skip("no O_DIRECT on this platform")
-    monkeypatch.setattr(store, "_direct_folders", {})
-    monkeypatch.setattr(store, "file_system", lambda path: kind)
+    monkeypatch.setattr(chunks, "_direct_folders", {})
+    monkeypatch.setattr(chunks, "file_system", lambda path: kind)
     opened = []
     real_open = os.open
     monkeypatch.setattr(os, "open", lambda path, flags, *args: opened.append(flags) or real_open(path, flags, *args))
@@ -64,19 +65,19 @@ def test_direct_io_only_on_local_disk_file_systems(tmp_path, monkeypatch, kind, 
     assert any(flags & os.O_DIRECT for flags in opened) == direct
 
 
-@pytest.mark.parametrize("size,direct", [(store.SMALL - 1, False), (store.SMALL, True)])
+@pytest.mark.parametrize("size,direct", [(chunks.SMALL - 1, False), (chunks.SMALL, True)])
 def test_chunk_files_below_the_small_size_go_through_the_page_cache(tmp_path, monkeypatch, size, direct):
     """JPEG and background chunks are cached writes (a direct write waits on the device for each); large
     lossless chunks bypass the cache on local disks.  Either way the file holds the chunk."""
     if not hasattr(os, "O_DIRECT"):
         pytest.skip("no O_DIRECT on this platform")
-    monkeypatch.setattr(store, "_direct_folders", {})
-    monkeypatch.setattr(store, "file_system", lambda path: "ext4")
+    monkeypatch.setattr(chunks, "_direct_folders", {})
+    monkeypatch.setattr(chunks, "file_system", lambda path: "ext4")
     opened = []
     real_open = os.open
     monkeypatch.setattr(os, "open", lambda path, flags, *args: opened.append(flags) or real_open(path, flags, *args))
     data = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes()
-    store.write_chunk_file(tmp_path / "0.0.0", data)
+    chunks.write_chunk_file(tmp_path / "0.0.0", data)
     assert (tmp_path / "0.0.0").read_bytes() == data
     assert any(flags & os.O_DIRECT for flags in opened) == direct
 
@@ -85,11 +86,11 @@ def test_file_system_of_a_path_is_read_from_the_mount_table(tmp_path):
     if not Path("/proc/self/mounts").exists():
         pytest.skip("no /proc/self/mounts")
     kinds = {line.split()[2] for line in Path("/proc/self/mounts").read_text().splitlines()}
-    assert store.file_system(tmp_path) in kinds
-    assert store.file_system("/proc/self") == "proc"
-    device, point, kind = store.mount_of(tmp_path)
-    assert kind == store.file_system(tmp_path) and str(tmp_path.resolve()).startswith(point)
-    assert store.mount_of("/proc/self")[1:] == ("/proc", "proc")
+    assert chunks.file_system(tmp_path) in kinds
+    assert chunks.file_system("/proc/self") == "proc"
+    device, point, kind = chunks.mount_of(tmp_path)
+    assert kind == chunks.file_system(tmp_path) and str(tmp_path.resolve()).startswith(point)
+    assert chunks.mount_of("/proc/self")[1:] == ("/proc", "proc")
 
 
 def test_other_write_errors_are_not_hidden(tmp_path):
@@ -106,7 +107,7 @@ def test_stores_read_back_the_same_with_and_without_direct_io(tmp_path, monkeypa
     level = create_level(group, "0", (3, 100, 150), 64, compressor("lz4"))
     with ThreadPoolExecutor(2) as executor:
         write_block(level, 0, 0, image, executor)
-    group.attrs["multiscales"] = store.multiscales("s", 1, "mean")
+    group.attrs["multiscales"] = ngff.multiscales("s", 1, "mean")
     np.testing.assert_array_equal(SlideStore(tmp_path / "s.zarr").levels[0][:].transpose(1, 2, 0), image)
 
 
@@ -122,7 +123,7 @@ def _tiles(image: np.ndarray, th: int, tw: int) -> list[tuple[int, int, np.ndarr
 def test_chunk_grid_cuts_any_tiling_into_the_chunks_of_the_region(tile):
     """Whatever the file's tile size, the grid holds exactly the region's pixels chunk by chunk (edges clipped)."""
     image = np.random.default_rng(1).integers(0, 256, (150, 190, 3), dtype=np.uint8)
-    grid = store.chunk_grid(_tiles(image, *tile), 0, 150, 0, 190, 64)
+    grid = pyramid.chunk_grid(_tiles(image, *tile), 0, 150, 0, 190, 64)
     assert [len(row) for row in grid] == [3, 3, 3]
     for i, row in enumerate(grid):
         for j, piece in enumerate(row):
@@ -133,16 +134,16 @@ def test_chunk_sized_tiles_become_chunks_without_a_copy():
     """The point of the grid: a decoded 512² tile is written as the 512² chunk it is (no paste, no copy)."""
     image = np.random.default_rng(2).integers(0, 256, (128, 128, 3), dtype=np.uint8)
     pieces = _tiles(image, 64, 64)
-    grid = store.chunk_grid(pieces, 0, 128, 0, 128, 64)
+    grid = pyramid.chunk_grid(pieces, 0, 128, 0, 128, 64)
     assert all(np.shares_memory(grid[y // 64][x // 64], pixels) for y, x, pixels in pieces)
 
 
 def test_halve_grid_equals_halving_the_assembled_region():
     """Pooling each piece in place gives the 2x2 mean of the whole region, odd right/bottom edges included."""
     image = np.random.default_rng(3).integers(0, 256, (150, 191, 3), dtype=np.uint8)
-    grid = store.chunk_grid(_tiles(image, 64, 64), 0, 150, 0, 191, 64)
-    np.testing.assert_array_equal(store.halve_grid(grid, "mean"), store.halve(image, "mean"))
-    np.testing.assert_array_equal(store.halve_grid(grid, "max"), store.halve(image, "max"))
+    grid = pyramid.chunk_grid(_tiles(image, 64, 64), 0, 150, 0, 191, 64)
+    np.testing.assert_array_equal(pyramid.halve_grid(grid, "mean"), pyramid.halve(image, "mean"))
+    np.testing.assert_array_equal(pyramid.halve_grid(grid, "max"), pyramid.halve(image, "max"))
 
 
 @pytest.mark.parametrize("how, channels", [("mean", 3), ("max", 0)])
@@ -154,7 +155,7 @@ def test_pyramid_writer_streams_the_same_pyramid_as_building_it_afterwards(tmp_p
     image = rng.integers(0, 256, (h, w, max(channels, 1)), dtype=np.uint8)
     shape = (channels, h, w) if channels else (h, w)
     streamed = zarr.open_group(tmp_path / "streamed.zarr", mode="w", zarr_format=2)
-    with store.PyramidWriter(streamed, shape, levels, chunk, compressor(), how, workers=2) as writer:
+    with pyramid.PyramidWriter(streamed, shape, levels, chunk, compressor(), how, workers=2) as writer:
         y = 0
         for rows in (1, 63, 130, 64, 200, 17, 225):  # heights across chunk borders, summing to h
             writer.add(image[y : y + rows].copy(), 0)
@@ -162,7 +163,7 @@ def test_pyramid_writer_streams_the_same_pyramid_as_building_it_afterwards(tmp_p
         assert y == h
     built = zarr.open_group(tmp_path / "built.zarr", mode="w", zarr_format=2)
     create_level(built, "0", shape, chunk, compressor())[...] = image.transpose(2, 0, 1) if channels else image[:, :, 0]
-    store.build_pyramid(built, levels, chunk, compressor(), how)
+    pyramid.build_pyramid(built, levels, chunk, compressor(), how)
     for k in range(levels):
         assert streamed[str(k)].shape == built[str(k)].shape
         np.testing.assert_array_equal(streamed[str(k)][...], built[str(k)][...])
@@ -176,20 +177,20 @@ def test_block_pyramid_from_blocks_equals_the_pyramid_built_afterwards(tmp_path,
     h, w, chunk, levels = 101, 135, 16, 4
     image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
     fed = zarr.open_group(tmp_path / "fed.zarr", mode="w", zarr_format=2)
-    with store.BlockPyramid(fed, (3, h, w), levels, chunk, compressor(), "mean", 2, first=1) as above:
+    with pyramid.BlockPyramid(fed, (3, h, w), levels, chunk, compressor(), "mean", 2, first=1) as above:
         for y in range(0, h, side):
             for x in range(0, w, side):
                 above.add(image[y : y + side, x : x + side])
     built = zarr.open_group(tmp_path / "built.zarr", mode="w", zarr_format=2)
     create_level(built, "0", (3, h, w), chunk, compressor())[...] = image.transpose(2, 0, 1)
-    store.build_pyramid(built, levels + 1, chunk, compressor(), "mean")
+    pyramid.build_pyramid(built, levels + 1, chunk, compressor(), "mean")
     assert "0" not in fed
     for k in range(1, levels + 1):
         assert fed[str(k)].shape == built[str(k)].shape
         np.testing.assert_array_equal(fed[str(k)][...], built[str(k)][...], err_msg=f"level {k}")
     short = zarr.open_group(tmp_path / "short.zarr", mode="w", zarr_format=2)
     with pytest.raises(RuntimeError, match="block row left incomplete"):
-        with store.BlockPyramid(short, (3, h, w), levels, chunk, compressor(), "mean", 2, first=1) as above:
+        with pyramid.BlockPyramid(short, (3, h, w), levels, chunk, compressor(), "mean", 2, first=1) as above:
             above.add(image[:side, :side])
 
 
@@ -218,13 +219,13 @@ def test_pyramid_from_chunk_files_equals_pooling_through_zarr(tmp_path, how, cha
                         if channels
                         else image[y : y + chunk, x : x + chunk, 0]
                     )
-        store.build_pyramid(group, levels, chunk, make(), how, workers=2)
+        pyramid.build_pyramid(group, levels, chunk, make(), how, workers=2)
         groups[name] = group
     assert not (tmp_path / "files.zarr" / "0" / ("0.0.2" if channels else "0.2")).exists()
-    assert store._direct_path(groups["files"]["1"]) is not None and store._direct_path(groups["zarr"]["1"]) is None
+    assert chunks.direct_path(groups["files"]["1"]) is not None and chunks.direct_path(groups["zarr"]["1"]) is None
     for k in range(1, levels):
         below = groups["files"][str(k - 1)][...]
-        expected = store._pool(below if channels else below[None], how)
+        expected = pyramid._pool(below if channels else below[None], how)
         built = groups["files"][str(k)][...]
         assert built.shape == groups["zarr"][str(k)].shape
         np.testing.assert_array_equal(built, groups["zarr"][str(k)][...], err_msg=f"level {k}")
@@ -249,17 +250,17 @@ def test_region_from_chunk_files_equals_zarrs_read_padded_and_interleaved(tmp_pa
         (512, 700, 0, 900),
     ]
     for y0, y1, x0, x1 in boxes:
-        expected = store.interleave(store.read_padded(array, y0, y1, x0, x1, 255))
-        got = store.read_region(array, y0, y1, x0, x1, 255)
+        expected = chunks.interleave(chunks.read_padded(array, y0, y1, x0, x1, 255))
+        got = chunks.read_region(array, y0, y1, x0, x1, 255)
         assert got.shape == expected.shape and np.array_equal(got, expected), (y0, y1, x0, x1)
         buffer = np.zeros((y1 - y0 + 5, x1 - x0, expected.shape[2]), np.uint8)  # into a slice of a larger buffer
-        assert store.read_region(array, y0, y1, x0, x1, 255, out=buffer[5:]).base is buffer
+        assert chunks.read_region(array, y0, y1, x0, x1, 255, out=buffer[5:]).base is buffer
         assert np.array_equal(buffer[5:], expected) and not buffer[:5].any()
     memory = zarr.create_array(zarr.storage.MemoryStore(), shape=shape, chunks=(*shape[:-2], 256, 256), dtype=np.uint8)
     memory[:] = data  # no chunk files: zarr reads
     assert np.array_equal(
-        store.read_region(memory, 100, 300, 250, 700, 255),
-        store.interleave(store.read_padded(memory, 100, 300, 250, 700, 255)),
+        chunks.read_region(memory, 100, 300, 250, 700, 255),
+        chunks.interleave(chunks.read_padded(memory, 100, 300, 250, 700, 255)),
     )
 
 
@@ -280,7 +281,7 @@ def test_label_planes_read_as_zarr_reads_them(tmp_path, dtype):
         (slice(500, 400), slice(None)),
         (slice(600, 700), slice(128, 512)),
     ]:
-        got = store.read_plane(array, rows, cols)
+        got = chunks.read_plane(array, rows, cols)
         assert got.dtype == dtype and got.shape == data[rows, cols].shape and np.array_equal(got, data[rows, cols]), (
             rows,
             cols,
@@ -293,10 +294,10 @@ def test_region_reads_in_a_forked_child(tmp_path):
     root = zarr.open_group(tmp_path / "s.zarr", mode="w", zarr_format=2)
     array = create_level(root, "0", (3, 600, 600), 256, compressor())
     array[:] = np.random.default_rng(0).integers(0, 256, (3, 600, 600), dtype=np.uint8)
-    expected = store.read_region(array, 0, 600, 0, 600, 255)  # the parent's pool exists now
+    expected = chunks.read_region(array, 0, 600, 0, 600, 255)  # the parent's pool exists now
     pid = os.fork()
     if pid == 0:  # child: exit 0 only when the read finishes with the same pixels
-        code = 0 if np.array_equal(store.read_region(array, 0, 600, 0, 600, 255), expected) else 1
+        code = 0 if np.array_equal(chunks.read_region(array, 0, 600, 0, 600, 255), expected) else 1
         os._exit(code)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
