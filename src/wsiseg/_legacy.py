@@ -32,7 +32,7 @@ MOVED = {
     "layout": "wsiseg.store.layout",
     "logs": "wsiseg.utils.logs",
     "losses": "wsiseg.nn.losses",
-    "masks": "wsiseg.annotations.masks",
+    "masks": "wsiseg.annotations",
     "model": "wsiseg.nn.module",
     "openslide_reader": "wsiseg.readers.openslide",
     "params": "wsiseg.config.schema",

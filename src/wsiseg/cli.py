@@ -22,7 +22,7 @@ def _demo(args) -> None:
 
 
 def _convert(args) -> None:
-    from wsiseg.annotations.masks import load_palette
+    from wsiseg.annotations.images import load_palette
     from wsiseg.config.params import ConvertParams
     from wsiseg.convert import convert_slide
 

@@ -11,8 +11,10 @@ from typing import Any, Collection, Iterator, Sequence
 import numpy as np
 import zarr
 
-from wsiseg.annotations.masks import MaskError, MaskSource, open_mask
+from wsiseg.annotations.base import MaskSource
+from wsiseg.annotations.masks import open_mask
 from wsiseg.config.params import ConvertParams, with_options
+from wsiseg.errors import MaskError
 from wsiseg.readers.base import default_workers
 from wsiseg.readers.registry import describe
 from wsiseg.readers.slide import SourceSlide

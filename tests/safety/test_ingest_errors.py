@@ -10,9 +10,8 @@ import pytest
 import tifffile
 
 from wsiseg import convert as convert_module
-from wsiseg.annotations.masks import MaskError
 from wsiseg.convert import convert_slide
-from wsiseg.errors import SlideError
+from wsiseg.errors import MaskError, SlideError
 from wsiseg.store import chunks as store_module
 from wsiseg.store.slide import SlideStore
 

@@ -16,9 +16,9 @@ from skimage.draw import polygon as draw_polygon
 from support.images import png_declaring
 
 from wsiseg import convert as convert_module
-from wsiseg.annotations.masks import MaskError, PolygonMask
+from wsiseg.annotations.polygons import PolygonMask
 from wsiseg.convert import convert_many, convert_slide
-from wsiseg.errors import SlideError
+from wsiseg.errors import MaskError, SlideError
 from wsiseg.store.slide import SlideStore
 
 H, W = 200, 260

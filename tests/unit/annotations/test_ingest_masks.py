@@ -11,8 +11,9 @@ import pytest
 import tifffile
 import zarr
 
-from wsiseg.annotations.masks import MaskError, load_palette, parse_palette
+from wsiseg.annotations.images import load_palette, parse_palette
 from wsiseg.convert import convert_slide
+from wsiseg.errors import MaskError
 from wsiseg.store.slide import SlideStore
 
 H, W = 120, 160
@@ -41,7 +42,7 @@ def test_polygons_crossing_or_outside_the_image_are_clipped_with_a_warning(image
         {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [square(10, 10, 30, 30)]}},  # inside
     ]
     (tmp_path / "p.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": features}))
-    with caplog.at_level(logging.WARNING, logger="wsiseg.annotations.masks"):
+    with caplog.at_level(logging.WARNING, logger="wsiseg.annotations.polygons"):
         mask = labels_of(image, tmp_path / "p.geojson", tmp_path)
     warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(

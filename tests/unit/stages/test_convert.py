@@ -7,9 +7,8 @@ import tifffile
 import zarr
 
 from wsiseg import rle
-from wsiseg.annotations.masks import MaskError
 from wsiseg.convert import convert_slide
-from wsiseg.errors import SlideError
+from wsiseg.errors import MaskError, SlideError
 from wsiseg.store.slide import SlideStore
 
 
