@@ -51,6 +51,7 @@ def write_image(
     levels: int,
     chunk: int,
     codec,
+    *,
     slide_id: str,
     workers: int,
     tile_copy: bool = False,
@@ -159,7 +160,10 @@ def write_bands(
     height, width = source.shape
     times = times or StepTimes()
     bands = prefetch(band for _, band in source.bands(chunk))
-    with closing(bands), PyramidWriter(root, (3, height, width), levels, chunk, codec, "mean", workers) as pyramid:
+    with (
+        closing(bands),
+        PyramidWriter(root, (3, height, width), levels, chunk, codec, "mean", workers=workers) as pyramid,
+    ):
         waiting = times.waiting("waiting for decoded bands", bands)
         for band in progress(
             waiting, total=-(-height // chunk), desc=f"convert {slide_id}", unit="band", mininterval=10
@@ -367,7 +371,17 @@ def convert_slide(
                         params.allow_empty_mask,
                     )
             times, start = StepTimes(), time.perf_counter()
-            made = write_image(root, source, levels, chunk, codec, slide_id, workers, params.jpeg_tile_copy, times)
+            made = write_image(
+                root,
+                source,
+                levels,
+                chunk,
+                codec,
+                slide_id=slide_id,
+                workers=workers,
+                tile_copy=params.jpeg_tile_copy,
+                times=times,
+            )
             seconds = time.perf_counter() - start
             log.info(
                 "convert %s: image written in %.2f s (%.0f MB/s of level 0, %s); main thread: %s",

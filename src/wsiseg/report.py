@@ -22,6 +22,7 @@ from wsiseg import rle
 from wsiseg.config.params import ReportParams, with_options
 from wsiseg.errors import SampleSheetError, StoreError
 from wsiseg.imaging import vector, views
+from wsiseg.modelcard import label_colour
 from wsiseg.store.prediction import Prediction, write_provenance
 from wsiseg.store.slide import SlideStore
 from wsiseg.utils.io import atomic_path
@@ -199,9 +200,6 @@ def overlay(
     views.draw_overlay(image, mask, truth, title, out)
 
 
-CLASS_COLOURS = [(230, 30, 30), (30, 160, 30), (30, 80, 230), (230, 180, 0), (180, 30, 180), (0, 180, 180)]
-
-
 def export_geojson(
     prediction: str | Path,
     out: str | Path,
@@ -235,7 +233,7 @@ def export_geojson(
     slide_id = str(pred.attrs.get("slide_id", pred.path.stem))
     features = []
     for name, mask, c in layers:
-        colour = CLASS_COLOURS[(c - 1) % len(CLASS_COLOURS)]
+        colour = label_colour(c)
         p = probability[0 if classes == 1 else c][: mask.shape[0], : mask.shape[1]]
         features += vector.qupath_features(
             mask, name, colour, slide_id, p, scale=2.0**k, mpp=pred.attrs.get("mpp"), object_type=object_type

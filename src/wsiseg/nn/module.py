@@ -11,18 +11,18 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
-from wsiseg.config.params import DEFAULT_LOSS
+from wsiseg.config.params import DEFAULT_LOSS, TrainParams
 from wsiseg.errors import ConfigError, ModelError
 from wsiseg.nn.losses import build_loss
 from wsiseg.utils.io import check_input_file
 
 
 def build_network(
-    arch: str = "Unet",
-    encoder: str = "resnet18",
-    encoder_weights: str | None = None,
-    encoder_depth: int = 5,
-    decoder_channels: Sequence[int] | None = None,
+    arch: str = TrainParams.arch,
+    encoder: str = TrainParams.encoder,
+    encoder_weights: str | None = TrainParams.encoder_weights,
+    encoder_depth: int = TrainParams.encoder_depth,
+    decoder_channels: Sequence[int] | None = TrainParams.decoder_channels,
     classes: int = 1,
 ) -> nn.Module:
     """A segmentation-models-pytorch network from plain config values.
@@ -81,22 +81,22 @@ class SegmentationModule(pl.LightningModule):
 
     def __init__(
         self,
-        arch: str = "Unet",
-        encoder: str = "resnet18",
-        encoder_weights: str | None = None,
-        encoder_depth: int = 5,
-        decoder_channels: list[int] | None = None,
+        arch: str = TrainParams.arch,
+        encoder: str = TrainParams.encoder,
+        encoder_weights: str | None = TrainParams.encoder_weights,
+        encoder_depth: int = TrainParams.encoder_depth,
+        decoder_channels: Sequence[int] | None = TrainParams.decoder_channels,
         classes: int = 1,
         loss: dict[str, float] | None = None,
         class_weights: list[float] | None = None,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        scheduler: str = "cosine",
-        epochs: int = 10,
+        lr: float = TrainParams.lr,
+        weight_decay: float = TrainParams.weight_decay,
+        scheduler: str = TrainParams.scheduler,
+        epochs: int = TrainParams.epochs,
         downscale: float | None = 1.0,
         patch_size: int = 256,
-        channels_last: bool = False,
-        compile: bool = False,
+        channels_last: bool = TrainParams.channels_last,
+        compile: bool = TrainParams.compile,
         mpp: float | None = None,
         stain: dict[str, Any] | None = None,
     ):
@@ -167,6 +167,9 @@ class SegmentationModule(pl.LightningModule):
 def upgrade_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
     """Hyper-parameters of older checkpoints in today's form (``dice_weight``/``bce_weight`` → ``loss``)."""
     hparams = dict(hparams)
+    # the network of a checkpoint that predates these keys was built with smp's defaults
+    hparams.setdefault("encoder_depth", 5)
+    hparams.setdefault("decoder_channels", None)
     if "dice_weight" in hparams or "bce_weight" in hparams:
         hparams["loss"] = {"dice": float(hparams.pop("dice_weight", 1.0)), "bce": float(hparams.pop("bce_weight", 1.0))}
     return hparams

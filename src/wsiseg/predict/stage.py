@@ -98,6 +98,7 @@ def predict_slide(
     checkpoints: str | Path | Sequence[str | Path] | ModelSpec,
     out: str | Path,
     params: PredictParams = PredictParams(),
+    *,
     models: Sequence[torch.nn.Module] | None = None,
     class_names: Sequence[str] | None = None,
     class_name: str = "foreground",
@@ -120,8 +121,8 @@ def predict_slide(
     spec = checkpoints if isinstance(checkpoints, ModelSpec) else resolve_model(checkpoints, key="checkpoints")
     checkpoints = spec.checkpoints
     check_output(out, "predict", (slide, *checkpoints), folder=True)
-    # the checkpoints' sha256 (0.1-0.5 s each) is computed while the models load and the tissue map is made,
-    # and checked against the model cards before any tile is predicted
+    # the checkpoints' sha256 (it takes a while on large checkpoints) is computed while the models load and the
+    # tissue map is made, and checked against the model cards before any tile is predicted
     hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsiseg-sha256")
     provenance_job = hashing.submit(spec.provenance)
     hashing.shutdown(wait=False)
@@ -171,8 +172,7 @@ def predict_slide(
     card_names = spec.class_names if classes > 1 or class_name == "foreground" else None  # a given class_name wins
     names = label_names(classes, class_names or card_names, class_name)
     # fast: outputs are written while the model computes.  No shuffle: on uint8 probabilities and masks
-    # bit-shuffling made lz4 2-3x slower (encode and decode) for no smaller files (demo probabilities 6.8x
-    # smaller unshuffled vs 5.6x; masks 115x vs 142x)
+    # bit-shuffling made lz4 slower (encode and decode) for no smaller files (benchmarks/journal/predict.md)
     codec = compressor("lz4", 5, "none")
     levels = level_count(store.height, store.width, params.chunk)
     clean = (
@@ -209,11 +209,13 @@ def predict_slide(
                     params.chunk,
                     codec,
                     "mean",
-                    1,
-                    b0 if model_grid else level0,
-                    i == 0,
+                    workers=1,
+                    x0=b0 if model_grid else level0,
+                    create=i == 0,
                 ) as prob,
-                PyramidWriter(mask_group, size, mask_direct, params.chunk, codec, "max", 1, level0, i == 0) as mask,
+                PyramidWriter(
+                    mask_group, size, mask_direct, params.chunk, codec, "max", workers=1, x0=level0, create=i == 0
+                ) as mask,
             ):
                 writer = BandWriter(prob, mask, size, ds, params.threshold, model_grid, columns)
                 blend_rows(plan, (b0, b1), ready, device, writer, classes, bar, times)
@@ -322,6 +324,15 @@ def predict_many(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     return [
-        predict_slide(slide, spec, out_dir / Path(slide).name, params, models, class_names, class_name, config_hash)
+        predict_slide(
+            slide,
+            spec,
+            out_dir / Path(slide).name,
+            params,
+            models=models,
+            class_names=class_names,
+            class_name=class_name,
+            config_hash=config_hash,
+        )
         for slide in progress(slides, desc="predict", unit="slide", mininterval=10)
     ]

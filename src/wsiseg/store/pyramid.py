@@ -36,7 +36,7 @@ def _pool(block: np.ndarray, how: str) -> np.ndarray:
     quads = (block[:, 0::2, 0::2], block[:, 1::2, 0::2], block[:, 0::2, 1::2], block[:, 1::2, 1::2])
     if how == "max":
         return np.maximum(np.maximum(quads[0], quads[1]), np.maximum(quads[2], quads[3]))
-    total = quads[0].astype(np.uint16)  # in-place strided adds: ~20x faster than a reduce over axes
+    total = quads[0].astype(np.uint16)  # in-place strided adds: much faster than a reduce over axes
     for quad in quads[1:]:
         total += quad
     total += 2
@@ -65,8 +65,9 @@ def build_pyramid(
     ``how`` is ``mean`` (images) or ``max`` (labels: small objects stay visible).  Where chunk files can
     be read and written directly (uint8 levels in a local store, see :func:`direct_path`), each output
     chunk is read from its 2x2 source chunk files, pooled, encoded and written in ``workers`` cores'
-    threads, bypassing zarr (a compact store's top levels: 0.24 s of a 2.0 s 20k² conversion through
-    zarr, one core); elsewhere through zarr.
+    threads, bypassing zarr (whose path reads, pools and writes one chunk at a time on one core: a
+    noticeable share of a compact store's conversion; benchmarks/journal/convert.md, fourth round);
+    elsewhere through zarr.
     """
     with chunk_writers(workers) as executor:
         for k in range(start, levels):
@@ -184,6 +185,7 @@ class PyramidWriter:
         chunk: int,
         codec,
         how: str,
+        *,
         workers: int = 2,
         x0: int = 0,
         create: bool = True,
@@ -310,7 +312,7 @@ class BlockPyramid:
         self.row: list[np.ndarray] = []  # this block row's pieces of level ``first`` so far
         self.filled = 0  # columns of level ``first - 1`` they cover
         self.pyramid = PyramidWriter(
-            group, (c, (h + 1) // 2, (w + 1) // 2), levels, chunk, codec, how, workers, first=first
+            group, (c, (h + 1) // 2, (w + 1) // 2), levels, chunk, codec, how, workers=workers, first=first
         )
 
     def add(self, block: np.ndarray) -> None:

@@ -72,3 +72,38 @@ def test_stage_signatures_are_keyword_only_past_their_inputs():
         kinds = [p.kind for p in inspect.signature(function).parameters.values()]
         assert kinds[:positional] == [inspect.Parameter.POSITIONAL_OR_KEYWORD] * positional
         assert inspect.Parameter.POSITIONAL_OR_KEYWORD not in kinds[positional:], function.__name__
+
+
+def test_accepted_architectures_and_encoders_are_smps_own():
+    """The dry-run checks accept exactly the architectures and encoders the installed smp registers."""
+    smp = pytest.importorskip("segmentation_models_pytorch")
+    from wsiseg.config.checks import ARCHS, ENCODERS
+
+    assert sorted(ARCHS) == sorted(cls.__name__ for cls in smp.MODEL_ARCHITECTURES_MAPPING.values())
+    assert sorted(ENCODERS) == sorted(smp.encoders.get_encoder_names())
+
+
+def test_the_network_defaults_are_the_train_defaults():
+    """``SegmentationModule()`` and ``build_network()`` build what config ``train`` builds by default."""
+    import inspect
+
+    pytest.importorskip("torch")
+    from wsiseg.nn.module import SegmentationModule, build_network
+
+    train = TrainParams()
+    for function in (build_network, SegmentationModule.__init__):
+        parameters = inspect.signature(function).parameters
+        for name in ("arch", "encoder", "encoder_weights", "encoder_depth", "decoder_channels"):
+            assert parameters[name].default == getattr(train, name), (function.__qualname__, name)
+    for name in ("lr", "weight_decay", "scheduler", "epochs", "channels_last", "compile"):
+        assert inspect.signature(SegmentationModule.__init__).parameters[name].default == getattr(train, name), name
+
+
+def test_old_checkpoints_without_network_keys_keep_smps_defaults():
+    pytest.importorskip("torch")
+    from wsiseg.nn.module import upgrade_hparams
+
+    upgraded = upgrade_hparams({"arch": "Unet", "dice_weight": 1.0})
+    assert (upgraded["encoder_depth"], upgraded["decoder_channels"]) == (5, None)
+    assert upgraded["loss"] == {"dice": 1.0, "bce": 1.0}
+    assert upgrade_hparams({"encoder_depth": 4})["encoder_depth"] == 4
