@@ -304,10 +304,10 @@ def _on_gpu(params: TrainParams) -> bool:
 def loader_workers(params: TrainParams, threads: int | None = None) -> int:
     """``params.num_workers`` as a count of data-loader processes.
 
-    ``auto``: none on the CPU, where the main process loads 20-40x what training consumes
-    (``benchmarks/train_bench.py``); on a GPU one per core of the job but one (``threads``, else the
-    cores this process may use), at most 8: on an H200, 16-mixed training of the demo model consumed
-    990 img/s at 256 px, the loader delivered 128 in the main process, 221 with 2 workers, 763 with 8."""
+    ``auto``: none on the CPU, where the main process loads many times what training consumes; on a GPU
+    one per core of the job but one (``threads``, else the cores this process may use), at most 8: there
+    the loader, not training, is the bottleneck, and it delivers more with every worker added
+    (``benchmarks/train_bench.py``; benchmarks/README.md, training)."""
     setting = params.num_workers
     if isinstance(setting, int) or str(setting).isdigit():
         return int(setting)

@@ -259,7 +259,9 @@ def shape_of(feature: dict):
     if not geometry:
         return Polygon()
     kind, coordinates = geometry.get("type"), geometry.get("coordinates")
-    try:  # polygons straight from arrays: ~15x faster than shapely's shape() on outlines of a million vertices
+    # polygons straight from arrays: much faster than shapely's shape() on large outlines
+    # (benchmarks/rasterise_bench.py times the whole read; benchmarks/journal/code-comments.md)
+    try:
         if kind == "Polygon":
             return _polygon(coordinates)
         if kind == "MultiPolygon":

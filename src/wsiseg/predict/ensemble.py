@@ -69,7 +69,8 @@ def probabilities(logits: torch.Tensor, out: torch.Tensor | None = None) -> torc
     (contiguous, the logits' shape) when given, else a new tensor.
 
     Strided logits (e.g. one channel sliced out of a wider output) are made contiguous
-    first: torch's sigmoid runs element by element on them, 2x slower than copy + sigmoid."""
+    first: torch's sigmoid runs element by element on them, slower than copy + sigmoid
+    (benchmarks/journal/predict.md)."""
     if logits.shape[1] > 1:
         return torch.softmax(logits, dim=1) if out is None else torch.softmax(logits, dim=1, out=out)
     if logits.is_contiguous():
@@ -178,8 +179,8 @@ def elementwise_threads(device: torch.device) -> Iterator[None]:
 
     Those kernels touch a few megabytes each and gain nothing from a second
     thread, while splitting them across threads makes each wait for the core
-    that the reader and writer threads are using (measured: 2-3x slower on
-    two busy cores).  The model itself keeps every thread."""
+    that the reader and writer threads are using (much slower on two busy cores;
+    see benchmarks/journal/code-comments.md).  The model itself keeps every thread."""
     if device.type != "cpu":
         yield
         return

@@ -47,17 +47,18 @@ def blend_window(size: int, mode: str = "gaussian", overlap: int = 0) -> np.ndar
 class TileNormaliser:
     """uint8 (n, h, w, 3) RGB tiles → normalised float (n, 3, h, w) on the device, equal to
     :func:`wsiseg.nn.data.to_tensor` of each tile (within float rounding), laid out channels_last
-    (what convolutions run fastest on: the demo U-Net on CPU takes 0.63 s per 512² tile
-    vs 0.93 s NCHW).
+    (what convolutions run fastest on: the demo U-Net on CPU runs faster than NCHW;
+    ``benchmarks/predict_bench.py`` times both, see benchmarks/journal/predict.md).
 
     Two steps: :meth:`prepare` runs in the reader thread, :meth:`__call__` in the
     model's.  On the CPU, ``prepare`` normalises (torch, one core, in row blocks that
-    stay in cache, scaled and shifted in one ``addcmul``: 3.1 ms per eight 512² tiles vs 4.1 as a multiply
-    and an add, numpy's 4.9), so the model's thread only
+    stay in cache, scaled and shifted in one ``addcmul``: faster than a multiply and an add,
+    or numpy; see benchmarks/journal/code-comments.md), so the model's thread only
     runs the model; on a GPU only the uint8 tiles travel and the device normalises.
     Either way the per-channel ``(x - mean) / std`` runs over rows of ``w * 3`` interleaved
     values against a precomputed row of scales and offsets: a (1, 3, 1, 1) broadcast over
-    channels_last memory has a 3-long innermost dimension and ran 7x slower.
+    channels_last memory has a 3-long innermost dimension and ran several times slower
+    (benchmarks/journal/predict.md).
 
     Batches come from a pool: :meth:`release` hands one back once nothing reads it any
     more, and the next :meth:`prepare` of its shape fills it again instead of allocating
@@ -65,7 +66,7 @@ class TileNormaliser:
     pool's batches are page-locked, so the copy to the device runs while the model
     thread goes on queueing work: from pageable memory the copy waited for the GPU to
     finish the previous batch, which then idled while the next forward was queued
-    (H200, U-Net/resnet34, 40k² slide: GPU busy 51%, predict 2.5x its bare forward)."""
+    (benchmarks/gpu_bench.py; benchmarks/journal/gpu.md)."""
 
     ROWS = 256  # rows of a tile normalised at a time on the CPU (~1.5 MB: in cache)
 
@@ -152,7 +153,8 @@ class TileNormaliser:
 
 def _zeros(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
     """A zero tensor; on the CPU from calloc'd memory, whose pages the kernel zeroes as they are first touched
-    (by the blender thread, not the thread that creates the band: ~40 ms at 8k px wide)."""
+    (by the blender thread, so the thread that creates the band does not wait for the zeroing; see
+    benchmarks/journal/predict.md, start-up)."""
     return torch.from_numpy(np.zeros(shape, np.float32)) if device.type == "cpu" else torch.zeros(shape, device=device)
 
 
@@ -174,8 +176,8 @@ class Blender:
         """Add the mean probabilities of :func:`forward_views`'s ``outputs`` for the tiles at columns ``xs``.
 
         They are computed into one buffer, batch after batch: a new tensor per batch cost fresh,
-        zeroed pages (with a null model at downscale 1, 60% of predict's page faults; zeroing
-        pages was 23% of its CPU time)."""
+        zeroed pages (with a null model at downscale 1, most of predict's page faults, and zeroing
+        pages a large share of its CPU time; benchmarks/journal/predict.md)."""
         shape = outputs[0][0].shape
         if self._probs is None or self._probs.shape[1:] != shape[1:] or len(self._probs) < shape[0]:
             self._probs = torch.empty(shape, device=self.acc.device)

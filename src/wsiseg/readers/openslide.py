@@ -30,9 +30,10 @@ TILE = 1024  # side of the pieces a region is read in (OpenSlide's own tiles are
 def _detect_vendor():
     """``openslide_detect_vendor`` of the openslide-bin wheel's library through ctypes, or None without the wheel.
 
-    Importing ``openslide`` costs ~25 ms (it imports Pillow); loading the library alone ~2 ms, and auto
-    detection runs for every TIFF converted.  A function object of its own (``lib[name]``, not
-    ``lib.name``), so openslide-python's argument and result types on the shared one do not apply."""
+    Importing ``openslide`` is slow (it imports Pillow), loading the library alone is not, and auto
+    detection runs for every TIFF converted (benchmarks/journal/convert.md).  A function object of its own
+    (``lib[name]``, not ``lib.name``), so openslide-python's argument and result types on the shared one do
+    not apply."""
     try:
         import openslide_bin
 

@@ -2,7 +2,7 @@
 
 Tiled inference reads overlapping bands (a 512-px tile row every 384 px): read
 one by one, each band would decode the chunk row it shares with the previous
-one again (2.6x the decoding at 512/128).  :class:`BandReader` keeps the
+one again (benchmarks/journal/predict.md).  :class:`BandReader` keeps the
 decoded rows of the pyramid level it reads from, channel-last, reads only the
 chunk rows below them, and drops the rows above the current band.  Its bands
 equal :meth:`wsiseg.store.slide.SlideStore.read_image` of the same box.

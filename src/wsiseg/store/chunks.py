@@ -108,7 +108,7 @@ LOCAL_FILE_SYSTEMS = {"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs"}  # local d
 _direct_folders: dict[str, bool] = {}  # folder -> whether its chunk files are written with O_DIRECT
 # Smaller files go through the page cache: a direct write waits on the device for each, and costs an extra
 # truncate.  Lossless tissue chunks (~0.5 MB) stay direct; JPEG chunks (50-200 KB) are cached: a compact
-# store's conversion ran 5% faster that way (median of 8 alternating runs, 20k² real H&E, 7 of 8 pairs).
+# store's conversion ran faster that way (benchmarks/journal/convert.md; benchmarks/convert_bench.py).
 SMALL = 1 << 18
 
 
@@ -154,8 +154,8 @@ def write_file(path: Path, data: bytes) -> None:
     """Write ``data`` to a new file at ``path``, bypassing the page cache (O_DIRECT) where the file system allows.
 
     A store is written once and read later; copying it through the page
-    cache cost about 1 s of CPU per GB on the virtual machines this was
-    measured on, more than encoding it.  The data is padded to whole blocks
+    cache cost more CPU than encoding it (benchmarks/journal/convert.md,
+    O_DIRECT chunk files).  The data is padded to whole blocks
     in an aligned buffer, written, and the file truncated to its length.
     Other file systems (see :func:`direct_io`), or one that refuses
     O_DIRECT, get a plain write; a refusal is remembered for the folder."""
@@ -193,7 +193,7 @@ def planar(block: np.ndarray, array: zarr.Array) -> np.ndarray:
         chunk[:h, :w] = block[:, :, 0]
         return chunk
     if (channels, h, w) == shape and channels in (3, 4) and block.dtype == np.uint8:
-        chunk = np.empty(shape, block.dtype)  # OpenCV's channel split: ~2x numpy's strided copies
+        chunk = np.empty(shape, block.dtype)  # OpenCV's channel split: faster than numpy's strided copies
         cv2.split(np.ascontiguousarray(block), list(chunk))
         return chunk
     chunk = np.full(shape, array.metadata.fill_value, block.dtype)
@@ -203,7 +203,7 @@ def planar(block: np.ndarray, array: zarr.Array) -> np.ndarray:
 
 
 def interleave(planar: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """(c, h, w) → (h, w, c): a contiguous copy (cv2.merge, ~20x faster than a numpy transpose copy), or for a
+    """(c, h, w) → (h, w, c): a contiguous copy (cv2.merge, much faster than a numpy transpose copy), or for a
     single channel a view of it (nothing to reorder); written into ``out`` ((h, w, c), e.g. a view of a larger
     buffer) when given."""
     if out is None:
@@ -222,9 +222,10 @@ def interleave(planar: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
 def chunk_writers(workers: int, direct: bool = True) -> ThreadPoolExecutor:
     """The thread pool that lays out, encodes and writes chunks for ``workers`` cores: two threads per core
     when chunks may be written with O_DIRECT, since a thread waits on the device during each such write
-    (measured ~8% faster conversion on 2 cores); else (``direct`` False: files under :data:`SMALL`, e.g. JPEG
-    chunks, written through the page cache) one per core, sparing the CPU the extra threads' switching (a
-    compact store's tile copy: 0.91 vs 0.95 s and 5% less CPU, 12 alternating runs on a 20k² real slide)."""
+    (a faster conversion on 2 cores); else (``direct`` False: files under :data:`SMALL`, e.g. JPEG chunks,
+    written through the page cache) one per core, sparing the CPU the extra threads' switching (a compact
+    store's tile copy ran faster, on less CPU).  Both measured with ``benchmarks/convert_bench.py``'s
+    alternating runs: benchmarks/journal/convert.md."""
     return ThreadPoolExecutor((2 if direct else 1) * max(1, workers), thread_name_prefix="zarr-chunks")
 
 

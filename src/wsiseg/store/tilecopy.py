@@ -9,11 +9,12 @@ stream), so level 0 is bit-identical to tifffile's decode and costs no decoding 
 
 The pyramid still needs pixels.  Level 1 comes straight from the tile bytes by libjpeg-turbo's
 DCT-scaled decoding at 1/2 (simplejpeg, or OpenCV ``IMREAD_REDUCED_*_2``: the inverse DCT of each 8x8
-block is computed at 4x4, about 0.7x a full decode's cost); levels 2.. are 2x2 means of level 1 as in
-every other store.  The DCT-scaled image is an antialiased 2x reduction, not the exact 2x2 mean
-of level 0: 50 dB PSNR against that mean on real H&E (48 dB on tissue tiles), far below the error
-of encoding level 1 at JPEG quality 90 (38 dB), so the stored level 1 is as close to the exact mean
-as the decode/re-encode path's (38.1 vs 38.0 dB; ``benchmarks/README.md``).  Levels 1.. are
+block is computed at 4x4, cheaper than a full decode, though Huffman decoding still covers every
+coefficient); levels 2.. are 2x2 means of level 1 as in every other store.  The DCT-scaled image is
+an antialiased 2x reduction, not the exact 2x2 mean of level 0, but its difference from that mean on
+real H&E is far smaller than the error of encoding level 1 at JPEG quality 90, so the stored level 1
+is as close to the exact mean as the decode/re-encode path's (``benchmarks/convert_bench.py`` measures
+both; ``benchmarks/README.md``, convert, and ``benchmarks/journal/convert.md``).  Levels 1.. are
 encoded at ``convert.jpeg_quality``; level 0 keeps the scanner's own quality.
 
 :func:`copy_plan` decides whether a slide qualifies and says why not; it also decodes a few
@@ -191,9 +192,10 @@ def _level1_chunk(
 
 
 def _half(plan: TileCopy, index: int, stream: bytes) -> np.ndarray:
-    """Tile ``index`` (its complete ``stream``) at 1/2 scale: DCT-scaled (simplejpeg's TurboJPEG, ~8% faster than
-    OpenCV's; OpenCV for subsamplings TurboJPEG cannot name), or, for data libjpeg refuses in that mode (e.g. a
-    truncated tile, which tifffile decodes padded), the 2x2 mean of its full decode."""
+    """Tile ``index`` (its complete ``stream``) at 1/2 scale: DCT-scaled (simplejpeg's TurboJPEG, faster than
+    OpenCV's, see benchmarks/journal/convert.md; OpenCV for subsamplings TurboJPEG cannot name), or, for data
+    libjpeg refuses in that mode (e.g. a truncated tile, which tifffile decodes padded), the 2x2 mean of its
+    full decode."""
     h, w = plan.tile_shape
     try:
         half = simplejpeg.decode_jpeg(stream, "RGB", min_height=h // 2, min_width=w // 2)

@@ -225,7 +225,8 @@ def release_memory() -> None:
 
     glibc keeps freed blocks of every thread's arena for reuse, so a process that
     works through a slide in strips would otherwise hold the sum of its strips'
-    high-water marks (measured: +0.25 GB from 8k to 40k px wide).  Trimming costs a
+    high-water marks, growing with the slide's width (benchmarks/journal/predict.md;
+    ``benchmarks/predict_bench.py --modes memory`` measures peak RSS).  Trimming costs a
     few milliseconds, so call it between large steps, not per tile."""
     try:
         libc = ctypes.CDLL("libc.so.6")
