@@ -60,6 +60,7 @@ from wsiseg.resolution import PixelSize, ResolutionError, choose
 from wsiseg.samples.folds import fold_split
 from wsiseg.config.params import UNTRACKED_KEYS
 from wsiseg.samples.sheet import read_samples, sheet_mpp, validate_samples
+from wsiseg.samples.batching import SlideBatches
 from wsiseg.store.layout import SLIDE_GROUPS
 
 RESULTS = config["results"].rstrip("/")
@@ -166,48 +167,19 @@ def predicted_slides():
     return slides("val", "test") if TRAINING else list(SAMPLES.index)
 
 
-PER_JOB = config["slides_per_job"]
-
-
-def batched(ids):
-    """Groups of `slides_per_job` slides in sample-sheet order, named b0000, b0001, ..."""
-    return {
-        f"b{k // PER_JOB:04d}": ids[k : k + PER_JOB]
-        for k in range(0, len(ids), PER_JOB)
-    }
-
-
-# per stage folder: the slide groups that one job handles when slides_per_job > 1
-BATCHES = {
-    "zarr": batched(list(SAMPLES.index)),
-    "patches": batched(slides("train", "val")),
-    "predictions": batched(predicted_slides()),
-}
-BATCH_OF = {
-    stage: {s: b for b, ids in groups.items() for s in ids}
-    for stage, groups in BATCHES.items()
-}
-
-
-def group_folder(stage, slide):
-    """The folder of the slide group that holds `slide`'s store in results/{stage}/."""
-    return f"{RESULTS}/{stage}/{SLIDE_GROUPS}/{BATCH_OF[stage][slide]}"
-
-
-def store(stage, slide):
-    """Store of `slide` in results/{stage}/ (zarr, patches, predictions): its own
-    job's output, or inside its group's folder with slides_per_job > 1."""
-    if PER_JOB == 1:
-        return f"{RESULTS}/{stage}/{slide}.zarr"
-    return f"{group_folder(stage, slide)}/{slide}.zarr"
-
-
-def job_outputs(stage, ids):
-    """The outputs of the jobs that write the stores of `ids`: the stores themselves,
-    or the folders of their groups."""
-    if PER_JOB == 1:
-        return [store(stage, s) for s in ids]
-    return sorted({group_folder(stage, s) for s in ids})
+# the slide groups each job handles when slides_per_job > 1, per stage folder
+BATCHING = SlideBatches(
+    RESULTS,
+    config["slides_per_job"],
+    {
+        "zarr": list(SAMPLES.index),
+        "patches": slides("train", "val"),
+        "predictions": predicted_slides(),
+    },
+)
+BATCHES = BATCHING.groups
+store = BATCHING.store
+job_outputs = BATCHING.job_outputs
 
 
 def converted_groups(stage):
