@@ -9,12 +9,14 @@ refer to one module object (``wsiseg.codecs is wsiseg.store.codecs``) and nothin
 from __future__ import annotations
 
 import importlib
-import importlib.abc
 import importlib.machinery
-import importlib.util
 import sys
 import types
-from typing import Any, Callable
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers take it as True)
+
+if TYPE_CHECKING:  # typing's names cost an import that `wsiseg --help` does not need
+    from typing import Any, Callable
 
 MOVED = {
     "augment": "wsiseg.nn.augment",
@@ -50,8 +52,9 @@ MOVED = {
 """Old module name (below ``wsiseg``) -> the module that holds its code now."""
 
 
-class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Finds ``wsiseg.<old name>`` and loads it as the module it moved to."""
+class _Alias:
+    """Finds ``wsiseg.<old name>`` and loads it as the module it moved to (a meta path finder and its loader;
+    the ``importlib.abc`` base classes are left out: importing them costs more than the rest of ``wsiseg --help``)."""
 
     def find_spec(self, fullname: str, path=None, target=None) -> importlib.machinery.ModuleSpec | None:
         package, _, name = fullname.rpartition(".")
@@ -80,6 +83,8 @@ def forward_to(package: str, *modules: str) -> Callable[[str], Any]:
     (imported when first asked for, so importing the package costs nothing)."""
 
     def __getattr__(name: str) -> Any:
+        import importlib.util
+
         if importlib.util.find_spec(f"{package}.{name}") is not None:  # a submodule not imported yet
             return importlib.import_module(f"{package}.{name}")
         for module in modules:

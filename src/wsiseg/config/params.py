@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping, TypeVar
 
-from wsiseg.readers.raster import MAX_DECODED_PIXELS
+from wsiseg.readers.limits import MAX_DECODED_PIXELS
 
 P = TypeVar("P")
 

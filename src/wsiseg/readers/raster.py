@@ -10,9 +10,9 @@ from pathlib import Path
 
 from wsiseg.errors import SlideError
 from wsiseg.readers.base import ArrayReader
+from wsiseg.readers.limits import MAX_DECODED_PIXELS
 
 RASTER_SUFFIXES = {".png", ".jpg", ".jpeg"}
-MAX_DECODED_PIXELS = 1_000_000_000  # PNG/JPEG decoded whole: 3 GB as 8-bit RGB, 8 GB as 16-bit RGBA
 
 
 JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}

@@ -19,9 +19,8 @@ import tifffile
 
 from wsiseg.errors import SlideError
 from wsiseg.readers.base import SAMPLE_SIDE, Band, Piece, ZarrReader
+from wsiseg.readers.limits import MAX_SEGMENT_BYTES, STREAM_SEGMENT_BYTES  # noqa: F401 (MAX: the registry's default)
 
-STREAM_SEGMENT_BYTES = 64 * 2**20  # larger deflate/uncompressed strips are decoded row by row
-MAX_SEGMENT_BYTES = 512 * 2**20  # larger tiles/strips that cannot be streamed are rejected
 DEFLATE = {8, 32946}
 
 
