@@ -34,7 +34,7 @@ DEFAULT_LOSS = {"dice": 1.0, "bce": 1.0}
 
 
 # train keys that never change what a run learns (results are identical for any num_workers:
-# tests/test_resume.py): the workflow keeps them out of the train rule's params, so editing them (or a
+# tests/safety/test_resume.py): the workflow keeps them out of the train rule's params, so editing them (or a
 # new default) never retrains; the train script reads them from the config.  `devices` stays a param:
 # more GPUs make a larger effective batch.
 UNTRACKED_KEYS = ("num_workers", "resume")
