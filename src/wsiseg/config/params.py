@@ -104,8 +104,9 @@ class TrainParams:
     arch: str = "Unet"
     encoder: str = "resnet18"
     encoder_weights: str | None = None
-    encoder_depth: int = 4
-    decoder_channels: tuple[int, ...] | None = (128, 64, 32, 16)
+    # None: the architecture's default (wsiseg.config.checks.NETWORKS; Unet: 4 and (128, 64, 32, 16))
+    encoder_depth: int | None = None
+    decoder_channels: tuple[int, ...] | None = None
     epochs: int = 5
     batch_size: int = 16
     lr: float = 1e-3

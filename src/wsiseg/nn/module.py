@@ -7,40 +7,16 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import pytorch_lightning as pl
-import segmentation_models_pytorch as smp
 import torch
-from torch import nn
 
 from wsiseg.config.params import DEFAULT_LOSS, TrainParams
 from wsiseg.errors import ConfigError, ModelError
+from wsiseg.nn.architectures import build_network, network_of, resolve_network
 from wsiseg.nn.losses import build_loss
 from wsiseg.utils.io import check_input_file
 
-
-def build_network(
-    arch: str = TrainParams.arch,
-    encoder: str = TrainParams.encoder,
-    encoder_weights: str | None = TrainParams.encoder_weights,
-    encoder_depth: int = TrainParams.encoder_depth,
-    decoder_channels: Sequence[int] | None = TrainParams.decoder_channels,
-    classes: int = 1,
-) -> nn.Module:
-    """A segmentation-models-pytorch network from plain config values.
-
-    ``encoder_weights`` (e.g. ``imagenet``) downloads pretrained weights
-    through smp; the default ``None`` trains from scratch."""
-    kwargs: dict[str, Any] = {"encoder_depth": encoder_depth}
-    if decoder_channels is not None:
-        kwargs["decoder_channels"] = list(decoder_channels)
-    try:
-        return smp.create_model(
-            arch, encoder_name=encoder, encoder_weights=encoder_weights, in_channels=3, classes=classes, **kwargs
-        )
-    except (KeyError, ValueError, TypeError) as err:
-        raise ConfigError(f"cannot build smp model arch={arch!r} encoder={encoder!r}: {err}") from None
-
-
 SCHEDULERS = ("cosine", "onecycle", "none")
+SMP_DEPTHS = {"PSPNet": 3, "DPT": 4}  # smp's encoder_depth default where it is not 5
 
 
 def confusion(logits: torch.Tensor, target: torch.Tensor, classes: int) -> torch.Tensor:
@@ -84,7 +60,7 @@ class SegmentationModule(pl.LightningModule):
         arch: str = TrainParams.arch,
         encoder: str = TrainParams.encoder,
         encoder_weights: str | None = TrainParams.encoder_weights,
-        encoder_depth: int = TrainParams.encoder_depth,
+        encoder_depth: int | None = TrainParams.encoder_depth,
         decoder_channels: Sequence[int] | None = TrainParams.decoder_channels,
         classes: int = 1,
         loss: dict[str, float] | None = None,
@@ -105,6 +81,10 @@ class SegmentationModule(pl.LightningModule):
             raise ConfigError(f"train.scheduler: unknown {scheduler!r}; choose from {list(SCHEDULERS)}")
         self.save_hyperparameters()
         self.net = build_network(arch, encoder, encoder_weights, encoder_depth, decoder_channels, classes)
+        # the checkpoint records the settings the network was built with, not "the default" (which may change)
+        self.hparams["encoder_depth"], self.hparams["decoder_channels"] = resolve_network(
+            arch, encoder_depth, decoder_channels
+        )
         self.criterion = build_loss(loss or DEFAULT_LOSS, classes, class_weights)
         self._counts = torch.zeros(max(1, classes - 1), 3, dtype=torch.float64)
 
@@ -168,8 +148,11 @@ def upgrade_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
     """Hyper-parameters of older checkpoints in today's form (``dice_weight``/``bce_weight`` → ``loss``)."""
     hparams = dict(hparams)
     # the network of a checkpoint that predates these keys was built with smp's defaults
-    hparams.setdefault("encoder_depth", 5)
+    found = network_of(hparams.get("arch", "Unet"))
+    hparams.setdefault("encoder_depth", SMP_DEPTHS.get(found[0] if found else "", 5))
     hparams.setdefault("decoder_channels", None)
+    if found and found[1].takes_channels is None:
+        hparams["decoder_channels"] = None  # older wsiseg passed U-Net channels to all; these ignored them
     if "dice_weight" in hparams or "bce_weight" in hparams:
         hparams["loss"] = {"dice": float(hparams.pop("dice_weight", 1.0)), "bce": float(hparams.pop("bce_weight", 1.0))}
     return hparams
