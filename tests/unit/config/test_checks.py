@@ -68,3 +68,35 @@ def test_image_shape_reads_headers_only(tmp_path):
     assert [image_shape(tmp_path / f"a.{e}") for e in ("png", "jpg", "tif")] == [(30, 50), (31, 51), (32, 52)]
     assert image_shape(tmp_path / "bomb.png") == (90_000, 100_000)
     assert image_shape(tmp_path / "missing.png") is None
+
+
+def test_the_default_config_with_only_the_architecture_changed_passes_the_dry_run():
+    """What a new user tries first: config/config.yaml's settings, another `train.arch` (its defaults fill in)."""
+    from wsiseg.config.checks import ARCHS
+
+    for arch in ARCHS:
+        config = {
+            "train": {"arch": arch, "encoder": "tu-vit_small_patch16_224" if arch == "DPT" else "resnet18"},
+            "predict": {"tile": 512, "overlap": 128},
+            "patches": {"size": 128, "downscale": 2},
+        }
+        assert plan_problems(config, {"a": "train", "b": "val"}) == [], arch
+
+
+def test_a_network_the_dry_run_refuses_is_one_line_naming_its_keys():
+    config = {
+        "train": {"arch": "DPT", "encoder": "resnet18", "encoder_depth": 5},
+        "predict": {"tile": 500, "overlap": 64},
+        "patches": {"size": 128, "downscale": 2},
+    }
+    problems = plan_problems(config, {"a": "train", "b": "val"})
+    assert problems == [
+        "`train.arch` DPT takes timm encoders only: `train.encoder` is 'resnet18', use `tu-<timm name>` "
+        "(e.g. tu-vit_small_patch16_224, tu-resnet50)",
+        "`train.encoder_depth` is 5, but `train.arch` DPT builds with 4 (null: its default, 4)",
+    ]
+    config["train"] = {"arch": "UnetPlusPlus", "encoder": "resnet18"}
+    assert plan_problems(config, {"a": "train", "b": "val"}) == [
+        "`predict.tile` (500) must be a multiple of 16 for `train.arch` UnetPlusPlus with `train.encoder` "
+        "'resnet18' at `train.encoder_depth` 4"
+    ]
