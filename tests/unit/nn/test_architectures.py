@@ -52,7 +52,7 @@ def test_every_architecture_trains_a_step_and_predicts_at_input_resolution(arch,
     patch = _side(arch, encoder, 64)
     tile = _side(arch, encoder, patch + 1)  # another size than training's, as predict.tile is
     assert network_problems(train, {"patches.size": patch, "predict.tile": tile}) == []
-    module = SegmentationModule(arch=arch, encoder=encoder, lr=1e-3)
+    module = SegmentationModule(arch=arch, encoder=encoder, lr=1e-3, patch_size=patch)
     optimiser = torch.optim.AdamW(module.parameters(), lr=1e-3)
     x, y = torch.rand(2, 3, patch, patch), (torch.rand(2, 1, patch, patch) > 0.5).float()
     module.train()
@@ -172,3 +172,10 @@ def test_fpn_refuses_a_transformer_style_timm_encoder_below_depth_5():
     with pytest.raises(ConfigError, match=r"`train.encoder_depth` is 4, but `train.arch` FPN with `train.encoder`"):
         build_network("FPN", "tu-convnext_atto", None, 4)
     assert build_network("FPN", "tu-convnext_atto", None, None).encoder  # its default depth, 5, builds
+
+
+def test_the_module_refuses_patches_the_network_cannot_take():
+    with pytest.raises(
+        ConfigError, match=r"^`patches.size` \(64\) must be a multiple of 16 and at least 128 for `train.arch` PAN"
+    ):
+        SegmentationModule(arch="PAN", patch_size=64)
