@@ -23,6 +23,7 @@ from wsiseg.config.checks import (
     image_shape,
     plan_problems,
     resolve_exclusive,
+    resolve_network,
 )
 
 CONFIG_SCHEMA = RULES_DIR.parent / "schemas" / "config.schema.yaml"
@@ -102,8 +103,14 @@ CLASS_NAMES = config["report"]["class_names"] or (
 def decisive_train_keys():
     """Config `train` minus the keys that decide how a run goes, never what it learns
     (`UNTRACKED_KEYS`: num_workers, resume): as params they would retrain on every
-    edit of them; the train script reads them from the config."""
-    return {k: v for k, v in config["train"].items() if k not in UNTRACKED_KEYS}
+    edit of them; the train script reads them from the config.  `encoder_depth` and
+    `decoder_channels` are given as the network is built (null = the architecture's
+    default, resolved), so writing out a default, or leaving it out, retrains nothing."""
+    train = {k: v for k, v in config["train"].items() if k not in UNTRACKED_KEYS}
+    train["encoder_depth"], train["decoder_channels"] = resolve_network(
+        train["arch"], train.get("encoder_depth"), train.get("decoder_channels")
+    )
+    return train
 
 
 # provenance: hashes of the config keys that decide predictions (and the report)

@@ -195,6 +195,19 @@ def network_settings(
     return kwargs
 
 
+def resolve_network(
+    arch: str, encoder_depth: int | None = None, decoder_channels: Sequence[int] | None = None
+) -> tuple[int | None, list[int] | None]:
+    """(encoder_depth, decoder_channels) that ``arch`` is built with, None resolved to its defaults, in config
+    form (``decoder_channels``: a list, ``[n]`` for one-number architectures, None where not taken): what a
+    checkpoint records, so that it rebuilds the same network whatever the defaults become."""
+    kwargs = network_settings(arch, encoder_depth, decoder_channels)
+    channels = kwargs.get("decoder_channels")
+    if isinstance(channels, int):
+        channels = [channels]
+    return kwargs.get("encoder_depth", encoder_depth), channels
+
+
 def input_multiple(arch: str, encoder: str, encoder_depth: int | None = None) -> tuple[int, int]:
     """(multiple, minimum): the input sides ``arch`` with ``encoder`` at ``encoder_depth`` accepts."""
     found = network_of(arch)

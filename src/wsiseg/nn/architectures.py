@@ -19,19 +19,6 @@ from wsiseg.config.params import TrainParams
 from wsiseg.errors import ConfigError
 
 
-def resolve_network(
-    arch: str, encoder_depth: int | None = None, decoder_channels: Sequence[int] | None = None
-) -> tuple[int | None, list[int] | None]:
-    """(encoder_depth, decoder_channels) that ``arch`` is built with, None resolved to its defaults, in config
-    form (``decoder_channels``: a list, ``[n]`` for one-number architectures, None where not taken): what a
-    checkpoint records, so that it rebuilds the same network whatever the defaults become."""
-    kwargs = network_settings(arch, encoder_depth, decoder_channels)
-    channels = kwargs.get("decoder_channels")
-    if isinstance(channels, int):
-        channels = [channels]
-    return kwargs.get("encoder_depth", encoder_depth), channels
-
-
 def build_network(
     arch: str = TrainParams.arch,
     encoder: str = TrainParams.encoder,

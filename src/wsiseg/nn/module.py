@@ -9,10 +9,10 @@ from typing import Any, Sequence
 import pytorch_lightning as pl
 import torch
 
-from wsiseg.config.checks import network_problems
+from wsiseg.config.checks import network_problems, resolve_network
 from wsiseg.config.params import DEFAULT_LOSS, TrainParams
 from wsiseg.errors import ConfigError, ModelError
-from wsiseg.nn.architectures import build_network, network_of, resolve_network
+from wsiseg.nn.architectures import build_network, network_of
 from wsiseg.nn.losses import build_loss
 from wsiseg.utils.io import check_input_file
 

@@ -17,9 +17,10 @@ from wsiseg.config.checks import (  # noqa: E402
     network_problems,
     network_settings,
     plan_problems,
+    resolve_network,  # noqa: E402
 )
 from wsiseg.errors import ConfigError  # noqa: E402
-from wsiseg.nn.architectures import build_network, resolve_network  # noqa: E402
+from wsiseg.nn.architectures import build_network  # noqa: E402
 from wsiseg.nn.module import SegmentationModule, upgrade_hparams  # noqa: E402
 
 VIT = "tu-vit_tiny_patch16_224"
