@@ -23,8 +23,8 @@ from wsiseg.config.checks import (
     image_shape,
     plan_problems,
     resolve_exclusive,
-    resolve_network,
 )
+from wsiseg.config.networks import resolve_network
 
 CONFIG_SCHEMA = RULES_DIR.parent / "schemas" / "config.schema.yaml"
 # config files from lowest to highest precedence (--configfile overrides the Snakefile's)
@@ -105,7 +105,8 @@ def decisive_train_keys():
     (`UNTRACKED_KEYS`: num_workers, resume): as params they would retrain on every
     edit of them; the train script reads them from the config.  `encoder_depth` and
     `decoder_channels` are given as the network is built (null = the architecture's
-    default, resolved), so writing out a default, or leaving it out, retrains nothing."""
+    default, resolved), so writing out a default, or leaving it out, retrains nothing.
+    """
     train = {k: v for k, v in config["train"].items() if k not in UNTRACKED_KEYS}
     train["encoder_depth"], train["decoder_channels"] = resolve_network(
         train["arch"], train.get("encoder_depth"), train.get("decoder_channels")

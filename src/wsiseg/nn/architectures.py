@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import segmentation_models_pytorch as smp
 from torch import nn
 
-from wsiseg.config.checks import network_of, network_problems, network_settings, vit_patch
+from wsiseg.config.networks import network_of, network_problems, network_settings, vit_patch
 from wsiseg.config.params import TrainParams
 from wsiseg.errors import ConfigError
 

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import pytorch_lightning as pl
 import torch
 
-from wsiseg.config.checks import network_problems, resolve_network
+from wsiseg.config.networks import network_problems, resolve_network
 from wsiseg.config.params import DEFAULT_LOSS, TrainParams
 from wsiseg.errors import ConfigError, ModelError
 from wsiseg.nn.architectures import build_network, network_of

@@ -72,7 +72,7 @@ def test_image_shape_reads_headers_only(tmp_path):
 
 def test_the_default_config_with_only_the_architecture_changed_passes_the_dry_run():
     """What a new user tries first: config/config.yaml's settings, another `train.arch` (its defaults fill in)."""
-    from wsiseg.config.checks import ARCHS
+    from wsiseg.config.networks import ARCHS
 
     for arch in ARCHS:
         config = {

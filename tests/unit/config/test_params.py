@@ -77,7 +77,7 @@ def test_stage_signatures_are_keyword_only_past_their_inputs():
 def test_accepted_architectures_and_encoders_are_smps_own():
     """The dry-run checks accept exactly the architectures and encoders the installed smp registers."""
     smp = pytest.importorskip("segmentation_models_pytorch")
-    from wsiseg.config.checks import ARCHS, ENCODERS
+    from wsiseg.config.networks import ARCHS, ENCODERS
 
     assert sorted(ARCHS) == sorted(cls.__name__ for cls in smp.MODEL_ARCHITECTURES_MAPPING.values())
     assert sorted(ENCODERS) == sorted(smp.encoders.get_encoder_names())

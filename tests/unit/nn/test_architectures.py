@@ -10,14 +10,14 @@ import pytest
 torch = pytest.importorskip("torch")
 smp = pytest.importorskip("segmentation_models_pytorch")
 
-from wsiseg.config.checks import (  # noqa: E402
+from wsiseg.config.checks import plan_problems  # noqa: E402
+from wsiseg.config.networks import (  # noqa: E402
     ARCHS,
     NETWORKS,
     input_multiple,
     network_problems,
     network_settings,
-    plan_problems,
-    resolve_network,  # noqa: E402
+    resolve_network,
 )
 from wsiseg.errors import ConfigError  # noqa: E402
 from wsiseg.nn.architectures import build_network  # noqa: E402
