@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Callable
 
@@ -18,7 +17,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from support.workflow import SNAKEFILE, write_config
+from support.workflow import snakemake_command, write_config
 
 from wsiseg.cli import main
 
@@ -389,18 +388,7 @@ def dry_run(folder: Path, slides: Path, overlay: dict) -> subprocess.CompletedPr
     write(str(folder / "sheet.csv"), "slide_id,image,mask,split\n" + "\n".join(rows) + "\n")
     config = {k: {**BASE.get(k, {}), **v} if isinstance(v, dict) else v for k, v in {**BASE, **overlay}.items()}
     write_config(folder, config)
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(SNAKEFILE),
-        "--directory",
-        str(folder),
-        "-n",
-        "--cores",
-        "1",
-    ]
+    cmd = snakemake_command(folder, "-n", "--cores", "1")
     return subprocess.run(cmd, capture_output=True, text=True, cwd=folder, timeout=120)
 
 

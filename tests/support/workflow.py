@@ -39,21 +39,15 @@ TINY_CONFIG = {
 }
 
 
+def snakemake_command(workdir: str | Path, *args: str) -> list[str]:
+    """The command line of snakemake on this repository's Snakefile in ``workdir``, with ``args``."""
+    return [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(workdir), *args]
+
+
 def snakemake(workdir: Path, config: dict, *args: str) -> subprocess.CompletedProcess:
     """Run snakemake on this repository's Snakefile in ``workdir`` with ``config``."""
     write_config(workdir, config)
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(SNAKEFILE),
-        "--directory",
-        str(workdir),
-        "--cores",
-        "2",
-        *args,
-    ]
+    cmd = snakemake_command(workdir, "--cores", "2", *args)
     return subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -15,7 +14,7 @@ import pytest
 import tifffile
 import zarr
 from skimage.measure import label
-from support.workflow import SNAKEFILE, write_config
+from support.workflow import snakemake_command, write_config
 
 from wsiseg import rle
 from wsiseg.cli import main
@@ -270,17 +269,7 @@ def test_mixed_resolution_sheet_predicts_each_slide_at_the_model_scale(rescanned
         "predict": {"model": str(ckpt), "tile": 64, "overlap": 16},
     }
     write_config(tmp_path, config)
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(SNAKEFILE),
-        "--directory",
-        str(tmp_path),
-        "--cores",
-        "2",
-    ]
+    cmd = snakemake_command(tmp_path, "--cores", "2")
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
     out = tmp_path / "out"
@@ -304,18 +293,7 @@ def test_physical_scale_without_a_pixel_size_stops_the_dry_run(tmp_path):
         "slide_id,image,mask,split\na,a.tif,m.csv,train\nb,b.tif,m.csv,val\nc,c.tif,,test\n"
     )
     write_config(tmp_path, {"results": "out", "samples": "sheet.csv", "patches": {"size": 32, "mpp": 1.0}})
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(SNAKEFILE),
-        "--directory",
-        str(tmp_path),
-        "-n",
-        "--cores",
-        "1",
-    ]
+    cmd = snakemake_command(tmp_path, "-n", "--cores", "1")
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
     lines = [line for line in (result.stdout + result.stderr).splitlines() if "wsiseg: config error" in line]
     assert result.returncode != 0 and len(lines) == 1, (result.stdout + result.stderr)[-2000:]

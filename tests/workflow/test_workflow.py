@@ -16,7 +16,7 @@ import pytest
 import yaml
 import zarr
 from support.paths import ROOT
-from support.workflow import SNAKEFILE, TINY_CONFIG, scheduled, snakemake, write_config
+from support.workflow import TINY_CONFIG, scheduled, snakemake, snakemake_command, write_config
 
 from wsiseg import rle
 
@@ -247,18 +247,7 @@ def test_reordered_config_reruns_nothing(finished):
         k: dict(reversed(list(v.items()))) if isinstance(v, dict) else v for k, v in reversed(list(TINY_CONFIG.items()))
     }
     write_config(finished, yaml.dump(reordered, sort_keys=False))
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(SNAKEFILE),
-        "--directory",
-        str(finished),
-        "--cores",
-        "2",
-        "-n",
-    ]
+    cmd = snakemake_command(finished, "--cores", "2", "-n")
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=finished)
     assert result.returncode == 0 and scheduled(result) == {}, result.stdout[-2000:]
 
@@ -304,17 +293,7 @@ def test_killed_run_recovers_with_the_default_profile(tmp_path):
 
     config = {**TINY_CONFIG, "train": {**TINY_CONFIG["train"], "epochs": 2}}
     write_config(tmp_path, config)
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(SNAKEFILE),
-        "--directory",
-        str(tmp_path),
-        "--cores",
-        "2",
-    ]
+    cmd = snakemake_command(tmp_path, "--cores", "2")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     last = tmp_path / "out" / "models" / "tiny" / "lightning" / "checkpoints" / "last.ckpt"
     deadline = time.time() + 300

@@ -95,10 +95,9 @@ def test_workflow_plans_a_segmentation_per_predicted_slide_and_reads_a_dicom_fol
     dicom_seg job per predicted slide (none without it)."""
     import re
     import subprocess
-    import sys
 
     import pandas as pd
-    from support.workflow import SNAKEFILE, write_config
+    from support.workflow import snakemake_command, write_config
 
     folder = write_dicom(write_svs(tmp_path / "scan.svs", tissue_like(300, 400)), tmp_path / "scan")
     sheet = pd.read_csv(tiny_demo / "samples.csv", dtype=str, keep_default_na=False)
@@ -109,18 +108,7 @@ def test_workflow_plans_a_segmentation_per_predicted_slide_and_reads_a_dicom_fol
 
     def planned(dicom_seg: bool) -> dict[str, int]:
         write_config(tmp_path, {"samples": "sheet.csv", "report": {"dicom_seg": dicom_seg}})
-        cmd = [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "--snakefile",
-            str(SNAKEFILE),
-            "--directory",
-            str(tmp_path),
-            "-n",
-            "--cores",
-            "1",
-        ]
+        cmd = snakemake_command(tmp_path, "-n", "--cores", "1")
         result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
         assert result.returncode == 0, (result.stdout + result.stderr)[-2000:]
         table = (result.stdout + result.stderr).split("Job stats:", 1)[1].split("total", 1)[0]
