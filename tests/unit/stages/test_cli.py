@@ -5,6 +5,7 @@ import pytest
 from support.paths import ROOT
 
 from wsiseg.cli import main
+from wsiseg.errors import SlideError
 
 STAGES = ["demo", "convert", "patches", "train", "predict", "report", "dicomseg"]
 
@@ -36,6 +37,32 @@ def test_cli_convert_reports_bad_input_clearly(tmp_path, capsys):
     assert main(["convert", str(bad), str(tmp_path / "o.zarr")]) == 1
     err = capsys.readouterr().err
     assert "wsiseg convert: error:" in err and "bad.tif" in err
+
+
+@pytest.mark.parametrize(
+    ("raised", "one_line"),
+    [
+        (lambda: SlideError("s.tif: not a TIFF"), True),
+        (lambda: FileNotFoundError(2, "No such file or directory", "s.tif"), True),
+        (lambda: ValueError("operands could not be broadcast together"), False),  # numpy's: a bug
+        (lambda: ZeroDivisionError("division by zero"), False),
+    ],
+    ids=["wsiseg-error", "os-error", "plain-value-error", "other-bug"],
+)
+def test_user_errors_are_one_line_and_bugs_keep_their_traceback(raised, one_line, monkeypatch, capsys):
+    import wsiseg.info
+
+    def describe(path):
+        raise raised()
+
+    monkeypatch.setattr(wsiseg.info, "describe", describe)
+    if one_line:
+        assert main(["info", "s.tif"]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("wsiseg info: error:") and "s.tif" in err and "\n" not in err
+    else:
+        with pytest.raises(type(raised())):
+            main(["info", "s.tif"])
 
 
 def test_unknown_subcommand_exits_nonzero():
