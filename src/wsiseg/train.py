@@ -255,6 +255,7 @@ def _module(
         channels_last=params.channels_last,
         compile=params.compile,
         stain=stain,
+        freeze_encoder=params.freeze_encoder,
     )
 
 

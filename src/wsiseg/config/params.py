@@ -121,6 +121,7 @@ class TrainParams:
     early_stopping_patience: int = 0  # epochs without a better val_dice before stopping; 0 = off
     channels_last: bool = False
     compile: bool = False
+    freeze_encoder: bool = False  # train the decoder and head only (wsiseg.nn.module.SegmentationModule)
     num_workers: int | str = (
         "auto"  # auto: 0 on CPU; on a GPU one per core but one, at most 8 (wsiseg.train.loader_workers)
     )

@@ -76,6 +76,7 @@ class SegmentationModule(pl.LightningModule):
         compile: bool = TrainParams.compile,
         mpp: float | None = None,
         stain: dict[str, Any] | None = None,
+        freeze_encoder: bool = TrainParams.freeze_encoder,
     ):
         super().__init__()
         if scheduler not in SCHEDULERS:
@@ -90,6 +91,8 @@ class SegmentationModule(pl.LightningModule):
         self.hparams["encoder_depth"], self.hparams["decoder_channels"] = resolve_network(
             arch, encoder_depth, decoder_channels
         )
+        if freeze_encoder:  # no gradients: the encoder's activations are not kept for a backward pass either
+            self.net.encoder.requires_grad_(False)
         self.criterion = build_loss(loss or DEFAULT_LOSS, classes, class_weights)
         self._counts = torch.zeros(max(1, classes - 1), 3, dtype=torch.float64)
 
@@ -101,6 +104,13 @@ class SegmentationModule(pl.LightningModule):
             self.__dict__["_compiled"] = torch.compile(
                 self.net
             )  # not a registered submodule: state_dict keys stay clean
+
+    def train(self, mode: bool = True) -> SegmentationModule:
+        """Training mode, except a frozen encoder, which keeps its batch-norm statistics and dropout off."""
+        super().train(mode)
+        if self.hparams.get("freeze_encoder"):
+            self.net.encoder.eval()
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (n, classes, h, w) for normalised images (n, 3, h, w)."""
@@ -138,7 +148,8 @@ class SegmentationModule(pl.LightningModule):
 
     def configure_optimizers(self):
         h = self.hparams
-        optimizer = torch.optim.AdamW(self.parameters(), lr=h.lr, weight_decay=h.weight_decay)
+        trainable = [p for p in self.parameters() if p.requires_grad]  # a frozen encoder's are left out
+        optimizer = torch.optim.AdamW(trainable, lr=h.lr, weight_decay=h.weight_decay)
         if h.scheduler == "none":
             return optimizer
         if h.scheduler == "onecycle":
