@@ -36,7 +36,10 @@ DOCUMENTED = [
     ("wsiseg.params", ["from_mapping", "SCHEMA"]),
     ("wsiseg.settings", ["TrainParams", "PredictParams"]),
     ("wsiseg.store", ["SlideStore", "read_region", "write_file", "StoreError"]),
-    ("wsiseg.slide", ["SourceSlide", "open_reader", "SlideError", "open_tiff", "MAX_DECODED_PIXELS"]),
+    (
+        "wsiseg.slide",
+        ["SourceSlide", "open_reader", "SlideError", "open_tiff", "MAX_DECODED_PIXELS", "MAX_SEGMENT_BYTES"],
+    ),
     ("wsiseg.masks", ["Ring", "open_mask", "MaskError"]),
     ("wsiseg.samples", ["read_samples", "SampleSheetError"]),
     ("wsiseg.layout", ["find_store"]),

@@ -267,16 +267,15 @@ def image_pixel_size(path: str | Path, reader: str = "auto") -> Any:
     """Level 0's :class:`~wsiseg.resolution.PixelSize` as a slide states it, from the metadata of the backend
     that convert will use (``reader``: ``convert.reader``), without decoding pixels.  Unknown for PNG/JPEG
     (they state none and would be decoded whole) and for files that cannot be opened (convert reports those)."""
-    from wsiseg.readers.raster import MAX_DECODED_PIXELS, RASTER_SUFFIXES
+    from wsiseg.readers.raster import RASTER_SUFFIXES
     from wsiseg.readers.registry import open_reader
-    from wsiseg.readers.tiff import MAX_SEGMENT_BYTES
     from wsiseg.resolution import UNKNOWN
 
     path = Path(path)
     if not path.exists() or path.suffix.lower() in RASTER_SUFFIXES:
         return UNKNOWN
     try:
-        opened, tif = open_reader(path, 1, MAX_SEGMENT_BYTES, MAX_DECODED_PIXELS, reader)
+        opened, tif = open_reader(path, 1, reader=reader)
     except Exception:
         return UNKNOWN
     try:

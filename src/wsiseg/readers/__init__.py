@@ -16,4 +16,5 @@ __getattr__ = forward_to(
     "wsiseg.readers.base",
     "wsiseg.readers.tiff",
     "wsiseg.readers.raster",
+    "wsiseg.readers.limits",
 )

@@ -23,11 +23,11 @@ from pathlib import Path
 import tifffile
 
 from wsiseg.errors import SlideError
-from wsiseg.readers import tiff
+from wsiseg.readers import limits
 from wsiseg.readers.base import Reader, default_workers
 from wsiseg.readers.dicom import DicomReader, is_dicom
 from wsiseg.readers.openslide import OpenSlideReader, detect
-from wsiseg.readers.raster import MAX_DECODED_PIXELS, RASTER_SUFFIXES, open_raster
+from wsiseg.readers.raster import RASTER_SUFFIXES, open_raster
 from wsiseg.readers.tiff import open_tiff
 from wsiseg.utils.io import check_input_file
 
@@ -118,15 +118,15 @@ def open_reader(
 
     ``reader`` picks the backend: ``tifffile``, ``openslide``, ``dicom``, or
     ``auto`` (per file, see :mod:`wsiseg.readers.registry`).  Strips over
-    :data:`~wsiseg.readers.tiff.STREAM_SEGMENT_BYTES` decoded are streamed when their
+    :data:`~wsiseg.readers.limits.STREAM_SEGMENT_BYTES` decoded are streamed when their
     compression allows; other segments over ``max_segment_bytes`` (default
-    :data:`~wsiseg.readers.tiff.MAX_SEGMENT_BYTES`) are rejected.  PNG/JPEG images declaring more
-    than ``max_decoded_pixels`` (default :data:`MAX_DECODED_PIXELS`) are
+    :data:`~wsiseg.readers.limits.MAX_SEGMENT_BYTES`) are rejected.  PNG/JPEG images declaring more
+    than ``max_decoded_pixels`` (default :data:`~wsiseg.readers.limits.MAX_DECODED_PIXELS`) are
     refused before decoding; TIFFs are streamed and not limited."""
     return open_backend(
         path,
         reader,
         workers or default_workers(),
-        max_segment_bytes or tiff.MAX_SEGMENT_BYTES,
-        max_decoded_pixels or MAX_DECODED_PIXELS,
+        max_segment_bytes or limits.MAX_SEGMENT_BYTES,
+        max_decoded_pixels or limits.MAX_DECODED_PIXELS,
     )

@@ -18,8 +18,8 @@ import numpy as np
 import tifffile
 
 from wsiseg.errors import SlideError
+from wsiseg.readers import limits
 from wsiseg.readers.base import SAMPLE_SIDE, Band, Piece, ZarrReader
-from wsiseg.readers.limits import MAX_SEGMENT_BYTES, STREAM_SEGMENT_BYTES  # noqa: F401 (MAX: the registry's default)
 
 DEFLATE = {8, 32946}
 
@@ -293,7 +293,7 @@ def open_tiff(path: Path, workers: int, max_segment_bytes: int) -> tuple[ZarrRea
         _check_segment_count(path, level.pages)
         single = len(level.pages) == 1 and page.imagedepth == 1
         size, problem = _segment_bytes(page), _stream_problem(page, single)
-        if size > STREAM_SEGMENT_BYTES and problem is None:
+        if size > limits.STREAM_SEGMENT_BYTES and problem is None:
             return StripStreamReader(tif, path, page), tif
         if size > max_segment_bytes:
             raise SlideError(

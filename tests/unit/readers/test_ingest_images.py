@@ -8,7 +8,7 @@ import tifffile
 
 from wsiseg.convert import convert_slide
 from wsiseg.errors import SlideError
-from wsiseg.readers import tiff as tiff_module
+from wsiseg.readers import limits
 from wsiseg.readers.slide import SourceSlide
 from wsiseg.readers.tiff import StripStreamReader
 from wsiseg.store.slide import SlideStore
@@ -137,7 +137,7 @@ def test_float_pixels_need_the_percentile_rule(tmp_path):
 
 def test_huge_strips_are_streamed_row_by_row(rgb, tmp_path, monkeypatch):
     """A whole slide in one strip (deflate or none) is decoded piecewise, never whole."""
-    monkeypatch.setattr(tiff_module, "STREAM_SEGMENT_BYTES", 4096)
+    monkeypatch.setattr(limits, "STREAM_SEGMENT_BYTES", 4096)
     cases = {
         "deflate": dict(compression="zlib", predictor=True),
         "none": {},
@@ -154,7 +154,7 @@ def test_huge_strips_are_streamed_row_by_row(rgb, tmp_path, monkeypatch):
 
 
 def test_huge_strip_that_cannot_be_streamed_is_rejected_up_front(rgb, tmp_path, monkeypatch):
-    monkeypatch.setattr(tiff_module, "MAX_SEGMENT_BYTES", 4096)
+    monkeypatch.setattr(limits, "MAX_SEGMENT_BYTES", 4096)
     path = tmp_path / "lzw.tif"
     tifffile.imwrite(path, rgb, photometric="rgb", rowsperstrip=H, compression="lzw")
     with pytest.raises(
