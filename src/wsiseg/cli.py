@@ -78,11 +78,8 @@ def _predict(args) -> None:
     )
 
 
-REPORT_DICOM_KEYS = ("dicom_seg", "dicom_seg_max_side")  # config `report` keys of the dicom-seg subcommand
-
-
 def _report(args) -> None:
-    from wsiseg.config.params import ReportParams
+    from wsiseg.config.params import DICOM_SEG_KEYS, ReportParams
     from wsiseg.report import make_report
     from wsiseg.samples.sheet import read_samples
     from wsiseg.store.layout import find_store
@@ -103,7 +100,7 @@ def _report(args) -> None:
         Path(args.out_dir) / "metrics.csv",
         Path(args.out_dir) / "overlays",
         Path(args.out_dir) / "geojson",
-        params=from_args(ReportParams, args, skip=REPORT_DICOM_KEYS),
+        params=from_args(ReportParams, args, skip=DICOM_SEG_KEYS),
         groups=samples["group"].to_dict() if "group" in samples else None,
         scores_html=Path(args.out_dir) / "scores.html",
     )
@@ -156,6 +153,8 @@ def _samples_args(p: argparse.ArgumentParser) -> None:
 
 
 def _convert_args(p: argparse.ArgumentParser) -> None:
+    from wsiseg.config.params import ConvertParams
+
     p.add_argument(
         "image",
         help="slide: TIFF/BigTIFF/OME-TIFF/SVS, a vendor format OpenSlide reads (NDPI, MRXS, SCN, BIF, ...), "
@@ -168,8 +167,6 @@ def _convert_args(p: argparse.ArgumentParser) -> None:
         "mask image, or a folder of one mask image per object",
     )
     p.add_argument("--slide-id", help="id of the slide (row id in an RLE table); default: image file stem")
-    from wsiseg.config.params import ConvertParams
-
     # every key of config `convert:`, with the schema's description and choices
     add_arguments(p, ConvertParams, skip=("palette", "workers"), section="convert")
     p.add_argument(
@@ -237,6 +234,8 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
 
 
 def _report_args(p: argparse.ArgumentParser) -> None:
+    from wsiseg.config.params import DICOM_SEG_KEYS, ReportParams
+
     p.add_argument("--samples", required=True, help="sample sheet CSV")
     p.add_argument("--slides", default="results/zarr", help="folder of converted slide stores")
     p.add_argument("--predictions", default="results/predictions", help="folder of prediction stores")
@@ -245,10 +244,8 @@ def _report_args(p: argparse.ArgumentParser) -> None:
         default="results",
         help="writes submission.csv, metrics.csv, scores.html, overlays/ and geojson/ here (default: results)",
     )
-    from wsiseg.config.params import ReportParams
-
     # every key of config `report:` that the report itself uses, with the schema's description and choices
-    add_arguments(p, ReportParams, skip=REPORT_DICOM_KEYS, section="report")
+    add_arguments(p, ReportParams, skip=DICOM_SEG_KEYS, section="report")
 
 
 def _dicom_seg_args(p: argparse.ArgumentParser) -> None:

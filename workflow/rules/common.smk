@@ -59,7 +59,7 @@ for _key, _value in canonical(dict(config)).items():
 from wsiseg.demo import DemoSpec, demo_samples
 from wsiseg.resolution import PixelSize, ResolutionError, choose
 from wsiseg.samples.folds import fold_split
-from wsiseg.config.params import UNTRACKED_KEYS
+from wsiseg.config.params import DICOM_SEG_KEYS, UNTRACKED_KEYS
 from wsiseg.samples.sheet import read_samples, sheet_mpp, validate_samples
 from wsiseg.samples.batching import SlideBatches
 from wsiseg.store.layout import SLIDE_GROUPS
@@ -255,9 +255,6 @@ def slide_prediction(wildcards):
 def prediction_store(wildcards):
     """Slide {slide}'s prediction store."""
     return store("predictions", wildcards.slide)
-
-
-DICOM_SEG_KEYS = ("dicom_seg", "dicom_seg_max_side")
 
 
 def report_settings():

@@ -173,3 +173,7 @@ class ReportParams:
     class_names: tuple[str, ...] | None = None  # multi-class: a name per class index, 0 = background
     dicom_seg: bool = False  # also write each test slide's mask as a DICOM Segmentation
     dicom_seg_max_side: int = 8192  # the DICOM Segmentation's level: the finest at most this many px a side
+
+
+DICOM_SEG_KEYS = ("dicom_seg", "dicom_seg_max_side")
+"""Config ``report`` keys of the per-slide DICOM Segmentation jobs (``wsiseg dicomseg``), not of the report."""
