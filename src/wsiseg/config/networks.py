@@ -128,6 +128,10 @@ class Network:
     dilated: bool = False  # the encoder runs dilated (vgg, densenet, xception, inception* cannot)
     timm_only: bool = False  # only `tu-` encoders (DPT); the only one that takes a plain ViT
 
+    def depth_for(self, encoder_depth: int | None) -> int:
+        """The encoder depth built for `train.encoder_depth` (null: this architecture's default)."""
+        return self.depth if encoder_depth is None else int(encoder_depth)
+
 
 NETWORKS: dict[str, Network] = {
     "Unet": Network(depth=4, takes_channels="list", divisible=False),  # wsiseg's default: the demo's network
@@ -175,7 +179,7 @@ def network_settings(
     if found is None:
         return {} if encoder_depth is None else {"encoder_depth": encoder_depth}
     name, network = found
-    depth = network.depth if encoder_depth is None else int(encoder_depth)
+    depth = network.depth_for(encoder_depth)
     kwargs: dict[str, Any] = {"encoder_depth": depth}
     if network.takes_channels == "list":
         kwargs["decoder_channels"] = list(UNET_CHANNELS[-depth:] if decoder_channels is None else decoder_channels)
@@ -207,7 +211,7 @@ def input_multiple(arch: str, encoder: str, encoder_depth: int | None = None) ->
     if found is None:
         return 1, 1
     name, network = found
-    depth = network.depth if encoder_depth is None else int(encoder_depth)
+    depth = network.depth_for(encoder_depth)
     stride = min(2**depth, network.max_stride)
     if network.timm_only:  # DPT fuses features at 1/2 the encoder's scale: a ViT's patch x 2, else 32
         stride = 2 * (vit_patch(encoder) or 16)
@@ -252,7 +256,7 @@ def network_problems(train: Mapping, sizes: Mapping[str, int] | None = None) -> 
         problems.append(
             f"`train.encoder_depth` is {depth}, but `train.arch` FPN with `train.encoder` {encoder!r} builds with 5 only"
         )
-    resolved = network.depth if depth is None else int(depth)
+    resolved = network.depth_for(depth)
     if channels is not None:
         channels = list(channels)
         if network.takes_channels is None:

@@ -104,7 +104,7 @@ class TrainParams:
     arch: str = "Unet"
     encoder: str = "resnet18"
     encoder_weights: str | None = None
-    # None: the architecture's default (wsiseg.config.checks.NETWORKS; Unet: 4 and (128, 64, 32, 16))
+    # None: the architecture's default (wsiseg.config.networks.NETWORKS; Unet: 4 and (128, 64, 32, 16))
     encoder_depth: int | None = None
     decoder_channels: tuple[int, ...] | None = None
     epochs: int = 5

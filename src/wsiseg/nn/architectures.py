@@ -1,7 +1,7 @@
 """The segmentation network: every segmentation-models-pytorch architecture, built with settings it trains with.
 
 Which keyword arguments each architecture takes, its defaults and the inputs it accepts are the torch-free
-table :data:`wsiseg.config.checks.NETWORKS` (the dry run checks a config against it).  This module turns
+table :data:`wsiseg.config.networks.NETWORKS` (the dry run checks a config against it).  This module turns
 config values into an smp model: ``encoder_depth``/``decoder_channels`` None mean the architecture's default,
 FPN and PSPNet get the head upsampling that brings their output to input resolution, a plain ViT under DPT
 takes any input size its patches tile, and a combination smp cannot build is one :class:`ConfigError` line.
@@ -9,7 +9,7 @@ takes any input size its patches tile, and a combination smp cannot build is one
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import segmentation_models_pytorch as smp
 from torch import nn
@@ -26,18 +26,21 @@ def build_network(
     encoder_depth: int | None = TrainParams.encoder_depth,
     decoder_channels: Sequence[int] | None = TrainParams.decoder_channels,
     classes: int = 1,
+    *,
+    sizes: Mapping[str, int] | None = None,
 ) -> nn.Module:
     """A segmentation-models-pytorch network from plain config values.
 
     ``encoder_weights`` (e.g. ``imagenet``) downloads pretrained weights
-    through smp; the default ``None`` trains from scratch."""
+    through smp; the default ``None`` trains from scratch.  ``sizes`` (config key -> input side, e.g.
+    ``patches.size``) are checked with the rest, before anything is built."""
     train = {
         "arch": arch,
         "encoder": encoder,
         "encoder_depth": encoder_depth,
         "decoder_channels": decoder_channels,
     }
-    problems = network_problems(train)
+    problems = network_problems(train, sizes)
     if problems:
         raise ConfigError("; ".join(problems))
     kwargs: dict[str, Any] = network_settings(arch, encoder_depth, decoder_channels)

@@ -9,10 +9,10 @@ from typing import Any, Sequence
 import pytorch_lightning as pl
 import torch
 
-from wsiseg.config.networks import network_problems, resolve_network
+from wsiseg.config.networks import network_of, resolve_network
 from wsiseg.config.params import DEFAULT_LOSS, TrainParams
 from wsiseg.errors import ConfigError, ModelError
-from wsiseg.nn.architectures import build_network, network_of
+from wsiseg.nn.architectures import build_network
 from wsiseg.nn.losses import build_loss
 from wsiseg.utils.io import check_input_file
 
@@ -82,11 +82,9 @@ class SegmentationModule(pl.LightningModule):
         if scheduler not in SCHEDULERS:
             raise ConfigError(f"train.scheduler: unknown {scheduler!r}; choose from {list(SCHEDULERS)}")
         self.save_hyperparameters()
-        train = {"arch": arch, "encoder": encoder, "encoder_depth": encoder_depth, "decoder_channels": decoder_channels}
-        size_problems = network_problems(train, {"patches.size": int(patch_size)})
-        if size_problems:  # before any training: the patches are what the network cannot take
-            raise ConfigError("; ".join(size_problems))
-        self.net = build_network(arch, encoder, encoder_weights, encoder_depth, decoder_channels, classes)
+        # the patch size is checked with the network, before it is built: before any training
+        sizes = {"patches.size": int(patch_size)}
+        self.net = build_network(arch, encoder, encoder_weights, encoder_depth, decoder_channels, classes, sizes=sizes)
         # the checkpoint records the settings the network was built with, not "the default" (which may change)
         self.hparams["encoder_depth"], self.hparams["decoder_channels"] = resolve_network(
             arch, encoder_depth, decoder_channels

@@ -1,5 +1,5 @@
 """Every architecture the config accepts builds, trains one step and predicts a tile at input resolution;
-the combinations the dry run refuses are ones smp really cannot build or train (wsiseg.config.checks.NETWORKS)."""
+the combinations the dry run refuses are ones smp really cannot build or train (wsiseg.config.networks.NETWORKS)."""
 
 from __future__ import annotations
 
