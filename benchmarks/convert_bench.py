@@ -171,7 +171,7 @@ def plain_decode(path: Path, workers: int | None) -> dict:
 
 def io_floor(store: Path, workdir: Path) -> dict:
     """Time to write as many files of the same total size as ``store`` holds, the way convert writes its
-    chunk files (:func:`wsiseg.store.slide.write_file`: O_DIRECT where allowed), in one thread: this disk's write floor."""
+    chunk files (:func:`wsiseg.store.chunks.write_file`: O_DIRECT where allowed), in one thread: this disk's write floor."""
     from wsiseg.store.chunks import direct_io, write_file
 
     files = [f for f in store.rglob("*") if f.is_file()]

@@ -5,7 +5,7 @@ radius 45% of the slide's short side, its edge wiggled at high frequency
 plus sub-pixel noise, like a traced tissue boundary) and then, in a fresh
 subprocess so that the peak memory is the rasteriser's alone:
 
-* ``read_seconds``: :class:`wsiseg.annotations.masks.PolygonMask` opening the file
+* ``read_seconds``: :class:`wsiseg.annotations.polygons.PolygonMask` opening the file
   (JSON parsing, shapely polygons, validation);
 * ``rasterise_seconds``: iterating :meth:`PolygonMask.blocks` over the whole
   slide in 512 px tiles, what ``convert`` does when writing ``labels/mask``;
@@ -124,7 +124,7 @@ def main() -> None:
             results.append(median)
             print(json.dumps(median), flush=True)
     report = {
-        "benchmark": "polygon rasterisation (wsiseg.annotations.masks.PolygonMask: read + blocks)",
+        "benchmark": "polygon rasterisation (wsiseg.annotations.polygons.PolygonMask: read + blocks)",
         "machine": {
             "python": platform.python_version(),
             "platform": platform.platform(),

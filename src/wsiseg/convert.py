@@ -104,7 +104,7 @@ def write_blocks(
 
     Each block (read by decoding just its tiles) gives whole chunks of
     levels 0..``inner``, downsampled within the block; the levels above are
-    pooled from each block's level ``inner`` in memory (:class:`wsiseg.store.slide.BlockPyramid`,
+    pooled from each block's level ``inner`` in memory (:class:`wsiseg.store.pyramid.BlockPyramid`,
     none read back).  Blocks grow to cover a tile when the file's tiles are larger than 4096 px.
     """
     height, width = source.shape
@@ -135,9 +135,8 @@ def write_blocks(
         for y, x, grid in progress(
             waiting, total=len(corners), desc=f"convert {slide_id}", unit="block", mininterval=10
         ):
-            with times.step(
-                "pooling"
-            ):  # while the chunks are encoded and written; tiles the size of a chunk as they are
+            # pooling runs while the chunks are encoded and written; tiles the size of a chunk as they are
+            with times.step("pooling"):
                 pending = write_grid(arrays[0], y, x, grid, executor, wait=False)
                 if inner:
                     pending += write_levels(arrays, 1, y, x, halve_grid(grid, "mean"), executor, above)

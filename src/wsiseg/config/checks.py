@@ -288,7 +288,7 @@ def image_pixel_size(path: str | Path, reader: str = "auto") -> Any:
 
 def image_shape(path: str | Path) -> tuple[int, int] | None:
     """(height, width) of an image from its header only (TIFF: level 0 of the first series;
-    PNG/JPEG: :func:`wsiseg.readers.slide.declared_size`); None when the file cannot be read that way."""
+    PNG/JPEG: :func:`wsiseg.readers.raster.declared_size`); None when the file cannot be read that way."""
     from wsiseg.readers.raster import RASTER_SUFFIXES, declared_size
 
     path = Path(path)

@@ -236,7 +236,7 @@ def write_copied(
     copy its tiles, decode them at 1/2, encode it, pool it into its place in the block's level 2 (while
     its pixels are in cache: half the time of pooling the block afterwards); levels 3..``inner`` are
     pooled from level 2 (``inner``: ``INNER``, or the top level of a slide with fewer levels); the levels above
-    from each block's level ``inner`` (:class:`wsiseg.store.slide.BlockPyramid`)."""
+    from each block's level ``inner`` (:class:`wsiseg.store.pyramid.BlockPyramid`)."""
     height, width = source.shape
     page = plan.page
     across = -(-page.imagewidth // chunk)
