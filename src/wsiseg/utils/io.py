@@ -11,6 +11,16 @@ Two rules keep a user's files safe (:func:`check_output`):
 Temporary paths are named ``.{name}.tmp-{host}-{pid}-{random}``; a job that was
 killed leaves one behind, and the next run for the same target removes it
 (only leftovers of that target whose process is gone, nothing else).
+
+Replacing an earlier folder output never deletes it first: :func:`atomic_path` renames it
+aside to ``.{name}.old-{host}-{pid}-{random}`` (same folder, so the same file system),
+renames the new output in, and only then deletes the old copy (renamed ``.{name}.del-...``
+first).  Whatever fails, one complete output stays at the target (or, when even moving back
+fails, the error names where each complete copy is); a job killed between the two renames
+leaves the ``.old-`` copy, which the next write of that target moves back when the target is
+missing.  When deleting the old copy fails part-way (a read-only folder, a full or flaky file
+system), the new output is already in place: that is a warning naming the leftover, not an
+error, and the next write of the target tries again.
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import logging
 import os
 import re
 import shutil
@@ -29,6 +40,8 @@ from typing import Iterable, Iterator
 from wsiseg.errors import OutputError, WsisegError
 
 MARKER = ".wsiseg-output.json"  # inside a folder output: which stage wrote it
+
+log = logging.getLogger(__name__)
 
 
 def _remove(path: Path) -> None:
@@ -145,7 +158,8 @@ def check_disjoint(target: str | Path, inputs: Iterable[str | Path | None] = ())
     return path
 
 
-_TMP = re.compile(r"\.tmp-(?:(?P<host>[^-]+)-(?P<pid>\d+)-)?[0-9a-f]{8}$")
+# ``tmp``: a write in progress; ``old``: a complete earlier output moved aside; ``del``: an old copy being deleted
+_TMP = re.compile(r"\.(?P<kind>tmp|old|del)-(?:(?P<host>[^-]+)-(?P<pid>\d+)-)?[0-9a-f]{8}$")
 
 
 def _host() -> str:
@@ -166,29 +180,101 @@ def _alive(pid: int) -> bool:
 def remove_leftovers(target: str | Path) -> list[Path]:
     """Remove temporary paths that a killed earlier write of ``target`` left beside it.
 
-    Only ``.{name}.tmp-*`` of this very target, and not those of a process on
-    this host that is still running. Returns the removed paths."""
+    Only ``.{name}.tmp-*``, ``.{name}.old-*`` and ``.{name}.del-*`` of this very target, and
+    (but for ``.del-``, which is garbage whoever left it) not those of a process on this host
+    that is still running.  An ``.old-`` copy is a complete earlier output
+    that a killed replace had moved aside: when ``target`` is missing it is moved back instead
+    of removed.  A leftover that cannot be removed (e.g. a read-only folder inside) is a warning
+    naming it, not an error.  Returns the removed paths."""
     target = Path(target)
     host = _host()
     removed = []
     if not target.parent.is_dir():
         return removed
     prefix = f".{target.name}"
-    for path in target.parent.iterdir():
+    for path in sorted(target.parent.iterdir()):
         if not path.name.startswith(prefix):
             continue
         match = _TMP.fullmatch(path.name[len(prefix) :])
         if match is None:
             continue
-        if match["host"] == host and _alive(int(match["pid"])):
+        if match["kind"] != "del" and match["host"] == host and _alive(int(match["pid"])):
             continue
-        _remove(path)
+        if match["kind"] == "old" and not (target.exists() or target.is_symlink()):
+            try:
+                os.replace(path, target)
+            except OSError as err:
+                log.warning(
+                    "%s: missing; its earlier output is complete at %s but could not be moved back (%s)",
+                    target,
+                    path,
+                    err,
+                )
+            else:
+                log.warning(
+                    "%s: moved back the earlier output that an interrupted replace had left at %s", target, path
+                )
+            continue
+        try:
+            _remove(path)
+        except OSError as err:
+            log.warning("%s: could not remove the leftover %s (%s); delete it by hand", target, path, err)
+            continue
         removed.append(path)
     return removed
 
 
-def _tmp_name(target: Path) -> Path:
-    return target.with_name(f".{target.name}.tmp-{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+def _tmp_name(target: Path, kind: str = "tmp") -> Path:
+    return target.with_name(f".{target.name}.{kind}-{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def _replace(tmp: Path, target: Path, keep: list[Path]) -> None:
+    """Move the finished ``tmp`` onto ``target``, never deleting a complete ``target`` first.
+
+    When neither the new nor the earlier output can be put at ``target``, ``tmp`` is appended
+    to ``keep`` (the raised error names it as the new output's only copy)."""
+    if not (target.exists() or target.is_symlink()) or not (tmp.is_dir() or target.is_dir()):
+        os.replace(tmp, target)  # nothing there, or file over file: one atomic rename
+        return
+    aside = _tmp_name(target, "old")
+    try:
+        os.replace(target, aside)
+    except OSError as err:
+        raise OutputError(
+            f"{target}: could not move the earlier output aside to replace it ({err}); "
+            "it is unchanged, the new output was discarded"
+        ) from err
+    try:
+        os.replace(tmp, target)
+    except OSError as err:
+        try:
+            os.replace(aside, target)
+        except OSError as back:
+            keep.append(tmp)
+            raise OutputError(
+                f"{target}: could not move the new output in ({err}) nor the earlier one back ({back}); "
+                f"the earlier output is complete at {aside}, the new one at {tmp}: move one of them to {target}"
+            ) from err
+        raise OutputError(
+            f"{target}: could not move the new output in ({err}); the earlier output is back in place, "
+            "the new one was discarded"
+        ) from err
+    trash = _tmp_name(target, "del")  # no longer a complete copy to move back: rename before deleting
+    try:
+        os.replace(aside, trash)
+    except OSError:
+        trash = aside
+    try:
+        _remove(trash)
+    except OSError as err:
+        log.warning(
+            "%s: the new output is in place, but the earlier one could not be deleted completely (%s); "
+            "delete what is left at %s (the next write of %s tries again)",
+            target,
+            err,
+            trash,
+            target.name,
+        )
 
 
 @contextlib.contextmanager
@@ -202,21 +288,23 @@ def atomic_path(
     of the same target are removed.  A folder output gets ``stage``'s marker
     file.  If the body raises, the temporary path is removed and ``target`` is
     left untouched, so an interrupted write never leaves something that looks
-    complete.
+    complete.  An earlier folder output is moved aside before the new one is
+    moved in and deleted only after (see the module docstring): a failed replace
+    raises :class:`OutputError` naming where each complete copy is, a failed
+    delete of the old copy only warns.
     """
     target = check_output(target, stage, inputs, folder)
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(target)
     tmp = _tmp_name(target)
+    keep: list[Path] = []
     try:
         yield tmp
         if tmp.is_dir() and stage is not None:
             (tmp / MARKER).write_text(json.dumps({"stage": stage, "complete": True}))
-        if target.exists() or target.is_symlink():
-            _remove(target)
-        os.replace(tmp, target)
+        _replace(tmp, target, keep)
     finally:
-        if tmp.exists() or tmp.is_symlink():
+        if not keep and (tmp.exists() or tmp.is_symlink()):
             _remove(tmp)
 
 
