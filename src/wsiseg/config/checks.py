@@ -205,9 +205,15 @@ def plan_problems(
         return [*problems, scale_problem]
     if training and shape_of is not None and images is not None and labelled:
         physical = pixel_size_of is not None and patches.get("mpp")  # a slide's pixel size matters only then
-        spans = {s: _patch_span(patches, pixel_size_of(s) if physical else None) for s in labelled}
-        shapes = {s: shape_of(images[s]) for s in labelled}
-        if all(shape is not None for shape in shapes.values()) and all(spans[s] > max(shapes[s]) for s in labelled):
+        spans, shapes = {}, {}
+        # a problem only when a patch fits no slide: stop at the first slide it fits (or of unknown size),
+        # so a large cohort costs one header read, not one per slide
+        for s in labelled:
+            spans[s] = _patch_span(patches, pixel_size_of(s) if physical else None)
+            shapes[s] = shape_of(images[s])
+            if shapes[s] is None or spans[s] <= max(shapes[s]):
+                break
+        else:
             h, w = max(shapes.values(), key=lambda hw: hw[0] * hw[1])
             how = (
                 "`patches.size` x `patches.mpp` / the slide's pixel size"
