@@ -22,6 +22,7 @@ from wsiseg import rle
 from wsiseg.config.params import ReportParams, with_options
 from wsiseg.errors import SampleSheetError, StoreError
 from wsiseg.imaging import vector, views
+from wsiseg.imaging.objects import ObjectOverlap
 from wsiseg.modelcard import label_colour
 from wsiseg.store.prediction import Prediction, write_provenance
 from wsiseg.store.slide import SlideStore
@@ -37,6 +38,14 @@ METRIC_COLUMNS = [
     "precision",
     "recall",
     "object_f1",
+    "glas_f1",
+    "object_dice",
+    "object_hausdorff",
+    "object_hausdorff_um",
+    "aji",
+    "pq",
+    "dq",
+    "sq",
     "objects_true",
     "objects_pred",
     "objects_matched",
@@ -149,33 +158,44 @@ def match_objects(
     Objects are connected components; ``truth_instances`` says ``truth``
     holds object ids instead (touching objects stay apart).  With ``iou`` >= 0.5
     a match is unique, so no assignment problem arises."""
-    lp, np_ = objects(pred)
-    lt, nt = objects(truth, truth_instances)
-    if not np_ or not nt:
-        return nt, np_, 0
-    both = (lp > 0) & (lt > 0)
-    pairs, inter = np.unique(np.stack([lp[both], lt[both]]), axis=1, return_counts=True)
-    area_p, area_t = np.bincount(lp.ravel()), np.bincount(lt.ravel())
-    union = area_p[pairs[0]] + area_t[pairs[1]] - inter
-    return nt, np_, int(np.count_nonzero(inter / union > iou))
+    overlap = ObjectOverlap(objects(truth, truth_instances)[0], objects(pred)[0])
+    return overlap.n_truth, overlap.n_pred, overlap.matches(iou)
 
 
 def object_scores(
     prediction: str | Path, slide: str | Path, iou: float = 0.5, max_side: int = 8192
 ) -> dict[str, float]:
-    """Object-level F1 at IoU > ``iou`` (glomeruli / nuclei counts) on a level of at most ``max_side`` px.
+    """Object metrics on the finest level of at most ``max_side`` px (see :mod:`wsiseg.imaging.objects`).
+
+    ``object_f1``: F1 of matches at IoU > ``iou`` (glomeruli / nuclei counts; at 0.5 it equals ``dq``), with
+    ``objects_true``, ``objects_pred``, ``objects_matched``; the GlaS gland metrics ``glas_f1``, ``object_dice``
+    and ``object_hausdorff`` (in level-0 pixels: the level's distance x its downscale; ``object_hausdorff_um``
+    in micrometres where the prediction records the slide's ``mpp``, else NaN); the nuclei metrics ``aji``
+    and ``pq`` = ``dq`` x ``sq`` (matches at IoU > 0.5).
 
     True objects are the slide's instance ids where the store has them and
-    level 0 is used, else connected components of the mask."""
+    level 0 is used, else connected components of the mask; predicted objects are the mask's 8-connected
+    components."""
     pred = Prediction(prediction)
     store = _truth(slide, pred)
     truth = store.mask_levels
     k = min(pred.level_for(max_side), len(truth) - 1)
     instances = store.instance_plane() if k == 0 else None
     reference = instances if instances is not None else store.mask_plane(k)
-    n_true, n_pred, matched = match_objects(pred.mask_plane(k), reference, iou, instances is not None)
+    overlap = ObjectOverlap(objects(reference, instances is not None)[0], objects(pred.mask_plane(k))[0])
+    n_true, n_pred, matched = overlap.n_truth, overlap.n_pred, overlap.matches(iou)
     f1 = 1.0 if n_true + n_pred == 0 else 2 * matched / (n_true + n_pred)
-    return {"object_f1": f1, "objects_true": n_true, "objects_pred": n_pred, "objects_matched": matched}
+    values = overlap.scores()
+    values["object_hausdorff"] *= 2.0**k
+    mpp = pred.attrs.get("mpp")
+    values["object_hausdorff_um"] = values["object_hausdorff"] * float(mpp) if mpp else float("nan")
+    return {
+        "object_f1": f1,
+        **values,
+        "objects_true": n_true,
+        "objects_pred": n_pred,
+        "objects_matched": matched,
+    }
 
 
 def overlay(
@@ -277,7 +297,21 @@ def slide_metrics(
     }
 
 
-MEAN_COLUMNS = ("dice", "iou", "precision", "recall", "object_f1")
+MEAN_COLUMNS = (
+    "dice",
+    "iou",
+    "precision",
+    "recall",
+    "object_f1",
+    "glas_f1",
+    "object_dice",
+    "object_hausdorff",  # slides where it is undefined (objects on one side only: NaN) are left out of the mean
+    "object_hausdorff_um",
+    "aji",
+    "pq",
+    "dq",
+    "sq",
+)
 SUM_COLUMNS = ("objects_true", "objects_pred", "objects_matched", "tp", "fp", "fn", "tiles_skipped", "tiles_total")
 TISSUE_COLUMNS = ["tissue_method", "tiles_skipped", "tiles_total", "tissue_fallback"]
 
@@ -333,6 +367,22 @@ def summary_rows(table: pd.DataFrame, per_class: list[str]) -> list[dict]:
     return rows
 
 
+def check_predictions(predictions: Mapping[str, str | Path | None], slides: Mapping[str, str | Path]) -> None:
+    """Raise :class:`~wsiseg.errors.StoreError` naming the slide and path when a slide to report has no prediction
+    store: ``slides`` names one that ``predictions`` does not, or a prediction path is None or does not exist."""
+    for slide_id in sorted(set(slides) | set(predictions)):
+        path = predictions.get(slide_id)
+        if path is None:
+            raise StoreError(
+                f"slide {slide_id}: no prediction store given for it (slide store {slides.get(slide_id)}); "
+                "run predict on it or leave it out of the report"
+            )
+        if not Path(path).exists():
+            raise StoreError(f"slide {slide_id}: prediction store {path} does not exist; run predict on it first")
+        if slide_id not in slides:
+            raise StoreError(f"slide {slide_id}: no converted slide store given for prediction {path}")
+
+
 def make_report(
     predictions: Mapping[str, str | Path],
     slides: Mapping[str, str | Path],
@@ -365,6 +415,8 @@ def make_report(
     prediction store, with a warning where it fell back or skipped every tile.
     Overlays carry each slide's Dice in their title; GeoJSON objects are
     QuPath ``object_type`` objects (see :func:`export_geojson`).
+    Every slide of ``slides`` needs an existing prediction store in ``predictions`` (else
+    :class:`~wsiseg.errors.StoreError` naming the slide and path, before anything is computed).
     ``scores_html`` (optional) gets the scores as an HTML table for the
     report's landing page (:func:`wsiseg.imaging.views.scores_html`).
     ``provenance`` (default ``provenance.json`` next to ``metrics``) records
@@ -374,6 +426,7 @@ def make_report(
     Returns the metrics table.
     """
     params = with_options(params or ReportParams(), options)
+    check_predictions(predictions, slides)
     class_name, class_names, object_iou = params.class_name, params.class_names, params.object_iou
     columns = METRIC_COLUMNS[:2] + (["group"] if groups else []) + METRIC_COLUMNS[2:] + TISSUE_COLUMNS
     rows = []

@@ -88,18 +88,36 @@ SCORES_STYLE = """<style>
 NAME, MEAN = ' class="name"', ' class="mean"'  # text columns; mean rows
 
 
+# Object metrics shown where the table has them (wsiseg.report.object_scores): (header, column, decimals)
+OBJECT_COLUMNS = [
+    ("GlaS F1", "glas_f1", 3),
+    ("object Dice", "object_dice", 3),
+    ("object Hausdorff (px)", "object_hausdorff", 1),
+    ("object Hausdorff (µm)", "object_hausdorff_um", 1),
+    ("AJI", "aji", 3),
+    ("PQ", "pq", 3),
+    ("DQ", "dq", 3),
+    ("SQ", "sq", 3),
+]
+
+
 def scores_html(table: pd.DataFrame) -> str:
     """HTML table of the scores a person reads first: per slide, per group and overall mean
-    Dice, IoU and object F1 (with objects found of true ones), from a ``metrics.csv`` table.
+    Dice, IoU and object F1 (with objects found of true ones), from a ``metrics.csv`` table, and the
+    object metrics of :data:`OBJECT_COLUMNS` the table has (a column with no value at all, such as the
+    Hausdorff distance in µm of slides without a pixel size, is left out).
 
     Mean rows (``mean:{group}`` and ``mean``, the Kaggle score) are bold and come last."""
     if not len(table):
         return '<p id="wsiseg-scores">No slide with ground truth: nothing to score.</p>\n'
     names = ["slide_id", "split"] + (["group"] if "group" in table else [])
-    columns = [("slide", "slide_id"), ("split", "split")] + ([("group", "group")] if "group" in table else [])
-    columns += [("Dice", "dice"), ("IoU", "iou"), ("object F1", "object_f1")]
-    columns += [(f"Dice {c[5:]}", c) for c in table.columns if c.startswith("dice_")]
-    head = "".join(f"<th{NAME if key in names else ''}>{html.escape(name)}</th>" for name, key in columns)
+    columns = [("slide", "slide_id", 3), ("split", "split", 3)] + ([("group", "group", 3)] if "group" in table else [])
+    columns += [("Dice", "dice", 3), ("IoU", "iou", 3), ("object F1", "object_f1", 3)]
+    columns += [
+        c for c in OBJECT_COLUMNS if c[1] in table and pd.to_numeric(table[c[1]], errors="coerce").notna().any()
+    ]
+    columns += [(f"Dice {c[5:]}", c, 3) for c in table.columns if c.startswith("dice_")]
+    head = "".join(f"<th{NAME if key in names else ''}>{html.escape(name)}</th>" for name, key, _ in columns)
     head += "<th>objects found</th>"
     body = []
     for row in table.to_dict("records"):
@@ -107,7 +125,9 @@ def scores_html(table: pd.DataFrame) -> str:
         summary = label == "mean" or label.startswith("mean:")
         if summary:
             row = {**row, "slide_id": "all slides (mean)" if label == "mean" else f"{label[5:]} (mean)", "split": ""}
-        cells = "".join(f"<td{NAME if key in names else ''}>{_cell(row.get(key))}</td>" for _, key in columns)
+        cells = "".join(
+            f"<td{NAME if key in names else ''}>{_cell(row.get(key), digits)}</td>" for _, key, digits in columns
+        )
         found = row.get("objects_matched"), row.get("objects_true")
         cells += (
             "<td>–</td>"

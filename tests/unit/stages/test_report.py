@@ -10,6 +10,7 @@ from support.stores import write_prediction
 
 from wsiseg import rle
 from wsiseg.convert import convert_slide
+from wsiseg.errors import StoreError
 from wsiseg.report import (
     confusion_matrix,
     encode_store,
@@ -157,3 +158,84 @@ def test_group_means_give_per_organ_scores(tmp_path):
     assert metrics.loc["k2", "group"] == "kidney"
     assert metrics.loc["mean:kidney", "dice"] == pytest.approx(0.5) and metrics.loc["mean:lung", "dice"] == 1.0
     assert metrics.loc["mean", "dice"] == pytest.approx(2 / 3) and metrics.loc["mean", "tp"] == 2 * 256
+
+
+def two_slides(tmp_path, chunk=512):
+    """Slides ``a`` (prediction overlapping its 20 x 20 truth square by half, shifted 10 rows) and ``b``
+    (prediction = truth), with an mpp of 0.5 recorded in the predictions."""
+    image = np.full((64, 80, 3), (230, 150, 200), np.uint8)
+    truth = np.zeros((64, 80), np.uint8)
+    truth[10:30, 10:30] = 1  # 400 px
+    tifffile.imwrite(tmp_path / "img.tif", image, photometric="rgb")
+    tifffile.imwrite(tmp_path / "truth.tif", truth)
+    slides = {
+        s: convert_slide(tmp_path / "img.tif", tmp_path / f"{s}.zarr", mask=tmp_path / "truth.tif", chunk=chunk)
+        for s in ("a", "b")
+    }
+    shifted = np.zeros_like(truth)
+    shifted[20:40, 10:30] = 1
+    preds = {"a": write_prediction(tmp_path / "pa.zarr", shifted), "b": write_prediction(tmp_path / "pb.zarr", truth)}
+    for store in preds.values():
+        zarr.open_group(store, mode="r+").attrs["mpp"] = 0.5
+    return slides, preds
+
+
+def test_object_metrics_in_metrics_csv_and_scores_page(tmp_path):
+    slides, preds = two_slides(tmp_path)
+    make_report(
+        preds,
+        slides,
+        {"a": "val", "b": "val"},
+        tmp_path / "sub.csv",
+        tmp_path / "m.csv",
+        scores_html=tmp_path / "scores.html",
+    )
+    metrics = pd.read_csv(tmp_path / "m.csv").set_index("slide_id")
+    # slide a: one object each, 200 px in common of 400 + 400: IoU 1/3, Dice 1/2
+    a = metrics.loc["a"]
+    assert a["glas_f1"] == 0.0  # the prediction covers exactly half of the gland, not more
+    assert a["object_dice"] == pytest.approx(0.5)
+    assert a["object_hausdorff"] == pytest.approx(10.0)  # rows 10-19 of the truth are 10 rows from the prediction
+    assert a["object_hausdorff_um"] == pytest.approx(5.0)  # x 0.5 um/px
+    assert a["aji"] == pytest.approx(200 / 600) and a["sq"] == 0.0
+    assert a["pq"] == 0.0 and a["dq"] == 0.0 == a["object_f1"]
+    b = metrics.loc["b"]
+    assert (b["glas_f1"], b["object_dice"], b["object_hausdorff"], b["aji"], b["pq"], b["dq"], b["sq"]) == (
+        1,
+        1,
+        0,
+        1,
+        1,
+        1,
+        1,
+    )
+    mean = metrics.loc["mean"]
+    assert mean["object_hausdorff"] == pytest.approx(5.0) and mean["aji"] == pytest.approx((1 / 3 + 1) / 2)
+    assert mean["glas_f1"] == pytest.approx(0.5) and mean["pq"] == pytest.approx(0.5)
+    html = (tmp_path / "scores.html").read_text()
+    for header in ("GlaS F1", "object Dice", "object Hausdorff (px)", "object Hausdorff (µm)", "AJI", "PQ", "DQ", "SQ"):
+        assert f"<th>{header}</th>" in html
+    assert "<td>10.0</td>" in html and "<td>0.333</td>" in html  # slide a: Hausdorff px, AJI
+
+
+def test_object_metrics_scale_the_hausdorff_distance_to_level_0(tmp_path):
+    """On a coarser level (max_side), distances are scaled back to level-0 pixels."""
+    from wsiseg.report import object_scores
+
+    slides, preds = two_slides(tmp_path, chunk=16)  # a mask pyramid in the slide stores too
+    full = object_scores(preds["a"], slides["a"])
+    half = object_scores(preds["a"], slides["a"], max_side=40)  # level 1: 32 x 40, squares shifted by 5 rows
+    assert full["object_hausdorff"] == pytest.approx(10.0)
+    assert half["object_hausdorff"] == pytest.approx(10.0)  # 5 level-1 px x 2
+
+
+def test_missing_prediction_store_is_an_error_before_any_work(tmp_path):
+    slides, preds = two_slides(tmp_path)
+    out = tmp_path / "out"
+    splits = {"a": "val", "b": "test"}
+    gone = tmp_path / "gone.zarr"
+    with pytest.raises(StoreError, match=f"slide b: prediction store {gone} does not exist"):
+        make_report({**preds, "b": gone}, slides, splits, out / "sub.csv", out / "m.csv", out / "ov")
+    with pytest.raises(StoreError, match="slide b: no prediction store given"):
+        make_report({"a": preds["a"]}, slides, splits, out / "sub.csv", out / "m.csv", out / "ov")
+    assert not out.exists()  # nothing was written for slide a either
