@@ -256,6 +256,9 @@ def _module(
         compile=params.compile,
         stain=stain,
         freeze_encoder=params.freeze_encoder,
+        encoder_kwargs=dict(params.encoder_kwargs) if params.encoder_kwargs else None,
+        normalize=dict(params.normalize) if params.normalize else None,
+        unfreeze_blocks=params.unfreeze_blocks,
     )
 
 
@@ -378,10 +381,11 @@ def train_model(
     downscale, mpp, patch_size, classes = _patch_meta(stores)
     stain = fit_training_normaliser(params.stain_normalise, params.stain_reference, train_patches)
     workers = loader_workers(params, threads)
-    data = PatchDataModule(
-        train_patches, val_patches, params.batch_size, workers, params.augment, params.seed, classes, stain
-    )
     module = _module(params, downscale, mpp, patch_size, classes, stain)
+    normalize = module.hparams["normalize"]  # the encoder's: its weights' own, or train.normalize
+    data = PatchDataModule(
+        train_patches, val_patches, params.batch_size, workers, params.augment, params.seed, classes, stain, normalize
+    )
     work = out_dir / "lightning"
     resume_from = resume_checkpoint(work, fingerprint(params, stores), params.resume)
     checkpoint = ModelCheckpoint(

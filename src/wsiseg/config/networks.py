@@ -6,8 +6,10 @@ input sizes it accepts.  The dry run (:mod:`wsiseg.config.checks`) checks a conf
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 # segmentation-models-pytorch 0.6 architectures and encoders (tests check these
@@ -161,10 +163,55 @@ def network_of(arch: str) -> tuple[str, Network] | None:
     return None
 
 
-def vit_patch(encoder: str) -> int | None:
-    """The patch size of a timm plain-ViT encoder (``tu-vit_small_patch16_224`` -> 16), None for other encoders."""
+HUB_PREFIX = "tu-hf-hub:"  # a timm model on the Hugging Face hub: tu-hf-hub:ORG/NAME (e.g. MahmoodLab/UNI2-h)
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")  # `train.encoder_weights` naming a local file
+
+
+def is_weights_file(encoder_weights: str | None) -> bool:
+    """Whether ``train.encoder_weights`` names a local file (a path or a weights suffix), not named weights
+    such as ``imagenet``."""
+    value = str(encoder_weights or "")
+    return bool(value) and (value.lower().endswith(WEIGHT_SUFFIXES) or "/" in value or value.startswith("~"))
+
+
+def hub_config(encoder: str) -> dict | None:
+    """The timm ``config.json`` of a ``tu-hf-hub:`` encoder when the Hugging Face cache holds it (no download),
+    else None."""
+    if not encoder.startswith(HUB_PREFIX):
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - a dependency of timm
+        return None
+    repo, _, revision = encoder[len(HUB_PREFIX) :].partition("@")
+    try:
+        path = try_to_load_from_cache(repo, "config.json", revision=revision or None)
+    except ValueError:  # not a valid repository id: the build names it
+        return None
+    if not isinstance(path, str):
+        return None
+    import json
+
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def vit_patch(encoder: str, encoder_kwargs: Mapping[str, Any] | None = None) -> int | None:
+    """The patch size of a timm plain-ViT encoder (``tu-vit_small_patch16_224`` -> 16; ``encoder_kwargs``'
+    ``patch_size`` first), None for other encoders.  A ``tu-hf-hub:`` encoder is read from its cached config;
+    uncached, it counts as a ViT (the pathology foundation models are)."""
+    kwargs = dict(encoder_kwargs or {})
+    if encoder.startswith(HUB_PREFIX):
+        config = hub_config(encoder) or {}
+        kwargs = {**config.get("model_args", {}), **kwargs}
+        architecture = config.get("architecture") or config.get("pretrained_cfg", {}).get("architecture")
+        if architecture is None:
+            return int(kwargs.get("patch_size", 16))
+        encoder = "tu-" + str(architecture)
     if not encoder.startswith("tu-") or not encoder[3:].startswith(VIT_PREFIXES):
         return None
+    if kwargs.get("patch_size"):
+        return int(kwargs["patch_size"])
     found = re.search(r"patch(\d+)", encoder)
     return int(found.group(1)) if found else 16
 
@@ -205,7 +252,9 @@ def resolve_network(
     return kwargs.get("encoder_depth", encoder_depth), channels
 
 
-def input_multiple(arch: str, encoder: str, encoder_depth: int | None = None) -> tuple[int, int]:
+def input_multiple(
+    arch: str, encoder: str, encoder_depth: int | None = None, encoder_kwargs: Mapping[str, Any] | None = None
+) -> tuple[int, int]:
     """(multiple, minimum): the input sides ``arch`` with ``encoder`` at ``encoder_depth`` accepts."""
     found = network_of(arch)
     if found is None:
@@ -213,28 +262,55 @@ def input_multiple(arch: str, encoder: str, encoder_depth: int | None = None) ->
     name, network = found
     depth = network.depth_for(encoder_depth)
     stride = min(2**depth, network.max_stride)
-    if network.timm_only:  # DPT fuses features at 1/2 the encoder's scale: a ViT's patch x 2, else 32
-        stride = 2 * (vit_patch(encoder) or 16)
+    if network.timm_only:  # DPT: a ViT's patches tile the input, and its decoder's 1/32 scale does too
+        stride = math.lcm(32, vit_patch(encoder, encoder_kwargs) or 32)  # patch 16: 32; patch 14: 224
     return (stride if network.divisible else 1), stride * network.min_features
+
+
+def encoder_problems(train: Mapping) -> list[str]:
+    """Problems of config ``train``'s pretrained-encoder settings that show before anything is built: a
+    weights file that is missing or of an unknown kind, a malformed hub name, ``unfreeze_blocks`` alone."""
+    problems = []
+    weights, encoder = train.get("encoder_weights"), str(train.get("encoder", ""))
+    if is_weights_file(weights):
+        path = Path(str(weights)).expanduser()
+        if not path.is_file():
+            problems.append(f"`train.encoder_weights`: {path}: no such weights file")
+        elif not path.name.lower().endswith(WEIGHT_SUFFIXES):
+            problems.append(
+                f"`train.encoder_weights`: {path}: not a weights file ({', '.join(WEIGHT_SUFFIXES)}); "
+                "named weights such as imagenet have no folder part"
+            )
+    if encoder.startswith(HUB_PREFIX) and not re.fullmatch(r"[\w.-]+/[\w.-]+(@[\w.-]+)?", encoder[len(HUB_PREFIX) :]):
+        problems.append(
+            f"`train.encoder` {encoder!r}: write a hub model as {HUB_PREFIX}ORG/NAME (e.g. MahmoodLab/UNI2-h)"
+        )
+    if train.get("encoder_kwargs") and not encoder.startswith("tu-"):
+        problems.append(f"`train.encoder_kwargs` are timm keyword arguments: `train.encoder` {encoder!r} is not tu-")
+    if int(train.get("unfreeze_blocks") or 0) and not train.get("freeze_encoder"):
+        problems.append("`train.unfreeze_blocks` only applies with `train.freeze_encoder: true`: set both, or 0")
+    return problems
 
 
 def network_problems(train: Mapping, sizes: Mapping[str, int] | None = None) -> list[str]:
     """Problems of the network that config ``train`` describes, one line each naming the keys: an encoder the
     architecture cannot use, an ``encoder_depth`` it does not build with, ``decoder_channels`` of the wrong
-    form, and input sides (``sizes``: config key -> side, e.g. ``patches.size``) it does not accept."""
+    form, input sides (``sizes``: config key -> side, e.g. ``patches.size``) it does not accept, a weights file
+    that is not there, and ``unfreeze_blocks`` without ``freeze_encoder``."""
+    problems = encoder_problems(train)
     found = network_of(train.get("arch", ""))
     if found is None:
-        return []  # plan_problems names the unknown architecture
+        return problems  # plan_problems names the unknown architecture
     name, network = found
     encoder, depth = str(train.get("encoder", "")), train.get("encoder_depth")
+    encoder_kwargs = train.get("encoder_kwargs") or {}
     channels = train.get("decoder_channels")
-    problems = []
     if network.timm_only and not encoder.startswith("tu-"):
         problems.append(
             f"`train.arch` {name} takes timm encoders only: `train.encoder` is {encoder!r}, "
             "use `tu-<timm name>` (e.g. tu-vit_small_patch16_224, tu-resnet50)"
         )
-    elif vit_patch(encoder) and not network.timm_only:
+    elif vit_patch(encoder, encoder_kwargs) and not network.timm_only:
         problems.append(
             f"`train.encoder` {encoder!r} is a plain ViT (one feature scale), which smp builds under "
             f"`train.arch: DPT` only, not {name}: choose DPT or a hierarchical encoder (e.g. mit_b0, tu-convnext_tiny)"
@@ -272,7 +348,7 @@ def network_problems(train: Mapping, sizes: Mapping[str, int] | None = None) -> 
                 f"({resolved}) needs one per encoder stage, e.g. {list(UNET_CHANNELS[-resolved:])} (null: that)"
             )
     if not problems:
-        multiple, minimum = input_multiple(name, encoder, resolved)
+        multiple, minimum = input_multiple(name, encoder, resolved, encoder_kwargs)
         for key, side in (sizes or {}).items():
             if side % multiple or side < minimum:
                 need = f"a multiple of {multiple}" + (f" and at least {minimum}" if minimum > multiple else "")

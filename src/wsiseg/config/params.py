@@ -103,7 +103,9 @@ class TrainParams:
 
     arch: str = "Unet"
     encoder: str = "resnet18"
-    encoder_weights: str | None = None
+    encoder_weights: str | None = None  # None | named (imagenet, ...) | a weights file (wsiseg.nn.encoders)
+    encoder_kwargs: dict[str, Any] | None = None  # timm keyword arguments of tu- encoders
+    normalize: dict[str, Any] | None = None  # {mean, std} (0-1); None: the weights' own
     # None: the architecture's default (wsiseg.config.networks.NETWORKS; Unet: 4 and (128, 64, 32, 16))
     encoder_depth: int | None = None
     decoder_channels: tuple[int, ...] | None = None
@@ -122,6 +124,7 @@ class TrainParams:
     channels_last: bool = False
     compile: bool = False
     freeze_encoder: bool = False  # train the decoder and head only (wsiseg.nn.module.SegmentationModule)
+    unfreeze_blocks: int = 0  # with freeze_encoder: the last N encoder blocks learn too
     num_workers: int | str = (
         "auto"  # auto: 0 on CPU; on a GPU one per core but one, at most 8 (wsiseg.train.loader_workers)
     )

@@ -22,15 +22,24 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from wsiseg.errors import PatchError
 from wsiseg.imaging.stain import normalise_image
 from wsiseg.nn.augment import build_augmentation, reseed, seed_states
+from wsiseg.nn.encoders import IMAGENET
 
-# ImageNet statistics: what smp encoders (and their pretrained weights) expect
-MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
-STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
+# ImageNet statistics (8-bit units): the default; a model's own are its hparams["normalize"] (wsiseg.nn.encoders)
+MEAN = np.array(IMAGENET["mean"], np.float32) * 255
+STD = np.array(IMAGENET["std"], np.float32) * 255
 
 
-def to_tensor(image: np.ndarray) -> torch.Tensor:
-    """uint8 (h, w, 3) RGB → normalised float (3, h, w)."""
-    return torch.from_numpy(((image.astype(np.float32) - MEAN) / STD).transpose(2, 0, 1).copy())
+def mean_std(normalize: Mapping[str, Sequence[float]] | None) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) in 8-bit units of ``{mean, std}`` in 0-1 units (None: ImageNet's)."""
+    if not normalize:
+        return MEAN, STD
+    return (np.array(normalize["mean"], np.float32) * 255, np.array(normalize["std"], np.float32) * 255)
+
+
+def to_tensor(image: np.ndarray, normalize: Mapping[str, Sequence[float]] | None = None) -> torch.Tensor:
+    """uint8 (h, w, 3) RGB → float (3, h, w) normalised with ``normalize`` ({mean, std}, 0-1; None: ImageNet)."""
+    mean, std = mean_std(normalize)
+    return torch.from_numpy(((image.astype(np.float32) - mean) / std).transpose(2, 0, 1).copy())
 
 
 def to_target(mask: np.ndarray, classes: int = 1) -> torch.Tensor:
@@ -100,9 +109,11 @@ class PatchDataset(Dataset):
         classes: int = 1,
         seed: int = 0,
         stain: Mapping[str, Any] | None = None,
+        normalize: Mapping[str, Sequence[float]] | None = None,
     ):
         self.paths = [str(p) for p in stores]
         self.augment, self.classes, self.seed, self.stain = augment, classes, seed, stain
+        self.normalize = normalize
         self.index: list[tuple[int, int]] = []
         for s, path in enumerate(self.paths):
             count = zarr.open_group(path, mode="r")["images"].shape[0]
@@ -142,7 +153,7 @@ class PatchDataset(Dataset):
         if self.augment is not None:
             out = self.augment(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
-        return to_tensor(image), to_target(mask, self.classes)
+        return to_tensor(image, self.normalize), to_target(mask, self.classes)
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -165,17 +176,22 @@ class PatchDataModule(pl.LightningDataModule):
         seed: int = 0,
         classes: int = 1,
         stain: Mapping[str, Any] | None = None,
+        normalize: Mapping[str, Sequence[float]] | None = None,
     ):
         super().__init__()
         self.train_stores, self.val_stores = list(train), list(val)
         self.batch_size, self.num_workers = batch_size, num_workers
         self.augment_spec, self.seed, self.classes, self.stain = augment, seed, classes, stain
+        self.normalize = normalize  # the model's input mean/std (its hparams["normalize"])
 
     def setup(self, stage: str | None = None) -> None:
+        augment = build_augmentation(self.augment_spec, self.seed)
         self.train_set = PatchDataset(
-            self.train_stores, build_augmentation(self.augment_spec, self.seed), self.classes, self.seed, self.stain
+            self.train_stores, augment, self.classes, self.seed, self.stain, normalize=self.normalize
         )
-        self.val_set = PatchDataset(self.val_stores, classes=self.classes, seed=self.seed, stain=self.stain)
+        self.val_set = PatchDataset(
+            self.val_stores, classes=self.classes, seed=self.seed, stain=self.stain, normalize=self.normalize
+        )
         if not len(self.train_set):
             raise PatchError(f"no training patches in {self.train_stores}: loosen patches.min_coverage/max_coverage")
         if not len(self.val_set):

@@ -13,6 +13,7 @@ from wsiseg.config.networks import network_of, resolve_network
 from wsiseg.config.params import DEFAULT_LOSS, TrainParams
 from wsiseg.errors import ConfigError, ModelError
 from wsiseg.nn.architectures import build_network
+from wsiseg.nn.encoders import IMAGENET, freeze, load_encoder_weights, resolve_encoder
 from wsiseg.nn.losses import build_loss
 from wsiseg.utils.io import check_input_file
 
@@ -54,7 +55,10 @@ class SegmentationModule(pl.LightningModule):
     known; ``downscale``: level-0 pixels per model pixel, None when it
     differed between slides; ``patch_size``) and ``classes``, from the
     checkpoint alone; ``stain`` is the fitted stain normaliser
-    (:mod:`wsiseg.imaging.stain`) that inference applies to its tiles, None when off."""
+    (:mod:`wsiseg.imaging.stain`) that inference applies to its tiles, None when off.  The encoder's
+    settings (:mod:`wsiseg.nn.encoders`) are resolved once, for a new model: ``encoder_build`` (the timm
+    architecture and keyword arguments built, so a hub encoder rebuilds without the hub), ``encoder_source``
+    (where its weights came from) and ``normalize`` (the input mean/std training and predict use)."""
 
     def __init__(
         self,
@@ -77,6 +81,11 @@ class SegmentationModule(pl.LightningModule):
         mpp: float | None = None,
         stain: dict[str, Any] | None = None,
         freeze_encoder: bool = TrainParams.freeze_encoder,
+        encoder_kwargs: dict[str, Any] | None = None,
+        normalize: dict[str, Any] | None = None,
+        unfreeze_blocks: int = TrainParams.unfreeze_blocks,
+        encoder_build: dict[str, Any] | None = None,
+        encoder_source: dict[str, Any] | None = None,
     ):
         super().__init__()
         if scheduler not in SCHEDULERS:
@@ -84,13 +93,32 @@ class SegmentationModule(pl.LightningModule):
         self.save_hyperparameters()
         # the patch size is checked with the network, before it is built: before any training
         sizes = {"patches.size": int(patch_size)}
-        self.net = build_network(arch, encoder, encoder_weights, encoder_depth, decoder_channels, classes, sizes=sizes)
+        spec = None
+        if encoder_build is None:  # a new model; a checkpoint records what its encoder was built as
+            spec = resolve_encoder(encoder, encoder_weights, encoder_kwargs, normalize)
+            encoder_build = {"name": spec.name, "kwargs": spec.kwargs}
+        self.net = build_network(
+            arch,
+            encoder_build["name"],
+            spec.smp_weights if spec else None,
+            encoder_depth,
+            decoder_channels,
+            classes,
+            encoder_kwargs=encoder_build["kwargs"],
+            sizes=sizes,
+        )
+        if spec is not None and spec.weights_file is not None:
+            load_encoder_weights(self.net, spec.weights_file, encoder)
+        # what predict and the model card need: the encoder as built, its weights' source and normalisation
+        self.hparams["encoder_build"] = encoder_build
+        self.hparams["encoder_source"] = spec.source if spec else encoder_source
+        self.hparams["normalize"] = spec.normalize if spec else dict(normalize or IMAGENET)
         # the checkpoint records the settings the network was built with, not "the default" (which may change)
         self.hparams["encoder_depth"], self.hparams["decoder_channels"] = resolve_network(
             arch, encoder_depth, decoder_channels
         )
-        if freeze_encoder:  # no gradients: the encoder's activations are not kept for a backward pass either
-            self.net.encoder.requires_grad_(False)
+        # no gradients: the encoder's activations are not kept for a backward pass either
+        self._learning_blocks = freeze(self.net.encoder, unfreeze_blocks, int(patch_size)) if freeze_encoder else []
         self.criterion = build_loss(loss or DEFAULT_LOSS, classes, class_weights)
         self._counts = torch.zeros(max(1, classes - 1), 3, dtype=torch.float64)
 
@@ -108,6 +136,8 @@ class SegmentationModule(pl.LightningModule):
         super().train(mode)
         if self.hparams.get("freeze_encoder"):
             self.net.encoder.eval()
+            for path in getattr(self, "_learning_blocks", []):  # unfrozen blocks train (batch norm, dropout) as usual
+                self.net.encoder.get_submodule(path).train(mode)
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

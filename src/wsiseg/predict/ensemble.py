@@ -30,7 +30,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_ensemble(checkpoints: Sequence[str | Path], device: torch.device) -> list[torch.nn.Module]:
-    """Load one or more checkpoints; they must share the training resolution (um/px and downscale) and stain normaliser."""
+    """Load one or more checkpoints; they must share the training resolution (um/px and downscale), stain
+    normaliser and input normalisation."""
     models = [load_model(c, map_location=device).to(device) for c in checkpoints]
     scales = {training_resolution(m) for m in models}
     if len(scales) != 1:
@@ -40,6 +41,12 @@ def load_ensemble(checkpoints: Sequence[str | Path], device: torch.device) -> li
     stains = {json.dumps(m.hparams.get("stain"), sort_keys=True) for m in models}
     if len(stains) != 1:  # one tile batch feeds every member: they must agree on its colours
         raise ModelError(f"checkpoints {list(map(str, checkpoints))} were trained with different stain normalisers")
+    norms = {json.dumps(m.hparams.get("normalize"), sort_keys=True) for m in models}
+    if len(norms) != 1:  # the same: one normalised batch feeds every member
+        raise ModelError(
+            f"checkpoints {list(map(str, checkpoints))} normalise their input differently (train.normalize / "
+            f"their encoders' weights: {sorted(norms)})"
+        )
     return models
 
 

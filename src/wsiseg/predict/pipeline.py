@@ -8,7 +8,7 @@ import math
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -16,7 +16,7 @@ import torch
 
 from wsiseg.errors import ConfigError
 from wsiseg.imaging.stain import normalise_batch
-from wsiseg.nn.data import MEAN, STD
+from wsiseg.nn.data import mean_std
 from wsiseg.predict.ensemble import average_probabilities, forward_views
 from wsiseg.predict.plan import TilePlan
 from wsiseg.store.chunks import interleave
@@ -70,8 +70,9 @@ class TileNormaliser:
 
     ROWS = 256  # rows of a tile normalised at a time on the CPU (~1.5 MB: in cache)
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, normalize: Mapping[str, Sequence[float]] | None = None):
         self.device = device
+        self.mean, self.std = mean_std(normalize)  # the model's input mean/std (hparams["normalize"]), 8-bit units
         self._rows: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._device_rows: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._free: dict[tuple[int, ...], list[np.ndarray]] = {}  # released batches, by shape and dtype
@@ -81,7 +82,7 @@ class TileNormaliser:
     def _scale_shift(self, width: int, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows of ``width * channels`` interleaved scales and offsets (on the CPU)."""
         if (width, channels) not in self._rows:
-            mean, std = MEAN[:channels], STD[:channels]
+            mean, std = self.mean[:channels], self.std[:channels]
             self._rows[width, channels] = tuple(
                 torch.from_numpy(np.tile(v, width).astype(np.float32)) for v in (1 / std, -mean / std)
             )
@@ -347,7 +348,7 @@ def blend_rows(
     blender = Blender(
         channels, T, max(cover) + T - left, blend_window(T, plan.params.blend, plan.params.overlap), device
     )
-    to_batch = TileNormaliser(device)
+    to_batch = TileNormaliser(device, models[0].hparams.get("normalize"))
 
     def finish_row(r: int) -> None:
         y = plan.ys[r]
