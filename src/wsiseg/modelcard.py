@@ -193,7 +193,8 @@ def write_model_card(
 ) -> Path:
     """Write ``out_dir/model.json`` for the trained model whose ``hparams`` (the LightningModule's) are given.
 
-    Records architecture and encoder, classes with names (``class_names``
+    Records architecture and encoder (as built, where its weights came from: hub revision or file sha256,
+    and the input mean/std it was trained with), classes with names (``class_names``
     by label value, else from ``class_name``) and colours, training
     resolution (``mpp``: um per model pixel when the slides' pixel size is
     known; ``downscale``: level-0 pixels per model pixel when the same for
@@ -223,6 +224,14 @@ def write_model_card(
             "patch_size_um": round(size * mpp, 3) if mpp else None,
         },
         "patch_size": size,
+        "encoder": {
+            "name": hparams.get("encoder"),
+            "built_as": hparams.get("encoder_build"),  # the timm architecture and keyword arguments
+            "weights": hparams.get("encoder_source"),  # none, named, hub repo + revision, or file + sha256
+            "normalize": hparams.get("normalize"),  # the input mean/std (0-1) training and predict use
+            "frozen": bool(hparams.get("freeze_encoder")),
+            "unfreeze_blocks": int(hparams.get("unfreeze_blocks") or 0),
+        },
         "stain_normaliser": hparams.get("stain"),
         "slides": {"train": _slides(train_patches), "val": _slides(val_patches)},
         "metrics": _final_metrics(metrics),
