@@ -164,6 +164,8 @@ def resolve_encoder(
         pretrained = cfg.get("pretrained_cfg", cfg)
         name = "tu-" + str(cfg.get("architecture", pretrained.get("architecture")))
         kwargs = {**cfg.get("model_args", {}), **kwargs}
+        if "img_size" not in kwargs and pretrained.get("input_size"):  # the size its position embedding is for
+            kwargs["img_size"] = int(pretrained["input_size"][-1])  # (timm's entrypoint default may differ: 518)
         if pretrained.get("mean") and pretrained.get("std"):
             found = {"mean": [float(v) for v in pretrained["mean"]], "std": [float(v) for v in pretrained["std"]]}
         if encoder_weights is not None and weights_file is None:

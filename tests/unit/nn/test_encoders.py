@@ -232,3 +232,17 @@ def test_a_patch_14_vit_trains_and_predicts_at_its_own_resolution():
     assert encoder_module(model.net).patch_embed.patch_size == (14, 14)  # not resized to 16: its own scale
     with pytest.raises(ConfigError, match="multiple of 224"):
         SegmentationModule(arch="DPT", encoder=f"tu-{foundation.ARCHITECTURE}", patch_size=256, encoder_kwargs=kwargs)
+
+
+def test_hub_config_without_model_args_builds_for_its_pretraining_size(hub_cache):
+    """H-optimus-0's config.json has no model_args and timm's entrypoint defaults to 518 px: the position
+    embedding the weights hold is for the pretrained_cfg input size (224), which the build must use."""
+    import json
+
+    snapshot, state = hub_cache
+    config = json.loads((snapshot / "config.json").read_text())
+    config["model_args"] = {k: v for k, v in config["model_args"].items() if k != "img_size"}
+    (snapshot / "config.json").write_text(json.dumps(config))
+    spec = resolve_encoder(HUB, "pretrained", foundation.KWARGS)
+    assert spec.kwargs["img_size"] == 64  # pretrained_cfg input_size [3, 64, 64]
+    assert _same(encoder_module(_dpt(HUB, encoder_weights="pretrained").net), state)  # pos_embed fits
