@@ -164,6 +164,16 @@ def network_of(arch: str) -> tuple[str, Network] | None:
 
 
 HUB_PREFIX = "tu-hf-hub:"  # a timm model on the Hugging Face hub: tu-hf-hub:ORG/NAME (e.g. MahmoodLab/UNI2-h)
+# the ViT patch size of the pathology foundation models (docs/how-to/foundation-encoders.md), for the dry run
+# of a hub encoder whose config.json is not cached yet (gated repositories are not readable without a token)
+HUB_PATCH = {
+    "MahmoodLab/UNI": 16,
+    "MahmoodLab/UNI2-h": 14,
+    "paige-ai/Virchow2": 14,
+    "bioptimus/H-optimus-0": 14,
+    "bioptimus/H-optimus-1": 14,
+    "prov-gigapath/prov-gigapath": 16,  # the architecture's name says 14; its model_args say 16
+}
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")  # `train.encoder_weights` naming a local file
 
 
@@ -199,14 +209,15 @@ def hub_config(encoder: str) -> dict | None:
 def vit_patch(encoder: str, encoder_kwargs: Mapping[str, Any] | None = None) -> int | None:
     """The patch size of a timm plain-ViT encoder (``tu-vit_small_patch16_224`` -> 16; ``encoder_kwargs``'
     ``patch_size`` first), None for other encoders.  A ``tu-hf-hub:`` encoder is read from its cached config;
-    uncached, it counts as a ViT (the pathology foundation models are)."""
+    uncached, it counts as a ViT (the pathology foundation models are) with its :data:`HUB_PATCH` (else 16)."""
     kwargs = dict(encoder_kwargs or {})
     if encoder.startswith(HUB_PREFIX):
         config = hub_config(encoder) or {}
         kwargs = {**config.get("model_args", {}), **kwargs}
         architecture = config.get("architecture") or config.get("pretrained_cfg", {}).get("architecture")
         if architecture is None:
-            return int(kwargs.get("patch_size", 16))
+            known = HUB_PATCH.get(encoder[len(HUB_PREFIX) :].partition("@")[0], 16)
+            return int(kwargs.get("patch_size", known))
         encoder = "tu-" + str(architecture)
     if not encoder.startswith("tu-") or not encoder[3:].startswith(VIT_PREFIXES):
         return None
