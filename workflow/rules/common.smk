@@ -60,7 +60,13 @@ from wsiseg.demo import DemoSpec, demo_samples
 from wsiseg.resolution import PixelSize, ResolutionError, choose
 from wsiseg.samples.folds import fold_split
 from wsiseg.config.params import DICOM_SEG_KEYS, UNTRACKED_KEYS
-from wsiseg.samples.sheet import read_samples, sheet_mpp, validate_samples
+from wsiseg.samples.sheet import (
+    ALLOW_SHARED,
+    read_samples,
+    shared_images_problem,
+    sheet_mpps,
+    validate_samples,
+)
 from wsiseg.samples.batching import SlideBatches
 from wsiseg.store.layout import SLIDE_GROUPS
 
@@ -76,7 +82,15 @@ if DEMO:
     )
 else:
     SAMPLES = read_samples(config["samples"])
-validate(SAMPLES, schema="../schemas/samples.schema.yaml")
+# no `validate(SAMPLES, schema="../schemas/samples.schema.yaml")`: validate_samples checks all that
+# schema says in one pass (tested), where jsonschema over every row costs seconds per 100,000 slides
+
+# the sheet's columns as dicts: the input functions below run once per job, so each
+# lookup must be O(1) (a pandas .loc per call made 100,000-slide dry runs crawl)
+SPLIT = SAMPLES["split"].to_dict()
+IMAGE = SAMPLES["image"].to_dict()
+MASK = SAMPLES["mask"].to_dict()
+MPP = sheet_mpps(SAMPLES)  # the sheet's um/px, None where it gives none
 
 
 def _demo_shape(image):
@@ -125,54 +139,74 @@ REPORT_CONFIG_HASH = config_hash(DECISIVE_CONFIG)
 @functools.cache  # each slide's header is read once, whichever checks ask
 def _pixel_size(slide):
     """A slide's pixel size as convert will record it: sample sheet, image header, convert.default_mpp."""
-    image = SAMPLES.loc[slide, "image"]
+    listed = MPP[slide]
+    if listed is not None:  # the sheet's wins: no header to read
+        return choose(PixelSize(None), listed)
     found = (
         PixelSize(DemoSpec().mpp, "demo")
         if DEMO
-        else image_pixel_size(image, config["convert"]["reader"])
+        else image_pixel_size(IMAGE[slide], config["convert"]["reader"])
     )
     try:
-        return choose(
-            found, sheet_mpp(SAMPLES, slide), config["convert"].get("default_mpp")
-        )
+        return choose(found, None, config["convert"].get("default_mpp"))
     except ResolutionError:  # unusable metadata: convert stops on it, naming the slide
         return PixelSize(None)
 
 
 _problems = plan_problems(
     config,
-    SAMPLES["split"].to_dict(),
+    SPLIT,
     _demo_shape if DEMO else image_shape,
-    SAMPLES["image"].to_dict(),
+    IMAGE,
     training=TRAINING,
     pixel_size_of=_pixel_size,
     model_resolution=None if TRAINING else MODEL_SPEC.resolution,
 )
+# one image file listed as a train and as a test slide (or in two folds): an error unless allowed;
+# `allow_shared_images` is read with a default until the schema lists it
+if TRAINING and not config.get(ALLOW_SHARED, False):
+    _problems.append(
+        shared_images_problem(
+            SPLIT,
+            IMAGE,
+            "demo" if DEMO else config["samples"],
+            folds=bool(config["train"].get("folds")),
+        )
+    )
+_problems = [p for p in _problems if p]
 if _problems:
     stop("; ".join(_problems))
 
 
+# any one path component (sheet ids hold no slash), not an alternation of the sheet's ids,
+# which Python's re matches in time linear in their number, for every job
 wildcard_constraints:
-    slide="|".join(re.escape(s) for s in SAMPLES.index),
+    slide=r"[^/]+",
     model=re.escape(MODEL),
     batch=r"b[0-9]+",
 
 
+@functools.cache
+def _slides(splits):
+    return tuple(s for s, split in SPLIT.items() if split in splits)
+
+
 def slides(*splits):
     """Slide ids whose split is one of `splits`, in sample-sheet order."""
-    return [s for s in SAMPLES.index if SAMPLES.loc[s, "split"] in splits]
+    return list(_slides(frozenset(splits)))
 
 
 def slide_groups(ids):
     """The sample sheet's `group` of each slide in `ids` (empty without that column)."""
     if "group" not in SAMPLES.columns:
         return {}
-    return {s: SAMPLES.loc[s, "group"] for s in ids}
+    groups = SAMPLES["group"].to_dict()
+    return {s: groups[s] for s in ids}
 
 
 def predicted_slides():
     """Slides that get predictions: validation and test; every slide with `predict.model`."""
-    return slides("val", "test") if TRAINING else list(SAMPLES.index)
+    return slides("val", "test") if TRAINING else list(SPLIT)
 
 
 # the slide groups each job handles when slides_per_job > 1, per stage folder
@@ -180,7 +214,7 @@ BATCHING = SlideBatches(
     RESULTS,
     config["slides_per_job"],
     {
-        "zarr": list(SAMPLES.index),
+        "zarr": list(SPLIT),
         "patches": slides("train", "val"),
         "predictions": predicted_slides(),
     },
@@ -197,38 +231,30 @@ def converted_groups(stage):
 
 def convert_batch_input(wildcards):
     """Images and masks of the slides in group {batch}."""
-    rows = SAMPLES.loc[BATCHES["zarr"][wildcards.batch]]
+    ids = BATCHES["zarr"][wildcards.batch]
     # one RLE table may annotate many slides: list it once
-    masks = list(dict.fromkeys(m for m in rows["mask"] if m))
-    return {"images": list(rows["image"]), "masks": masks}
+    masks = list(dict.fromkeys(MASK[s] for s in ids if MASK[s]))
+    return {"images": [IMAGE[s] for s in ids], "masks": masks}
 
 
 def needs_foreground(wildcards):
     """Whether slide {slide} trains or validates, so its annotation must mark some foreground."""
-    return SAMPLES.loc[wildcards.slide, "split"] in ("train", "val")
+    return SPLIT[wildcards.slide] in ("train", "val")
 
 
 def foreground_slides(wildcards):
     """The train/val slides of convert group {batch} (their annotations must mark foreground)."""
-    return [
-        s
-        for s in BATCHES["zarr"][wildcards.batch]
-        if SAMPLES.loc[s, "split"] in ("train", "val")
-    ]
+    return [s for s in BATCHES["zarr"][wildcards.batch] if SPLIT[s] in ("train", "val")]
 
 
 def convert_items(wildcards):
     """[slide_id, image, mask, mpp] of each slide in group {batch} (mpp: the sheet's, or None)."""
-    rows = SAMPLES.loc[BATCHES["zarr"][wildcards.batch]]
-    return [
-        [s, rows.loc[s, "image"], rows.loc[s, "mask"], sheet_mpp(SAMPLES, s)]
-        for s in rows.index
-    ]
+    return [[s, IMAGE[s], MASK[s], MPP[s]] for s in BATCHES["zarr"][wildcards.batch]]
 
 
 def slide_mpp(wildcards):
     """The sample sheet's mpp of slide {slide}; None: the slide's metadata or convert.default_mpp."""
-    return sheet_mpp(SAMPLES, wildcards.slide)
+    return MPP[wildcards.slide]
 
 
 def slide_stores(stage):
@@ -238,13 +264,13 @@ def slide_stores(stage):
 
 def convert_input(wildcards):
     """Image and (if annotated) mask file of one slide."""
-    row = SAMPLES.loc[wildcards.slide]
-    return {"image": row["image"], **({"mask": row["mask"]} if row["mask"] else {})}
+    slide = wildcards.slide
+    return {"image": IMAGE[slide], **({"mask": MASK[slide]} if MASK[slide] else {})}
 
 
 def slide_image(wildcards):
     """The sample sheet's image of slide {slide} (a file, or a DICOM WSI folder)."""
-    return SAMPLES.loc[wildcards.slide, "image"]
+    return IMAGE[wildcards.slide]
 
 
 def slide_prediction(wildcards):
@@ -347,7 +373,10 @@ def card_settings():
 
 
 def final_outputs():
-    """The targets of `rule all`."""
+    """The targets of `rule all`.  The report job's per-slide overlays and GeoJSON are not
+    listed: that job writes them with submission.csv (and reruns when one is missing), and
+    asking for each of them made Snakemake search the report job's outputs once per slide.
+    """
     trained = [
         f"{RESULTS}/models/{MODEL}/{name}" for name in ("curves.png", "model.json")
     ]
@@ -355,8 +384,6 @@ def final_outputs():
         f"{RESULTS}/submission.csv",
         f"{RESULTS}/metrics.csv",
         *(trained if TRAINING else []),
-        *expand(f"{RESULTS}/overlays/{{slide}}.png", slide=predicted_slides()),
-        *expand(f"{RESULTS}/geojson/{{slide}}.geojson", slide=predicted_slides()),
         *(
             expand(f"{RESULTS}/dicom/{{slide}}.dcm", slide=predicted_slides())
             if config["report"]["dicom_seg"]

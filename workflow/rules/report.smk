@@ -42,7 +42,7 @@ rule report:
         config_hash=REPORT_CONFIG_HASH,
         predictions={s: store("predictions", s) for s in predicted_slides()},
         slides={s: store("zarr", s) for s in predicted_slides()},
-        splits={s: SAMPLES.loc[s, "split"] for s in predicted_slides()},
+        splits={s: SPLIT[s] for s in predicted_slides()},
         groups=slide_groups(predicted_slides()),
     message:
         "Writing submission, metrics, overlays and GeoJSON"
