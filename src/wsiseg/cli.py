@@ -85,13 +85,23 @@ def _report(args) -> None:
     from wsiseg.store.layout import find_store
 
     samples = read_samples(args.samples, check_files=False)
-    predictions = {s: p for s in samples.index if (p := find_store(args.predictions, s)) is not None}
-    if not predictions:
+    found = {s: find_store(args.predictions, s) for s in samples.index}
+    if all(p is None for p in found.values()):
         raise SystemExit(f"no predictions for the slides of {args.samples} in {args.predictions}")
+    # as the workflow: every val and test slide is reported (one without a store stays in, at the path predict
+    # writes, so make_report stops naming it instead of a report that silently lacks it); a train slide when
+    # it was predicted (predict.model predicts every slide)
+    split = samples["split"].to_dict()
+    predictions = {
+        s: p if p is not None else Path(args.predictions) / f"{s}.zarr"
+        for s, p in found.items()
+        if p is not None or split[s] in ("val", "test")
+    }
     slides = {s: find_store(args.slides, s) for s in predictions}
-    missing = sorted(s for s, p in slides.items() if p is None)
+    missing = sorted(s for s, p in slides.items() if p is None and found[s] is not None)
     if missing:
         raise SystemExit(f"no converted store in {args.slides} for predicted slide(s) {missing[:5]}")
+    slides = {s: p if p is not None else Path(args.slides) / f"{s}.zarr" for s, p in slides.items()}
     table = make_report(
         predictions,
         slides,

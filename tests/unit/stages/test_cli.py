@@ -123,3 +123,41 @@ def test_every_option_explains_itself(stage):
             continue
         text = (action.help or "").split("(default:")[0].strip()
         assert text, f"wsiseg {stage} {action.option_strings[0]} has no help text"
+
+
+def _report_folders(tmp_path, predicted: tuple[str, ...]):
+    """A sample sheet (a, b: test; c: train), a slide store folder per slide and prediction stores of
+    ``predicted`` (empty folders: the report stops on a missing store before it reads any)."""
+    sheet = tmp_path / "samples.csv"
+    sheet.write_text("slide_id,image,mask,split\na,a.tif,,test\nb,b.tif,,test\nc,c.tif,c.png,train\n")
+    for slide in "abc":
+        (tmp_path / "zarr" / f"{slide}.zarr").mkdir(parents=True)
+    (tmp_path / "predictions").mkdir()
+    for slide in predicted:
+        (tmp_path / "predictions" / f"{slide}.zarr").mkdir()
+    return [
+        "report",
+        "--samples",
+        str(sheet),
+        "--slides",
+        str(tmp_path / "zarr"),
+        "--predictions",
+        str(tmp_path / "predictions"),
+        "--out-dir",
+        str(tmp_path / "out"),
+    ]
+
+
+def test_report_stops_on_a_test_slide_without_a_prediction_store(tmp_path, capsys):
+    """A val/test slide whose store is missing is an error naming it and the path, not a report without it;
+    a train slide is reported only when it was predicted, so its missing store is no error."""
+    assert main(_report_folders(tmp_path, predicted=("a",))) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("wsiseg report: error: slide b:") and "\n" not in err
+    assert str(tmp_path / "predictions" / "b.zarr") in err and "does not exist" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_report_without_any_prediction_says_so(tmp_path):
+    with pytest.raises(SystemExit, match="no predictions for the slides of .*samples.csv"):
+        main(_report_folders(tmp_path, predicted=()))
