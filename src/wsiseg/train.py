@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -12,7 +14,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import pandas as pd
 import pytorch_lightning as pl
@@ -20,6 +22,8 @@ import torch
 import zarr
 from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from wsiseg.config.params import RUNTIME_KEYS, TrainParams
 from wsiseg.errors import ConfigError, PatchError, SampleSheetError
@@ -323,6 +327,68 @@ def loader_workers(params: TrainParams, threads: int | None = None) -> int:
     return max(0, min(8, cores - 1))
 
 
+@contextlib.contextmanager
+def naming(path: str | Path) -> Iterator[None]:
+    """Re-raise an :class:`OSError` that names no file (a full disk: ``[Errno 28] No space left on device``)
+    with ``path``, the output being written, so its one-line message says where."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is not None or err.errno is None:
+            raise
+        raise type(err)(err.errno, err.strerror, str(path)) from err
+
+
+class SiblingCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint files (``last.ckpt``, ``best.ckpt``) written through a temporary file
+    beside them, then renamed into place (:func:`~wsiseg.utils.io.atomic_path`).
+
+    Lightning's own writer (an fsspec transaction) writes the file in ``$TMPDIR`` and then moves it:
+    a small ``$TMPDIR`` fails with an error that names no path, and across file systems the move is
+    a copy that a full disk can leave truncated at the checkpoint's path.  Here a failed write leaves
+    the earlier checkpoint as it was and the error names the checkpoint."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None or "://" in str(path):  # remote storage: Lightning's own writer
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        buffer = io.BytesIO()  # serialised first (as Lightning does): a write error is then an OSError
+        torch.save(checkpoint, buffer)
+        with naming(path), atomic_path(path) as tmp:
+            _write_bytes(tmp, buffer.getbuffer())
+
+
+def _write_bytes(path: Path, data: memoryview) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())  # on disk before the rename makes it the checkpoint
+
+
+class TrainingStopped(SIGTERMException):
+    """A training run stopped by SIGTERM: exit status 143 (128 + SIGTERM, as a shell reports a process the
+    signal ended), so Snakemake and SLURM see a failed job; ``str()`` says where a rerun resumes."""
+
+    def __init__(self, message: str):
+        super().__init__(143)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def stopped(trainer: pl.Trainer, work: Path) -> TrainingStopped:
+    """The :class:`TrainingStopped` of a run stopped by SIGTERM, its one line logged as an error."""
+    last = work / "checkpoints" / "last.ckpt"
+    where = (
+        f"rerun the same command (or Snakemake job) to resume from {last}"
+        if last.is_file()
+        else f"no epoch had finished, so there is no {last}: a rerun starts over"
+    )
+    message = f"train: stopped by SIGTERM in epoch {trainer.current_epoch + 1}/{trainer.max_epochs}; {where}"
+    log.error(message)
+    return TrainingStopped(message)
+
+
 def _trainer(params: TrainParams, work: Path, callbacks: list[Callback]) -> pl.Trainer:
     """A Lightning Trainer for ``params`` logging to ``work/logs/version_N``; progress bars on a
     terminal, plain :class:`EpochLog` lines in log files."""
@@ -343,6 +409,7 @@ def _trainer(params: TrainParams, work: Path, callbacks: list[Callback]) -> pl.T
         log_every_n_steps=1,
         num_sanity_val_steps=0,
         enable_model_summary=False,
+        **({} if "plugins" in params.extra else {"plugins": [SiblingCheckpointIO()]}),  # train.extra's win
         **params.extra,
     )
 
@@ -399,11 +466,12 @@ def train_model(
     history = EpochHistory()
     trainer = _trainer(params, work, [EpochSeed(params.seed), history, *callbacks, *stopping, checkpoint])
     log.info(
-        "train: %d train / %d val patch stores, %d class(es), %d loader worker(s), %s",
+        "train: %d train / %d val patch stores, %d class(es), %d loader worker(s), %d torch thread(s), %s",
         len(train_patches),
         len(val_patches),
         classes,
         workers,
+        torch.get_num_threads(),  # CPU results are reproducible for one seed at one thread count
         asdict(params),
     )
     if resume_from:
@@ -412,12 +480,21 @@ def train_model(
             resume_from,
             torch.load(resume_from, weights_only=True)["epoch"] + 1,
         )
-    trainer.fit(module, datamodule=data, ckpt_path=resume_from)
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=resume_from)
+    except BaseException as err:
+        # SIGTERM (a time limit, `timeout`, a pre-emption): Lightning finishes the batch and raises its
+        # SIGTERMException, a SystemExit with status 0, so Snakemake would see a job that succeeded without
+        # its outputs.  Any error after a SIGTERM counts too (data-loader workers get the signal as well).
+        if isinstance(err, SIGTERMException) or trainer.received_sigterm:
+            raise stopped(trainer, work) from err
+        raise
     metrics = history.table(work / "logs")
-    with atomic_path(out_dir / "metrics.csv") as tmp:
+    with naming(out_dir / "metrics.csv"), atomic_path(out_dir / "metrics.csv") as tmp:
         metrics.to_csv(tmp, index=False, float_format="%.5f")
-    plot_curves(metrics, out_dir / "curves.png")
-    with atomic_path(out_dir / "model.ckpt") as tmp:
+    with naming(out_dir / "curves.png"):
+        plot_curves(metrics, out_dir / "curves.png")
+    with naming(out_dir / "model.ckpt"), atomic_path(out_dir / "model.ckpt") as tmp:
         shutil.copyfile(checkpoint.best_model_path, tmp)
     from wsiseg.modelcard import write_model_card
 
