@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -150,7 +151,7 @@ def resolve_model(spec: str | Path | Sequence[str | Path], key: str = "predict.m
             card = read_model_card(path)
             result.cards[str(path)] = card
             for entry in card["checkpoints"]:
-                checkpoint = path / entry["path"]
+                checkpoint = path / _inside(path, entry.get("path"), key)
                 if not checkpoint.is_file():
                     raise ModelError(f"`{key}`: {checkpoint}, listed in {path / CARD}, does not exist")
                 result.checkpoints.append(checkpoint)
@@ -158,7 +159,108 @@ def resolve_model(spec: str | Path | Sequence[str | Path], key: str = "predict.m
                     result.expected[str(checkpoint)] = entry["sha256"]
         else:
             result.checkpoints.append(path)
+    _check_cards_agree(result.cards, key)
     return result
+
+
+def _inside(folder: Path, entry: Any, key: str) -> str:
+    """A checkpoint path listed in ``folder``'s card, once it lies inside ``folder``.
+
+    Checked on the path as written (``..`` or absolute), not on where symbolic links lead: a folder whose
+    checkpoint is a link into a data store (git-annex, DVC) stays usable, a card naming another folder's
+    checkpoint does not travel with its folder and is refused."""
+    text = str(entry or "")
+    normal = os.path.normpath(text)
+    if not text or os.path.isabs(text) or normal == ".." or normal.startswith(".." + os.sep):
+        raise ModelError(
+            f"`{key}`: {folder / CARD} lists the checkpoint {text!r}, outside its folder {folder}: "
+            "a model folder holds its own checkpoints (copy the checkpoint in, or give its own model folder)"
+        )
+    return normal
+
+
+def _resolution_text(mpp: Any, downscale: Any) -> str:
+    parts = [f"{float(mpp):g} um/px" if mpp else None, f"downscale {float(downscale):g}" if downscale else None]
+    return ", ".join(p for p in parts if p) or "no recorded resolution"
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Two recorded resolution values (um/px or downscale; None where unknown) agree."""
+    if a is None or b is None:
+        return a is None and b is None
+    return math.isclose(float(a), float(b), rel_tol=1e-6)
+
+
+def _card_model(card: Mapping) -> tuple[int, Any, Any]:
+    """(classes, um/px, downscale) a model card records."""
+    resolution = card.get("resolution") or {}
+    return int(card.get("classes", 1)), resolution.get("mpp"), resolution.get("downscale")
+
+
+def _check_cards_agree(cards: Mapping[str, Mapping], key: str) -> None:
+    """One ensemble averages one set of classes at one resolution: model cards that disagree are a
+    :class:`ModelError` (found from the cards alone, so a dry run stops on it)."""
+    if len(cards) < 2:
+        return
+    models = {folder: _card_model(card) for folder, card in cards.items()}
+    first, (classes, mpp, downscale) = next(iter(models.items()))
+    for folder, (c, m, d) in models.items():
+        if c != classes:
+            raise ModelError(
+                f"`{key}`: the models predict different classes ({first}: {classes}, {folder}: {c}); "
+                "an ensemble averages the probabilities of one set of classes"
+            )
+        if not (_same(m, mpp) and _same(d, downscale)):
+            raise ModelError(
+                f"`{key}`: the models were trained at different resolutions ({first}: "
+                f"{_resolution_text(mpp, downscale)}, {folder}: {_resolution_text(m, d)}); "
+                "an ensemble reads one tile for every member"
+            )
+
+
+def model_problems(spec: str | Path | Sequence[str | Path], key: str = "predict.model") -> list[str]:
+    """What the model cards of ``spec`` alone show to be wrong (one line each; none: ``[]``): a missing
+    checkpoint or card, a checkpoint outside its folder, members of different classes or resolutions,
+    a checkpoint whose sha256 is not its card's.  For the dry run: hashing reads every checkpoint once."""
+    try:
+        resolve_model(spec, key).provenance(verify=True)
+    except ModelError as err:
+        text = str(err)
+        return [text if text.startswith(f"`{key}`") else f"`{key}`: {text}"]
+    return []
+
+
+def card_listing(checkpoint: str | Path) -> tuple[Path, dict] | None:
+    """(path, card) of the model card in ``checkpoint``'s folder when that card lists this checkpoint
+    (a fold's own card inside a cross-validation folder too); None otherwise."""
+    checkpoint = Path(checkpoint)
+    path = checkpoint.parent / CARD
+    try:
+        card = json.loads(path.read_text())
+        listed = [os.path.normpath(str(entry["path"])) for entry in card["checkpoints"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return (path, card) if checkpoint.name in listed else None
+
+
+def check_checkpoint(checkpoint: str | Path, hparams: Mapping[str, Any]) -> None:
+    """A :class:`ModelError` when the model in ``checkpoint`` (its ``hparams``, as loaded) is not the one
+    its model card describes: other classes, or another training resolution (um/px, downscale).
+
+    A checkpoint replaced by another model, with its sha256 in the card updated, would otherwise predict
+    at the card's resolution with the card's class names.  Without a card beside it, nothing to check."""
+    found = card_listing(checkpoint)
+    if found is None:
+        return
+    path, card = found
+    classes, mpp, downscale = _card_model(card)
+    got = int(hparams.get("classes", 1)), hparams.get("mpp"), hparams.get("downscale")
+    if got[0] != classes or not (_same(got[1], mpp) and _same(got[2], downscale)):
+        raise ModelError(
+            f"{checkpoint}: holds a {got[0]}-class model trained at {_resolution_text(got[1], got[2])}, but its "
+            f"model card {path} describes {classes} class(es) at {_resolution_text(mpp, downscale)} "
+            "(checkpoint replaced?); put back the checkpoint the card describes, or the card written with it"
+        )
 
 
 def _final_metrics(metrics: pd.DataFrame) -> dict:

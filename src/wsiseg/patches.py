@@ -11,9 +11,11 @@ import cv2
 import numpy as np
 import pandas as pd
 import zarr
+from skimage.measure import label
 
 from wsiseg.config.params import PatchParams
 from wsiseg.errors import StoreError
+from wsiseg.imaging.instances import contour_target
 from wsiseg.imaging.tissue import TissueMap
 from wsiseg.resolution import slide_downscale
 from wsiseg.store.chunks import compressor, read_padded
@@ -104,6 +106,24 @@ def read_labels(store: SlideStore, y0: int, x0: int, size: int, downscale: float
     return np.argmax(np.stack(shares), axis=0).astype(np.uint8)
 
 
+def read_contours(store: SlideStore, y0: int, x0: int, size: int, downscale: float, mask: np.ndarray) -> np.ndarray:
+    """Contour patch (size, size) uint8 0/1 of the level-0 box at (y0, x0), the target of a contour-aware
+    model (``train.contour_weight``): the edges of the slide's annotated objects where the store has their
+    ids (touching objects get a contour between them), else of the connected components of ``mask``."""
+    if store.instances is None:
+        return contour_target(label(mask > 0, connectivity=2))
+    span = int(round(size * downscale))
+    height, width = store.instances.shape[-2:]
+    ids = np.zeros((span, span), np.int64)
+    ry0, ry1, rx0, rx1 = max(0, y0), min(height, y0 + span), max(0, x0), min(width, x0 + span)
+    if ry1 > ry0 and rx1 > rx0:
+        ids[ry0 - y0 : ry1 - y0, rx0 - x0 : rx1 - x0] = np.asarray(store.instances[..., ry0:ry1, rx0:rx1]).reshape(
+            ry1 - ry0, rx1 - rx0
+        )
+    pick = np.minimum((np.arange(size) * downscale + downscale / 2).astype(np.int64), span - 1)  # nearest
+    return contour_target(ids[np.ix_(pick, pick)])
+
+
 def class_shares(labels: np.ndarray, classes: int) -> np.ndarray:
     """Share of each label 0..max(1, classes - 1) in a label patch."""
     return np.bincount(labels.ravel(), minlength=max(2, classes))[: max(2, classes)] / labels.size
@@ -125,7 +145,8 @@ def extract_patches(
     """Cut ``slide`` (a converted store with a mask) into patches and write the kept ones.
 
     Writes ``out_zarr`` with ``images`` (N, size, size, 3) and ``masks``
-    (N, size, size) uint8 arrays (0/1, or class indices when multi-class), and
+    (N, size, size) uint8 arrays (0/1, or class indices when multi-class), for binary masks ``contours``
+    (the annotated objects' edges, :func:`read_contours`), and
     ``out_csv``, one row per patch in the same order, with the grid cell,
     level-0 position, pyramid level read, coverage (per class too when
     multi-class), tissue share and the reason it was kept.  ``out_tissue``
@@ -194,10 +215,19 @@ def extract_patches(
         masks = root.create_array(
             "masks", shape=(len(kept), size, size), chunks=(1, size, size), dtype="uint8", compressors=codec
         )
+        contours = (  # binary targets: the objects' contours too, for contour-aware training
+            root.create_array(
+                "contours", shape=(len(kept), size, size), chunks=(1, size, size), dtype="uint8", compressors=codec
+            )
+            if classes == 1
+            else None
+        )
         for n, (i, j) in enumerate(progress(kept, desc=f"patches {store.slide_id}", unit="patch", mininterval=5)):
             y, x = int(round(rows[i] * ds)), int(round(cols[j] * ds))
             images[n] = store.read_image(y, x, (size, size), ds)
-            masks[n] = read_labels(store, y, x, size, ds, classes)
+            masks[n] = labels = read_labels(store, y, x, size, ds, classes)
+            if contours is not None:
+                contours[n] = read_contours(store, y, x, size, ds, labels)
             per_class = list(shares[i, j, 1:]) if classes > 1 else []
             records.append(
                 (

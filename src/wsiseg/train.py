@@ -263,6 +263,7 @@ def _module(
         encoder_kwargs=dict(params.encoder_kwargs) if params.encoder_kwargs else None,
         normalize=dict(params.normalize) if params.normalize else None,
         unfreeze_blocks=params.unfreeze_blocks,
+        contour_weight=params.contour_weight,
     )
 
 
@@ -451,7 +452,16 @@ def train_model(
     module = _module(params, downscale, mpp, patch_size, classes, stain)
     normalize = module.hparams["normalize"]  # the encoder's: its weights' own, or train.normalize
     data = PatchDataModule(
-        train_patches, val_patches, params.batch_size, workers, params.augment, params.seed, classes, stain, normalize
+        train_patches,
+        val_patches,
+        params.batch_size,
+        workers,
+        params.augment,
+        params.seed,
+        classes,
+        stain,
+        normalize,
+        contours=params.contour_weight > 0,
     )
     work = out_dir / "lightning"
     resume_from = resume_checkpoint(work, fingerprint(params, stores), params.resume)

@@ -35,5 +35,12 @@ def write_store(path: Path, n: int, classes: int = 1, seed: int = 0) -> Path:
     root = zarr.open_group(path, mode="w", zarr_format=2)
     root.create_array("images", data=images, chunks=(1, SIZE, SIZE, 3))
     root.create_array("masks", data=masks, chunks=(1, SIZE, SIZE))
+    if classes == 1:  # as extract_patches: the objects' contours, for contour-aware training
+        from skimage.measure import label
+
+        from wsiseg.imaging.instances import contour_target
+
+        contours = np.stack([contour_target(label(m > 0, connectivity=2)) for m in masks])
+        root.create_array("contours", data=contours, chunks=(1, SIZE, SIZE))
     root.attrs.update({"slide_id": path.stem, "size": SIZE, "downscale": 2.0, "classes": classes})
     return path

@@ -15,6 +15,7 @@ import yaml
 
 from wsiseg.config.networks import ARCHS, ENCODERS, network_problems
 from wsiseg.errors import ConfigError
+from wsiseg.modelcard import model_problems
 
 
 def _suggest(word: str, choices: Iterable[str]) -> str:
@@ -181,6 +182,16 @@ def plan_problems(
     if training:
         sides = {"patches.size": patches.get("size"), "predict.tile": predict.get("tile")}
         problems += network_problems(train, {k: v for k, v in sides.items() if v is not None})
+    if training and train.get("contour_weight") and patches.get("classes") not in (None, 1):
+        problems.append(
+            f"`train.contour_weight` ({train['contour_weight']}) needs binary masks, but `patches.classes` is "
+            f"{patches['classes']}: set it to 0, or patches.classes to 1"
+        )
+    if training and predict.get("split_objects") == "contour" and not train.get("contour_weight"):
+        problems.append(
+            "`predict.split_objects` contour needs a contour-aware model: set `train.contour_weight` > 0 "
+            "(e.g. 1.0), or use watershed"
+        )
     if predict["overlap"] >= predict["tile"]:
         problems.append(
             f"`predict.overlap` ({predict['overlap']}) must be smaller than `predict.tile` ({predict['tile']})"
@@ -200,6 +211,8 @@ def plan_problems(
         problems.append(
             f"`train.folds` = {train['folds']} needs at least {train['folds']} train/val slides, the sample sheet has {len(labelled)}"
         )
+    if not training and predict.get("model"):  # what its model cards show: checksums, folders, mixed members
+        problems += model_problems(predict["model"])
     scale_problem = _scale_problem(config, splits, pixel_size_of, model_resolution, training)
     if scale_problem:
         return [*problems, scale_problem]

@@ -125,6 +125,7 @@ class TrainParams:
     compile: bool = False
     freeze_encoder: bool = False  # train the decoder and head only (wsiseg.nn.module.SegmentationModule)
     unfreeze_blocks: int = 0  # with freeze_encoder: the last N encoder blocks learn too
+    contour_weight: float = 0.0  # > 0: a contour head beside the foreground (DCAN), weighted so in the loss
     num_workers: int | str = (
         "auto"  # auto: 0 on CPU; on a GPU one per core but one, at most 8 (wsiseg.train.loader_workers)
     )
@@ -157,6 +158,7 @@ class PredictParams:
     split_objects: str | None = (
         None  # watershed: separate touching objects (nuclei); None = off (wsiseg.imaging.instances)
     )
+    contour_threshold: float = 0.5  # split_objects contour: contour probability above which a pixel is an edge
     split_min_distance_um: float = 3.0  # closest two object centres may be, in um (level-0 mpp known)
     split_min_distance_px: int = 12  # the same in level-0 px, used when the slide's pixel size is unknown
     chunk: int = 512

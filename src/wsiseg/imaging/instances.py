@@ -1,4 +1,5 @@
-"""Separate touching objects (nuclei) of a binary prediction mask: distance-transform watershed.
+"""Separate touching objects (nuclei, glands) of a binary prediction mask: distance-transform watershed, or
+markers from a contour-aware model (DCAN: the object interior is the foreground away from predicted contours).
 
 The mask stays binary: a one-pixel background line is carved between the
 watershed regions of each touching group, so the 8-connected components that
@@ -13,6 +14,8 @@ A slide's mask is processed by row bands with ``margin`` rows of context
 
 from __future__ import annotations
 
+from typing import Callable
+
 import cv2
 import numpy as np
 import zarr
@@ -21,7 +24,7 @@ from skimage.measure import label
 from skimage.morphology import erosion
 from skimage.segmentation import watershed
 
-METHODS = ("watershed",)
+METHODS = ("watershed", "contour")  # contour: needs a model trained with train.contour_weight > 0
 
 
 def min_distance_px(min_distance_um: float, mpp: float | None, fallback_px: int) -> int:
@@ -64,6 +67,37 @@ def watershed_instances(binary: np.ndarray, min_distance: int, row0: int = 0) ->
     return watershed(-distance, markers, mask=binary, connectivity=2).astype(np.int32)
 
 
+def contour_target(instances: np.ndarray, width: int = 1) -> np.ndarray:
+    """uint8 0/1 contour of an instance label image (0 = background): the pixels of each object that touch
+    another object or the background, grown by ``width`` px (a band across the line between two touching
+    objects): what a contour-aware model learns to predict beside the foreground (DCAN)."""
+    from skimage.segmentation import find_boundaries
+
+    edges = find_boundaries(np.asarray(instances), connectivity=2, mode="inner")
+    if width > 0 and edges.any():
+        edges = cv2.dilate(edges.astype(np.uint8), np.ones((2 * width + 1,) * 2, np.uint8)).astype(bool)
+    return edges.astype(np.uint8)
+
+
+def contour_instances(binary: np.ndarray, contour: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Instance ids (int32, 0 = background) of a binary mask from a predicted contour probability map (the
+    mask's shape, 0..1): the markers are the connected parts of the foreground where the contour probability
+    is below ``threshold`` (object interiors), and each grows back over the foreground by watershed on the
+    contour probability; a component with no interior keeps one id."""
+    binary = np.asarray(binary) > 0
+    components, count = label(binary, return_num=True, connectivity=2)
+    if count == 0:
+        return components.astype(np.int32)
+    contour = np.asarray(contour, np.float32)
+    markers, seeds = label(binary & (contour < threshold), return_num=True, connectivity=1)
+    markers = markers.astype(np.int32)
+    seeded = np.zeros(count + 1, bool)
+    seeded[components[markers > 0]] = True
+    unseeded = ~seeded[components] & binary
+    markers[unseeded] = (seeds + components[unseeded]).astype(np.int32)
+    return watershed(contour, markers, mask=binary, connectivity=2).astype(np.int32)
+
+
 def carve_boundaries(instances: np.ndarray) -> np.ndarray:
     """uint8 0/1 mask of ``instances`` in which no two differently labelled pixels are 8-neighbours.
 
@@ -80,11 +114,20 @@ def split_touching(binary: np.ndarray, min_distance: int, row0: int = 0) -> np.n
     return carve_boundaries(watershed_instances(binary, min_distance, row0))
 
 
-def split_mask(mask: zarr.Array, min_distance: int, band: int = 2048, margin: int = 256) -> None:
+def split_mask(
+    mask: zarr.Array,
+    min_distance: int,
+    band: int = 2048,
+    margin: int = 256,
+    contour: Callable[[int, int], np.ndarray] | None = None,
+    contour_threshold: float = 0.5,
+) -> None:
     """Apply :func:`split_touching` in place to a (H, W) zarr mask, band by band with ``margin`` (<= ``band``) rows of context.
 
-    Each window sees the original mask: the context rows a previous band has
-    already rewritten are taken from a copy kept before that write."""
+    ``contour(top, bottom)``: the predicted contour probability (0..1) of mask rows [top, bottom), when the
+    objects are split by :func:`contour_instances` instead of the distance transform.  Each window sees the
+    original mask: the context rows a previous band has already rewritten are taken from a copy kept before
+    that write."""
     height, margin = mask.shape[-2], min(margin, band)
     kept: np.ndarray | None = None  # original rows [y0 - margin, y0) of the band about to be processed
     for y0 in range(0, height, band):
@@ -94,4 +137,8 @@ def split_mask(mask: zarr.Array, min_distance: int, band: int = 2048, margin: in
         if kept is not None:
             window[: y0 - top] = kept[len(kept) - (y0 - top) :]
         kept = window[max(top, y1 - margin) - top : y1 - top].copy()
-        mask[y0:y1, :] = split_touching(window, min_distance, top)[y0 - top : y1 - top]
+        if contour is None:
+            split = split_touching(window, min_distance, top)
+        else:
+            split = carve_boundaries(contour_instances(window, contour(top, bottom), contour_threshold))
+        mask[y0:y1, :] = split[y0 - top : y1 - top]

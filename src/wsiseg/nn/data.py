@@ -100,7 +100,9 @@ class PatchDataset(Dataset):
     an item is then seeded from ``(seed, epoch, index)``, and a loader worker
     reseeds its global RNGs from ``(seed, epoch, worker id)`` when a new epoch
     starts, so nothing depends on how many epochs, workers or samples came before.
-    A ``stain`` normaliser (:mod:`wsiseg.imaging.stain`) is applied to each patch as read, before augmentation."""
+    A ``stain`` normaliser (:mod:`wsiseg.imaging.stain`) is applied to each patch as read, before augmentation.
+    With ``contours`` a binary target is (2, h, w): the foreground and the objects' contours (the store's
+    ``contours``), transformed together."""
 
     def __init__(
         self,
@@ -110,13 +112,20 @@ class PatchDataset(Dataset):
         seed: int = 0,
         stain: Mapping[str, Any] | None = None,
         normalize: Mapping[str, Sequence[float]] | None = None,
+        contours: bool = False,
     ):
         self.paths = [str(p) for p in stores]
         self.augment, self.classes, self.seed, self.stain = augment, classes, seed, stain
-        self.normalize = normalize
+        self.normalize, self.contours = normalize, contours
         self.index: list[tuple[int, int]] = []
         for s, path in enumerate(self.paths):
-            count = zarr.open_group(path, mode="r")["images"].shape[0]
+            group = zarr.open_group(path, mode="r")
+            count = group["images"].shape[0]
+            if contours and "contours" not in group:
+                raise PatchError(
+                    f"{path}: no contours for `train.contour_weight` (written by an older wsiseg, or a multi-class "
+                    "store): run patches again (snakemake -R patches)"
+                )
             self.index.extend((s, i) for i in range(count))
         self._groups: dict[int, zarr.Group] = {}
         self._worker_epoch: int | None = None
@@ -150,10 +159,17 @@ class PatchDataset(Dataset):
             self._enter_epoch(epoch)
             if self.augment is not None:
                 reseed(self.augment, self.seed, epoch, AUGMENT, k)
-        if self.augment is not None:
-            out = self.augment(image=image, mask=mask)
-            image, mask = out["image"], out["mask"]
-        return to_tensor(image, self.normalize), to_target(mask, self.classes)
+        if not self.contours:
+            if self.augment is not None:
+                out = self.augment(image=image, mask=mask)
+                image, mask = out["image"], out["mask"]
+            return to_tensor(image, self.normalize), to_target(mask, self.classes)
+        contour = np.asarray(group["contours"][i])
+        if self.augment is not None:  # the same geometric transform for the mask and the contour
+            out = self.augment(image=image, masks=[mask, contour])
+            image, (mask, contour) = out["image"], out["masks"]
+        target = torch.cat([to_target(mask, self.classes), to_target(contour, 1)])  # (2, h, w): foreground, contour
+        return to_tensor(image, self.normalize), target
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -177,21 +193,20 @@ class PatchDataModule(pl.LightningDataModule):
         classes: int = 1,
         stain: Mapping[str, Any] | None = None,
         normalize: Mapping[str, Sequence[float]] | None = None,
+        contours: bool = False,
     ):
         super().__init__()
         self.train_stores, self.val_stores = list(train), list(val)
         self.batch_size, self.num_workers = batch_size, num_workers
         self.augment_spec, self.seed, self.classes, self.stain = augment, seed, classes, stain
         self.normalize = normalize  # the model's input mean/std (its hparams["normalize"])
+        self.contours = contours  # targets carry the objects' contours (a contour-aware model)
 
     def setup(self, stage: str | None = None) -> None:
         augment = build_augmentation(self.augment_spec, self.seed)
-        self.train_set = PatchDataset(
-            self.train_stores, augment, self.classes, self.seed, self.stain, normalize=self.normalize
-        )
-        self.val_set = PatchDataset(
-            self.val_stores, classes=self.classes, seed=self.seed, stain=self.stain, normalize=self.normalize
-        )
+        common = {"classes": self.classes, "seed": self.seed, "stain": self.stain, "normalize": self.normalize}
+        self.train_set = PatchDataset(self.train_stores, augment, contours=self.contours, **common)
+        self.val_set = PatchDataset(self.val_stores, contours=self.contours, **common)
         if not len(self.train_set):
             raise PatchError(f"no training patches in {self.train_stores}: loosen patches.min_coverage/max_coverage")
         if not len(self.val_set):

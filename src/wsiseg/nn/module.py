@@ -86,6 +86,7 @@ class SegmentationModule(pl.LightningModule):
         unfreeze_blocks: int = TrainParams.unfreeze_blocks,
         encoder_build: dict[str, Any] | None = None,
         encoder_source: dict[str, Any] | None = None,
+        contour_weight: float = TrainParams.contour_weight,
     ):
         super().__init__()
         if scheduler not in SCHEDULERS:
@@ -94,6 +95,12 @@ class SegmentationModule(pl.LightningModule):
         # the patch size is checked with the network, before it is built: before any training
         sizes = {"patches.size": int(patch_size)}
         spec = None
+        if contour_weight and classes != 1:
+            raise ConfigError(
+                f"`train.contour_weight` ({contour_weight}) needs binary masks (a foreground and its objects' "
+                f"contours), but the patches have {classes} classes"
+            )
+        outputs = classes + (1 if contour_weight else 0)  # a contour-aware model: foreground and contour channels
         if encoder_build is None:  # a new model; a checkpoint records what its encoder was built as
             spec = resolve_encoder(encoder, encoder_weights, encoder_kwargs, normalize)
             encoder_build = {"name": spec.name, "kwargs": spec.kwargs}
@@ -103,7 +110,7 @@ class SegmentationModule(pl.LightningModule):
             spec.smp_weights if spec else None,
             encoder_depth,
             decoder_channels,
-            classes,
+            outputs,
             encoder_kwargs=encoder_build["kwargs"],
             sizes=sizes,
         )
@@ -120,6 +127,7 @@ class SegmentationModule(pl.LightningModule):
         # no gradients: the encoder's activations are not kept for a backward pass either
         self._learning_blocks = freeze(self.net.encoder, unfreeze_blocks, int(patch_size)) if freeze_encoder else []
         self.criterion = build_loss(loss or DEFAULT_LOSS, classes, class_weights)
+        self.contour_criterion = build_loss(DEFAULT_LOSS, 1) if contour_weight else None  # Dice + BCE
         self._counts = torch.zeros(max(1, classes - 1), 3, dtype=torch.float64)
 
     def setup(self, stage: str) -> None:
@@ -147,8 +155,12 @@ class SegmentationModule(pl.LightningModule):
         return self.__dict__.get("_compiled", self.net)(x)
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The configured weighted loss."""
-        return self.criterion(logits, target)
+        """The configured weighted loss; for a contour-aware model plus ``contour_weight`` x (Dice + BCE) of the
+        contour channel."""
+        if self.contour_criterion is None:
+            return self.criterion(logits, target)
+        contour = self.contour_criterion(logits[:, 1:2], target[:, 1:2])
+        return self.criterion(logits[:, :1], target[:, :1]) + self.hparams.contour_weight * contour
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
@@ -163,6 +175,8 @@ class SegmentationModule(pl.LightningModule):
         x, y = batch
         logits = self(x)
         self.log("val_loss", self.loss(logits, y), on_epoch=True, prog_bar=True, batch_size=len(x))
+        if self.contour_criterion is not None:  # scored on the foreground, as any binary model
+            logits, y = logits[:, :1], y[:, :1]
         self._counts += confusion(logits, y, self.hparams.classes)
 
     def on_validation_epoch_end(self) -> None:

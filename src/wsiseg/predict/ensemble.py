@@ -14,6 +14,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from wsiseg.errors import ConfigError, ModelError
+from wsiseg.modelcard import check_checkpoint
 from wsiseg.nn.module import load_model
 
 log = logging.getLogger(__name__)
@@ -30,9 +31,18 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_ensemble(checkpoints: Sequence[str | Path], device: torch.device) -> list[torch.nn.Module]:
-    """Load one or more checkpoints; they must share the training resolution (um/px and downscale), stain
-    normaliser and input normalisation."""
+    """Load one or more checkpoints; each must be the model its model card describes (when one lists it:
+    classes and training resolution), and they must share the classes, training resolution (um/px and
+    downscale), stain normaliser and input normalisation."""
     models = [load_model(c, map_location=device).to(device) for c in checkpoints]
+    for checkpoint, model in zip(checkpoints, models):
+        check_checkpoint(checkpoint, model.hparams)
+    classes = {int(m.hparams.get("classes", 1)) for m in models}
+    if len(classes) != 1:  # their probabilities are averaged channel by channel
+        raise ModelError(
+            f"checkpoints {list(map(str, checkpoints))} predict different numbers of classes {sorted(classes)}; "
+            "an ensemble averages the probabilities of one set of classes"
+        )
     scales = {training_resolution(m) for m in models}
     if len(scales) != 1:
         raise ModelError(
@@ -41,6 +51,10 @@ def load_ensemble(checkpoints: Sequence[str | Path], device: torch.device) -> li
     stains = {json.dumps(m.hparams.get("stain"), sort_keys=True) for m in models}
     if len(stains) != 1:  # one tile batch feeds every member: they must agree on its colours
         raise ModelError(f"checkpoints {list(map(str, checkpoints))} were trained with different stain normalisers")
+    if len({bool(m.hparams.get("contour_weight")) for m in models}) != 1:
+        raise ModelError(
+            f"checkpoints {list(map(str, checkpoints))} mix contour-aware models (train.contour_weight > 0) and others"
+        )
     norms = {json.dumps(m.hparams.get("normalize"), sort_keys=True) for m in models}
     if len(norms) != 1:  # the same: one normalised batch feeds every member
         raise ModelError(
@@ -71,14 +85,15 @@ def tta_pairs(ops: Sequence[str]):
     return pairs
 
 
-def probabilities(logits: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Sigmoid of a single foreground channel, softmax over several classes; into ``out``
+def probabilities(logits: torch.Tensor, out: torch.Tensor | None = None, independent: bool = False) -> torch.Tensor:
+    """Sigmoid of a single foreground channel, softmax over several classes, sigmoid of each channel when they
+    are ``independent`` (a contour-aware model's foreground and contour); into ``out``
     (contiguous, the logits' shape) when given, else a new tensor.
 
     Strided logits (e.g. one channel sliced out of a wider output) are made contiguous
     first: torch's sigmoid runs element by element on them, slower than copy + sigmoid
     (benchmarks/journal/predict.md)."""
-    if logits.shape[1] > 1:
+    if logits.shape[1] > 1 and not independent:
         return torch.softmax(logits, dim=1) if out is None else torch.softmax(logits, dim=1, out=out)
     if logits.is_contiguous():
         return torch.sigmoid(logits) if out is None else torch.sigmoid(logits, out=out)
@@ -88,8 +103,14 @@ def probabilities(logits: torch.Tensor, out: torch.Tensor | None = None) -> torc
 def predict_batch(models: Sequence[torch.nn.Module], batch: torch.Tensor, tta: Sequence[str] = ()) -> torch.Tensor:
     """Probabilities (n, channels, h, w) averaged over models and TTA views.
 
-    One channel (foreground) for binary models, one per class otherwise."""
-    return average_probabilities(forward_views(models, batch, tta))
+    One channel (foreground) for binary models, one per class otherwise; a contour-aware model's second
+    channel is its contour probability."""
+    return average_probabilities(forward_views(models, batch, tta), independent=has_contour(models))
+
+
+def has_contour(models: Sequence[torch.nn.Module]) -> bool:
+    """Whether the models (of one ensemble) are contour-aware: foreground and contour channels."""
+    return bool(models[0].hparams.get("contour_weight"))
 
 
 GPU_DTYPE = torch.float16  # predict's autocast precision on a GPU (16-mixed)
@@ -150,7 +171,7 @@ def forward_views(
 
 
 def average_probabilities(
-    outputs: Sequence[tuple[torch.Tensor, Callable]], out: torch.Tensor | None = None
+    outputs: Sequence[tuple[torch.Tensor, Callable]], out: torch.Tensor | None = None, independent: bool = False
 ) -> torch.Tensor:
     """Mean probability over :func:`forward_views`'s outputs (element-wise work: one thread on the CPU),
     summed into ``out`` when given (contiguous, the outputs' shape: e.g. a buffer reused batch after batch,
@@ -158,7 +179,7 @@ def average_probabilities(
     total = None
     with torch.inference_mode(), elementwise_threads(outputs[0][0].device):
         for logits, inverse in outputs:
-            p = inverse(probabilities(logits.float(), out if total is None else None))
+            p = inverse(probabilities(logits.float(), out if total is None else None, independent))
             total = p if total is None else total.add_(p)
         if len(outputs) > 1:
             total.div_(len(outputs))

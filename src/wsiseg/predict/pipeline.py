@@ -17,7 +17,7 @@ import torch
 from wsiseg.errors import ConfigError
 from wsiseg.imaging.stain import normalise_batch
 from wsiseg.nn.data import mean_std
-from wsiseg.predict.ensemble import average_probabilities, forward_views
+from wsiseg.predict.ensemble import average_probabilities, forward_views, has_contour
 from wsiseg.predict.plan import TilePlan
 from wsiseg.store.chunks import interleave
 from wsiseg.store.pyramid import PyramidWriter
@@ -165,8 +165,17 @@ class Blender:
     Holds (channels, tile, width) sums and (tile, width) weights; :meth:`pop`
     hands out the finished top rows, which move out (the rest shifts up) at the next call."""
 
-    def __init__(self, channels: int, tile: int, width: int, window: np.ndarray, device: torch.device):
-        self.tile, self.width = tile, width
+    def __init__(
+        self,
+        channels: int,
+        tile: int,
+        width: int,
+        window: np.ndarray,
+        device: torch.device,
+        independent: bool = False,
+    ):
+        """``independent``: the channels are separate sigmoid probabilities (a contour-aware model's)."""
+        self.tile, self.width, self.independent = tile, width, independent
         self.window = torch.from_numpy(window).to(device)
         self.acc = _zeros((channels, tile, max(width, tile)), device)
         self.weight = _zeros((tile, max(width, tile)), device)
@@ -182,7 +191,7 @@ class Blender:
         shape = outputs[0][0].shape
         if self._probs is None or self._probs.shape[1:] != shape[1:] or len(self._probs) < shape[0]:
             self._probs = torch.empty(shape, device=self.acc.device)
-        self.add(xs, average_probabilities(outputs, self._probs[: shape[0]]))
+        self.add(xs, average_probabilities(outputs, self._probs[: shape[0]], self.independent))
 
     def add(self, xs: Sequence[int], probs: torch.Tensor) -> None:
         """Add (n, channels, tile, tile) probabilities of the tiles at columns ``xs``."""
@@ -234,9 +243,13 @@ class BandWriter:
         threshold: float,
         model_grid: bool,
         columns: tuple[int, int, int] | None = None,
+        binary: bool = False,
     ):
         """``columns`` (left, b0, b1): bands hold model columns from ``b0 - left``; columns [b0, b1) are written
-        (a strip; the columns beside it are upsampling context).  Default: the whole width."""
+        (a strip; the columns beside it are upsampling context).  Default: the whole width.  ``binary``: the
+        mask is channel 0 thresholded whatever the channel count (a contour-aware model's second channel is its
+        contour probability), else the arg-max of several channels."""
+        self.binary = binary
         self.prob, self.mask, self.downscale, self.threshold, self.model_grid = (
             prob,
             mask,
@@ -306,6 +319,8 @@ class BandWriter:
             self.prob.add(_to_uint8(up))
         if up.shape[2] == 1:
             self.mask.add((up > self.threshold).view(np.uint8))
+        elif self.binary:
+            self.mask.add((up[:, :, :1] > self.threshold).view(np.uint8))
         else:  # multi-class: the most probable class index
             self.mask.add(up.argmax(axis=2).astype(np.uint8)[:, :, None])
 
@@ -345,9 +360,8 @@ def blend_rows(
         max(0, b0 - 1),
         min(plan.width, b1 + 1),
     )  # band origin; strip with a context column each side
-    blender = Blender(
-        channels, T, max(cover) + T - left, blend_window(T, plan.params.blend, plan.params.overlap), device
-    )
+    window = blend_window(T, plan.params.blend, plan.params.overlap)
+    blender = Blender(channels, T, max(cover) + T - left, window, device, independent=has_contour(models))
     to_batch = TileNormaliser(device, models[0].hparams.get("normalize"))
 
     def finish_row(r: int) -> None:

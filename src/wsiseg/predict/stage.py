@@ -37,11 +37,14 @@ keeps almost no tile is predicted whole, with a warning (``tissue_fallback``).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
+import cv2
+import numpy as np
 import torch
 import zarr
 
@@ -53,6 +56,7 @@ from wsiseg.imaging.postprocess import postprocess_mask
 from wsiseg.imaging.tissue import METHODS as TISSUE_METHODS
 from wsiseg.modelcard import ModelSpec, label_names, resolve_model
 from wsiseg.predict.ensemble import (
+    has_contour,
     load_ensemble,
     ready_models,
     resolve_device,
@@ -143,6 +147,13 @@ def predict_slide(
         )
     min_area, max_hole = object_limits(params, pixel, str(slide))
     classes = int(models[0].hparams.get("classes", 1))
+    contour = has_contour(models)  # a second channel: the contour probability (train.contour_weight)
+    if params.split_objects == "contour" and not contour:
+        raise ConfigError(
+            f"`predict.split_objects` contour needs a contour-aware model (trained with `train.contour_weight` > 0): "
+            f"{', '.join(map(str, checkpoints))} has none; use watershed"
+        )
+    channels = classes + contour
     plan = TilePlan(store, ds, params)
     log.info(
         "predict %s: %dx%d at downscale %g (slide %s, model %s), %d tiles of %d px, %d model(s) x %d TTA view(s) on %s",
@@ -204,7 +215,7 @@ def predict_slide(
             with (
                 PyramidWriter(
                     root,
-                    (classes, *prob_size),
+                    (channels, *prob_size),
                     prob_direct,
                     params.chunk,
                     codec,
@@ -217,8 +228,8 @@ def predict_slide(
                     mask_group, size, mask_direct, params.chunk, codec, "max", workers=1, x0=level0, create=i == 0
                 ) as mask,
             ):
-                writer = BandWriter(prob, mask, size, ds, params.threshold, model_grid, columns)
-                blend_rows(plan, (b0, b1), ready, device, writer, classes, bar, times)
+                writer = BandWriter(prob, mask, size, ds, params.threshold, model_grid, columns, binary=classes == 1)
+                blend_rows(plan, (b0, b1), ready, device, writer, channels, bar, times)
             release_memory()  # what the strip's buffers held goes back to the system: peak memory stays one strip's
         bar.close()
         tiles_s = time.perf_counter() - start
@@ -240,6 +251,10 @@ def predict_slide(
                 split_mask(
                     mask_group["0"],
                     min_distance_px(params.split_min_distance_um, pixel.mpp, params.split_min_distance_px),
+                    contour=contour_rows(root["0"], prob_scale, store.width)
+                    if params.split_objects == "contour"
+                    else None,
+                    contour_threshold=params.contour_threshold,
                 )
             build_pyramid(mask_group, levels, params.chunk, codec, "max")
         labels.attrs["labels"] = ["mask"]
@@ -249,9 +264,10 @@ def predict_slide(
                 **image_attrs(
                     f"{store.slide_id} probability",
                     prob_levels,
-                    names[1:] if classes == 1 else names,
+                    (names[1:] + ["contour"] * contour) if classes == 1 else names,
                     pixel.mpp,
                     prob_scale,
+                    binary=classes == 1,
                 ),
                 "prob_downscale": prob_scale,
                 "slide_id": store.slide_id,
@@ -268,6 +284,7 @@ def predict_slide(
                 "threshold": params.threshold,
                 "tta": list(params.tta),
                 "classes": classes,
+                "contour_channel": 1 if contour else None,
                 "tiles_skipped": plan.skipped,
                 "tiles_total": plan.total,
                 "tissue": plan.info(),
@@ -282,6 +299,25 @@ def predict_slide(
         ", fallback: every tile predicted" if plan.fallback else "",
     )
     return Path(out)
+
+
+def contour_rows(prob: zarr.Array, scale: float, width: int) -> Callable[[int, int], np.ndarray]:
+    """``read(top, bottom)``: the contour probability (channel 1 of the uint8 probability array ``prob``, on a
+    grid ``scale`` level-0 pixels per pixel) of level-0 rows [top, bottom), ``width`` columns, 0..1."""
+
+    def read(top: int, bottom: int) -> np.ndarray:
+        r0 = max(0, int(top // scale))
+        r1 = min(prob.shape[1], int(math.ceil(bottom / scale)) + 1)
+        rows = np.asarray(prob[1, r0:r1, :], np.float32) / 255
+        height = max(1, int(round((r1 - r0) * scale)))
+        up = rows if scale == 1 else cv2.resize(rows, (width, height), interpolation=cv2.INTER_LINEAR)
+        up = up[:, :width]
+        part = up[top - int(round(r0 * scale)) :][: bottom - top]
+        if len(part) < bottom - top:  # the last rows past the grid's edge: the edge row repeated
+            part = np.concatenate([part, np.repeat(part[-1:], bottom - top - len(part), axis=0)])
+        return part
+
+    return read
 
 
 def _aligned_levels(strip: int, chunk: int) -> int:

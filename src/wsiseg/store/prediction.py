@@ -41,14 +41,23 @@ from wsiseg.store.ngff import LABEL_AXES, NGFF_VERSION, multiscales
 from wsiseg.utils.io import atomic_path
 
 
-def image_attrs(name: str, levels: int, channels: Sequence[str], mpp: float | None = None, base: float = 1.0) -> dict:
+def image_attrs(
+    name: str,
+    levels: int,
+    channels: Sequence[str],
+    mpp: float | None = None,
+    base: float = 1.0,
+    binary: bool | None = None,
+) -> dict:
     """NGFF ``multiscales`` (micrometre scales with ``mpp``, the slide's level-0 pixel size; ``base`` slide pixels
-    per probability pixel) and ``omero`` attributes of the probability image (uint8, one channel per name)."""
-    binary = len(channels) == 1  # one foreground channel; else channel c is class c (0 = background, hidden)
+    per probability pixel) and ``omero`` attributes of the probability image (uint8, one channel per name).
+    ``binary``: the channels are independent probabilities (a foreground, and a contour-aware model's contour),
+    all shown; default: when there is one channel (else channel c is class c, 0 = background, hidden)."""
+    binary = len(channels) == 1 if binary is None else binary
     omero = [
         {
             "label": channel,
-            "color": "%02X%02X%02X" % (label_colour(1) if binary else label_colour(c) if c else (128, 128, 128)),
+            "color": "%02X%02X%02X" % (label_colour(c + 1) if binary else label_colour(c) if c else (128, 128, 128)),
             "active": binary or c > 0,
             "window": {"start": 0, "end": 255, "min": 0, "max": 255},
         }
