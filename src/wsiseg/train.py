@@ -508,9 +508,9 @@ def train_model(
         shutil.copyfile(checkpoint.best_model_path, tmp)
     from wsiseg.modelcard import write_model_card
 
-    write_model_card(
-        out_dir, dict(module.hparams), train_patches, val_patches, metrics, config, class_names, class_name
-    )
+    # the torch thread count decides CPU results bit for bit (the config hash does not show it): the card can record it
+    hparams = {**dict(module.hparams), "torch_threads": torch.get_num_threads()}
+    write_model_card(out_dir, hparams, train_patches, val_patches, metrics, config, class_names, class_name)
     _mark_complete(work)
     log.info("train: best val_dice %.4f -> %s", float(checkpoint.best_model_score), out_dir / "model.ckpt")
     return metrics
