@@ -335,6 +335,7 @@ def write_model_card(
             "unfreeze_blocks": int(hparams.get("unfreeze_blocks") or 0),
         },
         "stain_normaliser": hparams.get("stain"),
+        "torch_threads": hparams.get("torch_threads"),  # CPU results are bit-for-bit for one seed and thread count
         "slides": {"train": _slides(train_patches), "val": _slides(val_patches)},
         "metrics": _final_metrics(metrics),
         "wsiseg_version": wsiseg_version(),

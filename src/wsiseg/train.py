@@ -24,6 +24,7 @@ from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from wsiseg.config.params import RUNTIME_KEYS, TrainParams
 from wsiseg.errors import ConfigError, PatchError, SampleSheetError
@@ -76,14 +77,17 @@ def fingerprint(params: TrainParams, stores: Sequence[str | Path]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def resume_checkpoint(work: Path, key: str, resume: bool = True) -> Path | None:
+def resume_checkpoint(work: Path, key: str, resume: bool = True, write: bool = True) -> Path | None:
     """``work/checkpoints/last.ckpt`` when an unfinished run with the same fingerprint ``key`` left it.
 
     Otherwise ``work`` is emptied for a fresh run.  Either way ``key`` is
-    recorded in ``work/run.json`` (``complete`` false until the run ends)."""
+    recorded in ``work/run.json`` (``complete`` false until the run ends).  ``write`` False (a DDP rank
+    other than 0, started once rank 0 has prepared ``work``): only the answer, nothing touched."""
     state_file, last = work / "run.json", work / "checkpoints" / "last.ckpt"
     state = json.loads(state_file.read_text()) if state_file.exists() else {}
     usable = resume and last.exists() and state.get("fingerprint") == key and not state.get("complete")
+    if not write:
+        return last if usable else None
     if not usable:
         if work.exists() and any(work.iterdir()) and not state_file.exists():
             raise OutputError(f"{work}: exists and was not written by wsiseg train (no run.json); refusing to empty it")
@@ -410,6 +414,7 @@ def _trainer(params: TrainParams, work: Path, callbacks: list[Callback]) -> pl.T
         log_every_n_steps=1,
         num_sanity_val_steps=0,
         enable_model_summary=False,
+        use_distributed_sampler=False,  # PatchDataModule shards the epoch order itself (EpochSampler)
         **({} if "plugins" in params.extra else {"plugins": [SiblingCheckpointIO()]}),  # train.extra's win
         **params.extra,
     )
@@ -464,7 +469,9 @@ def train_model(
         contours=params.contour_weight > 0,
     )
     work = out_dir / "lightning"
-    resume_from = resume_checkpoint(work, fingerprint(params, stores), params.resume)
+    # under DDP every rank runs this function; rank 0 alone prepares the working folder and writes the outputs
+    leader = rank_zero_only.rank == 0
+    resume_from = resume_checkpoint(work, fingerprint(params, stores), params.resume, write=leader)
     checkpoint = ModelCheckpoint(
         dirpath=work / "checkpoints", monitor="val_dice", mode="max", save_top_k=1, save_last=True, filename="best"
     )
@@ -499,6 +506,8 @@ def train_model(
         if isinstance(err, SIGTERMException) or trainer.received_sigterm:
             raise stopped(trainer, work) from err
         raise
+    if not trainer.is_global_zero:
+        return pd.DataFrame()
     metrics = history.table(work / "logs")
     with naming(out_dir / "metrics.csv"), atomic_path(out_dir / "metrics.csv") as tmp:
         metrics.to_csv(tmp, index=False, float_format="%.5f")

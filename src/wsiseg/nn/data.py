@@ -66,22 +66,35 @@ def seed_globals(seed: int) -> None:
     random.seed(seed)
 
 
+def rank_and_world() -> tuple[int, int]:
+    """(this process's rank, number of processes) of the running torch.distributed job; (0, 1) alone."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
 class EpochSampler(Sampler[tuple[int, int]]):
     """Patch order for one epoch as ``(index, epoch)`` keys, a pure function of ``(seed, epoch)``.
 
     Lightning calls :meth:`set_epoch` before each training epoch (also the
     first one after a resume).  The epoch travels with every key, so loader
-    workers (persistent or not) know which epoch a sample belongs to."""
+    workers (persistent or not) know which epoch a sample belongs to.
 
-    def __init__(self, size: int, seed: int = 0, shuffle: bool = True):
+    Under DDP (``world`` processes) each rank takes every ``world``-th key of the one epoch order, from
+    its ``rank``: the shares are disjoint, cover the epoch (padded with its first keys to equal length, as
+    torch's DistributedSampler does), and step k of all ranks together is the single-process batch k of
+    ``world`` x the batch size."""
+
+    def __init__(self, size: int, seed: int = 0, shuffle: bool = True, rank: int = 0, world: int = 1):
         self.size, self.seed, self.shuffle, self.epoch = size, seed, shuffle, 0
+        self.rank, self.world = rank, world
 
     def set_epoch(self, epoch: int) -> None:
         """Draw the order of epoch ``epoch`` next."""
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return self.size
+        return -(-self.size // self.world)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         if self.shuffle:
@@ -89,7 +102,22 @@ class EpochSampler(Sampler[tuple[int, int]]):
             order = torch.randperm(self.size, generator=generator).tolist()
         else:
             order = list(range(self.size))
-        return iter([(k, self.epoch) for k in order])
+        order += order[: len(self) * self.world - self.size]  # equal shares: every rank takes as many steps
+        return iter([(k, self.epoch) for k in order[self.rank :: self.world]])
+
+
+class ShardSampler(Sampler[int]):
+    """Every ``world``-th index from ``rank``, in order, not padded: each validation patch is scored once
+    over all ranks (their counts are summed, :class:`wsiseg.nn.module.SegmentationModule`)."""
+
+    def __init__(self, size: int, rank: int = 0, world: int = 1):
+        self.size, self.rank, self.world = size, rank, world
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.size, self.world))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.size, self.world))
 
 
 class PatchDataset(Dataset):
@@ -224,8 +252,9 @@ class PatchDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled, augmented batches; order and augmentation are a pure function of (seed, epoch)."""
-        sampler = EpochSampler(len(self.train_set), self.seed)
+        """Shuffled, augmented batches; order and augmentation are a pure function of (seed, epoch); under DDP
+        this rank's share of them."""
+        sampler = EpochSampler(len(self.train_set), self.seed, rank=self._rank[0], world=self._rank[1])
         if self.trainer is not None:
             # Lightning creates the first iterator (and loader workers prefetch from it) before it calls
             # set_epoch; a resumed run's first epoch is not 0, so start the sampler at the restored epoch
@@ -233,4 +262,13 @@ class PatchDataModule(pl.LightningDataModule):
         return self._loader(self.train_set, sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set)
+        """The validation patches in order; under DDP this rank's share."""
+        rank, world = self._rank
+        return self._loader(self.val_set, ShardSampler(len(self.val_set), rank, world) if world > 1 else None)
+
+    @property
+    def _rank(self) -> tuple[int, int]:
+        """(rank, processes) of the run: from the trainer (DDP), else alone."""
+        if self.trainer is not None:
+            return self.trainer.global_rank, self.trainer.world_size
+        return rank_and_world()

@@ -131,13 +131,33 @@ class SegmentationModule(pl.LightningModule):
         self._counts = torch.zeros(max(1, classes - 1), 3, dtype=torch.float64)
 
     def setup(self, stage: str) -> None:
-        """Apply the speed options (channels_last memory layout, torch.compile) before fitting."""
+        """Apply the speed options (channels_last memory layout, torch.compile) before fitting; under DDP,
+        stop the parameters no forward pass uses from requiring gradients (:meth:`freeze_unused`)."""
+        if stage == "fit" and self._trainer is not None and self.trainer.world_size > 1:
+            self.freeze_unused()
         if self.hparams.channels_last:
             self.net.to(memory_format=torch.channels_last)
         if self.hparams.compile and stage == "fit":
             self.__dict__["_compiled"] = torch.compile(
                 self.net
             )  # not a registered submodule: state_dict keys stay clean
+
+    def freeze_unused(self) -> list[str]:
+        """Parameters that take no part in the output (smp keeps a ResNet's last stage at encoder_depth 4, unused)
+        stop requiring gradients, which DDP would otherwise wait for; found by one probe forward and backward
+        (in eval mode: no batch-norm statistic moves).  Returns their names."""
+        was = self.training
+        self.eval()
+        side = int(self.hparams.patch_size)
+        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        out = self.net(torch.zeros(1, 3, side, side, device=self.device))
+        grads = torch.autograd.grad(out.float().sum(), [p for _, p in named], allow_unused=True)
+        unused = [n for (n, p), g in zip(named, grads) if g is None]
+        for (n, p), g in zip(named, grads):
+            if g is None:
+                p.requires_grad_(False)
+        self.train(was)
+        return unused
 
     def train(self, mode: bool = True) -> SegmentationModule:
         """Training mode, except a frozen encoder, which keeps its batch-norm statistics and dropout off."""
@@ -165,7 +185,7 @@ class SegmentationModule(pl.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
         loss = self.loss(self(x), y)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x))
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x), sync_dist=True)
         return loss
 
     def on_validation_epoch_start(self) -> None:
@@ -174,14 +194,17 @@ class SegmentationModule(pl.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         x, y = batch
         logits = self(x)
-        self.log("val_loss", self.loss(logits, y), on_epoch=True, prog_bar=True, batch_size=len(x))
+        self.log("val_loss", self.loss(logits, y), on_epoch=True, prog_bar=True, batch_size=len(x), sync_dist=True)
         if self.contour_criterion is not None:  # scored on the foreground, as any binary model
             logits, y = logits[:, :1], y[:, :1]
         self._counts += confusion(logits, y, self.hparams.classes)
 
     def on_validation_epoch_end(self) -> None:
         """Log val_dice/val_iou (mean over foreground classes) and, multi-class, val_dice_{c} per class."""
-        dice, iou = dice_iou(self._counts)
+        counts = self._counts
+        if self._trainer is not None and self.trainer.world_size > 1:  # each rank scored its share: sum them
+            counts = self.trainer.strategy.reduce(counts.to(self.device), reduce_op="sum").cpu()
+        dice, iou = dice_iou(counts)
         self.log("val_dice", dice.mean().item(), prog_bar=True)
         self.log("val_iou", iou.mean().item())
         if self.hparams.classes > 1:
