@@ -5,6 +5,9 @@ size, then measures on the same stores:
 
 * ``loader``: images/s of the training DataLoader alone (zarr read + decode,
   default augmentation, normalisation, collation), with ``num_workers`` 0 and 2;
+* ``loader_raw`` and ``device_augment``: the device path (``train.augment_on: device``): the loader
+  reading uint8 patches only, and the same augmentation + normalisation run on whole batches on the
+  device (a GPU when there is one); the path delivers the smaller of the two;
 * ``train``: images/s of Lightning training steps (forward, loss, backward,
   AdamW) of the demo model, data loading included (``--train-workers``), first
   batch (warm-up) excluded; 16-mixed precision on a GPU, 32 on CPU;
@@ -66,15 +69,39 @@ def endless(data: PatchDataModule):
         yield from data.train_dataloader()
 
 
-def loader_rate(stores: list[Path], batch: int, workers: int, batches: int) -> float:
-    """Images/s of iterating the training DataLoader alone (after its first batch)."""
-    data = PatchDataModule(stores, stores, batch, workers, MODEL.augment, seed=0)
+def loader_rate(stores: list[Path], batch: int, workers: int, batches: int, raw: bool = False) -> float:
+    """Images/s of iterating the training DataLoader alone (after its first batch); ``raw``: uint8 patches,
+    unaugmented (the device path)."""
+    data = PatchDataModule(stores, stores, batch, workers, MODEL.augment, seed=0, raw=raw)
     data.setup("fit")
     loader = endless(data)
     next(loader)  # worker start-up is not throughput
     start = time.perf_counter()
     seen = sum(len(next(loader)[0]) for _ in range(batches))
     return seen / (time.perf_counter() - start)
+
+
+def device_augment_rate(stores: list[Path], batch: int, batches: int) -> float:
+    """Images/s of :class:`~wsiseg.nn.device_augment.DeviceAugment` + normalisation on uint8 batches already on
+    the device (the model's ``device_batch``)."""
+    from wsiseg.nn.device_augment import DeviceAugment
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    data = PatchDataModule(stores, stores, batch, 0, MODEL.augment, seed=0, raw=True)
+    data.setup("fit")
+    x, y = next(iter(data.train_dataloader()))
+    module = _module(MODEL, 1.0, None, int(x.shape[1]), 1).to(device)
+    module.device_augment = DeviceAugment(MODEL.augment, seed=0)
+    x, y = x.to(device), y.to(device)
+    module.device_batch(x, y, 0)  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for k in range(batches):
+        module.device_batch(x, y, k + 1)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return batches * len(x) / (time.perf_counter() - start)
 
 
 class StepClock(pl.Callback):
@@ -159,6 +186,11 @@ def main() -> None:
                 row[f"loader_img_s_workers{workers}"] = round(
                     loader_rate(stores, args.batch, workers, args.loader_batches), 1
                 )
+            for workers in args.workers:
+                row[f"loader_raw_img_s_workers{workers}"] = round(
+                    loader_rate(stores, args.batch, workers, args.loader_batches, raw=True), 1
+                )
+            row["device_augment_img_s"] = round(device_augment_rate(stores, args.batch, args.loader_batches), 1)
             row["train_img_s"] = round(train_rate(stores, args.batch, args.train_workers, args.train_batches, work), 2)
             row["train_workers"] = args.train_workers
             row["consume_img_s"] = round(train_rate(stores, args.batch, 0, args.train_batches, work, cached=True), 2)

@@ -30,6 +30,7 @@ from wsiseg.config.params import RUNTIME_KEYS, TrainParams
 from wsiseg.errors import ConfigError, PatchError, SampleSheetError
 from wsiseg.imaging.stain import fit_training_normaliser
 from wsiseg.nn.data import MAIN, PatchDataModule, derive_seed, seed_globals
+from wsiseg.nn.device_augment import DeviceAugment, device_problems
 from wsiseg.nn.module import SegmentationModule
 from wsiseg.resolution import SQUARE_TOLERANCE
 from wsiseg.utils.io import OutputError, atomic_path, check_disjoint
@@ -314,6 +315,14 @@ def _on_gpu(params: TrainParams) -> bool:
     return torch.cuda.is_available() and params.accelerator in ("auto", "gpu", "cuda")
 
 
+def augment_on_device(params: TrainParams) -> bool:
+    """Whether ``train.augment`` runs on the training device (:mod:`wsiseg.nn.device_augment`): ``augment_on:
+    device``, or ``auto`` on a GPU when every listed transform has a device version."""
+    if params.augment_on == "device":
+        return True
+    return params.augment_on == "auto" and _on_gpu(params) and not device_problems(params.augment)
+
+
 def loader_workers(params: TrainParams, threads: int | None = None) -> int:
     """``params.num_workers`` as a count of data-loader processes.
 
@@ -456,6 +465,9 @@ def train_model(
     workers = loader_workers(params, threads)
     module = _module(params, downscale, mpp, patch_size, classes, stain)
     normalize = module.hparams["normalize"]  # the encoder's: its weights' own, or train.normalize
+    on_device = augment_on_device(params)
+    if on_device:  # the loader only reads uint8 patches; the model augments and normalises whole batches
+        module.device_augment = DeviceAugment(params.augment, params.seed)
     data = PatchDataModule(
         train_patches,
         val_patches,
@@ -467,6 +479,7 @@ def train_model(
         stain,
         normalize,
         contours=params.contour_weight > 0,
+        raw=on_device,
     )
     work = out_dir / "lightning"
     # under DDP every rank runs this function; rank 0 alone prepares the working folder and writes the outputs
@@ -483,11 +496,13 @@ def train_model(
     history = EpochHistory()
     trainer = _trainer(params, work, [EpochSeed(params.seed), history, *callbacks, *stopping, checkpoint])
     log.info(
-        "train: %d train / %d val patch stores, %d class(es), %d loader worker(s), %d torch thread(s), %s",
+        "train: %d train / %d val patch stores, %d class(es), %d loader worker(s), augmentation on the %s, "
+        "%d torch thread(s), %s",
         len(train_patches),
         len(val_patches),
         classes,
         workers,
+        "device" if on_device else "loader",
         torch.get_num_threads(),  # CPU results are reproducible for one seed at one thread count
         asdict(params),
     )

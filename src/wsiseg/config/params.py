@@ -125,6 +125,7 @@ class TrainParams:
     compile: bool = False
     freeze_encoder: bool = False  # train the decoder and head only (wsiseg.nn.module.SegmentationModule)
     unfreeze_blocks: int = 0  # with freeze_encoder: the last N encoder blocks learn too
+    augment_on: str = "auto"  # loader | device | auto: device on a GPU when it has every transform listed
     contour_weight: float = 0.0  # > 0: a contour head beside the foreground (DCAN), weighted so in the loss
     num_workers: int | str = (
         "auto"  # auto: 0 on CPU; on a GPU one per core but one, at most 8 (wsiseg.train.loader_workers)

@@ -130,7 +130,8 @@ class PatchDataset(Dataset):
     starts, so nothing depends on how many epochs, workers or samples came before.
     A ``stain`` normaliser (:mod:`wsiseg.imaging.stain`) is applied to each patch as read, before augmentation.
     With ``contours`` a binary target is (2, h, w): the foreground and the objects' contours (the store's
-    ``contours``), transformed together."""
+    ``contours``), transformed together.  ``raw``: images come as uint8 (h, w, 3) tensors, to be normalised
+    (and augmented: :mod:`wsiseg.nn.device_augment`) on the device."""
 
     def __init__(
         self,
@@ -141,7 +142,9 @@ class PatchDataset(Dataset):
         stain: Mapping[str, Any] | None = None,
         normalize: Mapping[str, Sequence[float]] | None = None,
         contours: bool = False,
+        raw: bool = False,
     ):
+        self.raw = raw  # images as uint8 (h, w, 3) tensors: the device normalises (and augments) them
         self.paths = [str(p) for p in stores]
         self.augment, self.classes, self.seed, self.stain = augment, classes, seed, stain
         self.normalize, self.contours = normalize, contours
@@ -191,13 +194,16 @@ class PatchDataset(Dataset):
             if self.augment is not None:
                 out = self.augment(image=image, mask=mask)
                 image, mask = out["image"], out["mask"]
-            return to_tensor(image, self.normalize), to_target(mask, self.classes)
+            return self._image(image), to_target(mask, self.classes)
         contour = np.asarray(group["contours"][i])
         if self.augment is not None:  # the same geometric transform for the mask and the contour
             out = self.augment(image=image, masks=[mask, contour])
             image, (mask, contour) = out["image"], out["masks"]
         target = torch.cat([to_target(mask, self.classes), to_target(contour, 1)])  # (2, h, w): foreground, contour
-        return to_tensor(image, self.normalize), target
+        return self._image(image), target
+
+    def _image(self, image: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(image)) if self.raw else to_tensor(image, self.normalize)
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -222,8 +228,10 @@ class PatchDataModule(pl.LightningDataModule):
         stain: Mapping[str, Any] | None = None,
         normalize: Mapping[str, Sequence[float]] | None = None,
         contours: bool = False,
+        raw: bool = False,
     ):
         super().__init__()
+        self.raw = raw  # uint8 patches, unaugmented: the model augments and normalises them on its device
         self.train_stores, self.val_stores = list(train), list(val)
         self.batch_size, self.num_workers = batch_size, num_workers
         self.augment_spec, self.seed, self.classes, self.stain = augment, seed, classes, stain
@@ -231,8 +239,9 @@ class PatchDataModule(pl.LightningDataModule):
         self.contours = contours  # targets carry the objects' contours (a contour-aware model)
 
     def setup(self, stage: str | None = None) -> None:
-        augment = build_augmentation(self.augment_spec, self.seed)
+        augment = None if self.raw else build_augmentation(self.augment_spec, self.seed)
         common = {"classes": self.classes, "seed": self.seed, "stain": self.stain, "normalize": self.normalize}
+        common["raw"] = self.raw
         self.train_set = PatchDataset(self.train_stores, augment, contours=self.contours, **common)
         self.val_set = PatchDataset(self.val_stores, contours=self.contours, **common)
         if not len(self.train_set):

@@ -182,8 +182,22 @@ class SegmentationModule(pl.LightningModule):
         contour = self.contour_criterion(logits[:, 1:2], target[:, 1:2])
         return self.criterion(logits[:, :1], target[:, :1]) + self.hparams.contour_weight * contour
 
+    def device_batch(self, x: torch.Tensor, y: torch.Tensor, batch_idx: int | None = None):
+        """A uint8 (n, h, w, 3) batch from a raw loader as the network takes it: augmented on the device when
+        training (``device_augment``, a :class:`~wsiseg.nn.device_augment.DeviceAugment`, keyed by epoch,
+        rank and ``batch_idx``), then normalised with the model's mean/std.  Float batches pass unchanged."""
+        if x.dtype != torch.uint8:
+            return x, y
+        x = x.permute(0, 3, 1, 2).float()
+        augment = getattr(self, "device_augment", None)
+        if augment is not None and batch_idx is not None:
+            x, y = augment(x, y, (self.current_epoch, self.global_rank, batch_idx))
+        norm = self.hparams.get("normalize") or IMAGENET
+        mean, std = (torch.tensor(norm[k], device=x.device).view(1, 3, 1, 1) * 255 for k in ("mean", "std"))
+        return (x - mean) / std, y
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        x, y = batch
+        x, y = self.device_batch(*batch, batch_idx)
         loss = self.loss(self(x), y)
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x), sync_dist=True)
         return loss
@@ -192,7 +206,7 @@ class SegmentationModule(pl.LightningModule):
         self._counts = torch.zeros(max(1, self.hparams.classes - 1), 3, dtype=torch.float64)
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        x, y = batch
+        x, y = self.device_batch(*batch)
         logits = self(x)
         self.log("val_loss", self.loss(logits, y), on_epoch=True, prog_bar=True, batch_size=len(x), sync_dist=True)
         if self.contour_criterion is not None:  # scored on the foreground, as any binary model
