@@ -1,12 +1,15 @@
 """Augmentation on the training device: batched, after the uint8 batch is transferred.
 
 On a GPU the loader's per-sample NumPy augmentation is the bottleneck (benchmarks/train_bench.py); with
-``train.augment_on: device`` the loader only reads uint8 patches and this module flips, rotates, transposes
-and H&E-jitters the whole batch on the device, then normalises it.  The same transforms and distributions as
-the loader path (:mod:`wsiseg.nn.augment`): each fires per patch with its probability, ``rot90`` turns by 0-3
-quarter turns as albumentations' RandomRotate90 does, and ``hed`` scales and shifts each stain's
-concentration after colour deconvolution (:func:`wsiseg.imaging.stain.hed_jitter`, here in float, not
-rounded to uint8).  Every draw is a pure function of ``(seed, epoch, rank, batch)``.
+``train.augment_on: device`` the loader only reads uint8 patches and this module flips, rotates, transposes,
+H&E-jitters, brightens and blurs the whole batch on the device, then normalises it.  The same transforms and
+distributions as the loader path (:mod:`wsiseg.nn.augment`, albumentations' defaults and keyword arguments):
+each fires per patch with its probability, ``rot90`` turns by 0-3 quarter turns as RandomRotate90 does,
+``hed`` scales and shifts each stain's concentration after colour deconvolution
+(:func:`wsiseg.imaging.stain.hed_jitter`), ``brightness_contrast`` is ``x * (1 + c) + b * 255`` with ``c``,
+``b`` uniform in the limits, ``blur`` a Gaussian of sigma uniform in ``sigma_limit`` and an odd kernel size
+from ``blur_limit`` (reflected borders), all in float, not rounded to uint8.  Every draw is a pure function of
+``(seed, epoch, rank, batch)``.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from skimage.color.colorconv import hed_from_rgb, rgb_from_hed
 from wsiseg.errors import ConfigError
 from wsiseg.nn.augment import normalise
 
-DEVICE_OPS = ("hflip", "vflip", "rot90", "transpose", "hed")  # in the loader path's order
+DEVICE_OPS = ("hflip", "vflip", "rot90", "transpose", "hed", "brightness_contrast", "blur")
 DEVICE = 5  # stream tag beside wsiseg.nn.data's AUGMENT, ORDER, MAIN, WORKER
 LOG_ADJUST = float(np.log(1e-6))  # skimage.color's rgb2hed / hed2rgb
 
@@ -56,6 +59,13 @@ class DeviceAugment:
         targets = targets[:, None] if plain else targets
         for name, options in self.ops.items():
             fire = torch.rand(n, generator=generator) < float(options["p"])
+            if name in ("brightness_contrast", "blur"):
+                values = _colour_draws(name, options, n, generator)
+                if fire.any():
+                    idx = fire.nonzero()[:, 0].to(images.device)
+                    apply = _brightness_contrast if name == "brightness_contrast" else _blur
+                    images[idx] = apply(images[idx], *(v[fire].to(images.device) for v in values))
+                continue
             if name == "hed":
                 scale = 1 + float(options.get("alpha", 0.2)) * (2 * torch.rand(n, 3, generator=generator) - 1)
                 shift = float(options.get("beta", 0.02)) * (2 * torch.rand(n, 3, generator=generator) - 1)
@@ -71,6 +81,51 @@ class DeviceAugment:
                 idx = chosen.nonzero()[:, 0].to(images.device)
                 images[idx], targets[idx] = (_geometry(name, t[idx], k) for t in (images, targets))
         return images, (targets[:, 0] if plain else targets)
+
+
+def _limits(value: Any, default: tuple[float, float]) -> tuple[float, float]:
+    """albumentations' range argument: a number ``v`` is (-v, v), a pair is itself."""
+    if value is None:
+        return default
+    if isinstance(value, (int, float)):
+        return (-float(value), float(value))
+    return (float(value[0]), float(value[1]))
+
+
+def _uniform(low: float, high: float, n: int, generator: torch.Generator) -> torch.Tensor:
+    return low + (high - low) * torch.rand(n, generator=generator)
+
+
+def _colour_draws(name: str, options: Mapping[str, Any], n: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """Per-patch parameters of a colour transform: (contrast factor, brightness offset) or (sigma, kernel size)."""
+    if name == "brightness_contrast":
+        contrast = _limits(options.get("contrast_limit"), (-0.2, 0.2))
+        brightness = _limits(options.get("brightness_limit"), (-0.2, 0.2))
+        return [1 + _uniform(*contrast, n, generator), 255 * _uniform(*brightness, n, generator)]
+    sigma = options.get("sigma_limit", (0.5, 3.0))
+    sigma = (float(sigma), float(sigma)) if isinstance(sigma, (int, float)) else tuple(map(float, sigma))
+    size = options.get("blur_limit", (3, 5))
+    size = (int(size), int(size)) if isinstance(size, (int, float)) else tuple(map(int, size))
+    ksize = torch.randint(size[0], size[1] + 1, (n,), generator=generator)
+    return [_uniform(*sigma, n, generator), ksize + (ksize % 2 == 0)]  # an even size grows by one, as albumentations
+
+
+def _brightness_contrast(images: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    return (images * alpha.view(-1, 1, 1, 1) + beta.view(-1, 1, 1, 1)).clamp(0, 255)
+
+
+def _blur(images: torch.Tensor, sigma: torch.Tensor, ksize: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian blur with one kernel per patch (the largest size; smaller kernels padded with zeros)."""
+    n, c, h, w = images.shape
+    radius = int(ksize.max()) // 2
+    x = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
+    kernel = torch.exp(-0.5 * (x[None] / sigma[:, None].to(images.dtype)) ** 2)
+    kernel = kernel * (x[None].abs() <= (ksize[:, None] // 2)).to(images.dtype)  # each patch's own size
+    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)  # (n * c, size)
+    flat = torch.nn.functional.pad(images.reshape(1, n * c, h, w), (radius,) * 4, mode="reflect")
+    flat = torch.nn.functional.conv2d(flat, kernel[:, None, :, None], groups=n * c)
+    flat = torch.nn.functional.conv2d(flat, kernel[:, None, None, :], groups=n * c)
+    return flat.reshape(n, c, h, w)
 
 
 def _geometry(name: str, batch: torch.Tensor, turns: int) -> torch.Tensor:

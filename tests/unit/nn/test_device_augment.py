@@ -77,7 +77,7 @@ def test_hed_jitter_draws_match_the_loaders_distribution():
 
 
 def test_transforms_without_a_device_version_need_the_loader():
-    assert device_problems({"hflip": 0.5, "affine": 0.3, "blur": 0.1}) == ["affine", "blur"]
+    assert device_problems({"hflip": 0.5, "affine": 0.3, "blur": 0.1, "hsv": 0.2}) == ["affine", "hsv"]
     with pytest.raises(ConfigError, match="affine.*need the loader"):
         DeviceAugment({"hflip": 0.5, "affine": 0.3})
 
@@ -91,3 +91,23 @@ def test_training_with_augmentation_on_the_device(tmp_path, caplog):
         metrics = train_model([train], [val], tmp_path / "m", params, threads=2)
     assert "augmentation on the device" in caplog.text
     assert metrics["val_dice"].between(0, 1).all() and (tmp_path / "m" / "model.ckpt").exists()
+
+
+def test_brightness_contrast_and_blur_on_the_device_are_albumentations_up_to_rounding():
+    import albumentations as A
+    from albumentations.augmentations.blur import functional as fblur
+
+    from wsiseg.nn.device_augment import _blur, _brightness_contrast
+
+    images = _tissue(3, seed=6)
+    batch = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+    alpha, beta = torch.tensor([0.85, 1.0, 1.2]), torch.tensor([-30.0, 10.0, 45.0])
+    bright = _brightness_contrast(batch.clone(), alpha, beta)
+    sigma, ksize = torch.tensor([0.7, 1.5, 2.8]), torch.tensor([3, 5, 5])
+    blurred = _blur(batch.clone(), sigma, ksize)
+    for i in range(3):
+        expected = A.RandomBrightnessContrast(p=1).apply(images[i], alpha=float(alpha[i]), beta=float(beta[i]))
+        assert np.abs(bright[i].permute(1, 2, 0).numpy() - expected).max() <= 1.0
+        kernel = fblur.create_gaussian_kernel_1d(float(sigma[i]), int(ksize[i]))
+        expected = A.GaussianBlur(p=1).apply(images[i], kernel=kernel)
+        assert np.abs(blurred[i].permute(1, 2, 0).numpy() - expected).max() <= 1.0
