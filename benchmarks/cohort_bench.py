@@ -78,15 +78,15 @@ def write_run(work: Path, count: int, per_job: int) -> Path:
     return run
 
 
-def command(run: Path) -> list[str]:
-    return [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(run), "-n", "--quiet"]
+def command(run: Path, snakefile: Path = SNAKEFILE) -> list[str]:
+    return [sys.executable, "-m", "snakemake", "--snakefile", str(snakefile), "--directory", str(run), "-n", "--quiet"]
 
 
-def dry_run(run: Path, timeout: float) -> float | None:
+def dry_run(run: Path, timeout: float, snakefile: Path = SNAKEFILE) -> float | None:
     """Seconds of one dry run in ``run`` (None past ``timeout``); raises when it fails."""
     start = time.perf_counter()
     try:
-        proc = subprocess.run(command(run), cwd=run, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(command(run, snakefile), cwd=run, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return None
     seconds = time.perf_counter() - start
@@ -118,6 +118,12 @@ def main() -> None:
     parser.add_argument("--workdir", default=None, help="folder for the cohort (default: a temporary one)")
     parser.add_argument("--out", default="benchmarks/results/cohort.json")
     parser.add_argument("--profile", default=None, metavar="N:PER_JOB", help="profile one dry run instead")
+    parser.add_argument("--skip", nargs="*", default=[], metavar="N:PER_JOB", help="combinations not to run")
+    parser.add_argument(
+        "--snakefile",
+        default=str(SNAKEFILE),
+        help="another checkout's workflow/Snakefile (e.g. an earlier commit from git archive; it imports its own src/)",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
@@ -135,13 +141,14 @@ def main() -> None:
             too_slow = False
             for count in sorted(args.sizes):
                 name = f"{count} slides, slides_per_job {per_job}"
-                if too_slow:
-                    runs[name] = {"slides": count, "slides_per_job": per_job, "skipped": "a smaller N timed out"}
+                if too_slow or f"{count}:{per_job}" in args.skip:
+                    why = "a smaller N timed out" if too_slow else "--skip"
+                    runs[name] = {"slides": count, "slides_per_job": per_job, "skipped": why}
                     continue
                 run = write_run(work, count, per_job)
                 seconds = []
                 for _ in range(args.repeats):
-                    took = dry_run(run, args.timeout)
+                    took = dry_run(run, args.timeout, Path(args.snakefile))
                     if took is None:
                         too_slow = True
                         break
@@ -153,7 +160,7 @@ def main() -> None:
                     "runs": [round(s, 2) for s in seconds],
                     **({"timed_out_after": args.timeout} if too_slow else {}),
                 }
-                print(f"{name:38} {runs[name]['seconds_median']} s  {runs[name]['runs']}", file=sys.stderr)
+                print(f"{name:38} {runs[name]['seconds_median']} s  {runs[name]['runs']}", file=sys.stderr, flush=True)
     result = {
         "machine": {
             "cpus": os.cpu_count(),
@@ -164,6 +171,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "what": "snakemake -n --quiet of the full workflow (default config, training) over a synthetic sheet: "
         "10 % train, 5 % val, 85 % test slides, 512x512 TIFFs, one RLE table",
+        "snakefile": args.snakefile,
         "repeats": args.repeats,
         "cohort_written_seconds": round(written, 1),
         "runs": runs,
