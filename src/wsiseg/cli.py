@@ -79,7 +79,7 @@ def _predict(args) -> None:
 
 
 def _report(args) -> None:
-    from wsiseg.config.params import DICOM_SEG_KEYS, ReportParams
+    from wsiseg.config.params import SLIDE_JOB_KEYS, ReportParams
     from wsiseg.report import make_report
     from wsiseg.samples.sheet import read_samples
     from wsiseg.store.layout import find_store
@@ -110,7 +110,7 @@ def _report(args) -> None:
         Path(args.out_dir) / "metrics.csv",
         Path(args.out_dir) / "overlays",
         Path(args.out_dir) / "geojson",
-        params=from_args(ReportParams, args, skip=DICOM_SEG_KEYS),
+        params=from_args(ReportParams, args, skip=SLIDE_JOB_KEYS),
         groups=samples["group"].to_dict() if "group" in samples else None,
         scores_html=Path(args.out_dir) / "scores.html",
     )
@@ -130,6 +130,29 @@ def _dicom_seg(args) -> None:
         mpp=args.mpp,
     )
     print(f"wrote {out}")
+
+
+def _review(args) -> None:
+    from wsiseg.review import write_reviews
+
+    names = {"class_name": args.class_name, "class_names": args.class_names}
+    for path in write_reviews(args.predictions, args.out_dir, args.top, args.tile, **names):
+        print(f"wrote {path}")
+
+
+def _review_args(p: argparse.ArgumentParser) -> None:
+    from wsiseg.config.schema import schema_section
+
+    section = schema_section("report")
+    p.add_argument("predictions", nargs="+", help="prediction stores (.zarr) from `wsiseg predict`")
+    p.add_argument("--out-dir", default="results/review", help="one <slide>.geojson here (default: results/review)")
+    for flag, key in (("--top", "review_top"), ("--tile", "review_tile")):
+        spec = section[key]
+        p.add_argument(
+            flag, type=int, default=spec["default"], help=f"{spec['description']} (default: {spec['default']})"
+        )
+    p.add_argument("--class-name", default="foreground", help="classification of a binary model's objects")
+    p.add_argument("--class-names", nargs="+", metavar="NAME", help="multi-class: name of class 0, 1, 2, ...")
 
 
 def _samples(args) -> None:
@@ -244,7 +267,7 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
 
 
 def _report_args(p: argparse.ArgumentParser) -> None:
-    from wsiseg.config.params import DICOM_SEG_KEYS, ReportParams
+    from wsiseg.config.params import SLIDE_JOB_KEYS, ReportParams
 
     p.add_argument("--samples", required=True, help="sample sheet CSV")
     p.add_argument("--slides", default="results/zarr", help="folder of converted slide stores")
@@ -255,7 +278,7 @@ def _report_args(p: argparse.ArgumentParser) -> None:
         help="writes submission.csv, metrics.csv, scores.html, overlays/ and geojson/ here (default: results)",
     )
     # every key of config `report:` that the report itself uses, with the schema's description and choices
-    add_arguments(p, ReportParams, skip=DICOM_SEG_KEYS, section="report")
+    add_arguments(p, ReportParams, skip=SLIDE_JOB_KEYS, section="report")
 
 
 def _dicom_seg_args(p: argparse.ArgumentParser) -> None:
@@ -278,6 +301,25 @@ def _dicom_seg_args(p: argparse.ArgumentParser) -> None:
         help=" ".join(spec["description"].split()) + f" (default: {spec['default']})",
     )
     p.add_argument("--mpp", type=float, help="level-0 pixel size in um (default: the store's, else the DICOM source's)")
+
+
+def _export(args) -> None:
+    import json
+
+    from wsiseg.export import export_model
+
+    out = export_model(args.model_dir, args.out, args.format)
+    export = json.loads((out / "model.json").read_text())["export"]
+    print(
+        f"wrote {out / export['file']} and {out / 'model.json'}: max |logit difference| to the checkpoint "
+        f"{export['max_abs_difference']:.3g} (tolerance {export['tolerance']:g})"
+    )
+
+
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model_dir", metavar="MODEL_DIR", help="model folder written by `wsiseg train` (model.json + model.ckpt)")
+    p.add_argument("--format", choices=("torchscript", "onnx"), default="onnx", help="network file (default: onnx)")
+    p.add_argument("--out", metavar="DIR", help="the exported model's folder (default: MODEL_DIR-FORMAT beside it)")
 
 
 # stage: (one-line help, description, argument builder, runner). A stage's
@@ -311,8 +353,27 @@ STAGES: dict[str, tuple[str, str | None, Callable[[argparse.ArgumentParser], Non
     "patches": ("extract training patches filtered by mask coverage", None, _patches_args, _patches),
     "train": ("train a segmentation-models-pytorch model with Lightning", None, _train_args, _train),
     "predict": ("tiled, blended inference over a converted slide", None, _predict_args, _predict),
+    "export": (
+        "a model folder as a TorchScript or ONNX network anyone can run (model card + input normalisation)",
+        "Write a self-contained model folder: the network as TorchScript (model.pt) or ONNX (model.onnx),\n"
+        "checked against the checkpoint on a random batch, and model.json extended with `export` (input\n"
+        "normalisation, output, tolerance). `wsiseg predict` and `predict.model` accept the folder, e.g.\n"
+        "  wsiseg export results/model --format onnx --out shared/model-onnx",
+        _export_args,
+        _export,
+    ),
     "report": ("RLE submission, per-slide metrics, overlays and GeoJSON objects", None, _report_args, _report),
     "dicomseg": ("a predicted mask as a DICOM Segmentation (.dcm)", None, _dicom_seg_args, _dicom_seg),
+    "review": (
+        "the regions a pathologist should check, as QuPath GeoJSON (with the objects, editable)",
+        "Write, per prediction, a QuPath GeoJSON of the most uncertain regions (locked 'Review' annotations\n"
+        "ranked by the mean entropy of the probabilities) and the predicted objects (editable annotations).\n"
+        "Corrected in QuPath and exported as GeoJSON, the file is the slide's mask for retraining, e.g.\n"
+        "  wsiseg review results/predictions/a.zarr --top 20\n"
+        "  (QuPath: import results/review/a.geojson, edit, File > Export objects as GeoJSON > a_corrected.geojson)",
+        _review_args,
+        _review,
+    ),
 }
 
 

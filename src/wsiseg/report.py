@@ -240,7 +240,20 @@ def export_geojson(
     ``mpp`` attribute, ``Mean probability`` of the object's class).  Binary
     predictions are classified ``class_name``; multi-class ones per class,
     named by ``class_names`` (see :func:`class_label`)."""
-    pred = Prediction(prediction)
+    features = predicted_features(Prediction(prediction), class_name, max_side, class_names, object_type)
+    with atomic_path(out) as tmp:
+        tmp.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    return len(features)
+
+
+def predicted_features(
+    pred: Prediction,
+    class_name: str = "foreground",
+    max_side: int = 8192,
+    class_names: Sequence[str] | None = None,
+    object_type: str = "annotation",
+) -> list[dict]:
+    """The QuPath GeoJSON Features of a prediction's objects (see :func:`export_geojson`)."""
     k = pred.level_for(max_side)
     labels = pred.mask_plane(k)
     probability = pred.probabilities(k)
@@ -258,9 +271,7 @@ def export_geojson(
         features += vector.qupath_features(
             mask, name, colour, slide_id, p, scale=2.0**k, mpp=pred.attrs.get("mpp"), object_type=object_type
         )
-    with atomic_path(out) as tmp:
-        tmp.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
-    return len(features)
+    return features
 
 
 def submission_table(predictions: Mapping[str, str | Path], ids: list[str], sample: str | Path | None) -> pd.DataFrame:

@@ -160,6 +160,19 @@ def test_report_landing_page_shows_the_scores_table_in_chromium(finished, tmp_pa
     assert shot.returncode == 0 and (finished / "report-landing.png").stat().st_size > 10_000, shot.stderr[-2000:]
 
 
+def test_review_target_writes_a_qupath_file_per_predicted_slide(finished):
+    result = subprocess.run(
+        snakemake_command(finished, "--cores", "2", "review"), capture_output=True, text=True, cwd=finished
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for slide in ("demo_1", "demo_2"):
+        features = json.loads((finished / "out" / "review" / f"{slide}.geojson").read_text())["features"]
+        names = [f["properties"]["classification"]["name"] for f in features]
+        # review_tile's default (512 px) covers the 384x512 slide once: one region, and the objects
+        assert names.count("Review") == 1 and "foreground" in names
+    assert (finished / "out" / "logs" / "review" / "demo_2.log").exists()
+
+
 def test_second_run_has_nothing_to_do(finished):
     result = snakemake(finished, TINY_CONFIG, "-n")
     assert result.returncode == 0 and scheduled(result) == {}

@@ -59,7 +59,7 @@ for _key, _value in canonical(dict(config)).items():
 from wsiseg.demo import DemoSpec, demo_samples
 from wsiseg.resolution import PixelSize, ResolutionError, choose
 from wsiseg.samples.folds import fold_split
-from wsiseg.config.params import DICOM_SEG_KEYS, UNTRACKED_KEYS
+from wsiseg.config.params import SLIDE_JOB_KEYS, UNTRACKED_KEYS
 from wsiseg.samples.sheet import (
     ALLOW_SHARED,
     read_samples,
@@ -284,8 +284,8 @@ def prediction_store(wildcards):
 
 
 def report_settings():
-    """Config `report` minus the keys of the per-slide DICOM Segmentation jobs."""
-    return {k: v for k, v in config["report"].items() if k not in DICOM_SEG_KEYS}
+    """Config `report` minus the keys of the per-slide jobs (DICOM Segmentation, review)."""
+    return {k: v for k, v in config["report"].items() if k not in SLIDE_JOB_KEYS}
 
 
 def train_settings():

@@ -50,13 +50,28 @@ def _check_finite(path: Path, what: str, polygons: list[Polygon]) -> None:
         raise MaskError(f"{path}: {what} has a non-finite coordinate (NaN or infinity)")
 
 
+REVIEW_CLASS = "Review"  # the regions `wsiseg review` asks a pathologist to look at (wsiseg.review)
+IGNORED_CLASSES = (REVIEW_CLASS,)  # QuPath classifications that mark no object: not foreground in a mask
+
+
+def classification(feature: dict) -> str | None:
+    """The QuPath classification name of a GeoJSON feature (``properties.classification.name``), if any."""
+    properties = feature.get("properties") if isinstance(feature, dict) else None
+    value = (properties or {}).get("classification")
+    return value.get("name") if isinstance(value, dict) else value if isinstance(value, str) else None
+
+
 def read_geojson(path: Path) -> tuple[list[Polygon], Counter]:
     """Polygons of a GeoJSON / HuBMAP JSON file (FeatureCollection, Feature, geometry or list of features),
-    and the number of features by geometry type (``Polygon``, ``Point``, ..., ``no geometry``)."""
+    and the number of features by geometry type (``Polygon``, ``Point``, ..., ``no geometry``).  Features
+    classified as one of :data:`IGNORED_CLASSES` (``Review`` regions from ``wsiseg review``) are left out."""
     features = _features(json.loads(Path(path).read_text()))
     polygons: list[Polygon] = []
     kinds: Counter = Counter()
     for index, feature in enumerate(features):
+        if classification(feature) in IGNORED_CLASSES:
+            kinds[f"{classification(feature)} region (ignored)"] += 1
+            continue
         with np.errstate(invalid="ignore"):  # shapely warns about NaN coordinates, refused just below
             geometry = shape_of(feature)
         kinds["no geometry" if geometry.is_empty else geometry.geom_type] += 1

@@ -36,8 +36,8 @@ DEFAULT_LOSS = {"dice": 1.0, "bce": 1.0}
 # train keys that never change what a run learns (results are identical for any num_workers:
 # tests/safety/test_resume.py): the workflow keeps them out of the train rule's params, so editing them (or a
 # new default) never retrains; the train script reads them from the config.  `devices` stays a param:
-# more GPUs make a larger effective batch.
-UNTRACKED_KEYS = ("num_workers", "resume")
+# more GPUs make a larger effective batch.  The experiment tracker's keys only say where the run is logged.
+UNTRACKED_KEYS = ("num_workers", "resume", "logger", "tracking_uri", "experiment")
 # train keys an interrupted run may resume across (wsiseg.train.fingerprint leaves them out)
 RUNTIME_KEYS = (*UNTRACKED_KEYS, "devices")
 
@@ -134,6 +134,9 @@ class TrainParams:
     devices: int | str = "auto"
     precision: str = "auto"  # auto: 16-mixed on a GPU, 32 on CPU
     resume: bool = True  # continue an interrupted run from lightning/checkpoints/last.ckpt
+    logger: str = "csv"  # csv | tensorboard | mlflow: a tracker beside the CSV log (wsiseg.utils.tracking)
+    tracking_uri: str | None = None  # MLflow URI or TensorBoard folder; None = <results>/mlruns or /tensorboard
+    experiment: str = "wsiseg"  # MLflow experiment of the runs
     seed: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -179,7 +182,13 @@ class ReportParams:
     class_names: tuple[str, ...] | None = None  # multi-class: a name per class index, 0 = background
     dicom_seg: bool = False  # also write each test slide's mask as a DICOM Segmentation
     dicom_seg_max_side: int = 8192  # the DICOM Segmentation's level: the finest at most this many px a side
+    review_top: int = 20  # `wsiseg review`: the most uncertain regions per slide, for a pathologist in QuPath
+    review_tile: int = 512  # their side, in level-0 pixels
 
 
 DICOM_SEG_KEYS = ("dicom_seg", "dicom_seg_max_side")
 """Config ``report`` keys of the per-slide DICOM Segmentation jobs (``wsiseg dicomseg``), not of the report."""
+REVIEW_KEYS = ("review_top", "review_tile")
+"""Config ``report`` keys of the per-slide review jobs (``wsiseg review``, the workflow's ``review`` target)."""
+SLIDE_JOB_KEYS = DICOM_SEG_KEYS + REVIEW_KEYS
+"""Config ``report`` keys of per-slide jobs, not of the report itself (editing them does not rerun it)."""
