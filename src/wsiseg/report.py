@@ -308,21 +308,8 @@ def slide_metrics(
     }
 
 
-MEAN_COLUMNS = (
-    "dice",
-    "iou",
-    "precision",
-    "recall",
-    "object_f1",
-    "glas_f1",
-    "object_dice",
-    "object_hausdorff",  # slides where it is undefined (objects on one side only: NaN) are left out of the mean
-    "object_hausdorff_um",
-    "aji",
-    "pq",
-    "dq",
-    "sq",
-)
+# averaged over slides in the summary rows; Hausdorff where it is defined (objects on one side only: NaN, left out)
+MEAN_COLUMNS = tuple(METRIC_COLUMNS[METRIC_COLUMNS.index("dice") : METRIC_COLUMNS.index("objects_true")])
 SUM_COLUMNS = ("objects_true", "objects_pred", "objects_matched", "tp", "fp", "fn", "tiles_skipped", "tiles_total")
 TISSUE_COLUMNS = ["tissue_method", "tiles_skipped", "tiles_total", "tissue_fallback"]
 

@@ -162,9 +162,8 @@ _problems = plan_problems(
     pixel_size_of=_pixel_size,
     model_resolution=None if TRAINING else MODEL_SPEC.resolution,
 )
-# one image file listed as a train and as a test slide (or in two folds): an error unless allowed;
-# `allow_shared_images` is read with a default until the schema lists it
-if TRAINING and not config.get(ALLOW_SHARED, False):
+# one image file listed as a train and as a test slide (or in two folds): an error unless allowed
+if TRAINING and not config[ALLOW_SHARED]:
     _problems.append(
         shared_images_problem(
             SPLIT,
