@@ -26,7 +26,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from wsiseg.config.params import RUNTIME_KEYS, TrainParams
+from wsiseg.config.params import RUNTIME_KEYS, UNTRACKED_KEYS, TrainParams
 from wsiseg.errors import ConfigError, PatchError, SampleSheetError
 from wsiseg.imaging.stain import fit_training_normaliser
 from wsiseg.nn.data import MAIN, PatchDataModule, derive_seed, seed_globals
@@ -403,9 +403,26 @@ def stopped(trainer: pl.Trainer, work: Path) -> TrainingStopped:
     return TrainingStopped(message)
 
 
-def _trainer(params: TrainParams, work: Path, callbacks: list[Callback]) -> pl.Trainer:
-    """A Lightning Trainer for ``params`` logging to ``work/logs/version_N``; progress bars on a
-    terminal, plain :class:`EpochLog` lines in log files."""
+def _trackers(params: TrainParams, work: Path, config: dict | None) -> list[Any]:
+    """``train.logger``'s MLflow or TensorBoard logger (:func:`wsiseg.utils.tracking.tracker`), none for csv;
+    it logs the settings (``train`` and the rest of the workflow's ``config``) of the model in ``work.parent``."""
+    if params.logger == "csv":
+        return []
+    from wsiseg.utils.tracking import tracker
+
+    settings = {"train": {k: v for k, v in asdict(params).items() if k not in UNTRACKED_KEYS}}
+    settings.update({"config": {k: v for k, v in config.items() if k != "train"}} if config else {})
+    leader = rank_zero_only.rank == 0
+    return [
+        tracker(
+            params.logger, params.tracking_uri, params.experiment, work.parent, settings, work / "tracking.json", leader
+        )
+    ]
+
+
+def _trainer(params: TrainParams, work: Path, callbacks: list[Callback], config: dict | None = None) -> pl.Trainer:
+    """A Lightning Trainer for ``params`` logging to ``work/logs/version_N`` (and to ``train.logger``'s
+    tracker: :func:`_trackers`); progress bars on a terminal, plain :class:`EpochLog` lines in log files."""
     bars = sys.stderr.isatty()
     on_gpu = _on_gpu(params)
     precision = ("16-mixed" if on_gpu else "32") if params.precision == "auto" else params.precision
@@ -419,7 +436,7 @@ def _trainer(params: TrainParams, work: Path, callbacks: list[Callback]) -> pl.T
         accumulate_grad_batches=params.accumulate_grad_batches,
         callbacks=[*callbacks, *([] if bars else [EpochLog()])],
         enable_progress_bar=bars,
-        logger=CSVLogger(work, name="logs"),
+        logger=[CSVLogger(work, name="logs"), *_trackers(params, work, config)],  # metrics.csv reads the CSV log
         log_every_n_steps=1,
         num_sanity_val_steps=0,
         enable_model_summary=False,
@@ -494,7 +511,7 @@ def train_model(
         else []
     )
     history = EpochHistory()
-    trainer = _trainer(params, work, [EpochSeed(params.seed), history, *callbacks, *stopping, checkpoint])
+    trainer = _trainer(params, work, [EpochSeed(params.seed), history, *callbacks, *stopping, checkpoint], config)
     log.info(
         "train: %d train / %d val patch stores, %d class(es), %d loader worker(s), augmentation on the %s, "
         "%d torch thread(s), %s",
@@ -535,6 +552,10 @@ def train_model(
     # the torch thread count decides CPU results bit for bit (the config hash does not show it): the card can record it
     hparams = {**dict(module.hparams), "torch_threads": torch.get_num_threads()}
     write_model_card(out_dir, hparams, train_patches, val_patches, metrics, config, class_names, class_name)
+    if params.logger != "csv":  # the written model folder to the MLflow run / TensorBoard log
+        from wsiseg.utils.tracking import log_outputs
+
+        log_outputs(trainer.loggers[1:], out_dir, float(checkpoint.best_model_score), int(metrics["epoch"].iloc[-1]))
     _mark_complete(work)
     log.info("train: best val_dice %.4f -> %s", float(checkpoint.best_model_score), out_dir / "model.ckpt")
     return metrics

@@ -16,6 +16,7 @@ import yaml
 from wsiseg.config.networks import ARCHS, ENCODERS, network_problems
 from wsiseg.errors import ConfigError
 from wsiseg.modelcard import model_problems
+from wsiseg.utils.tracking import tracking_problem
 
 
 def _suggest(word: str, choices: Iterable[str]) -> str:
@@ -192,6 +193,8 @@ def plan_problems(
             "`predict.split_objects` contour needs a contour-aware model: set `train.contour_weight` > 0 "
             "(e.g. 1.0), or use watershed"
         )
+    if training and (tracker := tracking_problem(train.get("logger", "csv"))):
+        problems.append(tracker)
     if predict["overlap"] >= predict["tile"]:
         problems.append(
             f"`predict.overlap` ({predict['overlap']}) must be smaller than `predict.tile` ({predict['tile']})"
