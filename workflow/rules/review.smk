@@ -6,6 +6,8 @@ rule review_slide:
         f"{RESULTS}/review/{{slide}}.geojson",
     log:
         f"{RESULTS}/logs/review/{{slide}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/review/{{slide}}.tsv"
     conda:
         "../envs/convert.yaml"
     threads: 1
