@@ -158,12 +158,11 @@ def log_outputs(loggers: Sequence[Any], out_dir: str | Path, best: float, epoch:
                     if (out_dir / name).is_file():
                         client.log_artifact(run, str(out_dir / name))
             elif isinstance(made, TensorBoardLogger):
-                import numpy as np
-                from PIL import Image
+                from matplotlib.image import imread
 
                 writer = made.experiment
-                with Image.open(out_dir / "curves.png") as image:
-                    writer.add_image("curves", np.asarray(image.convert("RGB")), epoch, dataformats="HWC")
+                curves = imread(out_dir / "curves.png")[..., :3]  # floats in [0, 1], alpha left out
+                writer.add_image("curves", curves, epoch, dataformats="HWC")
                 made.log_hyperparams(dict(made.hparams), {"best_val_dice": best}, step=epoch)
                 writer.close()  # Lightning closed it after fit; writing reopened it
         except Exception as err:  # noqa: BLE001 - a tracking server's failure must not fail a finished training

@@ -69,6 +69,8 @@ def test_tensorboard_log_holds_scalars_per_epoch_the_curves_and_hparams(stores, 
     assert "epoch" not in events.Tags()["scalars"]  # it is the step
     assert events.Scalars("best_val_dice")[0].value == pytest.approx(metrics["val_dice"].max())
     assert events.Tags()["images"] == ["curves"]
+    [image] = events.Images("curves")
+    assert (image.step, image.width, image.height) == (1, 900, 350)  # curves.png: 9 x 3.5 in at 100 dpi
     assert "train/epochs" in (version / "hparams.yaml").read_text()
 
 
