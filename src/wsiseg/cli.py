@@ -317,7 +317,9 @@ def _export(args) -> None:
 
 
 def _export_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model_dir", metavar="MODEL_DIR", help="model folder written by `wsiseg train` (model.json + model.ckpt)")
+    p.add_argument(
+        "model_dir", metavar="MODEL_DIR", help="model folder written by `wsiseg train` (model.json + model.ckpt)"
+    )
     p.add_argument("--format", choices=("torchscript", "onnx"), default="onnx", help="network file (default: onnx)")
     p.add_argument("--out", metavar="DIR", help="the exported model's folder (default: MODEL_DIR-FORMAT beside it)")
 

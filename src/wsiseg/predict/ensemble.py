@@ -14,6 +14,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from wsiseg.errors import ConfigError, ModelError
+from wsiseg.export import load_exported
 from wsiseg.modelcard import check_checkpoint
 from wsiseg.nn.module import load_model
 
@@ -33,8 +34,9 @@ def resolve_device(name: str) -> torch.device:
 def load_ensemble(checkpoints: Sequence[str | Path], device: torch.device) -> list[torch.nn.Module]:
     """Load one or more checkpoints; each must be the model its model card describes (when one lists it:
     classes and training resolution), and they must share the classes, training resolution (um/px and
-    downscale), stain normaliser and input normalisation."""
-    models = [load_model(c, map_location=device).to(device) for c in checkpoints]
+    downscale), stain normaliser and input normalisation.  A network ``wsiseg export`` wrote (its folder's model
+    card lists it) loads as the :class:`wsiseg.export.ExportedModel` that runs it."""
+    models = [(load_exported(c) or load_model(c, map_location=device)).to(device) for c in checkpoints]
     for checkpoint, model in zip(checkpoints, models):
         check_checkpoint(checkpoint, model.hparams)
     classes = {int(m.hparams.get("classes", 1)) for m in models}
