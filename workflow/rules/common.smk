@@ -116,7 +116,7 @@ CLASS_NAMES = config["report"]["class_names"] or (
 
 def decisive_train_keys():
     """Config `train` minus the keys that decide how a run goes, never what it learns
-    (`UNTRACKED_KEYS`: num_workers, resume): as params they would retrain on every
+    (`UNTRACKED_KEYS`: num_workers, resume, logger, tracking_uri, experiment): as params they would retrain on every
     edit of them; the train script reads them from the config.  `encoder_depth` and
     `decoder_channels` are given as the network is built (null = the architecture's
     default, resolved), so writing out a default, or leaving it out, retrains nothing.
