@@ -372,16 +372,17 @@ def card_settings():
 
 
 def final_outputs():
-    """The targets of `rule all`.  The report job's per-slide overlays and GeoJSON are not
-    listed: that job writes them with submission.csv (and reruns when one is missing), and
-    asking for each of them made Snakemake search the report job's outputs once per slide.
-    """
+    """What the `all` target asks for.  The report job's per-slide overlays and GeoJSON are two
+    folders, so that a new slide reruns it (through its params) and Snakemake does not match every
+    slide against that job; the model folder's files when training."""
     trained = [
         f"{RESULTS}/models/{MODEL}/{name}" for name in ("curves.png", "model.json")
     ]
     return [
         f"{RESULTS}/submission.csv",
         f"{RESULTS}/metrics.csv",
+        f"{RESULTS}/overlays",
+        f"{RESULTS}/geojson",
         *(trained if TRAINING else []),
         *(
             expand(f"{RESULTS}/dicom/{{slide}}.dcm", slide=predicted_slides())

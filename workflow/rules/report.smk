@@ -20,12 +20,15 @@ rule report:
             caption="../report/scores.rst",
             category="Results",
         ),
+        # one folder each, not a file per slide: a sheet of 100,000 slides would make Snakemake match
+        # each of them against this job (benchmarks/cohort_bench.py), and `rule all` can ask for them
         overlays=report(
-            expand(f"{RESULTS}/overlays/{{slide}}.png", slide=predicted_slides()),
+            directory(f"{RESULTS}/overlays"),
+            patterns=["{slide}.png"],
             caption="../report/overlay.rst",
             category="Overlays",
         ),
-        geojson=expand(f"{RESULTS}/geojson/{{slide}}.geojson", slide=predicted_slides()),
+        geojson=directory(f"{RESULTS}/geojson"),
         provenance=f"{RESULTS}/provenance.json",
     log:
         f"{RESULTS}/logs/report.log",
