@@ -120,7 +120,20 @@ CONDITIONS: dict[str, dict] = {
     # glands: seeds 25 um apart (DATASETS' split_min_distance_um); nuclei 3 um
     "watershed": {"predict": {"split_objects": "watershed"}},
     "contour": {"train": {"contour_weight": 1.0}, "predict": {"split_objects": "contour"}},
+    # the same models, predicted objects under 500 um^2 (a disc of 25 um) removed: fragments are false
+    # positives of the GlaS F1
+    "baseline+min_area": {"predict": {"split_objects": None, "min_area_um2": 500.0}},
+    "contour+min_area": {
+        "train": {"contour_weight": 1.0},
+        "predict": {"split_objects": "contour", "min_area_um2": 500.0},
+    },
+    # interior markers where the contour probability is below 0.8 instead of 0.5: fewer, larger markers
+    "contour+min_area+t0.8": {
+        "train": {"contour_weight": 1.0},
+        "predict": {"split_objects": "contour", "min_area_um2": 500.0, "contour_threshold": 0.8},
+    },
 }
+SAME_RUN = ("dataset", "split", "train_images", "val_images", "epochs", "model")  # --out's conditions merge if equal
 METRICS = (
     "dice",
     "dice_224",
@@ -170,9 +183,12 @@ def key(settings: dict) -> str:
     return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-def make_patches(stores: dict[str, Path], ids: list[str], work: Path, params: PatchParams) -> tuple[list[Path], int]:
-    """Patch stores of ``ids`` (cached per patch settings) and their total patch count."""
-    folder = work / "patches" / key(asdict(params))
+def make_patches(
+    stores: dict[str, Path], ids: list[str], work: Path, params: PatchParams, settings: dict
+) -> tuple[list[Path], int]:
+    """Patch stores of ``ids`` (cached per patch ``settings``: the harness's, not every field of ``params``,
+    which grows as wsiseg does) and their total patch count."""
+    folder = work / "patches" / key(settings)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "params.json").write_text(json.dumps(asdict(params), default=str))
     out, count = [], 0
@@ -186,15 +202,21 @@ def make_patches(stores: dict[str, Path], ids: list[str], work: Path, params: Pa
 
 
 def train_once(
-    stores: dict[str, Path], split: dict[str, list[str]], work: Path, patches: PatchParams, train: TrainParams
+    stores: dict[str, Path],
+    split: dict[str, list[str]],
+    work: Path,
+    patches: PatchParams,
+    train: TrainParams,
+    settings: dict,
 ) -> tuple[Path, dict]:
-    """The model folder for these patch + train settings, trained unless an earlier condition already did."""
-    model_dir = work / "models" / key({"patches": asdict(patches), "train": asdict(train)})
+    """The model folder for these patch + train ``settings`` (the harness's), trained unless an earlier condition
+    (or run) already did."""
+    model_dir = work / "models" / key(settings)
     record = model_dir / "bench.json"
     if record.exists():
         return model_dir, json.loads(record.read_text())
-    train_stores, n_train = make_patches(stores, split["train"], work, patches)
-    val_stores, n_val = make_patches(stores, split["val"], work, patches)
+    train_stores, n_train = make_patches(stores, split["train"], work, patches, settings["patches"])
+    val_stores, n_val = make_patches(stores, split["val"], work, patches, settings["patches"])
     start = time.perf_counter()
     metrics = train_model(train_stores, val_stores, model_dir, train, threads=torch.get_num_threads())
     seconds = time.perf_counter() - start
@@ -251,10 +273,13 @@ def image_metrics(pred_mask: np.ndarray, truth: np.ndarray, mpp: float) -> dict[
 
 def run_condition(name: str, dataset: str, data: Path, stores: dict, split: dict, work: Path, epochs: int) -> dict:
     spec, change = DATASETS[dataset], CONDITIONS[name]
-    patches = PatchParams(**{**spec["patches"], **change.get("patches", {})})
-    train = TrainParams(**{**MODEL, "epochs": epochs, **change.get("train", {})})
+    settings = {
+        "patches": {**spec["patches"], **change.get("patches", {})},
+        "train": {**MODEL, "epochs": epochs, **change.get("train", {})},
+    }
+    patches, train = PatchParams(**settings["patches"]), TrainParams(**settings["train"])
     predict = PredictParams(**{**spec["predict"], **change.get("predict", {})})
-    model_dir, trained = train_once(stores, split, work, patches, train)
+    model_dir, trained = train_once(stores, split, work, patches, train, settings)
     rows = []
     start = time.perf_counter()
     for sid in split["val"]:
@@ -318,7 +343,7 @@ def main() -> None:
     parser.add_argument("--conditions", default="baseline,watershed,contour", help="comma-separated names")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the machine may be shared)")
     parser.add_argument("--work", type=Path, required=True, help="working folder (stores, patches, models)")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="JSON; an earlier run's other conditions are kept")
     args = parser.parse_args()
     names = [c.strip() for c in args.conditions.split(",") if c.strip()]
     unknown = sorted(set(names) - set(CONDITIONS))
@@ -358,6 +383,14 @@ def main() -> None:
         },
         "conditions": {},
     }
+    earlier = json.loads(args.out.read_text()) if args.out.exists() else {}
+    same = json.loads(json.dumps({k: result["setup"][k] for k in SAME_RUN}, default=str))  # tuples as lists
+    if {k: earlier.get("setup", {}).get(k) for k in SAME_RUN} == same:
+        result["conditions"] = earlier["conditions"]  # the same run's other conditions are kept
+        result["setup"]["conditions"] = {**earlier["setup"]["conditions"], **result["setup"]["conditions"]}
+    kept = earlier.get("runs", []) if result["conditions"] else []
+    this_run = {k: result[k] for k in ("date", "git_commit", "machine")} | {"conditions": names}
+    result["runs"] = [*kept, this_run]  # each invocation that wrote conditions to this file: when, where, which
     for name in names:
         run = run_condition(name, args.dataset, data, stores, split, work, args.epochs)
         run["load_1min"] = os.getloadavg()[0]
