@@ -245,8 +245,11 @@ def predict_slide(
         if not clean and mask_direct < levels:
             build_pyramid(mask_group, levels, params.chunk, codec, "max", start=mask_direct)
         if clean:
-            if min_area or max_hole:
-                postprocess_mask(mask_group["0"], min_area, max_hole)
+            # holes are filled before a split and small objects removed after it, so the small pieces a
+            # split carves go too (GlaS: benchmarks/journal/tables.md)
+            after = min_area if params.split_objects else 0
+            if (min_area - after) or max_hole:
+                postprocess_mask(mask_group["0"], min_area - after, max_hole)
             if params.split_objects:
                 split_mask(
                     mask_group["0"],
@@ -256,6 +259,8 @@ def predict_slide(
                     else None,
                     contour_threshold=params.contour_threshold,
                 )
+                if after:
+                    postprocess_mask(mask_group["0"], after, 0)
             build_pyramid(mask_group, levels, params.chunk, codec, "max")
         labels.attrs["labels"] = ["mask"]
         mask_group.update_attributes(label_attrs(levels, names, pixel.mpp))

@@ -142,3 +142,19 @@ def test_split_mask_reads_the_contour_channel_on_the_model_grid_band_by_band():
     mask[:] = (ids > 0).astype(np.uint8)
     split_mask(mask, 12, band=64, margin=32, contour=contour_rows(prob, 2.0, 104))
     assert match_objects(mask[:], ids, truth_instances=True) == (12, 12, 12)
+
+
+def test_no_object_left_below_min_area_after_a_split(tiny_trained, tmp_path):
+    """`predict.min_area` removes the small pieces a split carves too (it runs after the split)."""
+    from skimage.measure import label
+
+    from wsiseg.predict import PredictParams, predict_slide
+
+    slides, checkpoint = tiny_trained
+    split = dict(tile=64, overlap=16, min_tissue=0, split_objects="watershed", split_min_distance_px=3)
+    out = predict_slide(slides["demo_2"], checkpoint, tmp_path / "a.zarr", PredictParams(**split))
+    pieces = np.bincount(label(zarr.open_group(out, mode="r")["labels/mask/0"][:], connectivity=2).ravel())[1:]
+    assert (pieces < 150).any()  # the split carves small pieces
+    out = predict_slide(slides["demo_2"], checkpoint, tmp_path / "b.zarr", PredictParams(**split, min_area=150))
+    pieces = np.bincount(label(zarr.open_group(out, mode="r")["labels/mask/0"][:], connectivity=2).ravel())[1:]
+    assert len(pieces) and (pieces >= 150).all()
