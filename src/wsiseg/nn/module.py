@@ -13,6 +13,7 @@ from wsiseg.config.networks import network_of, resolve_network
 from wsiseg.config.params import DEFAULT_LOSS, TrainParams
 from wsiseg.errors import ConfigError, ModelError
 from wsiseg.nn.architectures import build_network
+from wsiseg.nn.data import mean_std
 from wsiseg.nn.encoders import IMAGENET, freeze, load_encoder_weights, resolve_encoder
 from wsiseg.nn.losses import build_loss
 from wsiseg.utils.io import check_input_file
@@ -192,8 +193,7 @@ class SegmentationModule(pl.LightningModule):
         augment = getattr(self, "device_augment", None)
         if augment is not None and batch_idx is not None:
             x, y = augment(x, y, (self.current_epoch, self.global_rank, batch_idx))
-        norm = self.hparams.get("normalize") or IMAGENET
-        mean, std = (torch.tensor(norm[k], device=x.device).view(1, 3, 1, 1) * 255 for k in ("mean", "std"))
+        mean, std = (torch.from_numpy(v).to(x.device).view(1, 3, 1, 1) for v in mean_std(self.hparams.get("normalize")))
         return (x - mean) / std, y
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:

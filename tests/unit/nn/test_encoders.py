@@ -36,6 +36,17 @@ def _dpt(encoder: str, **kwargs) -> SegmentationModule:
     return SegmentationModule(arch="DPT", encoder=encoder, patch_size=64, encoder_kwargs=foundation.KWARGS, **kwargs)
 
 
+def _from_file(path) -> SegmentationModule:
+    """DPT over the tiny ViT's plain timm architecture, its weights from the file ``path``."""
+    return SegmentationModule(
+        arch="DPT",
+        encoder=f"tu-{foundation.ARCHITECTURE}",
+        encoder_weights=str(path),
+        patch_size=64,
+        encoder_kwargs={**foundation.MODEL_ARGS, **foundation.KWARGS},
+    )
+
+
 def _same(module: torch.nn.Module, state: dict) -> bool:
     own = module.state_dict()
     return all(torch.equal(own[k], v) for k, v in state.items())
@@ -83,14 +94,7 @@ def trainer_free_step(model: SegmentationModule) -> None:
 def test_weights_file_loads_into_the_encoder(tmp_path, name, wrap):
     path = tmp_path / name
     state = foundation.write_weights_file(path, seed=3, wrap=wrap)
-    encoder = f"tu-{foundation.ARCHITECTURE}"
-    model = SegmentationModule(
-        arch="DPT",
-        encoder=encoder,
-        encoder_weights=str(path),
-        patch_size=64,
-        encoder_kwargs={**foundation.MODEL_ARGS, **foundation.KWARGS},
-    )
+    model = _from_file(path)
     assert _same(encoder_module(model.net), state)
     source = model.hparams.encoder_source
     from wsiseg.modelcard import file_sha256
@@ -101,28 +105,15 @@ def test_weights_file_loads_into_the_encoder(tmp_path, name, wrap):
 def test_weights_that_do_not_fit_stop_in_one_line_naming_the_file_and_keys(tmp_path):
     path = tmp_path / "other.safetensors"
     foundation.write_weights_file(path, embed_dim=48, num_heads=2)  # another width: every shape differs
-    encoder = f"tu-{foundation.ARCHITECTURE}"
     with pytest.raises(ConfigError) as err:
-        SegmentationModule(
-            arch="DPT",
-            encoder=encoder,
-            encoder_weights=str(path),
-            patch_size=64,
-            encoder_kwargs={**foundation.MODEL_ARGS, **foundation.KWARGS},
-        )
+        _from_file(path)
     message = str(err.value)
     assert "\n" not in message and str(path) in message and "wrong shape" in message and "[48] vs [32]" in message
 
     missing = tmp_path / "short.safetensors"
     foundation.write_weights_file(missing, depth=3)  # a block less: the fourth block's keys are missing
     with pytest.raises(ConfigError, match=r"missing \d+: blocks\.3\."):
-        SegmentationModule(
-            arch="DPT",
-            encoder=encoder,
-            encoder_weights=str(missing),
-            patch_size=64,
-            encoder_kwargs={**foundation.MODEL_ARGS, **foundation.KWARGS},
-        )
+        _from_file(missing)
 
 
 def test_hub_problems_are_one_line_each(tmp_path, monkeypatch):
